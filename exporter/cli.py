@@ -1,0 +1,226 @@
+"""Command line: the daemon, ``--once``, ``--check-config`` and ``--demo``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+
+import structlog
+from prometheus_client import generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+from . import __version__
+from .client import ApiClient
+from .collector import StoreCollector
+from .config import (
+    DEFAULT_LISTEN_ADDRESS,
+    Config,
+    ConfigError,
+    ProjectConfig,
+    Secret,
+    load_config,
+    split_listen_address,
+)
+from .logs import LEVELS, configure_logging
+from .poller import Poller
+from .server import MetricsServer
+from .state import StateFile
+from .store import Store
+
+log = structlog.get_logger("exporter")
+
+DEMO_PROJECTS = ("production", "staging", "research")
+DEMO_POLL_INTERVAL = 5.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llamacloud-exporter",
+        description="Prometheus exporter for LlamaCloud chat sessions.",
+    )
+    parser.add_argument("--config", metavar="PATH", help="YAML config file")
+    parser.add_argument(
+        "--web.listen-address",
+        dest="listen_address",
+        metavar="HOST:PORT",
+        help=f"address to serve /metrics on (overrides web.listen_address; "
+        f"default {DEFAULT_LISTEN_ADDRESS})",
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate the config, print every problem and exit (0 valid, 2 invalid)",
+    )
+    mode.add_argument(
+        "--once",
+        action="store_true",
+        help="poll every project once, print the metrics and exit (1 if a project failed)",
+    )
+    mode.add_argument(
+        "--demo",
+        action="store_true",
+        help="run against a built-in simulated LlamaCloud API: no API key or config needed",
+    )
+    parser.add_argument("--log.level", dest="log_level", choices=LEVELS, default="info")
+    parser.add_argument(
+        "--log.format",
+        dest="log_format",
+        choices=("json", "console"),
+        default=None,
+        help="default: console on a terminal, json otherwise",
+    )
+    parser.add_argument("--version", action="version", version=f"llamacloud-exporter {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level, args.log_format)
+    if args.demo:
+        return run_demo(args.listen_address)
+    if not args.config:
+        parser.print_usage(sys.stderr)
+        print("llamacloud-exporter: error: --config PATH is required (or --demo)", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(args.config)
+        if args.listen_address:
+            config = config.with_listen_address(args.listen_address)
+    except ConfigError as exc:
+        print(f"{args.config}: invalid configuration", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    if args.check_config:
+        print(f"{args.config}: configuration is valid ({len(config.projects)} projects)")
+        return 0
+    state: StateFile | None = None
+    if config.state_path:
+        try:
+            state = StateFile(config.state_path)
+        except Exception as exc:
+            print(f"state.path: cannot use {config.state_path}: {exc}", file=sys.stderr)
+            return 2
+    if args.once:
+        return asyncio.run(run_once(config, state))
+    return run_daemon(config, state)
+
+
+def _components(config: Config, state: StateFile | None) -> tuple[Store, Poller, ApiClient]:
+    store = Store()
+    client = ApiClient(
+        timeout=config.timeout_seconds,
+        max_retries=config.max_retries,
+        on_request=store.count_request,
+        max_connections=max(config.max_concurrency, 1) * 2,
+    )
+    return store, Poller(config, store, client, state=state), client
+
+
+def _registry(store: Store) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(store))
+    return registry
+
+
+async def run_once(config: Config, state: StateFile | None = None) -> int:
+    store, poller, client = _components(config, state)
+    try:
+        ok = await poller.poll_all_once()
+    finally:
+        await client.aclose()
+        if state:
+            state.close()
+    sys.stdout.write(generate_latest(_registry(store)).decode())
+    sys.stdout.flush()
+    return 0 if ok else 1
+
+
+def run_daemon(config: Config, state: StateFile | None = None, on_ready: str | None = None) -> int:
+    store, poller, client = _components(config, state)
+    host, port = split_listen_address(config.listen_address)
+    try:
+        server = MetricsServer(host, port, store, _registry(store))
+    except OSError as exc:
+        log.error("listen_failed", address=config.listen_address, error=str(exc))
+        if state:
+            state.close()
+        return 1
+    server.start()
+    shown_host = "localhost" if host in ("0.0.0.0", "::", "") else host
+    url = f"http://{shown_host}:{server.port}/metrics"
+    log.info(
+        "exporter_started",
+        version=__version__,
+        listen_address=f"{host}:{server.port}",
+        projects=len(config.projects),
+        poll_interval_seconds=config.poll_interval_seconds,
+        state_file=config.state_path,
+    )
+    if on_ready:
+        print(on_ready.format(url=url), flush=True)
+    try:
+        asyncio.run(_serve(poller, client))
+    finally:
+        server.stop()
+        if state:
+            state.close()
+    log.info("exporter_stopped")
+    return 0
+
+
+async def _serve(poller: Poller, client: ApiClient) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await poller.run(stop)
+    finally:
+        await client.aclose()
+
+
+def run_demo(listen_address: str | None) -> int:
+    from .simulator import DEFAULT_API_KEY, Simulator
+
+    sim = Simulator(
+        projects=len(DEMO_PROJECTS),
+        sessions_per_project=300,
+        seed=42,
+        evolve_every=DEMO_POLL_INTERVAL,
+    )
+    base_url = sim.start()
+    try:
+        projects = tuple(
+            ProjectConfig(
+                id=pid,
+                name=name,
+                organization_id="",
+                base_url=base_url,
+                page_size=100,
+                api_key=Secret(DEFAULT_API_KEY),
+            )
+            for pid, name in zip(sim.project_ids, DEMO_PROJECTS, strict=True)
+        )
+        config = Config(projects=projects, poll_interval_seconds=DEMO_POLL_INTERVAL)
+        if listen_address:
+            try:
+                config = config.with_listen_address(listen_address)
+            except ConfigError as exc:
+                for problem in exc.problems:
+                    print(problem, file=sys.stderr)
+                return 2
+        log.info("demo_simulator_started", base_url=base_url, projects=len(projects))
+        return run_daemon(
+            config,
+            None,
+            on_ready="llamacloud-exporter demo: metrics at {url} (simulated LlamaCloud API; "
+            "Ctrl-C to stop)",
+        )
+    finally:
+        sim.stop()

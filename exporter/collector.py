@@ -1,0 +1,217 @@
+"""A custom prometheus_client Collector that renders the store and nothing else.
+
+Metric families are built at scrape time from the frozen project states, so a project that
+leaves the config leaves no stale series, and a scrape never waits on the API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from . import __version__
+from .aggregate import STATUSES, Histogram
+from .store import ProjectState, Store
+
+# Fixed reason words of llamacloud_poll_errors_total; each starts at 0 for every project.
+POLL_ERROR_REASONS = (
+    "auth",
+    "not_found",
+    "rate_limited",
+    "server_error",
+    "client_error",
+    "timeout",
+    "connection",
+    "invalid_response",
+    "pagination_loop",
+    "too_many_pages",
+    "internal",
+)
+
+_LAST = "as of the project's last complete poll, not the moment of the scrape"
+_SINCE = "observed since the exporter or its state file started, as of the last complete poll"
+
+
+def _le(bound: float) -> str:
+    """The ``le`` label as the official clients write it (Go float formatting)."""
+    return str(floatToGoString(bound))  # type: ignore[no-untyped-call]
+
+
+def _hist_buckets(hist: Histogram) -> list[tuple[str, float]]:
+    return [(_le(bound), float(count)) for bound, count in hist.cumulative()]
+
+
+class StoreCollector(Collector):
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def describe(self) -> Iterator[Metric]:
+        # Registering must not render the store; an empty describe keeps registration cheap.
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        projects = self._store.projects()
+        yield from self._session_gauges(projects)
+        yield from self._run_counters(projects)
+        yield from self._health(projects)
+        requests = CounterMetricFamily(
+            "llamacloud_api_requests",
+            "HTTP requests made to the LlamaCloud API, by response status code "
+            "(error when no response arrived).",
+            labels=["code"],
+        )
+        for code, count in sorted(self._store.api_requests().items()):
+            requests.add_metric([code], count)
+        yield requests
+        build = GaugeMetricFamily(
+            "llamacloud_exporter_build_info",
+            "Always 1; the exporter's version.",
+            labels=["version"],
+        )
+        build.add_metric([__version__], 1)
+        yield build
+
+    def _session_gauges(self, projects: tuple[ProjectState, ...]) -> Iterator[Metric]:
+        sessions = GaugeMetricFamily(
+            "llamacloud_chat_sessions",
+            f"Chat sessions listed, by the status of their most recent run, {_LAST}.",
+            labels=["project_id", "status"],
+        )
+        tokens = GaugeMetricFamily(
+            "llamacloud_chat_session_tokens",
+            f"Sum over listed sessions of their most recent run's tokens, {_LAST}.",
+            labels=["project_id", "token_type"],
+        )
+        turns = GaugeMetricFamily(
+            "llamacloud_chat_session_turns",
+            f"Sum over listed sessions of their most recent run's turns, {_LAST}.",
+            labels=["project_id"],
+        )
+        duration = GaugeMetricFamily(
+            "llamacloud_chat_session_duration_seconds",
+            f"Sum over listed sessions of their most recent run's duration, {_LAST}.",
+            labels=["project_id"],
+        )
+        updated = GaugeMetricFamily(
+            "llamacloud_chat_last_updated_timestamp_seconds",
+            f"Newest last_updated_at of the listed sessions, in Unix seconds, {_LAST}.",
+            labels=["project_id"],
+        )
+        info = GaugeMetricFamily(
+            "llamacloud_project_info",
+            "Always 1; the configured name and organization of each project.",
+            labels=["project_id", "name", "organization_id"],
+        )
+        for p in projects:
+            info.add_metric([p.project_id, p.name, p.organization_id], 1)
+            snap = p.snapshot
+            if snap is None:
+                continue
+            pid = p.project_id
+            counts = snap.by_status()
+            for status in STATUSES:
+                sessions.add_metric([pid, status], counts[status])
+            tokens.add_metric([pid, "input"], snap.input_tokens)
+            tokens.add_metric([pid, "output"], snap.output_tokens)
+            turns.add_metric([pid], snap.turns)
+            duration.add_metric([pid], snap.duration_seconds)
+            if snap.last_updated is not None:
+                updated.add_metric([pid], snap.last_updated)
+        yield from (sessions, tokens, turns, duration, updated, info)
+
+    def _run_counters(self, projects: tuple[ProjectState, ...]) -> Iterator[Metric]:
+        runs = CounterMetricFamily(
+            "llamacloud_chat_runs",
+            f"Chat session runs (failed or not) {_SINCE}.",
+            labels=["project_id"],
+        )
+        errors = CounterMetricFamily(
+            "llamacloud_chat_run_errors",
+            f"Chat session runs whose status is error, {_SINCE}.",
+            labels=["project_id"],
+        )
+        tokens = CounterMetricFamily(
+            "llamacloud_chat_tokens",
+            f"Tokens used by chat session runs {_SINCE}.",
+            labels=["project_id", "token_type"],
+        )
+        turns = CounterMetricFamily(
+            "llamacloud_chat_turns",
+            f"Turns of chat session runs {_SINCE}.",
+            labels=["project_id"],
+        )
+        created = CounterMetricFamily(
+            "llamacloud_chat_sessions_created",
+            f"Chat sessions seen for the first time in a listing, {_SINCE}.",
+            labels=["project_id"],
+        )
+        duration = HistogramMetricFamily(
+            "llamacloud_chat_run_duration_seconds",
+            f"Duration of chat session runs {_SINCE}.",
+            labels=["project_id"],
+        )
+        usage = HistogramMetricFamily(
+            "llamacloud_chat_run_token_usage",
+            f"Tokens used per chat session run {_SINCE}.",
+            labels=["project_id", "token_type"],
+        )
+        for p in projects:
+            pid = p.project_id
+            t = p.totals
+            runs.add_metric([pid], t.runs)
+            errors.add_metric([pid], t.errors)
+            tokens.add_metric([pid, "input"], t.input_tokens)
+            tokens.add_metric([pid, "output"], t.output_tokens)
+            turns.add_metric([pid], t.turns)
+            created.add_metric([pid], t.sessions_created)
+            duration.add_metric([pid], _hist_buckets(t.duration), t.duration.total)
+            usage.add_metric([pid, "input"], _hist_buckets(t.input_usage), t.input_usage.total)
+            usage.add_metric([pid, "output"], _hist_buckets(t.output_usage), t.output_usage.total)
+        yield from (runs, errors, tokens, turns, created, duration, usage)
+
+    def _health(self, projects: tuple[ProjectState, ...]) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "llamacloud_up",
+            "1 if the last poll of the project succeeded, else 0.",
+            labels=["project_id"],
+        )
+        poll_duration = GaugeMetricFamily(
+            "llamacloud_poll_duration_seconds",
+            "Duration of the project's last poll, successful or not.",
+            labels=["project_id"],
+        )
+        last_success = GaugeMetricFamily(
+            "llamacloud_last_successful_poll_timestamp_seconds",
+            "When the project's last successful poll finished, in Unix seconds.",
+            labels=["project_id"],
+        )
+        poll_errors = CounterMetricFamily(
+            "llamacloud_poll_errors",
+            "Failed polls of the project, by reason.",
+            labels=["project_id", "reason"],
+        )
+        invalid = CounterMetricFamily(
+            "llamacloud_invalid_items",
+            "Listed items skipped for a bad shape, summed over complete polls.",
+            labels=["project_id"],
+        )
+        for p in projects:
+            pid = p.project_id
+            up.add_metric([pid], 1 if p.up else 0)
+            if p.last_poll_duration is not None:
+                poll_duration.add_metric([pid], p.last_poll_duration)
+            if p.last_success is not None:
+                last_success.add_metric([pid], p.last_success)
+            failed = dict(p.poll_errors)
+            for reason in POLL_ERROR_REASONS:
+                poll_errors.add_metric([pid, reason], failed.get(reason, 0))
+            invalid.add_metric([pid], p.invalid_items_total)
+        yield from (up, poll_duration, last_success, poll_errors, invalid)

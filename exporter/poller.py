@@ -1,0 +1,167 @@
+"""Poll every project on its own schedule, at most ``max_concurrency`` at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable
+
+import structlog
+
+from .aggregate import SessionTracker
+from .client import ApiClient, PollError
+from .config import Config, ProjectConfig
+from .state import StateFile
+from .store import Store
+
+log = structlog.get_logger("exporter.poller")
+
+JITTER = 0.05  # each wait is the interval give or take 5 %, so projects drift apart
+
+
+class Poller:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        client: ApiClient,
+        *,
+        state: StateFile | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._client = client
+        self._state = state
+        self._clock = clock
+        self._monotonic = monotonic
+        self._rand = rand
+        self._trackers: dict[str, SessionTracker] = {}
+        self._semaphore = asyncio.Semaphore(config.max_concurrency)
+        saved = state.load(p.id for p in config.projects) if state is not None else {}
+        for project in config.projects:
+            entry = saved.get(project.id)
+            store.add_project(project, entry.totals if entry else None)
+            self._trackers[project.id] = SessionTracker(entry.sessions if entry else None)
+
+    async def poll_all_once(self) -> bool:
+        """Poll every project once (``--once``); True when all of them succeeded."""
+        results = await asyncio.gather(*(self._poll_limited(p) for p in self._config.projects))
+        return all(results)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll until ``stop`` is set; each project runs its own loop."""
+        tasks = [asyncio.create_task(self._loop(p, stop)) for p in self._config.projects]
+        try:
+            await stop.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _loop(self, project: ProjectConfig, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self._config.poll_interval_seconds
+        while not stop.is_set():
+            started = loop.time()
+            await self._poll_limited(project)
+            wait = interval * (1 + JITTER * (2 * self._rand() - 1))
+            delay = max(started + wait - loop.time(), 0.0)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+
+    async def _poll_limited(self, project: ProjectConfig) -> bool:
+        async with self._semaphore:
+            return await self.poll(project)
+
+    async def poll(self, project: ProjectConfig) -> bool:
+        """One complete listing of a project; the store changes only at the end."""
+        tracker = self._trackers[project.id]
+        started = self._monotonic()
+        listing = tracker.begin()
+        pages = items = 0
+        try:
+            async for page in self._client.pages(project, self._config.max_pages):
+                pages += 1
+                items += len(page)
+                listing.add(page)
+            result = listing.finish()
+        except asyncio.CancelledError:
+            tracker.rollback()
+            raise
+        except PollError as exc:
+            tracker.rollback()
+            self._failed(project, exc.reason, str(exc), started, pages, exc.status)
+            return False
+        except Exception as exc:  # a bug must cost one poll, never the daemon
+            tracker.rollback()
+            self._failed(project, "internal", type(exc).__name__, started, pages, None)
+            log.exception("poll_internal_error", project_id=project.id)
+            return False
+        duration = self._monotonic() - started
+        state = self._store.record_success(
+            project.id,
+            result,
+            duration=duration,
+            finished=self._clock(),
+            tracked_sessions=len(tracker),
+        )
+        log.info(
+            "poll_succeeded",
+            project_id=project.id,
+            pages=pages,
+            items=items,
+            sessions=result.snapshot.sessions,
+            new_runs=result.new_runs.runs,
+            new_errors=result.new_runs.errors,
+            invalid_items=result.snapshot.invalid_items,
+            baseline=result.baseline,
+            duration_seconds=round(duration, 3),
+        )
+        if self._state is not None:
+            try:
+                await asyncio.to_thread(self._state.save, project.id, state.totals, result, tracker)
+            except Exception as exc:
+                log.error("state_save_failed", project_id=project.id, error=type(exc).__name__)
+        return True
+
+    def _failed(
+        self,
+        project: ProjectConfig,
+        reason: str,
+        message: str,
+        started: float,
+        pages: int,
+        status: int | None,
+    ) -> None:
+        duration = self._monotonic() - started
+        self._store.record_failure(project.id, reason, duration=duration, finished=self._clock())
+        fields = {
+            "project_id": project.id,
+            "reason": reason,
+            "error": message,
+            "pages": pages,
+            "duration_seconds": round(duration, 3),
+        }
+        if status in (401, 403):
+            log.error(
+                "poll_failed_config",
+                hint="the API key is invalid or not allowed for this project: "
+                "check this project's api_key in the config",
+                status=status,
+                **fields,
+            )
+        elif status == 404:
+            log.error(
+                "poll_failed_config",
+                hint="the project was not found: check this project's id, organization_id "
+                "and base_url (North America or EU region) in the config",
+                status=status,
+                **fields,
+            )
+        else:
+            log.warning("poll_failed", status=status, **fields)

@@ -1,0 +1,132 @@
+"""HTTP endpoints: /metrics, /healthz, /readyz and a landing page at /.
+
+Served by prometheus_client's threaded WSGI server on its own threads, so a scrape never
+waits for the poller's event loop.
+"""
+
+from __future__ import annotations
+
+import html
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from typing import Any
+from wsgiref.simple_server import WSGIServer, make_server
+
+from prometheus_client import make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
+from prometheus_client.registry import CollectorRegistry
+
+from . import __version__
+from .store import ProjectState, Store
+
+StartResponse = Callable[..., Any]
+Environ = dict[str, Any]
+
+
+def _fmt_time(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _row(p: ProjectState) -> str:
+    if not p.polled:
+        outcome = "pending"
+    elif p.up:
+        outcome = "ok"
+    else:
+        outcome = f"failed: {p.last_error}"
+    sessions = "" if p.snapshot is None else str(p.snapshot.sessions)
+    duration = "" if p.last_poll_duration is None else f"{p.last_poll_duration:.3f} s"
+    cells = (
+        p.project_id,
+        p.name,
+        sessions,
+        _fmt_time(p.last_poll_finished),
+        duration,
+        outcome,
+        _fmt_time(p.last_success),
+    )
+    return "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
+
+
+def landing_page(store: Store) -> bytes:
+    rows = "\n".join(_row(p) for p in store.projects())
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>LlamaCloud Exporter</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head>
+<body><h1>LlamaCloud Exporter</h1>
+<p>Version {html.escape(__version__)}. <a href="/metrics">Metrics</a> ·
+<a href="/healthz">Health</a> · <a href="/readyz">Readiness</a></p>
+<table><thead><tr><th>Project</th><th>Name</th><th>Sessions</th><th>Last poll</th>
+<th>Poll duration</th><th>Outcome</th><th>Last success</th></tr></thead>
+<tbody>
+{rows}
+</tbody></table></body></html>
+""".encode()
+
+
+def make_app(store: Store, registry: CollectorRegistry) -> Callable[[Environ, StartResponse], Any]:
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if path == "/metrics":
+            return metrics(environ, start_response)  # type: ignore[no-any-return]
+        if path == "/healthz":
+            return _text(start_response, "200 OK", b"ok\n")
+        if path == "/readyz":
+            if store.ready():
+                return _text(start_response, "200 OK", b"ready\n")
+            return _text(start_response, "503 Service Unavailable", b"waiting for the first poll\n")
+        if path in ("/", "/index.html"):
+            body = landing_page(store)
+            start_response(
+                "200 OK",
+                [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body)))],
+            )
+            return [body]
+        return _text(start_response, "404 Not Found", b"not found\n")
+
+    return app
+
+
+def _text(start_response: StartResponse, status: str, body: bytes) -> list[bytes]:
+    start_response(
+        status,
+        [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+    )
+    return [body]
+
+
+class MetricsServer:
+    """The web server on its own daemon thread."""
+
+    def __init__(self, host: str, port: int, store: Store, registry: CollectorRegistry) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        server_class = type("_Server", (ThreadingWSGIServer,), {"address_family": family})
+        self._httpd: WSGIServer = make_server(
+            host,
+            port,
+            make_app(store, registry),
+            server_class,
+            handler_class=_SilentHandler,
+        )
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)

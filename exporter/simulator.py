@@ -1,0 +1,970 @@
+"""A simulated LlamaCloud chat API, served over real HTTP on loopback.
+
+It answers ``GET /api/v1/chat`` the way LlamaCloud does (bearer keys scoped to projects, opaque page
+tokens, FastAPI-style error bodies), so the exporter can be demonstrated, tested and benchmarked
+without an account. Data is synthetic and deterministic for a seed; faults can be injected on demand
+so that retries, timeouts and hostile pagination can be exercised end to end.
+
+Run ``python -m exporter.simulator --help`` for the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import contextlib
+import json
+import math
+import random
+import signal
+import socket
+import sys
+import threading
+import uuid
+import zlib
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType, TracebackType
+from typing import Any, cast
+from urllib.parse import parse_qsl, urlsplit
+
+__all__ = [
+    "CHAT_PATH",
+    "DEFAULT_API_KEY",
+    "RequestRecord",
+    "Simulator",
+    "main",
+]
+
+CHAT_PATH = "/api/v1/chat"
+DEFAULT_API_KEY = "llx-demo-key"
+DEFAULT_PAGE_SIZE = 50
+REQUEST_LOG_SIZE = 10_000
+# Rendered pages are kept up to this many bytes in total; a 200,000-session listing at
+# page_size 100 needs roughly 70 MB, so a full benchmark pass is served from the cache.
+PAGE_CACHE_BYTES = 128 * 1024 * 1024
+CLOCK_START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+STEP_SECONDS = 60
+# Initial sessions are spread over this many days before the clock starts.
+HISTORY_DAYS = 30
+
+_EPOCH = datetime(1970, 1, 1)
+_CLOCK_START_US = int((CLOCK_START - _EPOCH.replace(tzinfo=timezone.utc)).total_seconds()) * 10**6
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+_TITLES = (
+    "What were the main findings in Q3?",
+    "Summarize the onboarding handbook",
+    "Compare the 2024 and 2025 pricing tables",
+    "Which contracts renew in March?",
+    "List open risks from the audit report",
+    "Explain the refund policy for enterprise plans",
+    "Draft a reply to the security questionnaire",
+    "What changed in the latest API release notes?",
+    "Find the SLA for the EU region",
+    "How many support tickets mention latency?",
+    "Extract invoice totals by vendor",
+    "Who owns the data retention policy?",
+    "Translate the product FAQ into German",
+    "What does clause 7.2 of the MSA say?",
+    "Give me the board deck highlights",
+    "Résumé des ventes du deuxième trimestre",
+)
+_ERRORS = (
+    "Rate limit exceeded by the model provider",
+    "Context length exceeded",
+    "Index not found",
+    "Timed out while retrieving nodes",
+    "Internal server error",
+    "Model returned an empty response",
+    "Export destination rejected the payload",
+)
+_TITLES_JSON = tuple(_ENCODER.encode(title) for title in _TITLES)
+_ERRORS_JSON = {error: _ENCODER.encode(error) for error in _ERRORS}
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request as the server saw it, so tests can assert what the client sent."""
+
+    path: str
+    query: dict[str, str]
+    authorization: str | None
+    status: int
+    method: str = "GET"
+
+
+@dataclass
+class _Fault:
+    """A pending injected fault; it disappears once ``remaining`` reaches zero."""
+
+    kind: str
+    remaining: int
+    project_id: str | None
+    status: int = 503
+    retry_after: str | None = None
+    detail: str = "Service Unavailable"
+    seconds: float = 0.0
+
+
+@dataclass
+class _Project:
+    """One project's data; ``items`` holds each session already encoded as compact JSON."""
+
+    project_id: str
+    api_key: str | None
+    organization_id: str | None
+    rng: random.Random
+    index_pool: tuple[str, ...]
+    target: int
+    items: list[bytes] = field(default_factory=list)
+    version: int = 0
+    endless: bool = False
+    repeat_token: bool = False
+    cache: OrderedDict[tuple[str, int, int], bytes] = field(default_factory=OrderedDict)
+    cache_bytes: int = 0
+    tag: str = ""
+
+    def __post_init__(self) -> None:
+        # Binds page tokens to their project, so a token replayed elsewhere is rejected.
+        self.tag = f"{zlib.crc32(self.project_id.encode()):08x}"
+
+
+class _ApiError(Exception):
+    """An HTTP error answer with a FastAPI-style ``{"detail": ...}`` body."""
+
+    def __init__(self, status: int, detail: Any, headers: Iterable[tuple[str, str]] = ()) -> None:
+        super().__init__(status, detail)
+        self.status = status
+        self.detail = detail
+        self.headers = tuple(headers)
+
+
+def _detail_body(detail: Any) -> bytes:
+    return _ENCODER.encode({"detail": detail}).encode()
+
+
+def _missing(name: str) -> list[dict[str, Any]]:
+    """The 422 detail FastAPI gives for a missing required query parameter."""
+    return [{"type": "missing", "loc": ["query", name], "msg": "Field required", "input": None}]
+
+
+def _format_ts(us: int, style: float) -> str:
+    """ISO 8601 like the API: mostly naive (meant as UTC), sometimes with an explicit UTC offset."""
+    text = (_EPOCH + timedelta(microseconds=us)).isoformat()
+    if style < 0.7:
+        return text
+    if style < 0.9:
+        return text + "+00:00"
+    return text + "Z"
+
+
+def _encode_token(tag: str, kind: str, number: int) -> str:
+    raw = f"{kind}.{tag}.{number}".encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _decode_token(token: str, tag: str) -> tuple[str, int]:
+    """Returns (kind, number) or raises a 400, as the real API does for a token it did not issue."""
+    try:
+        padded = token.encode("ascii") + b"=" * (-len(token) % 4)
+        text = base64.b64decode(padded, altchars=b"-_", validate=True).decode("ascii")
+        kind, token_tag, number = text.split(".")
+    except (UnicodeError, binascii.Error, ValueError):
+        raise _ApiError(400, "Invalid page_token") from None
+    if kind not in ("o", "e") or token_tag != tag or not (number.isascii() and number.isdigit()):
+        raise _ApiError(400, "Invalid page_token")
+    return kind, int(number)
+
+
+class Simulator:
+    """A LlamaCloud chat API with synthetic, evolving projects and injectable faults.
+
+    Every public method is thread-safe: one lock guards the data, the fault queue and the log.
+    """
+
+    def __init__(
+        self,
+        *,
+        projects: int = 3,
+        sessions_per_project: int = 50,
+        seed: int = 0,
+        api_keys: dict[str, str] | None = None,
+        error_share: float = 0.1,
+        max_page_size: int = 1000,
+        evolve_every: float | None = None,
+        api_key: str = DEFAULT_API_KEY,
+    ) -> None:
+        if projects < 0 or sessions_per_project < 0:
+            raise ValueError("projects and sessions_per_project must not be negative")
+        if not 0.0 <= error_share <= 1.0:
+            raise ValueError("error_share must be between 0 and 1")
+        if max_page_size < 1:
+            raise ValueError("max_page_size must be at least 1")
+        if evolve_every is not None and evolve_every <= 0:
+            raise ValueError("evolve_every must be positive (or None to disable)")
+        if not api_key:
+            raise ValueError("api_key must not be empty")
+        self.seed = seed
+        self.error_share = error_share
+        self.max_page_size = max_page_size
+        self.evolve_every = evolve_every
+        self.latency = 0.0
+        self.api_key = api_key
+        self._lock = threading.RLock()
+        self._projects: dict[str, _Project] = {}
+        self._faults: list[_Fault] = []
+        self._requests: deque[RequestRecord] = deque(maxlen=REQUEST_LOG_SIZE)
+        self._request_count = 0
+        self._cache_total = 0
+        self._clock_us = _CLOCK_START_US
+        self._server: _Server | None = None
+        self._serve_thread: threading.Thread | None = None
+        self._evolve_thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._base_url: str | None = None
+
+        keys = dict(api_keys or {})
+        master = random.Random(seed)
+        for _ in range(projects):
+            project_id = str(uuid.UUID(int=master.getrandbits(128), version=4))
+            self._create(project_id, keys.pop(project_id, None), None, sessions_per_project)
+        for project_id, key in keys.items():
+            self._create(project_id, key, None, sessions_per_project)
+
+    # ----------------------------------------------------------------- data
+
+    @property
+    def project_ids(self) -> list[str]:
+        """Project ids in creation order."""
+        with self._lock:
+            return list(self._projects)
+
+    @property
+    def request_count(self) -> int:
+        """Every request answered since construction (the log itself keeps only the latest)."""
+        with self._lock:
+            return self._request_count
+
+    @property
+    def requests(self) -> list[RequestRecord]:
+        """A copy of the last ``REQUEST_LOG_SIZE`` requests, oldest first."""
+        with self._lock:
+            return list(self._requests)
+
+    def clear_requests(self) -> None:
+        """Forget the request log, so a test can look at its own requests only."""
+        with self._lock:
+            self._requests.clear()
+
+    @property
+    def clock(self) -> datetime:
+        """The simulated time, which only ``step()`` advances (data never reads the wall clock)."""
+        with self._lock:
+            return CLOCK_START + timedelta(microseconds=self._clock_us - _CLOCK_START_US)
+
+    def set_sessions(self, project_id: str, items: list[Any]) -> None:
+        """Serve exactly these items (any JSON values, malformed ones included) for golden tests."""
+        encoded = [_ENCODER.encode(item).encode() for item in items]
+        with self._lock:
+            project = self._projects.get(project_id)
+            if project is None:
+                project = self._create(project_id, None, None, 0)
+            project.items = encoded
+            self._bump(project)
+
+    def sessions(self, project_id: str) -> list[Any]:
+        """A deep copy of the project's current items, in listing order."""
+        with self._lock:
+            items = list(self._project(project_id).items)
+        return [json.loads(item) for item in items]
+
+    def add_project(
+        self,
+        project_id: str,
+        *,
+        api_key: str | None = None,
+        organization_id: str | None = None,
+        sessions: int = 0,
+    ) -> None:
+        """Add a project (``api_key=None``: the shared key works); ValueError if it exists."""
+        if sessions < 0:
+            raise ValueError("sessions must not be negative")
+        with self._lock:
+            if project_id in self._projects:
+                raise ValueError(f"project {project_id!r} already exists")
+            self._create(project_id, api_key, organization_id, sessions)
+
+    def set_endless(self, project_id: str, endless: bool = True) -> None:
+        """Make every page repeat the first page's items with a fresh next_page_token, forever."""
+        with self._lock:
+            self._project(project_id).endless = endless
+
+    def set_repeat_token(self, project_id: str, repeat: bool = True) -> None:
+        """Make every page carry the same next_page_token, so a naive client loops."""
+        with self._lock:
+            self._project(project_id).repeat_token = repeat
+
+    def step(self, n: int = 1) -> None:
+        """Advance the simulated clock ``n`` times, evolving every project once per tick."""
+        with self._lock:
+            for _ in range(n):
+                start = self._clock_us
+                self._clock_us += STEP_SECONDS * 10**6
+                for project in self._projects.values():
+                    self._evolve(project, start, self._clock_us)
+
+    # -------------------------------------------------------------- faults
+
+    def fail_next(
+        self,
+        count: int = 1,
+        *,
+        status: int = 503,
+        project_id: str | None = None,
+        retry_after: str | None = None,
+        detail: str = "Service Unavailable",
+    ) -> None:
+        """Answer the next ``count`` chat requests with ``status`` and ``{"detail": detail}``."""
+        self._add_fault(
+            _Fault("fail", count, project_id, status=status, retry_after=retry_after, detail=detail)
+        )
+
+    def hang_next(
+        self, count: int = 1, *, seconds: float = 5.0, project_id: str | None = None
+    ) -> None:
+        """Delay the next ``count`` chat requests by ``seconds`` (then answer normally)."""
+        self._add_fault(_Fault("hang", count, project_id, seconds=seconds))
+
+    def truncate_next(self, count: int = 1, *, project_id: str | None = None) -> None:
+        """Cut the body of the next ``count`` chat answers in half (Content-Length matches)."""
+        self._add_fault(_Fault("truncate", count, project_id))
+
+    def clear_faults(self) -> None:
+        """Drop every pending fault."""
+        with self._lock:
+            self._faults.clear()
+
+    # -------------------------------------------------------------- server
+
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Bind and serve in a daemon thread; returns the base URL (port 0 picks a free one)."""
+        with self._lock:
+            if self._server is not None:
+                raise RuntimeError("simulator already started")
+            self._stopping = threading.Event()
+            server_cls = _Server6 if ":" in host else _Server
+            server = server_cls((host, port), _Handler, self, self._stopping)
+            self._server = server
+            bound_host = host
+            if host in ("", "0.0.0.0"):
+                bound_host = "127.0.0.1"
+            elif host == "::":
+                bound_host = "::1"
+            if ":" in bound_host:
+                bound_host = f"[{bound_host}]"
+            self._base_url = f"http://{bound_host}:{server.server_address[1]}"
+            self._serve_thread = threading.Thread(
+                target=server.serve_forever,
+                kwargs={"poll_interval": 0.1},
+                name="simulator-http",
+                daemon=True,
+            )
+            self._serve_thread.start()
+            if self.evolve_every is not None:
+                self._evolve_thread = threading.Thread(
+                    target=self._evolve_loop,
+                    args=(self.evolve_every, self._stopping),
+                    name="simulator-evolve",
+                    daemon=True,
+                )
+                self._evolve_thread.start()
+            return self._base_url
+
+    def stop(self) -> None:
+        """Stop serving, close open keep-alive connections and join the threads; idempotent."""
+        with self._lock:
+            server, self._server = self._server, None
+            serve_thread, self._serve_thread = self._serve_thread, None
+            evolve_thread, self._evolve_thread = self._evolve_thread, None
+            self._stopping.set()
+        if server is not None:
+            server.shutdown()
+            server.close_connections()
+            server.server_close()
+        for thread in (serve_thread, evolve_thread):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout=10)
+
+    @property
+    def base_url(self) -> str:
+        """``http://host:port`` of the running server."""
+        if self._base_url is None:
+            raise RuntimeError("simulator not started")
+        return self._base_url
+
+    def __enter__(self) -> Simulator:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------ internals
+
+    def _project(self, project_id: str) -> _Project:
+        try:
+            return self._projects[project_id]
+        except KeyError:
+            raise KeyError(f"unknown project {project_id!r}") from None
+
+    def _create(
+        self, project_id: str, api_key: str | None, organization_id: str | None, sessions: int
+    ) -> _Project:
+        rng = random.Random(f"{self.seed}:{project_id}")
+        pool = tuple(f"idx-{rng.getrandbits(48):012x}" for _ in range(4))
+        project = _Project(project_id, api_key, organization_id, rng, pool, target=sessions)
+        self._projects[project_id] = project
+        if sessions:
+            start = self._clock_us - HISTORY_DAYS * 86_400 * 10**6
+            project.items = self._new_sessions(project, sessions, start, self._clock_us, 0.85)
+        return project
+
+    def _new_sessions(
+        self, project: _Project, count: int, start_us: int, end_us: int, run_share: float
+    ) -> list[bytes]:
+        """Synthetic sessions with timestamps in (start_us, end_us], rendered straight to JSON.
+
+        Formatting with a template instead of building dicts keeps 200,000 sessions at about a
+        second and avoids a transient copy of every item as Python objects.
+        """
+        rng = project.rng
+        rand = rng.random
+        bits = rng.getrandbits
+        pool = [_ENCODER.encode(index_id) for index_id in project.index_pool]
+        span = end_us - start_us
+        error_share = self.error_share
+        n_titles = len(_TITLES_JSON)
+        out: list[bytes] = []
+        append = out.append
+        for _ in range(count):
+            ran = rand() < run_share
+            pick = rand()
+            if pick < 0.2:
+                index_ids = "null"
+            elif pick < 0.8:
+                index_ids = f"[{pool[int(rand() * len(pool))]}]"
+            else:
+                index_ids = f"[{pool[0]},{pool[1 + int(rand() * (len(pool) - 1))]}]"
+            timestamp = _format_ts(start_us + 1 + int(rand() * span), rand())
+            shared = "true" if rand() < 0.1 else "false"
+            if ran:
+                title = _TITLES_JSON[int(rand() * n_titles)]
+                run = _render_run(*_run_values(rng, error_share))
+            else:
+                title = run = "null"
+            append(
+                f'{{"session_id":"ses-{bits(96):024x}","last_updated_at":"{timestamp}",'
+                f'"shared_access":{shared},"generated_title":{title},"index_ids":{index_ids},'
+                f'"job_metadata":{run}}}'.encode()
+            )
+        return out
+
+    def _evolve(self, project: _Project, start_us: int, end_us: int) -> None:
+        """One tick: some sessions re-run, some are deleted, some appear (a few never run)."""
+        rng = project.rng
+        items = project.items
+        size = len(items)
+        span = end_us - start_us
+        if size:
+            # Means: about 2% of sessions deleted and 2% re-run per tick, at least a few.
+            deletes = min(size, rng.randint(0, max(1, round(size * 0.04))))
+            reruns = min(size - deletes, 1 + rng.randint(0, max(2, round(size * 0.04))))
+            chosen = rng.sample(range(size), deletes + reruns)
+            for index in chosen[deletes:]:
+                item = json.loads(items[index])
+                if not isinstance(item, dict):
+                    continue  # malformed golden data stays as it is
+                previous = item.get("last_updated_at")
+                style = 0.0  # keep the session's timestamp style: naive, "+00:00" or "Z"
+                if isinstance(previous, str) and previous.endswith(("Z", "+00:00")):
+                    style = 0.95 if previous.endswith("Z") else 0.8
+                item["last_updated_at"] = _format_ts(start_us + 1 + int(rng.random() * span), style)
+                item["job_metadata"] = _run_dict(*_run_values(rng, self.error_share))
+                if not item.get("generated_title"):
+                    item["generated_title"] = _TITLES[int(rng.random() * len(_TITLES))]
+                items[index] = _ENCODER.encode(item).encode()
+            gone = set(chosen[:deletes])
+            items = [item for i, item in enumerate(items) if i not in gone]
+        # Creation balances deletion around the initial size, so a long demo neither empties
+        # nor explodes.
+        created = rng.randint(0, max(1, round(project.target * 0.04)))
+        items.extend(self._new_sessions(project, created, start_us, end_us, 0.7))
+        project.items = items
+        self._bump(project)
+
+    def _bump(self, project: _Project) -> None:
+        """Invalidate the project's rendered pages after its data changed."""
+        project.version += 1
+        self._cache_total -= project.cache_bytes
+        project.cache.clear()
+        project.cache_bytes = 0
+
+    def _add_fault(self, fault: _Fault) -> None:
+        if fault.remaining < 1:
+            raise ValueError("count must be at least 1")
+        with self._lock:
+            self._faults.append(fault)
+
+    def _take_fault(self, kind: str, project_id: str | None) -> _Fault | None:
+        for i, fault in enumerate(self._faults):
+            if fault.kind == kind and fault.project_id in (None, project_id):
+                fault.remaining -= 1
+                if fault.remaining <= 0:
+                    del self._faults[i]
+                return fault
+        return None
+
+    def _evolve_loop(self, every: float, stopping: threading.Event) -> None:
+        while not stopping.wait(every):
+            self.step()
+
+    def _handle(
+        self, method: str, target: str, authorization: str | None, stopping: threading.Event
+    ) -> tuple[int, bytes, tuple[tuple[str, str], ...]]:
+        """Answer one request: (status, body, extra headers). Sleeps happen outside the lock."""
+        split = urlsplit(target)
+        path = split.path
+        query = dict(parse_qsl(split.query, keep_blank_values=True))
+        project_id = query.get("project_id")
+        latency = self.latency
+        if latency > 0:
+            stopping.wait(latency)
+        is_chat = path == CHAT_PATH
+        if is_chat:
+            with self._lock:
+                hang = self._take_fault("hang", project_id)
+            if hang is not None:
+                stopping.wait(hang.seconds)
+        with self._lock:
+            status, body, headers = self._answer(method, path, is_chat, query, authorization)
+            if is_chat and status == 200 and self._take_fault("truncate", project_id):
+                body = body[: len(body) // 2]
+            self._request_count += 1
+            self._requests.append(RequestRecord(path, query, authorization, status, method))
+        return status, body, headers
+
+    def _answer(
+        self,
+        method: str,
+        path: str,
+        is_chat: bool,
+        query: dict[str, str],
+        authorization: str | None,
+    ) -> tuple[int, bytes, tuple[tuple[str, str], ...]]:
+        if not is_chat:
+            return 404, _detail_body("Not Found"), ()
+        if method != "GET":
+            return 405, _detail_body("Method Not Allowed"), (("Allow", "GET"),)
+        fault = self._take_fault("fail", query.get("project_id"))
+        if fault is not None:
+            headers = (("Retry-After", fault.retry_after),) if fault.retry_after else ()
+            return fault.status, _detail_body(fault.detail), headers
+        try:
+            return 200, self._list(query, authorization), ()
+        except _ApiError as err:
+            return err.status, _detail_body(err.detail), err.headers
+
+    def _list(self, query: dict[str, str], authorization: str | None) -> bytes:
+        """The chat listing, checked in the order the real service does: auth, input, access."""
+        key = _bearer(authorization)
+        known = key == self.api_key or any(p.api_key == key for p in self._projects.values())
+        if not known:
+            raise _ApiError(401, "Invalid API key", (("WWW-Authenticate", "Bearer"),))
+        project_id = query.get("project_id")
+        if project_id is None:
+            raise _ApiError(422, _missing("project_id"))
+        page_size = _page_size(query.get("page_size"), self.max_page_size)
+        project = self._projects.get(project_id)
+        if project is None:
+            raise _ApiError(404, f"Project {project_id} not found")
+        if key != (project.api_key or self.api_key):
+            raise _ApiError(403, "API key does not have access to this project")
+        organization_id = query.get("organization_id")
+        if project.organization_id and organization_id not in (None, project.organization_id):
+            raise _ApiError(404, f"Project {project_id} not found in organization")
+        token = query.get("page_token") or None
+        kind, number = ("o", 0) if token is None else _decode_token(token, project.tag)
+        if project.endless:
+            return self._endless_page(project, page_size, number + 1 if kind == "e" else 1)
+        if kind != "o":
+            raise _ApiError(400, "Invalid page_token")
+        return self._page(project, page_size, number)
+
+    def _page(self, project: _Project, page_size: int, offset: int) -> bytes:
+        mode = "repeat" if project.repeat_token else "normal"
+        cache_key = (mode, page_size, offset)
+        page = project.cache.get(cache_key)
+        if page is not None:
+            project.cache.move_to_end(cache_key)
+            return page
+        end = offset + page_size
+        parts = [b'{"items":[', b",".join(project.items[offset:end]), b"]"]
+        if project.repeat_token:
+            next_token: str | None = _encode_token(project.tag, "o", page_size)
+        elif end < len(project.items):
+            next_token = _encode_token(project.tag, "o", end)
+        else:
+            next_token = None
+        if next_token is not None:
+            parts.append(b',"next_page_token":"' + next_token.encode() + b'"')
+        parts.append(b"}")
+        page = b"".join(parts)
+        self._remember(project, cache_key, page)
+        return page
+
+    def _endless_page(self, project: _Project, page_size: int, counter: int) -> bytes:
+        cache_key = ("endless", page_size, 0)
+        prefix = project.cache.get(cache_key)
+        if prefix is None:
+            prefix = b'{"items":[' + b",".join(project.items[:page_size]) + b"]"
+            self._remember(project, cache_key, prefix)
+        token = _encode_token(project.tag, "e", counter).encode()
+        return prefix + b',"next_page_token":"' + token + b'"}'
+
+    def _remember(self, project: _Project, key: tuple[str, int, int], page: bytes) -> None:
+        """Cache a rendered page, evicting least recently used pages beyond the byte budget."""
+        if len(page) > PAGE_CACHE_BYTES:
+            return
+        project.cache[key] = page
+        project.cache_bytes += len(page)
+        self._cache_total += len(page)
+        if self._cache_total <= PAGE_CACHE_BYTES:
+            return
+        victims = [project, *(p for p in self._projects.values() if p is not project)]
+        for victim in victims:
+            while self._cache_total > PAGE_CACHE_BYTES and victim.cache:
+                _, dropped = victim.cache.popitem(last=False)
+                victim.cache_bytes -= len(dropped)
+                self._cache_total -= len(dropped)
+
+
+def _lognormal(rand: Callable[[], float], mu: float, sigma: float) -> float:
+    """Roughly log-normal from three uniforms; ``random.lognormvariate`` is several times slower."""
+    return math.exp(mu + sigma * 2.0 * (rand() + rand() + rand() - 1.5))
+
+
+def _run_values(
+    rng: random.Random, error_share: float
+) -> tuple[float, str | None, bool | None, int, int, int]:
+    """A most-recent run: (duration_ms, error, is_error, input, output, turns).
+
+    ``is_error`` None means the field is absent: some records report a failure by its text only.
+    """
+    rand = rng.random
+    duration = round(_lognormal(rand, 8.0, 0.8), 3)
+    tokens_in = int(_lognormal(rand, 7.0, 1.0))
+    tokens_out = int(_lognormal(rand, 5.5, 0.9))
+    turns = 1 + int(rand() * 12)
+    if rand() < error_share:
+        error = _ERRORS[int(rand() * len(_ERRORS))]
+        return duration, error, None if rand() < 0.1 else True, tokens_in, tokens_out, turns
+    return duration, None, False, tokens_in, tokens_out, turns
+
+
+def _run_dict(
+    duration: float,
+    error: str | None,
+    is_error: bool | None,
+    tokens_in: int,
+    tokens_out: int,
+    turns: int,
+) -> dict[str, Any]:
+    run: dict[str, Any] = {
+        "duration_ms": duration,
+        "error": error,
+        "export_config_ids": [],
+        "is_error": is_error,
+        "total_input_tokens": tokens_in,
+        "total_output_tokens": tokens_out,
+        "turns": turns,
+    }
+    if is_error is None:
+        del run["is_error"]
+    return run
+
+
+def _render_run(
+    duration: float,
+    error: str | None,
+    is_error: bool | None,
+    tokens_in: int,
+    tokens_out: int,
+    turns: int,
+) -> str:
+    """Same bytes as encoding ``_run_dict`` with the compact encoder, only faster."""
+    error_json = _ERRORS_JSON[error] if error is not None else "null"
+    flag = "" if is_error is None else f'"is_error":{"true" if is_error else "false"},'
+    return (
+        f'{{"duration_ms":{duration!r},"error":{error_json},"export_config_ids":[],{flag}'
+        f'"total_input_tokens":{tokens_in},"total_output_tokens":{tokens_out},"turns":{turns}}}'
+    )
+
+
+def _bearer(authorization: str | None) -> str:
+    if not authorization:
+        raise _ApiError(401, "Not authenticated", (("WWW-Authenticate", "Bearer"),))
+    scheme, _, key = authorization.partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
+        raise _ApiError(401, "Invalid authentication scheme", (("WWW-Authenticate", "Bearer"),))
+    return key
+
+
+def _page_size(raw: str | None, maximum: int) -> int:
+    """Parses page_size like FastAPI would (422 on junk or < 1); values above the maximum clamp."""
+    if raw is None:
+        return min(DEFAULT_PAGE_SIZE, maximum)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _ApiError(
+            422,
+            [
+                {
+                    "type": "int_parsing",
+                    "loc": ["query", "page_size"],
+                    "msg": "Input should be a valid integer, unable to parse string as an integer",
+                    "input": raw,
+                }
+            ],
+        ) from None
+    if value < 1:
+        raise _ApiError(
+            422,
+            [
+                {
+                    "type": "greater_than_equal",
+                    "loc": ["query", "page_size"],
+                    "msg": "Input should be greater than or equal to 1",
+                    "input": raw,
+                    "ctx": {"ge": 1},
+                }
+            ],
+        )
+    return min(value, maximum)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Thin HTTP layer: all decisions are made by ``Simulator._handle``."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server_version = "llamacloud-simulator"
+    sys_version = ""
+
+    def setup(self) -> None:
+        super().setup()
+        cast("_Server", self.server).track(self.connection, add=True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            cast("_Server", self.server).track(self.connection, add=False)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silenced: a benchmark would otherwise spend its time writing to stderr."""
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def _dispatch(self, method: str) -> None:
+        server = cast("_Server", self.server)
+        length = self.headers.get("Content-Length")
+        if length and length.isdigit():
+            self.rfile.read(int(length))  # drain, so the connection can be reused
+        status, body, headers = server.simulator._handle(
+            method, self.path, self.headers.get("Authorization"), server.stopping
+        )
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            for name, value in headers:
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:
+            self.close_connection = True  # the client gave up (e.g. after its timeout)
+
+
+class _Server(ThreadingHTTPServer):
+    """Threaded server that remembers open connections so ``stop()`` can close keep-alives."""
+
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        simulator: Simulator,
+        stopping: threading.Event,
+    ) -> None:
+        self.simulator = simulator
+        self.stopping = stopping
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(address, handler)
+
+    def track(self, connection: socket.socket, *, add: bool) -> None:
+        with self._connections_lock:
+            if add:
+                self._connections.add(connection)
+            else:
+                self._connections.discard(connection)
+
+    def close_connections(self) -> None:
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients dropping connections is normal here; anything else is still reported."""
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        super().handle_error(request, client_address)
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+def _parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--listen must be HOST:PORT, got {value!r}")
+    host = host.strip("[]") or "127.0.0.1"
+    return host, int(port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the simulator until SIGINT or SIGTERM."""
+    parser = argparse.ArgumentParser(
+        prog="python -m exporter.simulator",
+        description=(
+            "Serve a simulated LlamaCloud chat API (GET /api/v1/chat) with synthetic, evolving "
+            "projects. Prints 'simulator listening on URL' and one 'project ID' line per project, "
+            "then serves until interrupted."
+        ),
+    )
+    parser.add_argument(
+        "--listen",
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="address to bind; port 0 picks a free port (default: %(default)s)",
+    )
+    parser.add_argument("--projects", type=int, default=3, help="number of projects (default: 3)")
+    parser.add_argument(
+        "--sessions", type=int, default=50, help="initial sessions per project (default: 50)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="data seed (default: 0)")
+    parser.add_argument(
+        "--evolve-every",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="evolve the data this often; 0 freezes it (default: 5)",
+    )
+    parser.add_argument(
+        "--error-share",
+        type=float,
+        default=0.1,
+        metavar="F",
+        help="share of runs that fail, 0..1 (default: 0.1)",
+    )
+    parser.add_argument(
+        "--latency",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="delay added to every request (default: 0)",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=DEFAULT_API_KEY,
+        metavar="KEY",
+        help="bearer key accepted for every project (default: %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        host, port = _parse_listen(args.listen)
+        if args.latency < 0:
+            raise ValueError("--latency must not be negative")
+        simulator = Simulator(
+            projects=args.projects,
+            sessions_per_project=args.sessions,
+            seed=args.seed,
+            error_share=args.error_share,
+            evolve_every=args.evolve_every if args.evolve_every > 0 else None,
+            api_key=args.api_key,
+        )
+    except ValueError as err:
+        parser.error(str(err))
+    simulator.latency = args.latency
+
+    done = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        done.set()
+
+    previous: dict[signal.Signals, Any] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        # Outside the main thread signal() raises ValueError: the caller handles signals then.
+        with contextlib.suppress(ValueError):
+            previous[sig] = signal.signal(sig, on_signal)
+    try:
+        try:
+            url = simulator.start(host, port)
+        except OSError as err:
+            print(f"simulator: cannot listen on {args.listen}: {err}", file=sys.stderr)
+            return 1
+        print(f"simulator listening on {url}")
+        for project_id in simulator.project_ids:
+            print(f"project {project_id}")
+        sys.stdout.flush()
+        while not done.wait(1.0):
+            pass
+        return 0
+    finally:
+        simulator.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

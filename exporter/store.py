@@ -1,0 +1,119 @@
+"""The latest complete state of every project, swapped whole so a scrape never sees half a poll."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from .aggregate import PollResult, ProjectSnapshot, RunTotals
+from .config import ProjectConfig
+
+
+@dataclass(frozen=True)
+class ProjectState:
+    """Everything the collector and the landing page show for one project."""
+
+    project_id: str
+    name: str
+    organization_id: str
+    snapshot: ProjectSnapshot | None = None
+    totals: RunTotals = field(default_factory=RunTotals)
+    up: bool = False
+    polled: bool = False  # a first poll attempt has finished, successful or not
+    last_poll_duration: float | None = None
+    last_poll_finished: float | None = None
+    last_success: float | None = None
+    last_error: str | None = None  # a fixed reason word, never free text
+    poll_errors: tuple[tuple[str, int], ...] = ()
+    invalid_items_total: int = 0
+    tracked_sessions: int = 0
+
+
+class Store:
+    """Owned by the poller (writes) and read by the collector and the web pages.
+
+    Each write replaces a frozen :class:`ProjectState`; readers take a tuple of the
+    current ones, so they never block a poll for longer than a dict copy.
+    """
+
+    def __init__(self, projects: Iterable[ProjectConfig] = ()) -> None:
+        self._lock = threading.Lock()
+        self._projects: dict[str, ProjectState] = {}
+        self._api_requests: dict[str, int] = {}
+        for project in projects:
+            self.add_project(project)
+
+    def add_project(self, project: ProjectConfig, totals: RunTotals | None = None) -> None:
+        state = ProjectState(project.id, project.name, project.organization_id)
+        if totals is not None:
+            state = replace(state, totals=totals)
+        with self._lock:
+            self._projects[project.id] = state
+
+    def projects(self) -> tuple[ProjectState, ...]:
+        with self._lock:
+            return tuple(self._projects.values())
+
+    def get(self, project_id: str) -> ProjectState:
+        with self._lock:
+            return self._projects[project_id]
+
+    def api_requests(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._api_requests)
+
+    def count_request(self, code: str) -> None:
+        with self._lock:
+            self._api_requests[code] = self._api_requests.get(code, 0) + 1
+
+    def record_success(
+        self,
+        project_id: str,
+        result: PollResult,
+        *,
+        duration: float,
+        finished: float,
+        tracked_sessions: int,
+    ) -> ProjectState:
+        with self._lock:
+            old = self._projects[project_id]
+            new = replace(
+                old,
+                snapshot=result.snapshot,
+                totals=old.totals + result.new_runs,
+                up=True,
+                polled=True,
+                last_poll_duration=duration,
+                last_poll_finished=finished,
+                last_success=finished,
+                last_error=None,
+                invalid_items_total=old.invalid_items_total + result.snapshot.invalid_items,
+                tracked_sessions=tracked_sessions,
+            )
+            self._projects[project_id] = new
+            return new
+
+    def record_failure(
+        self, project_id: str, reason: str, *, duration: float, finished: float
+    ) -> ProjectState:
+        """A failed poll keeps the last snapshot and counters; only health changes."""
+        with self._lock:
+            old = self._projects[project_id]
+            errors = dict(old.poll_errors)
+            errors[reason] = errors.get(reason, 0) + 1
+            new = replace(
+                old,
+                up=False,
+                polled=True,
+                last_poll_duration=duration,
+                last_poll_finished=finished,
+                last_error=reason,
+                poll_errors=tuple(sorted(errors.items())),
+            )
+            self._projects[project_id] = new
+            return new
+
+    def ready(self) -> bool:
+        with self._lock:
+            return all(state.polled for state in self._projects.values())

@@ -1,0 +1,200 @@
+"""Shared fixtures: a real simulated LlamaCloud API and a real exporter process on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.simulator import DEFAULT_API_KEY, Simulator
+
+REPO = Path(__file__).resolve().parent.parent
+
+# A session in the shape of the API reference's example, with every field set.
+SESSION = {
+    "last_updated_at": "2026-04-22T12:34:41.342245",
+    "session_id": "ses-abc123",
+    "shared_access": False,
+    "generated_title": "What were the main findings in Q3?...",
+    "index_ids": ["idx-abc123", "idx-def456"],
+    "job_metadata": {
+        "duration_ms": 1500,
+        "error": None,
+        "export_config_ids": ["string"],
+        "is_error": False,
+        "total_input_tokens": 100,
+        "total_output_tokens": 20,
+        "turns": 2,
+    },
+}
+
+
+def session(sid: str, **job: Any) -> dict[str, Any]:
+    """A listed session; ``job`` overrides fields of its job_metadata (``job=None``: never run)."""
+    item = dict(SESSION, session_id=sid)
+    if job.get("job", 1) is None:
+        item["job_metadata"] = None
+    else:
+        item["job_metadata"] = dict(SESSION["job_metadata"], **job)  # type: ignore[arg-type]
+    return item
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll until ``condition()`` is truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = condition()
+        except (httpx.HTTPError, OSError) as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse_metrics(text: str) -> Samples:
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def value(samples: Samples, metric: str, /, **labels: str) -> float | None:
+    return samples.get((metric, frozenset(labels.items())))
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    simulator = Simulator(projects=0, seed=7)
+    simulator.start()
+    try:
+        yield simulator
+    finally:
+        simulator.stop()
+
+
+def write_config(path: Path, base_url: str, project_ids: list[str], **top: Any) -> Path:
+    config: dict[str, Any] = {
+        "llamacloud": {
+            "base_url": base_url,
+            "api_key": DEFAULT_API_KEY,
+            "timeout_seconds": 2,
+            "max_retries": 2,
+        },
+        "projects": [{"id": pid} for pid in project_ids],
+        "poll_interval_seconds": 0.3,
+    }
+    for key, val in top.items():
+        if isinstance(val, dict) and isinstance(config.get(key), dict):
+            config[key].update(val)
+        else:
+            config[key] = val
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@dataclass
+class Exporter:
+    """A running ``python -m exporter`` process and its URL."""
+
+    proc: subprocess.Popen[str]
+    url: str
+    log_path: Path
+    _metrics: list[str] = field(default_factory=list)
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=5, **kwargs)
+
+    def metrics(self) -> Samples:
+        return parse_metrics(self.get("/metrics").text)
+
+    def wait_metric(
+        self,
+        name: str,
+        labels: dict[str, str],
+        predicate: Callable[[float], bool],
+        timeout: float = 30.0,
+    ) -> Samples:
+        def check() -> Samples | None:
+            samples = self.metrics()
+            v = value(samples, name, **labels)
+            return samples if v is not None and predicate(v) else None
+
+        result: Samples = wait_for(check, timeout, f"{name}{labels}")
+        return result
+
+    def logs(self) -> str:
+        return self.log_path.read_text()
+
+
+@pytest.fixture
+def start_exporter(tmp_path: Path) -> Iterator[Callable[..., Exporter]]:
+    started: list[Exporter] = []
+
+    def start(config: Path, *extra: str, ready: bool = True) -> Exporter:
+        port = free_port()
+        log_path = tmp_path / f"exporter-{len(started)}.log"
+        log_file = log_path.open("w")
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "exporter",
+                "--config",
+                str(config),
+                "--web.listen-address",
+                f"127.0.0.1:{port}",
+                "--log.format",
+                "json",
+                *extra,
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        log_file.close()
+        exporter = Exporter(proc, f"http://127.0.0.1:{port}", log_path)
+        started.append(exporter)
+        wait_for(lambda: exporter.get("/healthz").status_code == 200, 30, "/healthz")
+        if ready:
+            wait_for(lambda: exporter.get("/readyz").status_code == 200, 30, "/readyz")
+        return exporter
+
+    try:
+        yield start
+    finally:
+        for exporter in started:
+            if exporter.proc.poll() is None:
+                exporter.proc.send_signal(signal.SIGTERM)
+                try:
+                    exporter.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    exporter.proc.kill()
+                    exporter.proc.wait()

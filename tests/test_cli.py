@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from exporter import __version__
+from exporter.simulator import Simulator
+from tests.conftest import REPO, parse_metrics, session, value, write_config
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env=env,
+    )
+
+
+def test_version() -> None:
+    result = cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"llamacloud-exporter {__version__}"
+
+
+def test_check_config_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("projects:\n  - id: a\n  - name: b\npoll_interval: 5\n")
+    result = cli("--check-config", "--config", str(bad), env={"LLAMA_CLOUD_API_KEY": "llx-k"})
+    assert result.returncode == 2
+    assert "projects[1].id: required" in result.stderr
+    assert "poll_interval: unknown key (did you mean poll_interval_seconds?)" in result.stderr
+
+
+def test_check_config_accepts_a_good_file(tmp_path: Path) -> None:
+    good = write_config(tmp_path / "good.yaml", "http://127.0.0.1:1", ["a", "b"])
+    result = cli("--check-config", "--config", str(good))
+    assert result.returncode == 0, result.stderr
+    assert "valid (2 projects)" in result.stdout
+
+
+def test_config_is_required_and_listen_address_is_checked(tmp_path: Path) -> None:
+    assert cli().returncode == 2
+    good = write_config(tmp_path / "good.yaml", "http://127.0.0.1:1", ["a"])
+    result = cli("--check-config", "--config", str(good), "--web.listen-address", "nope")
+    assert result.returncode == 2
+    assert "--web.listen-address: must be HOST:PORT" in result.stderr
+
+
+def test_once_prints_metrics_and_fails_when_a_project_fails(sim: Simulator, tmp_path: Path) -> None:
+    sim.set_sessions("good", [session("a"), session("b", job=None)])
+    config = write_config(tmp_path / "c.yaml", sim.base_url, ["good"])
+    result = cli("--once", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    samples = parse_metrics(result.stdout)
+    assert value(samples, "llamacloud_chat_sessions", project_id="good", status="ok") == 1
+    assert value(samples, "llamacloud_up", project_id="good") == 1
+    assert "poll_succeeded" in result.stderr  # logs go to stderr, metrics to stdout
+
+    config = write_config(tmp_path / "c.yaml", sim.base_url, ["good", "missing"])
+    result = cli("--once", "--config", str(config))
+    assert result.returncode == 1
+    samples = parse_metrics(result.stdout)
+    assert value(samples, "llamacloud_up", project_id="missing") == 0
+    assert (
+        value(samples, "llamacloud_poll_errors_total", project_id="missing", reason="not_found")
+        == 1
+    )
+    assert "missing" in result.stderr and "poll_failed_config" in result.stderr
+
+
+def test_the_key_never_appears_in_output(sim: Simulator, tmp_path: Path) -> None:
+    secret = "llx-super-secret-777"
+    sim.add_project("locked", api_key="llx-other")
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"llamacloud:\n  base_url: {sim.base_url}\n  api_key: {secret}\n  max_retries: 0\n"
+        "projects:\n  - id: locked\n"
+    )
+    for fmt in ("json", "console"):
+        result = cli("--once", "--config", str(config), "--log.format", fmt, "--log.level", "debug")
+        assert result.returncode == 1
+        assert secret not in result.stdout + result.stderr
+        assert "poll_failed_config" in result.stderr
+
+
+def test_a_bad_state_path_is_a_config_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    config = write_config(
+        tmp_path / "c.yaml", "http://127.0.0.1:1", ["a"], state={"path": str(blocker / "x.db")}
+    )
+    result = cli("--once", "--config", str(config))
+    assert result.returncode == 2
+    assert result.stderr.startswith("state.path: cannot use")

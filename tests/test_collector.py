@@ -1,0 +1,77 @@
+"""The collector renders the store and never reaches the API."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from prometheus_client import generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+from exporter.aggregate import aggregate
+from exporter.collector import StoreCollector
+from exporter.config import ProjectConfig, Secret
+from exporter.store import Store
+from tests.conftest import parse_metrics, session, value
+
+EXPORTER = Path(__file__).resolve().parent.parent / "exporter"
+
+
+def imports(module: str) -> set[str]:
+    tree = ast.parse((EXPORTER / f"{module}.py").read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            names.add(("." * node.level) + (node.module or ""))
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return names
+
+
+def test_imports_run_downstream_only() -> None:
+    io_modules = {
+        ".client",
+        ".poller",
+        ".server",
+        ".cli",
+        ".state",
+        ".simulator",
+        "httpx",
+        "asyncio",
+    }
+    assert not imports("aggregate") & (io_modules | {"time", "os", "socket"})
+    assert not imports("collector") & io_modules
+    assert not imports("store") & io_modules
+
+
+def test_a_project_removed_from_the_store_leaves_no_series() -> None:
+    def render(pids: list[str]) -> str:
+        store = Store([ProjectConfig(p, p, "", "http://x", 100, Secret("k")) for p in pids])
+        for p in pids:
+            store.record_success(
+                p, aggregate([[session("a")]]), duration=1, finished=1, tracked_sessions=1
+            )
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(StoreCollector(store))
+        return generate_latest(registry).decode()
+
+    assert 'project_id="gone"' in render(["kept", "gone"])
+    text = render(["kept"])
+    assert 'project_id="gone"' not in text
+    assert value(parse_metrics(text), "llamacloud_up", project_id="kept") == 1
+
+
+def test_help_texts_say_values_come_from_the_last_poll() -> None:
+    store = Store([ProjectConfig("p", "p", "", "http://x", 100, Secret("k"))])
+    store.record_success(
+        "p", aggregate([[session("a")]]), duration=1, finished=1, tracked_sessions=1
+    )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(store))
+    helps = {
+        line.split()[2]: line
+        for line in generate_latest(registry).decode().splitlines()
+        if line.startswith("# HELP llamacloud_chat")
+    }
+    assert helps
+    assert all("last" in line and "poll" in line for line in helps.values()), helps

@@ -1,0 +1,174 @@
+"""The real daemon process against the simulator on loopback, scraped over HTTP."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from exporter.simulator import Simulator
+from tests.conftest import Exporter, session, value, wait_for, write_config
+
+P = "proj-integration"
+
+
+def test_values_new_runs_and_sessions(
+    sim: Simulator, tmp_path: Path, start_exporter: Callable[..., Exporter]
+) -> None:
+    sim.set_sessions(P, [session("a"), session("b", is_error=True), session("c", job=None)])
+    exp = start_exporter(write_config(tmp_path / "c.yaml", sim.base_url, [P]))
+    m = exp.wait_metric("llamacloud_up", {"project_id": P}, lambda v: v == 1)
+    assert value(m, "llamacloud_chat_sessions", project_id=P, status="ok") == 1
+    assert value(m, "llamacloud_chat_sessions", project_id=P, status="error") == 1
+    assert value(m, "llamacloud_chat_sessions", project_id=P, status="never_run") == 1
+    assert value(m, "llamacloud_chat_session_tokens", project_id=P, token_type="input") == 200
+    assert value(m, "llamacloud_chat_session_turns", project_id=P) == 4
+    assert value(m, "llamacloud_chat_session_duration_seconds", project_id=P) == 3.0
+    assert value(m, "llamacloud_chat_runs_total", project_id=P) == 0  # the baseline
+    assert value(m, "llamacloud_project_info", project_id=P, name=P, organization_id="") == 1
+
+    # b is re-run and fails, c runs for the first time, d appears with a run.
+    sim.set_sessions(
+        P,
+        [
+            session("a"),
+            session("b", is_error=True, total_input_tokens=1000, duration_ms=250),
+            session("c", total_output_tokens=5),
+            session("d", turns=7),
+        ],
+    )
+    m = exp.wait_metric("llamacloud_chat_runs_total", {"project_id": P}, lambda v: v == 3)
+    assert value(m, "llamacloud_chat_run_errors_total", project_id=P) == 1
+    assert value(m, "llamacloud_chat_sessions_created_total", project_id=P) == 1
+    assert value(m, "llamacloud_chat_tokens_total", project_id=P, token_type="input") == 1200
+    assert value(m, "llamacloud_chat_tokens_total", project_id=P, token_type="output") == 45
+    assert value(m, "llamacloud_chat_turns_total", project_id=P) == 11
+    assert value(m, "llamacloud_chat_run_duration_seconds_count", project_id=P) == 3
+    assert value(m, "llamacloud_chat_run_duration_seconds_bucket", project_id=P, le="0.32") == 1
+    assert value(m, "llamacloud_chat_run_duration_seconds_sum", project_id=P) == 3.25
+    assert (
+        value(
+            m, "llamacloud_chat_run_token_usage_bucket", project_id=P, token_type="input", le="+Inf"
+        )
+        == 3
+    )
+    assert value(m, "llamacloud_chat_sessions", project_id=P, status="never_run") == 0
+    # Further polls of unchanged data count nothing more.
+    polls = len(sim.requests)
+    wait_for(lambda: len(sim.requests) >= polls + 3, what="three more polls")
+    assert value(exp.metrics(), "llamacloud_chat_runs_total", project_id=P) == 3
+
+
+def test_outage_keeps_the_last_numbers_and_recovers(
+    sim: Simulator, tmp_path: Path, start_exporter: Callable[..., Exporter]
+) -> None:
+    sim.set_sessions(P, [session("a"), session("b")])
+    exp = start_exporter(write_config(tmp_path / "c.yaml", sim.base_url, [P]))
+    exp.wait_metric("llamacloud_up", {"project_id": P}, lambda v: v == 1)
+    first_success = value(
+        exp.metrics(), "llamacloud_last_successful_poll_timestamp_seconds", project_id=P
+    )
+
+    sim.fail_next(100_000, status=503, detail="maintenance")
+    m = exp.wait_metric("llamacloud_up", {"project_id": P}, lambda v: v == 0)
+    assert value(m, "llamacloud_chat_sessions", project_id=P, status="ok") == 2
+    assert value(m, "llamacloud_poll_errors_total", project_id=P, reason="server_error") >= 1  # type: ignore[operator]
+    assert value(m, "llamacloud_api_requests_total", code="503") >= 3  # type: ignore[operator]
+    # Data changes during the outage are invisible until a poll completes again.
+    sim.set_sessions(P, [session("a"), session("b", turns=3), session("c")])
+    assert value(exp.metrics(), "llamacloud_chat_sessions", project_id=P, status="ok") == 2
+
+    sim.clear_faults()
+    m = exp.wait_metric("llamacloud_up", {"project_id": P}, lambda v: v == 1)
+    assert value(m, "llamacloud_chat_sessions", project_id=P, status="ok") == 3
+    assert value(m, "llamacloud_chat_runs_total", project_id=P) == 2
+    last = value(m, "llamacloud_last_successful_poll_timestamp_seconds", project_id=P)
+    assert last is not None and first_success is not None and last > first_success
+    assert "poll_failed" in exp.logs()
+
+
+def test_429_with_retry_after_is_retried(
+    sim: Simulator, tmp_path: Path, start_exporter: Callable[..., Exporter]
+) -> None:
+    sim.set_sessions(P, [session("a")])
+    sim.fail_next(1, status=429, retry_after="1", detail="Too Many Requests")
+    exp = start_exporter(write_config(tmp_path / "c.yaml", sim.base_url, [P]))
+    m = exp.wait_metric("llamacloud_up", {"project_id": P}, lambda v: v == 1)
+    assert value(m, "llamacloud_api_requests_total", code="429") == 1
+    assert value(m, "llamacloud_poll_errors_total", project_id=P, reason="rate_limited") == 0
+    statuses = [r.status for r in sim.requests]
+    assert statuses[:2] == [429, 200]
+
+
+def test_401_is_a_config_problem_named_in_the_log(
+    sim: Simulator, tmp_path: Path, start_exporter: Callable[..., Exporter]
+) -> None:
+    secret = "llx-wrong-secret-value-42"
+    sim.add_project("locked", api_key="llx-the-right-key")
+    sim.set_sessions(P, [session("a")])
+    config = write_config(tmp_path / "c.yaml", sim.base_url, [P])
+    raw = config.read_text().replace("- id: locked", "")
+    config.write_text(raw + f"- id: locked\n  api_key: {secret}\n")
+    exp = start_exporter(config)
+    m = exp.wait_metric(
+        "llamacloud_poll_errors_total", {"project_id": "locked", "reason": "auth"}, lambda v: v >= 1
+    )
+    assert value(m, "llamacloud_up", project_id="locked") == 0
+    assert value(m, "llamacloud_up", project_id=P) == 1  # the other project is unaffected
+    assert value(m, "llamacloud_api_requests_total", code="401") >= 1  # type: ignore[operator]
+    locked = [r for r in sim.requests if r.query.get("project_id") == "locked"]
+    polls = len(locked)
+    assert all(r.status == 401 for r in locked)
+    wait_for(lambda: "poll_failed_config" in exp.logs(), what="the config error in the log")
+    events = [json.loads(line) for line in exp.logs().splitlines() if line.startswith("{")]
+    auth = [e for e in events if e.get("event") == "poll_failed_config"]
+    assert auth[0]["project_id"] == "locked"
+    assert "api_key" in auth[0]["hint"]
+    # 401 is not retried: one request per poll.
+    assert polls <= len(auth) + 1  # +1: a poll may be under way
+    page = exp.get("/").text
+    assert "failed: auth" in page
+    text = exp.get("/metrics").text + exp.logs() + page
+    assert secret not in text
+
+
+def test_readyz_waits_for_the_first_poll_and_sigterm_exits_0(
+    sim: Simulator, tmp_path: Path, start_exporter: Callable[..., Exporter]
+) -> None:
+    sim.set_sessions(P, [session("a")])
+    sim.hang_next(1, seconds=1.5)
+    exp = start_exporter(write_config(tmp_path / "c.yaml", sim.base_url, [P]), ready=False)
+    assert exp.get("/readyz").status_code == 503
+    wait_for(lambda: exp.get("/readyz").status_code == 200, what="/readyz")
+    assert value(exp.metrics(), "llamacloud_up", project_id=P) == 1
+    started = time.monotonic()
+    exp.proc.send_signal(signal.SIGTERM)
+    assert exp.proc.wait(15) == 0
+    assert time.monotonic() - started < 15
+    assert "exporter_stopped" in exp.logs()
+
+
+def test_counters_survive_a_restart_with_a_state_file(
+    sim: Simulator, tmp_path: Path, start_exporter: Callable[..., Exporter]
+) -> None:
+    state = {"path": str(tmp_path / "state" / "state.db")}
+    config = write_config(tmp_path / "c.yaml", sim.base_url, [P, "gone"], state=state)
+    sim.set_sessions("gone", [session("x")])
+    sim.set_sessions(P, [session("a"), session("b")])
+    exp = start_exporter(config)
+    exp.wait_metric("llamacloud_up", {"project_id": P}, lambda v: v == 1)
+    sim.set_sessions(P, [session("a", turns=5), session("b")])
+    exp.wait_metric("llamacloud_chat_runs_total", {"project_id": P}, lambda v: v == 1)
+    exp.proc.send_signal(signal.SIGTERM)
+    assert exp.proc.wait(15) == 0
+
+    # While the exporter is down, b is re-run and c appears; "gone" leaves the config.
+    sim.set_sessions(P, [session("a", turns=5), session("b", turns=9), session("c")])
+    config = write_config(tmp_path / "c.yaml", sim.base_url, [P], state=state)
+    exp = start_exporter(config)
+    m = exp.wait_metric("llamacloud_chat_runs_total", {"project_id": P}, lambda v: v == 3)
+    assert value(m, "llamacloud_chat_sessions_created_total", project_id=P) == 1
+    assert value(m, "llamacloud_chat_turns_total", project_id=P) == 5 + 9 + 2
+    assert not any(labels and ("project_id", "gone") in labels for _, labels in m)
