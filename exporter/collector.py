@@ -6,8 +6,10 @@ leaves the config leaves no stale series, and a scrape never waits on the API.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
 
+from prometheus_client import generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -40,9 +42,13 @@ _LAST = "as of the project's last complete poll, not the moment of the scrape"
 _SINCE = "observed since the exporter or its state file started, as of the last complete poll"
 
 
+def _go_float(value: float) -> str:
+    return str(floatToGoString(value))  # type: ignore[no-untyped-call]
+
+
 def _le(bound: float) -> str:
     """The ``le`` label as the official clients write it (Go float formatting)."""
-    return str(floatToGoString(bound))  # type: ignore[no-untyped-call]
+    return _go_float(bound)
 
 
 def _hist_buckets(hist: Histogram) -> list[tuple[str, float]]:
@@ -58,10 +64,16 @@ class StoreCollector(Collector):
         return iter(())
 
     def collect(self) -> Iterator[Metric]:
-        projects = self._store.projects()
+        yield from self.project_families(self._store.projects())
+        yield from self.global_families()
+
+    def project_families(self, projects: tuple[ProjectState, ...]) -> Iterator[Metric]:
+        """The per-project families, always the same ones in the same order."""
         yield from self._session_gauges(projects)
         yield from self._run_counters(projects)
         yield from self._health(projects)
+
+    def global_families(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
             "llamacloud_api_requests",
             "HTTP requests made to the LlamaCloud API, by response status code "
@@ -215,3 +227,77 @@ class StoreCollector(Collector):
                 poll_errors.add_metric([pid, reason], failed.get(reason, 0))
             invalid.add_metric([pid], p.invalid_items_total)
         yield from (up, poll_duration, last_success, poll_errors, invalid)
+
+
+class _Families(Collector):
+    def __init__(self, metrics: Iterable[Metric]) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._metrics)
+
+
+def _render(metrics: Iterable[Metric]) -> bytes:
+    return generate_latest(_Families(metrics))
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _samples(metric: Metric) -> bytes:
+    """A family's sample lines as ``generate_latest`` writes them (a test holds it to that)."""
+    lines = []
+    for sample in metric.samples:
+        value = _go_float(sample.value)
+        if sample.labels:
+            inner = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(sample.labels.items()))
+            lines.append(f"{sample.name}{{{inner}}} {value}\n")
+        else:
+            lines.append(f"{sample.name} {value}\n")
+    return "".join(lines).encode()
+
+
+class TextExposition:
+    """The text format of :class:`StoreCollector`, byte for byte, without its cost per scrape.
+
+    A project's samples change only when its state is replaced, so each project's lines
+    are rendered once per state and a scrape joins them: the work of a scrape is a join,
+    not a walk over 80 samples times the number of projects.
+    """
+
+    def __init__(self, collector: StoreCollector, store: Store) -> None:
+        self._collector = collector
+        self._store = store
+        self._lock = threading.Lock()
+        self._headers = [_render([m]) for m in collector.project_families(())]
+        self._cache: dict[str, tuple[ProjectState, list[bytes]]] = {}
+        store.subscribe(self._warm)
+
+    def _warm(self, state: ProjectState) -> None:
+        """Render a project when its poll ends, so the scrape that follows only joins."""
+        with self._lock:
+            self._project_lines(state)
+
+    def _project_lines(self, state: ProjectState) -> list[bytes]:
+        cached = self._cache.get(state.project_id)
+        if cached is not None and cached[0] is state:
+            return cached[1]
+        lines = [_samples(m) for m in self._collector.project_families((state,))]
+        self._cache[state.project_id] = (state, lines)
+        return lines
+
+    def render(self) -> bytes:
+        projects = self._store.projects()
+        with self._lock:
+            per_project = [self._project_lines(state) for state in projects]
+            if len(self._cache) > len(projects):
+                current = {state.project_id for state in projects}
+                for gone in [pid for pid in self._cache if pid not in current]:
+                    del self._cache[gone]
+        out: list[bytes] = []
+        for i, header in enumerate(self._headers):
+            out.append(header)
+            out.extend(lines[i] for lines in per_project)
+        out.append(_render(self._collector.global_families()))
+        return b"".join(out)

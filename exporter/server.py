@@ -6,6 +6,7 @@ waits for the poller's event loop.
 
 from __future__ import annotations
 
+import gzip
 import html
 import socket
 import threading
@@ -15,11 +16,14 @@ from typing import Any
 from wsgiref.simple_server import WSGIServer, make_server
 
 from prometheus_client import make_wsgi_app
-from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
+from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler, choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
 from . import __version__
+from .collector import StoreCollector, TextExposition
 from .store import ProjectState, Store
+
+TEXT_0_0_4 = "text/plain; version=0.0.4; charset=utf-8"
 
 StartResponse = Callable[..., Any]
 Environ = dict[str, Any]
@@ -69,13 +73,36 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head>
 """.encode()
 
 
+def _accepts_gzip(environ: Environ) -> bool:
+    for token in environ.get("HTTP_ACCEPT_ENCODING", "").split(","):
+        coding, _, params = token.partition(";")
+        if coding.strip().lower() == "gzip":
+            return params.replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+    return False
+
+
 def make_app(store: Store, registry: CollectorRegistry) -> Callable[[Environ, StartResponse], Any]:
+    # OpenMetrics and ?name[]= filtering go through prometheus_client itself; the plain text
+    # format, which Prometheus asks for by default, comes from the per-project cache.
     metrics = make_wsgi_app(registry)
+    exposition = TextExposition(StoreCollector(store), store)
 
     def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
         if path == "/metrics":
-            return metrics(environ, start_response)  # type: ignore[no-any-return]
+            _, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
+            if content_type != TEXT_0_0_4 or environ.get("QUERY_STRING"):
+                return metrics(environ, start_response)  # type: ignore[no-any-return]
+            body = exposition.render()
+            headers = [("Content-Type", TEXT_0_0_4)]
+            if _accepts_gzip(environ):
+                # Level 1: on megabytes of text it is several times faster than the default
+                # and the output only a few percent larger.
+                body = gzip.compress(body, compresslevel=1)
+                headers.append(("Content-Encoding", "gzip"))
+            headers.append(("Content-Length", str(len(body))))
+            start_response("200 OK", headers)
+            return [body]
         if path == "/healthz":
             return _text(start_response, "200 OK", b"ok\n")
         if path == "/readyz":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 from .aggregate import PollResult, ProjectSnapshot, RunTotals
@@ -41,6 +41,7 @@ class Store:
         self._lock = threading.Lock()
         self._projects: dict[str, ProjectState] = {}
         self._api_requests: dict[str, int] = {}
+        self._listeners: list[Callable[[ProjectState], None]] = []
         for project in projects:
             self.add_project(project)
 
@@ -50,6 +51,15 @@ class Store:
             state = replace(state, totals=totals)
         with self._lock:
             self._projects[project.id] = state
+
+    def subscribe(self, listener: Callable[[ProjectState], None]) -> None:
+        """Call ``listener`` with every new project state, on the writer's thread."""
+        self._listeners.append(listener)
+
+    def _publish(self, state: ProjectState) -> ProjectState:
+        for listener in self._listeners:
+            listener(state)
+        return state
 
     def projects(self) -> tuple[ProjectState, ...]:
         with self._lock:
@@ -92,7 +102,7 @@ class Store:
                 tracked_sessions=tracked_sessions,
             )
             self._projects[project_id] = new
-            return new
+        return self._publish(new)
 
     def record_failure(
         self, project_id: str, reason: str, *, duration: float, finished: float
@@ -112,7 +122,7 @@ class Store:
                 poll_errors=tuple(sorted(errors.items())),
             )
             self._projects[project_id] = new
-            return new
+        return self._publish(new)
 
     def ready(self) -> bool:
         with self._lock:

@@ -8,8 +8,8 @@ from pathlib import Path
 from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from exporter.aggregate import aggregate
-from exporter.collector import StoreCollector
+from exporter.aggregate import SessionTracker, aggregate
+from exporter.collector import StoreCollector, TextExposition
 from exporter.config import ProjectConfig, Secret
 from exporter.store import Store
 from tests.conftest import parse_metrics, session, value
@@ -75,3 +75,49 @@ def test_help_texts_say_values_come_from_the_last_poll() -> None:
     }
     assert helps
     assert all("last" in line and "poll" in line for line in helps.values()), helps
+
+
+def test_the_cached_text_format_equals_prometheus_client_byte_for_byte() -> None:
+    odd = 'we"ird\\name\nhere'
+    store = Store(
+        [
+            ProjectConfig("p1", odd, "org-ü", "http://x", 100, Secret("k")),
+            ProjectConfig("p2", "p2", "", "http://x", 100, Secret("k")),
+            ProjectConfig("p3", "p3", "", "http://x", 100, Secret("k")),
+        ]
+    )
+    collector = StoreCollector(store)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    exposition = TextExposition(collector, store)
+    assert exposition.render() == generate_latest(registry)  # nothing polled yet
+
+    tracker = SessionTracker()
+    store.record_success(
+        "p1",
+        aggregate([[session("a"), session("b")]], tracker),
+        duration=0.1,
+        finished=1e9,
+        tracked_sessions=2,
+    )
+    store.record_failure("p2", "timeout", duration=30.0, finished=1e9 + 1)
+    store.count_request("200")
+    assert exposition.render() == generate_latest(registry)
+
+    store.record_success(
+        "p1",
+        aggregate(
+            [[session("a", total_input_tokens=10**9, duration_ms=123456), session("c")]], tracker
+        ),
+        duration=0.2,
+        finished=1e9 + 2,
+        tracked_sessions=2,
+    )
+    text = exposition.render()
+    assert text == generate_latest(registry)
+    assert b'llamacloud_chat_runs_total{project_id="p1"} 2.0' in text
+
+    # A project that leaves the store leaves the cached text too.
+    store._projects.pop("p3")
+    assert b'project_id="p3"' not in exposition.render()
+    assert exposition.render() == generate_latest(registry)
