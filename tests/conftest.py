@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -49,6 +50,22 @@ def session(sid: str, **job: Any) -> dict[str, Any]:
     else:
         item["job_metadata"] = dict(SESSION["job_metadata"], **job)  # type: ignore[arg-type]
     return item
+
+
+def tool(name: str) -> str:
+    """Path of a command-line tool: the venv's own first (pip-installed tools), then PATH.
+
+    A missing tool skips the test on a developer machine and fails it in CI (``CI`` set),
+    where a skip would hide a missing install step.
+    """
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found:
+        return found
+    message = f"{name} is not installed (see .ci/run and the test extra of pyproject.toml)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def free_port() -> int:

@@ -1,0 +1,63 @@
+# syntax=docker/dockerfile:1
+#
+# llamacloud-exporter container image.
+#
+#   docker build -t llamacloud-exporter .
+#   docker run --rm -p 9877:9877 llamacloud-exporter --demo --web.listen-address 0.0.0.0:9877
+#   docker run --rm -p 9877:9877 -e LLAMA_CLOUD_API_KEY \
+#     -v "$PWD/config.yaml:/etc/llamacloud-exporter/config.yaml:ro" llamacloud-exporter
+#
+# The config file is read from /etc/llamacloud-exporter/config.yaml (mount it read-only);
+# an optional state file lives under /var/lib/llamacloud-exporter/ (mount a volume there).
+
+ARG PYTHON_IMAGE=python:3.12-slim-bookworm
+
+# Build stage: resolve and install the package into a self-contained virtualenv, so the
+# runtime stage needs neither pip's cache nor the source tree.
+FROM ${PYTHON_IMAGE} AS build
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+RUN python -m venv /opt/venv
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY exporter/ exporter/
+RUN /opt/venv/bin/pip install --no-cache-dir .
+
+# Runtime stage: only the virtualenv, a non-root user and the directories it may use.
+FROM ${PYTHON_IMAGE} AS runtime
+
+LABEL org.opencontainers.image.title="llamacloud-exporter" \
+      org.opencontainers.image.description="Prometheus exporter for LlamaCloud chat sessions" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+# A fixed numeric UID/GID lets Kubernetes verify runAsNonRoot without reading /etc/passwd.
+RUN groupadd --system --gid 10001 exporter \
+    && useradd --system --uid 10001 --gid exporter --no-create-home \
+       --home-dir /nonexistent --shell /usr/sbin/nologin exporter \
+    && mkdir -p /etc/llamacloud-exporter /var/lib/llamacloud-exporter \
+    && chown exporter:exporter /var/lib/llamacloud-exporter
+
+COPY --from=build /opt/venv /opt/venv
+
+# Bytecode is compiled at install time; the root filesystem may be read-only at run time.
+ENV PATH="/opt/venv/bin:${PATH}" \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    LLAMACLOUD_EXPORTER_HEALTHCHECK_URL="http://127.0.0.1:9877/healthz"
+
+USER 10001:10001
+WORKDIR /var/lib/llamacloud-exporter
+
+EXPOSE 9877
+
+# slim images ship no curl; the standard library is enough. Override the URL when the
+# exporter listens on another port (--web.listen-address).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ['LLAMACLOUD_EXPORTER_HEALTHCHECK_URL'], timeout=4)"]
+
+ENTRYPOINT ["llamacloud-exporter"]
+CMD ["--config", "/etc/llamacloud-exporter/config.yaml"]

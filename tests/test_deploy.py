@@ -1,0 +1,723 @@
+"""The deployment files keep their promises: rules, manifests, compose, dashboard and image.
+
+No Docker engine or Kubernetes cluster runs here, so each file is checked by the tool that
+understands it (promtool, hadolint, kubernetes-validate) or by reading it, and the image's
+install step is replayed in a fresh virtualenv.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from exporter import __version__
+from exporter.config import DEFAULT_LISTEN_ADDRESS
+from exporter.simulator import DEFAULT_API_KEY, Simulator
+from tests.conftest import free_port, tool
+
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY = REPO / "deploy"
+RULES_DIR = DEPLOY / "prometheus" / "rules"
+RULE_FILES = sorted(RULES_DIR.glob("*.yml"))
+RULE_TESTS = sorted((DEPLOY / "prometheus" / "tests").glob("*.yml"))
+K8S = DEPLOY / "kubernetes"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "llamacloud-exporter.json"
+COMPOSE = DEPLOY / "docker-compose.yml"
+DOCKERFILE = REPO / "Dockerfile"
+RUNBOOK = DEPLOY / "RUNBOOK.md"
+DEFAULT_PORT = int(DEFAULT_LISTEN_ADDRESS.rsplit(":", 1)[1])
+CONFIG_PATH = "/etc/llamacloud-exporter/config.yaml"
+STATE_DIR = "/var/lib/llamacloud-exporter"
+OPERATOR_API = "monitoring.coreos.com/v1"
+# Kinds that kubernetes-validate has no schema for; their structure is tested here instead.
+NOT_CORE_KINDS = {"ServiceMonitor", "PrometheusRule", "Kustomization"}
+K8S_VERSIONS = ("1.29.0", "1.37.0")
+
+
+def run(*args: str, timeout: float = 120, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def rule_groups() -> list[dict[str, Any]]:
+    groups: list[dict[str, Any]] = []
+    for path in RULE_FILES:
+        groups.extend(load_yaml(path)["groups"])
+    return groups
+
+
+def alerts() -> list[dict[str, Any]]:
+    return [rule for group in rule_groups() for rule in group["rules"] if "alert" in rule]
+
+
+def k8s_documents() -> list[tuple[Path, dict[str, Any]]]:
+    docs: list[tuple[Path, dict[str, Any]]] = []
+    for path in sorted(K8S.glob("*.yaml")):
+        docs.extend((path, doc) for doc in yaml.safe_load_all(path.read_text()) if doc)
+    return docs
+
+
+def k8s_object(kind: str) -> dict[str, Any]:
+    found = [doc for _, doc in k8s_documents() if doc["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind} in {K8S}, found {len(found)}"
+    return found[0]
+
+
+def github_anchor(heading: str) -> str:
+    """The fragment GitHub gives a Markdown heading, which runbook_url annotations point at."""
+    slug = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return slug.replace(" ", "-")
+
+
+# --------------------------------------------------------------------------------- Prometheus
+
+
+def test_rule_files_pass_promtool_check() -> None:
+    result = run(tool("promtool"), "check", "rules", *map(str, RULE_FILES))
+    assert RULE_FILES, f"no rule files in {RULES_DIR}"
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_prometheus_config_passes_promtool_check() -> None:
+    """The compose Prometheus config loads the shipped rules through a relative glob."""
+    result = run(tool("promtool"), "check", "config", str(DEPLOY / "prometheus" / "prometheus.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    for path in RULE_FILES:
+        assert path.name in result.stdout, f"{path.name} is not loaded by prometheus.yml"
+
+
+def test_rule_unit_tests_pass() -> None:
+    assert RULE_TESTS, "no promtool unit tests in deploy/prometheus/tests"
+    result = run(tool("promtool"), "test", "rules", *map(str, RULE_TESTS))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_is_unit_tested_firing_and_quiet() -> None:
+    """Each alert has a test where it fires and at least two where it must stay quiet."""
+    firing: dict[str, int] = {}
+    quiet: dict[str, int] = {}
+    for path in RULE_TESTS:
+        for case in load_yaml(path)["tests"]:
+            for check in case.get("alert_rule_test", []):
+                bucket = firing if check.get("exp_alerts") else quiet
+                bucket[check["alertname"]] = bucket.get(check["alertname"], 0) + 1
+    for alert in alerts():
+        name = alert["alert"]
+        assert firing.get(name, 0) >= 1, f"{name}: no unit test where it fires"
+        assert quiet.get(name, 0) >= 2, f"{name}: needs unit tests where it stays quiet"
+
+
+def test_contract_error_rate_is_recorded() -> None:
+    """The recorded error rate is the contract's rate(errors[5m]) / rate(runs[5m])."""
+    records = {r["record"]: r["expr"] for g in rule_groups() for r in g["rules"] if "record" in r}
+    ratio = records["project_id:llamacloud_chat_run_error_ratio:rate5m"]
+    errors, runs = (records[name.strip()] for name in ratio.split("/"))
+    assert "rate(llamacloud_chat_run_errors_total[5m])" in errors
+    assert "rate(llamacloud_chat_runs_total[5m])" in runs
+    assert (
+        "rate(llamacloud_chat_tokens_total[5m])"
+        in records["project_id:llamacloud_chat_tokens:rate5m"]
+    )
+
+
+def test_alerts_cover_the_required_conditions() -> None:
+    exprs = {alert["alert"]: " ".join(alert["expr"].split()) for alert in alerts()}
+    assert "llamacloud_up == 0" in exprs["LlamaCloudProjectDown"]
+    assert (
+        "time() - llamacloud_last_successful_poll_timestamp_seconds"
+        in exprs["LlamaCloudPollsStale"]
+    )
+    assert "absent(llamacloud_exporter_build_info)" in exprs["LlamaCloudExporterAbsent"]
+    assert "error_ratio" in exprs["LlamaCloudChatErrorRateHigh"]
+    assert "tokens:rate1d" in exprs["LlamaCloudTokenBurnHigh"]
+    for alert in alerts():
+        assert alert.get("for"), f"{alert['alert']}: fires on a single evaluation"
+        assert alert["labels"]["severity"] in {"warning", "critical"}
+
+
+def test_every_alert_points_to_a_runbook_section() -> None:
+    sections: dict[str, str] = {}
+    current = ""
+    for line in RUNBOOK.read_text().splitlines():
+        if line.startswith("## "):
+            current = github_anchor(line[3:])
+            sections[current] = ""
+        elif current:
+            sections[current] += line + "\n"
+    for alert in alerts():
+        annotations = alert["annotations"]
+        assert annotations.get("summary") and annotations.get("description"), alert["alert"]
+        path, _, anchor = annotations["runbook_url"].partition("#")
+        assert (REPO / path).resolve() == RUNBOOK.resolve(), annotations["runbook_url"]
+        assert anchor in sections, f"{alert['alert']}: no section #{anchor} in {RUNBOOK.name}"
+        for part in ("What it means", "How to check", "How to fix"):
+            assert part in sections[anchor], f"RUNBOOK.md#{anchor} lacks '{part}'"
+
+
+def test_exporter_output_passes_promtool_check_metrics(tmp_path: Path) -> None:
+    """The exposition text lints clean: naming, units, HELP texts, counters ending in _total."""
+    promtool = tool("promtool")
+    sim = Simulator(projects=2, sessions_per_project=50, seed=1)
+    base_url = sim.start()
+    try:
+        config = tmp_path / "config.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "llamacloud": {"base_url": base_url, "api_key": DEFAULT_API_KEY},
+                    "projects": [{"id": pid} for pid in sim.project_ids],
+                }
+            )
+        )
+        once = run(sys.executable, "-m", "exporter", "--once", "--config", str(config))
+    finally:
+        sim.stop()
+    assert once.returncode == 0, once.stderr
+    assert "llamacloud_chat_sessions{" in once.stdout
+    lint = run(promtool, "check", "metrics", input=once.stdout)
+    assert lint.returncode == 0 and not (lint.stdout + lint.stderr).strip(), (
+        lint.stdout + lint.stderr
+    )
+
+
+# --------------------------------------------------------------------------------- Kubernetes
+
+
+def test_kubernetes_manifests_validate_against_their_schemas() -> None:
+    """Strict validation (unknown fields are errors) with the schemas the package ships."""
+    try:
+        import kubernetes_validate  # type: ignore[import-untyped]
+    except ImportError:
+        tool("kubernetes-validate")  # skips, or fails in CI, with the install hint
+        raise
+    checked = []
+    for path, doc in k8s_documents():
+        if doc["kind"] in NOT_CORE_KINDS:
+            continue
+        for version in K8S_VERSIONS:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{path.name} ({doc['kind']}, Kubernetes {version}): {exc}")
+        checked.append(doc["kind"])
+    assert sorted(checked) == ["ConfigMap", "Deployment", "Secret", "Service", "ServiceAccount"]
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kustomization = load_yaml(K8S / "kustomization.yaml")
+    files = {path.name for path in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert sorted(kustomization["resources"]) == sorted(files)
+    deployment = k8s_object("Deployment")
+    images = {image["name"] for image in kustomization["images"]}
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] in images
+
+
+def test_deployment_is_hardened_and_probed() -> None:
+    spec = k8s_object("Deployment")["spec"]["template"]["spec"]
+    pod_security = spec["securityContext"]
+    assert pod_security["runAsNonRoot"] is True
+    assert pod_security["runAsUser"] != 0
+    assert pod_security["seccompProfile"]["type"] == "RuntimeDefault"
+    assert spec["automountServiceAccountToken"] is False
+    (container,) = spec["containers"]
+    security = container["securityContext"]
+    assert security["runAsNonRoot"] is True
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert security["seccompProfile"]["type"] == "RuntimeDefault"
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(container["resources"][kind]), kind
+
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports == {"metrics": DEFAULT_PORT}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+
+    args = container["args"]
+    assert args[args.index("--config") + 1] == CONFIG_PATH
+    mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
+    volumes = {volume["name"]: volume for volume in spec["volumes"]}
+    assert (
+        volumes[mounts[str(Path(CONFIG_PATH).parent)]]["configMap"]["name"]
+        == (k8s_object("ConfigMap")["metadata"]["name"])
+    )
+    # A read-only root filesystem needs writable mounts where the process writes.
+    assert {STATE_DIR, "/tmp"} <= set(mounts)
+    secret_refs = [ref["secretRef"]["name"] for ref in container["envFrom"]]
+    assert secret_refs == [k8s_object("Secret")["metadata"]["name"]]
+
+
+def test_kubernetes_config_is_valid_and_reads_keys_from_the_secret(tmp_path: Path) -> None:
+    config_text = k8s_object("ConfigMap")["data"]["config.yaml"]
+    secret_keys = set(k8s_object("Secret")["stringData"])
+    config = yaml.safe_load(config_text)
+    referenced = set(re.findall(r"\$\{(\w+)\}", yaml.safe_dump(config)))
+    assert referenced and referenced <= secret_keys, referenced - secret_keys
+    assert config["state"]["path"].startswith(STATE_DIR + "/")
+    assert config["web"]["listen_address"].endswith(f":{DEFAULT_PORT}")
+    path = tmp_path / "config.yaml"
+    path.write_text(config_text)
+    env = dict(os.environ, **{key: "llx-test" for key in secret_keys})
+    result = run(sys.executable, "-m", "exporter", "--check-config", "--config", str(path), env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_service_and_servicemonitor_select_the_exporter() -> None:
+    deployment = k8s_object("Deployment")
+    service = k8s_object("Service")
+    monitor = k8s_object("ServiceMonitor")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+
+    assert monitor["apiVersion"] == OPERATOR_API
+    assert monitor["metadata"]["name"]
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    service_ports = {port["name"]: port for port in service["spec"]["ports"]}
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in service_ports
+    assert endpoint["path"] == "/metrics"
+    assert service_ports[endpoint["port"]]["targetPort"] == "metrics"
+    assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "scheme"}
+
+
+def test_prometheusrule_holds_the_same_groups_as_the_rules_file() -> None:
+    rule = k8s_object("PrometheusRule")
+    assert rule["apiVersion"] == OPERATOR_API
+    assert rule["metadata"]["name"]
+    assert set(rule["spec"]) == {"groups"}
+    assert rule["spec"]["groups"] == rule_groups(), (
+        "deploy/kubernetes/prometheusrule.yaml differs from deploy/prometheus/rules: edit both"
+    )
+
+
+# ------------------------------------------------------------------------------ docker compose
+
+
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = load_yaml(COMPOSE)
+    return data
+
+
+def bind_mounts(service: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith("."):
+            yield source, target
+
+
+def test_compose_mounts_exist_in_the_repository() -> None:
+    services = compose()["services"]
+    assert {"exporter", "prometheus", "alertmanager", "grafana"} <= set(services)
+    mounted = 0
+    for name, service in services.items():
+        for source, _ in bind_mounts(service):
+            assert (DEPLOY / source).exists(), f"{name} mounts missing {source}"
+            mounted += 1
+        image = service.get("image", "")
+        if "build" not in service:
+            assert ":" in image and not image.endswith(":latest"), f"{name}: pin the image"
+    assert mounted >= 6
+    build = services["exporter"]["build"]
+    assert (DEPLOY / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
+
+
+def test_compose_exporter_runs_the_demo_unless_told_otherwise() -> None:
+    exporter = compose()["services"]["exporter"]
+    match = re.fullmatch(r"\$\{LLAMACLOUD_EXPORTER_ARGS:-(.+)\}", exporter["command"])
+    assert match, "command must default through ${LLAMACLOUD_EXPORTER_ARGS:-...}"
+    default = shlex.split(match.group(1))
+    assert "--demo" in default
+    assert default[default.index("--web.listen-address") + 1] == f"0.0.0.0:{DEFAULT_PORT}"
+    mounts = dict(bind_mounts(exporter))
+    assert mounts["./config.yaml"] == CONFIG_PATH
+    example = dict(
+        line.split("=", 1)
+        for line in (DEPLOY / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    real = shlex.split(example["LLAMACLOUD_EXPORTER_ARGS"])
+    assert real[real.index("--config") + 1] == CONFIG_PATH
+    assert set(exporter["environment"]) == {"LLAMA_CLOUD_API_KEY", "LLAMA_CLOUD_PROJECT_ID"}
+    assert set(exporter["environment"]) <= set(example)
+
+
+def test_compose_exporter_config_is_valid() -> None:
+    """deploy/config.yaml passes --check-config and keeps its state on the compose volume."""
+    env = dict(
+        os.environ,
+        LLAMA_CLOUD_API_KEY="llx-test",
+        LLAMA_CLOUD_PROJECT_ID="00000000-0000-0000-0000-000000000001",
+    )
+    config = str(DEPLOY / "config.yaml")
+    result = run(sys.executable, "-m", "exporter", "--check-config", "--config", config, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    state = Path(load_yaml(DEPLOY / "config.yaml")["state"]["path"])
+    named_volumes = {
+        target: source
+        for source, target, *_ in (
+            v.split(":") for v in compose()["services"]["exporter"]["volumes"]
+        )
+        if not source.startswith(".")
+    }
+    assert named_volumes.get(str(state.parent)) in compose()["volumes"]
+
+
+def test_compose_prometheus_scrapes_the_exporter_and_alertmanager() -> None:
+    config = load_yaml(DEPLOY / "prometheus" / "prometheus.yml")
+    targets = [
+        t for job in config["scrape_configs"] for s in job["static_configs"] for t in s["targets"]
+    ]
+    assert f"exporter:{DEFAULT_PORT}" in targets
+    alertmanagers = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    assert alertmanagers == ["alertmanager:9093"]
+    mounts = dict(bind_mounts(compose()["services"]["prometheus"]))
+    assert mounts["./prometheus/rules"] == "/etc/prometheus/rules"
+
+
+def test_alertmanager_config() -> None:
+    path = DEPLOY / "alertmanager" / "alertmanager.yml"
+    config = load_yaml(path)
+    receivers = {receiver["name"] for receiver in config["receivers"]}
+    assert config["route"]["receiver"] in receivers
+    amtool = shutil.which("amtool")
+    if amtool:  # optional: Debian's prometheus-alertmanager package
+        result = run(amtool, "check-config", str(path))
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_grafana_provisioning_matches_the_compose_mounts() -> None:
+    grafana = compose()["services"]["grafana"]
+    mounts = dict(bind_mounts(grafana))
+    provisioning = DEPLOY / "grafana" / "provisioning"
+    (datasource,) = load_yaml(provisioning / "datasources" / "prometheus.yml")["datasources"]
+    assert datasource["type"] == "prometheus"
+    assert datasource["url"] == "http://prometheus:9090"
+    (provider,) = load_yaml(provisioning / "dashboards" / "llamacloud.yml")["providers"]
+    assert provider["options"]["path"] == mounts["./grafana/dashboards"]
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == f"{mounts['./grafana/dashboards']}/{DASHBOARD.name}"
+    assert mounts["./grafana/provisioning"] == "/etc/grafana/provisioning"
+
+
+# ---------------------------------------------------------------------------------- dashboard
+
+
+def dashboard() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return data
+
+
+def dashboard_exprs() -> list[str]:
+    return [
+        target["expr"]
+        for panel in dashboard()["panels"]
+        for target in panel.get("targets", [])
+        if target.get("expr")
+    ]
+
+
+def test_dashboard_structure() -> None:
+    board = dashboard()
+    assert board["uid"] and board["title"]
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    project = variables["project_id"]
+    assert project["multi"] and project["includeAll"]
+    assert "project_id" in project["definition"]
+    ids = [panel["id"] for panel in board["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in board["panels"]:
+        assert {"h", "w", "x", "y"} <= set(panel["gridPos"]), panel["title"]
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "${datasource}", panel["title"]
+            assert target["expr"].strip(), panel["title"]
+
+
+def test_dashboard_covers_the_issue() -> None:
+    """Sessions by status, activity over time, run duration percentiles and exporter health."""
+    exprs = "\n".join(dashboard_exprs())
+    for needle in (
+        "sum by (status) (llamacloud_chat_sessions",
+        "rate(llamacloud_chat_tokens_total",
+        "rate(llamacloud_chat_turns_total",
+        "rate(llamacloud_chat_runs_total",
+        "rate(llamacloud_chat_run_errors_total",
+        "histogram_quantile(0.99, sum by (le) (rate(llamacloud_chat_run_duration_seconds_bucket",
+        "llamacloud_up",
+        "llamacloud_poll_duration_seconds",
+        "sum by (code) (rate(llamacloud_api_requests_total",
+    ):
+        assert needle in exprs, needle
+    # Every per-project query follows the project_id variable.
+    unlabelled = ("llamacloud_api_requests_total", "llamacloud_exporter_build_info")
+    for expr in dashboard_exprs():
+        if not any(name in expr for name in unlabelled):
+            assert 'project_id=~"$project_id"' in expr, expr
+
+
+def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
+    """promtool 2.42 has no parse-only command, but check rules parses every rule expression."""
+    rules = [
+        {"record": f"dashboard:query_{i}", "expr": expand_dashboard_vars(expr, ["p1", "p2"])}
+        for i, expr in enumerate(dashboard_exprs())
+    ]
+    path = tmp_path / "dashboard.rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    result = run(tool("promtool"), "check", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def expand_dashboard_vars(expr: str, project_ids: list[str], rate_interval: str = "1m") -> str:
+    """Substitute variables the way Grafana does for a multi-value regex variable."""
+    alternatives = "|".join(re.sub(r"([\\^$*+?.()|{}\[\]])", r"\\\\\1", pid) for pid in project_ids)
+    expanded = expr.replace("$project_id", f"({alternatives})")
+    return expanded.replace("$__rate_interval", rate_interval)
+
+
+# ---------------------------------------------------------------------------------- Dockerfile
+
+
+@dataclass(frozen=True)
+class Instruction:
+    keyword: str
+    args: str
+    stage: int
+
+
+def dockerfile() -> list[Instruction]:
+    """Instructions with line continuations joined and comments dropped, tagged with stage."""
+    logical: list[str] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        logical.append(pending + line)
+        pending = ""
+    stage = -1
+    out = []
+    for line in logical:
+        keyword, _, args = line.partition(" ")
+        keyword = keyword.upper()
+        if keyword == "FROM":
+            stage += 1
+        out.append(Instruction(keyword, " ".join(args.split()), stage))
+    return out
+
+
+def final_stage() -> list[Instruction]:
+    instructions = dockerfile()
+    last = max(i.stage for i in instructions)
+    return [i for i in instructions if i.stage == last]
+
+
+def dockerfile_env() -> dict[str, str]:
+    """The runtime stage's ENV values (``${VAR}`` references left as they are)."""
+    values: dict[str, str] = {}
+    for i in final_stage():
+        if i.keyword == "ENV":
+            values.update(token.split("=", 1) for token in shlex.split(i.args))  # type: ignore[misc]
+    return values
+
+
+def healthcheck_command() -> list[str]:
+    (check,) = [i for i in final_stage() if i.keyword == "HEALTHCHECK"]
+    _, _, command = check.args.partition("CMD ")
+    parsed: list[str] = json.loads(command)
+    return parsed
+
+
+def test_dockerfile_is_multi_stage_on_slim_python() -> None:
+    instructions = dockerfile()
+    args = dict(i.args.split("=", 1) for i in instructions if i.keyword == "ARG" and i.stage == -1)
+    bases = [
+        re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], i.args.split()[0])
+        for i in instructions
+        if i.keyword == "FROM"
+    ]
+    assert len(bases) >= 2
+    assert all(base.startswith("python:") and "slim" in base for base in bases), bases
+    copies = [i.args for i in final_stage() if i.keyword == "COPY"]
+    assert copies and all(c.startswith("--from=") for c in copies), "runtime copies from build"
+
+
+def test_dockerfile_promises() -> None:
+    """Non-root USER, HEALTHCHECK on /healthz, EXPOSE of the default port, console script."""
+    stage = final_stage()
+    (user,) = [i.args for i in stage if i.keyword == "USER"]
+    uid = user.split(":")[0]
+    assert uid.isdigit() and int(uid) != 0, "numeric non-root USER (runAsNonRoot can check it)"
+    assert k8s_object("Deployment")["spec"]["template"]["spec"]["securityContext"][
+        "runAsUser"
+    ] == int(uid)
+
+    command = healthcheck_command()
+    assert command[:2] == ["python", "-c"] and "urllib" in command[2]
+    url = dockerfile_env()["LLAMACLOUD_EXPORTER_HEALTHCHECK_URL"]
+    assert url == f"http://127.0.0.1:{DEFAULT_PORT}/healthz"
+    assert "LLAMACLOUD_EXPORTER_HEALTHCHECK_URL" in command[2]
+    assert not any("curl" in i.args for i in dockerfile())
+
+    exposed = [port for i in stage if i.keyword == "EXPOSE" for port in i.args.split()]
+    assert exposed == [str(DEFAULT_PORT)]
+
+    (entrypoint,) = [json.loads(i.args) for i in stage if i.keyword == "ENTRYPOINT"]
+    scripts = entry_points(group="console_scripts", name="llamacloud-exporter")
+    assert entrypoint == ["llamacloud-exporter"], entrypoint
+    assert [script.value for script in scripts] == ["exporter.cli:main"]
+    (cmd,) = [json.loads(i.args) for i in stage if i.keyword == "CMD"]
+    assert cmd == ["--config", CONFIG_PATH]
+    run_lines = " ".join(i.args for i in stage if i.keyword == "RUN")
+    assert STATE_DIR in run_lines and str(Path(CONFIG_PATH).parent) in run_lines
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    result = run(tool("hadolint"), str(DOCKERFILE))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def dockerignored(path: str) -> bool:
+    """Whether .dockerignore keeps ``path`` out of the build context (last match wins)."""
+    patterns = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    parts = path.split("/")
+    candidates = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    ignored = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        glob = pattern.lstrip("!").rstrip("/")
+        globs = {glob, glob.removeprefix("**/")}
+        if any(fnmatch.fnmatchcase(c, g) for c in candidates for g in globs):
+            ignored = not negate
+    return ignored
+
+
+def build_stage_copies() -> list[tuple[list[str], str]]:
+    (build_stage,) = {
+        i.stage for i in dockerfile() if i.keyword == "COPY" and "--from" not in i.args
+    }
+    copies = []
+    for i in dockerfile():
+        if i.stage == build_stage and i.keyword == "COPY":
+            *sources, dest = i.args.split()
+            copies.append((sources, dest))
+    return copies
+
+
+def test_dockerignore_keeps_the_build_inputs_and_nothing_else() -> None:
+    for sources, _ in build_stage_copies():
+        for source in sources:
+            for path in [REPO / source, *(REPO / source).rglob("*.py")]:
+                relative = path.relative_to(REPO).as_posix()
+                assert not dockerignored(relative), f"{relative} is copied but .dockerignored"
+    for unwanted in (".git/HEAD", ".venv/pyvenv.cfg", "tests/test_deploy.py", "deploy/README.md"):
+        assert dockerignored(unwanted), unwanted
+    assert dockerignored("exporter/__pycache__/cli.cpython-311.pyc")
+
+
+@pytest.mark.slow
+def test_dockerfile_install_works_in_a_fresh_venv(tmp_path: Path) -> None:
+    """Replays the build stage (COPY, venv, pip install) and the image's entry point.
+
+    Slow (about 20-40 s): it creates a virtualenv and installs the project from the package
+    index, as ``docker build`` would.
+    """
+    instructions = dockerfile()
+    build_stage = next(i.stage for i in instructions if i.keyword == "COPY")
+    stage = [i for i in instructions if i.stage == build_stage]
+    (venv_run,) = [i.args for i in stage if i.keyword == "RUN" and "-m venv" in i.args]
+    image_venv = shlex.split(venv_run)[-1]
+    (workdir,) = [i.args for i in stage if i.keyword == "WORKDIR"]
+    (install,) = [shlex.split(i.args) for i in stage if i.keyword == "RUN" and "pip" in i.args]
+
+    src = tmp_path / workdir.strip("/")
+    src.mkdir(parents=True)
+    for sources, dest in build_stage_copies():
+        for source in sources:
+            origin = REPO / source
+            assert not dockerignored(source), f"COPY {source} fails: it is .dockerignored"
+            target = src / dest / (origin.name if dest.endswith("/") and origin.is_file() else "")
+            if origin.is_dir():
+                shutil.copytree(
+                    origin,
+                    src / dest,
+                    ignore=lambda d, names: [
+                        n
+                        for n in names
+                        if dockerignored((Path(d) / n).relative_to(REPO).as_posix())
+                    ],
+                    dirs_exist_ok=True,
+                )
+            else:
+                shutil.copy2(origin, target)
+
+    venv = tmp_path / "venv"
+    created = run(sys.executable, "-m", "venv", str(venv))
+    assert created.returncode == 0, created.stderr
+    command = [part.replace(image_venv, str(venv)) for part in install]
+    env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1")
+    env.pop("PYTHONPATH", None)
+    installed = run(*command, cwd=src, env=env, timeout=240)
+    assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
+
+    (entrypoint,) = [json.loads(i.args) for i in final_stage() if i.keyword == "ENTRYPOINT"]
+    version = run(str(venv / "bin" / entrypoint[0]), "--version", cwd=tmp_path, env=env)
+    assert version.returncode == 0, version.stderr
+    assert __version__ in version.stdout
+
+    # The image's HEALTHCHECK command passes against the running exporter, fails without it.
+    health = healthcheck_command()
+    python = str(venv / "bin" / health[0])
+    port = free_port()
+    url = urlsplit(dockerfile_env()["LLAMACLOUD_EXPORTER_HEALTHCHECK_URL"])
+    env["LLAMACLOUD_EXPORTER_HEALTHCHECK_URL"] = url._replace(netloc=f"127.0.0.1:{port}").geturl()
+    listen = f"127.0.0.1:{port}"
+    demo = subprocess.Popen(
+        [str(venv / "bin" / entrypoint[0]), "--demo", "--web.listen-address", listen],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while run(python, *health[1:], env=env, timeout=30).returncode != 0:
+            assert demo.poll() is None, "the demo exited"
+            assert time.monotonic() < deadline, "HEALTHCHECK never passed"
+            time.sleep(0.2)
+    finally:
+        demo.terminate()
+        demo.wait(timeout=15)
+    assert run(python, *health[1:], env=env, timeout=30).returncode != 0
