@@ -60,15 +60,64 @@ def _parse_timestamp_slow(value: str) -> datetime:
         raise InvalidItem("last_updated_at is not an ISO 8601 timestamp") from None
 
 
-def _count(value: Any, name: str) -> float | None:
-    """A non-negative finite number, or None when missing or null."""
-    if value is None:
-        return None
-    if type(value) is bool or not isinstance(value, (int, float)):
-        raise InvalidItem(f"{name} is not a number")
-    if not 0 <= value < math.inf:
-        raise InvalidItem(f"{name} is negative or not finite")
-    return float(value)
+_NUMBER = frozenset({int, float, type(None)})
+_INF = math.inf
+
+# (is_error, duration_ms, input_tokens, output_tokens, turns, fingerprint): a plain tuple,
+# because one is read for every listed session and a dataclass costs more than the rest.
+RunTuple = tuple[bool, Any, Any, Any, Any, int]
+
+
+def read_run(job_metadata: Any) -> RunTuple:
+    """Read a non-null ``job_metadata``, or raise :class:`InvalidItem`.
+
+    Counts are non-negative finite numbers or missing/null; ``error`` a string or null;
+    ``is_error`` a boolean or null.
+    """
+    if type(job_metadata) is not dict:
+        raise InvalidItem("job_metadata is not an object")
+    get = job_metadata.get
+    d = get("duration_ms")
+    i = get("total_input_tokens")
+    o = get("total_output_tokens")
+    t = get("turns")
+    if not (
+        type(d) in _NUMBER and type(i) in _NUMBER and type(o) in _NUMBER and type(t) in _NUMBER
+    ):
+        raise InvalidItem("a count is not a number")
+    if not (
+        (d is None or 0 <= d < _INF)
+        and (i is None or 0 <= i < _INF)
+        and (o is None or 0 <= o < _INF)
+        and (t is None or 0 <= t < _INF)
+    ):
+        raise InvalidItem("a count is negative or not finite")
+    error = get("error")
+    if error is not None and type(error) is not str:
+        raise InvalidItem("error is not a string")
+    flag = get("is_error")
+    if flag is None:
+        is_error = bool(error)
+    elif flag is True or flag is False:
+        is_error = flag
+    else:
+        raise InvalidItem("is_error is not a boolean")
+    # Numbers hash the same in every process (strings do not: the error text goes through
+    # crc32), so fingerprints saved in a state file stay valid after a restart.
+    fingerprint = (
+        hash(
+            (
+                _NONE if d is None else d,
+                _NONE if i is None else i,
+                _NONE if o is None else o,
+                _NONE if t is None else t,
+                _NONE if flag is None else flag,
+                _NONE if error is None else zlib.crc32(error.encode("utf-8", "replace")),
+            )
+        )
+        & _FP_MASK
+    ) or 1
+    return is_error, d, i, o, t, fingerprint
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,45 +133,16 @@ class Run:
 
 
 def parse_run(job_metadata: Any) -> Run | None:
-    """Read ``job_metadata``; None means the session never ran."""
+    """Read ``job_metadata`` into a :class:`Run`; None means the session never ran."""
     if job_metadata is None:
         return None
-    if type(job_metadata) is not dict:
-        raise InvalidItem("job_metadata is not an object")
-    get = job_metadata.get
-    duration_ms = _count(get("duration_ms"), "duration_ms")
-    input_tokens = _count(get("total_input_tokens"), "total_input_tokens")
-    output_tokens = _count(get("total_output_tokens"), "total_output_tokens")
-    turns = _count(get("turns"), "turns")
-    error = get("error")
-    if error is not None and type(error) is not str:
-        raise InvalidItem("error is not a string")
-    flag = get("is_error")
-    if flag is None:
-        is_error = bool(error)
-    elif type(flag) is bool:
-        is_error = flag
-    else:
-        raise InvalidItem("is_error is not a boolean")
-    fingerprint = (
-        hash(
-            (
-                _NONE if duration_ms is None else duration_ms,
-                _NONE if input_tokens is None else input_tokens,
-                _NONE if output_tokens is None else output_tokens,
-                _NONE if turns is None else turns,
-                _NONE if flag is None else int(flag),
-                _NONE if error is None else zlib.crc32(error.encode("utf-8", "replace")),
-            )
-        )
-        & _FP_MASK
-    ) or 1
+    is_error, d, i, o, t, fingerprint = read_run(job_metadata)
     return Run(
         is_error=is_error,
-        duration_seconds=None if duration_ms is None else duration_ms / 1000.0,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        turns=turns,
+        duration_seconds=None if d is None else d / 1000.0,
+        input_tokens=None if i is None else float(i),
+        output_tokens=None if o is None else float(o),
+        turns=None if t is None else float(t),
         fingerprint=fingerprint,
     )
 
@@ -355,8 +375,9 @@ class Listing:
         self._input = 0.0
         self._output = 0.0
         self._turns = 0.0
-        self._duration = 0.0
-        self._last_updated: float | None = None
+        self._duration_ms = 0.0
+        self._newest_naive: datetime | None = None
+        self._newest_aware: datetime | None = None
         self._invalid = 0
         self._duplicates = 0
         self._runs = 0
@@ -376,6 +397,7 @@ class Listing:
         gen = tracker._gen
         counting = self._counting
         status = self._status
+        fromisoformat = datetime.fromisoformat
         for item in items:
             if type(item) is not dict:
                 self._invalid += 1
@@ -384,18 +406,27 @@ class Listing:
             if type(sid) is not str or not sid:
                 self._invalid += 1
                 continue
+            job = item.get("job_metadata")
+            stamp = item.get("last_updated_at")
             try:
-                run = parse_run(item.get("job_metadata"))
-                stamp = item.get("last_updated_at")
-                updated = None if stamp is None else parse_timestamp(stamp)
-            except (InvalidItem, TypeError):
+                run = None if job is None else read_run(job)
+                if stamp is None:
+                    updated = None
+                elif type(stamp) is not str:
+                    raise InvalidItem("last_updated_at is not a string")
+                else:
+                    try:
+                        updated = fromisoformat(stamp)
+                    except ValueError:
+                        updated = _parse_timestamp_slow(stamp)
+            except InvalidItem:
                 self._invalid += 1
                 continue
             old = sessions.get(sid)
             if old is not None and old & _GEN_MASK == gen:
                 self._duplicates += 1
                 continue
-            fp = NEVER_RUN if run is None else run.fingerprint
+            fp = NEVER_RUN if run is None else run[5]
             sessions[sid] = (fp << _GEN_BITS) | gen
             tracker._seen += 1
             if old is None:
@@ -410,35 +441,50 @@ class Listing:
                     undo.append((sid, old))
                 if counting and run is not None:
                     self._count_run(run)
-            if updated is not None and (self._last_updated is None or updated > self._last_updated):
-                self._last_updated = updated
+            if updated is not None:
+                # Naive and aware datetimes do not compare: keep the newest of each.
+                if updated.tzinfo is None:
+                    if self._newest_naive is None or updated > self._newest_naive:
+                        self._newest_naive = updated
+                elif self._newest_aware is None or updated > self._newest_aware:
+                    self._newest_aware = updated
             if run is None:
                 status[0] += 1
                 continue
-            status[2 if run.is_error else 1] += 1
-            if run.input_tokens is not None:
-                self._input += run.input_tokens
-            if run.output_tokens is not None:
-                self._output += run.output_tokens
-            if run.turns is not None:
-                self._turns += run.turns
-            if run.duration_seconds is not None:
-                self._duration += run.duration_seconds
+            is_error, d, i, o, t, _ = run
+            status[2 if is_error else 1] += 1
+            if i is not None:
+                self._input += i
+            if o is not None:
+                self._output += o
+            if t is not None:
+                self._turns += t
+            if d is not None:
+                self._duration_ms += d
 
-    def _count_run(self, run: Run) -> None:
+    def _count_run(self, run: RunTuple) -> None:
+        is_error, d, i, o, t, _ = run
         self._runs += 1
-        if run.is_error:
+        if is_error:
             self._errors += 1
-        if run.input_tokens is not None:
-            self._new_input += run.input_tokens
-            self._input_hist.observe(run.input_tokens)
-        if run.output_tokens is not None:
-            self._new_output += run.output_tokens
-            self._output_hist.observe(run.output_tokens)
-        if run.turns is not None:
-            self._new_turns += run.turns
-        if run.duration_seconds is not None:
-            self._duration_hist.observe(run.duration_seconds)
+        if i is not None:
+            self._new_input += i
+            self._input_hist.observe(i)
+        if o is not None:
+            self._new_output += o
+            self._output_hist.observe(o)
+        if t is not None:
+            self._new_turns += t
+        if d is not None:
+            self._duration_hist.observe(d / 1000.0)
+
+    def _last_updated(self) -> float | None:
+        stamps = []
+        if self._newest_naive is not None:
+            stamps.append(self._newest_naive.replace(tzinfo=timezone.utc).timestamp())
+        if self._newest_aware is not None:
+            stamps.append(self._newest_aware.timestamp())
+        return max(stamps) if stamps else None
 
     def finish(self) -> PollResult:
         baseline = not self._counting
@@ -450,8 +496,8 @@ class Listing:
             input_tokens=self._input,
             output_tokens=self._output,
             turns=self._turns,
-            duration_seconds=self._duration,
-            last_updated=self._last_updated,
+            duration_seconds=self._duration_ms / 1000.0,
+            last_updated=self._last_updated(),
             invalid_items=self._invalid,
             duplicate_items=self._duplicates,
         )

@@ -117,7 +117,6 @@ def _components(config: Config, state: StateFile | None) -> tuple[Store, Poller,
         timeout=config.timeout_seconds,
         max_retries=config.max_retries,
         on_request=store.count_request,
-        max_connections=max(config.max_concurrency, 1) * 2,
     )
     return store, Poller(config, store, client, state=state), client
 
@@ -133,7 +132,7 @@ async def run_once(config: Config, state: StateFile | None = None) -> int:
     try:
         ok = await poller.poll_all_once()
     finally:
-        await client.aclose()
+        client.close()
         if state:
             state.close()
     sys.stdout.write(generate_latest(_registry(store)).decode())
@@ -182,7 +181,7 @@ async def _serve(poller: Poller, client: ApiClient) -> None:
     try:
         await poller.run(stop)
     finally:
-        await client.aclose()
+        client.close()
 
 
 def run_demo(listen_address: str | None) -> int:

@@ -5,18 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import threading
 import time
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 import structlog
 
-from .aggregate import SessionTracker
-from .client import ApiClient, PollError
+from .aggregate import PollResult, SessionTracker
+from .client import ApiClient, PollError, Stopped
 from .config import Config, ProjectConfig
 from .state import StateFile
 from .store import Store
 
 log = structlog.get_logger("exporter.poller")
+
+_T = TypeVar("_T")
 
 JITTER = 0.05  # each wait is the interval give or take 5 %, so projects drift apart
 
@@ -80,28 +84,19 @@ class Poller:
 
     async def poll(self, project: ProjectConfig) -> bool:
         """One complete listing of a project; the store changes only at the end."""
-        tracker = self._trackers[project.id]
         started = self._monotonic()
-        listing = tracker.begin()
-        pages = items = 0
         try:
-            async for page in self._client.pages(project, self._config.max_pages):
-                pages += 1
-                items += len(page)
-                listing.add(page)
-            result = listing.finish()
-        except asyncio.CancelledError:
-            tracker.rollback()
-            raise
+            result, pages, items = await _in_thread(self._list, project)
         except PollError as exc:
-            tracker.rollback()
-            self._failed(project, exc.reason, str(exc), started, pages, exc.status)
+            self._failed(project, exc.reason, str(exc), started, exc.pages, exc.status)
             return False
+        except Stopped:
+            raise asyncio.CancelledError() from None
         except Exception as exc:  # a bug must cost one poll, never the daemon
-            tracker.rollback()
-            self._failed(project, "internal", type(exc).__name__, started, pages, None)
-            log.exception("poll_internal_error", project_id=project.id)
+            self._failed(project, "internal", type(exc).__name__, started, 0, None)
+            log.error("poll_internal_error", project_id=project.id, exc_info=exc)
             return False
+        tracker = self._trackers[project.id]
         duration = self._monotonic() - started
         state = self._store.record_success(
             project.id,
@@ -128,6 +123,25 @@ class Poller:
             except Exception as exc:
                 log.error("state_save_failed", project_id=project.id, error=type(exc).__name__)
         return True
+
+    def _list(self, project: ProjectConfig) -> tuple[PollResult, int, int]:
+        """Fetch and aggregate every page; runs in a worker thread, off the event loop."""
+        tracker = self._trackers[project.id]
+        listing = tracker.begin()
+        pages = items = 0
+        try:
+            for page in self._client.pages(project, self._config.max_pages):
+                pages += 1
+                items += len(page)
+                listing.add(page)
+            return listing.finish(), pages, items
+        except PollError as exc:
+            tracker.rollback()
+            exc.pages = pages
+            raise
+        except BaseException:
+            tracker.rollback()
+            raise
 
     def _failed(
         self,
@@ -165,3 +179,32 @@ class Poller:
             )
         else:
             log.warning("poll_failed", status=status, **fields)
+
+
+async def _in_thread(fn: Callable[..., _T], *args: Any) -> _T:
+    """Run ``fn`` on a daemon thread and await its result.
+
+    Unlike ``asyncio.to_thread``, nothing waits for the thread at shutdown: a listing
+    blocked on a slow request must not hold up SIGTERM for the length of a timeout.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[_T] = loop.create_future()
+
+    def settle(result: _T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result, error = fn(*args), None
+        except BaseException as exc:
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="llamacloud-poll", daemon=True).start()
+    return await future

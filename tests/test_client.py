@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import time
 from collections.abc import Callable
@@ -38,25 +37,24 @@ class Harness:
             self.requests.append(request)
             return handler(request)
 
-        async def sleep(seconds: float) -> None:
-            self.sleeps.append(seconds)
-
         self.client = ApiClient(
             max_retries=max_retries,
             transport=httpx.MockTransport(record),
-            sleep=sleep,
             rand=lambda: 0.0,
             on_request=self.codes.append,
+            wait=self.wait,
         )
 
-    def list(self, max_pages: int = 100) -> list[list[Any]]:
-        async def run() -> list[list[Any]]:
-            try:
-                return [page async for page in self.client.pages(PROJECT, max_pages)]
-            finally:
-                await self.client.aclose()
+    def wait(self, seconds: float) -> bool:
+        """Backoff waits are recorded, not slept: the tests assert them, not the clock."""
+        self.sleeps.append(seconds)
+        return False
 
-        return asyncio.run(run())
+    def list(self, max_pages: int = 100) -> list[list[Any]]:
+        try:
+            return list(self.client.pages(PROJECT, max_pages))
+        finally:
+            self.client.close()
 
     def fails(self, max_pages: int = 100) -> PollError:
         with pytest.raises(PollError) as info:

@@ -57,7 +57,7 @@ def render(sim: Simulator, steps: list[dict[str, list[object]]]) -> str:
                 for project in projects:
                     await poller.poll(project)
         finally:
-            await client.aclose()
+            client.close()
 
     asyncio.run(run())
     registry = CollectorRegistry(auto_describe=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import httpx
 import pytest
@@ -21,15 +22,22 @@ def config(n: int, concurrency: int, interval: float = 0.01) -> Config:
 
 
 def peak_in_flight(projects: int, limit: int) -> int:
+    lock = threading.Lock()
     in_flight = 0
     peak = 0
+    everyone = threading.Barrier(limit, timeout=30)
 
-    async def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: httpx.Request) -> httpx.Response:
         nonlocal in_flight, peak
-        in_flight += 1
-        peak = max(peak, in_flight)
-        await asyncio.sleep(0.02)
-        in_flight -= 1
+        with lock:
+            in_flight += 1
+            peak = max(peak, in_flight)
+        # The first `limit` projects (the semaphore admits them first) meet here, so the limit
+        # is reached whatever the machine's speed.
+        if request.url.params["project_id"] in {f"p{i}" for i in range(limit)}:
+            everyone.wait()
+        with lock:
+            in_flight -= 1
         return httpx.Response(200, json={"items": []})
 
     async def run() -> bool:
@@ -37,7 +45,7 @@ def peak_in_flight(projects: int, limit: int) -> int:
         try:
             return await Poller(config(projects, limit), Store(), client).poll_all_once()
         finally:
-            await client.aclose()
+            client.close()
 
     assert asyncio.run(run())
     return peak
@@ -50,13 +58,13 @@ def test_at_most_max_concurrency_projects_at_once(limit: int) -> None:
 
 def test_a_hanging_project_never_delays_the_others() -> None:
     polls: dict[str, int] = {}
-    release = asyncio.Event()
+    release = threading.Event()
 
-    async def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: httpx.Request) -> httpx.Response:
         pid = request.url.params["project_id"]
         polls[pid] = polls.get(pid, 0) + 1
         if pid == "p0":
-            await release.wait()
+            release.wait(60)
         return httpx.Response(200, json={"items": [{"session_id": "s"}]})
 
     async def run() -> Store:
@@ -74,7 +82,7 @@ def test_a_hanging_project_never_delays_the_others() -> None:
             stop.set()
             release.set()
             await asyncio.wait_for(task, 10)
-            await client.aclose()
+            client.close()
         return store
 
     store = asyncio.run(asyncio.wait_for(run(), 60))
@@ -100,7 +108,7 @@ def test_an_unexpected_error_costs_one_poll_not_the_daemon() -> None:
             assert store.get("p0").last_error == "internal"
             assert await poller.poll_all_once()
         finally:
-            await client.aclose()
+            client.close()
         return store
 
     assert asyncio.run(run()).get("p0").up
