@@ -143,7 +143,7 @@ class MetricsServer:
             handler_class=_SilentHandler,
         )
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.5}, daemon=True
         )
 
     @property

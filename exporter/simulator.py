@@ -2,8 +2,10 @@
 
 It answers ``GET /api/v1/chat`` the way LlamaCloud does (bearer keys scoped to projects, opaque page
 tokens, FastAPI-style error bodies), so the exporter can be demonstrated, tested and benchmarked
-without an account. Data is synthetic and deterministic for a seed; faults can be injected on demand
-so that retries, timeouts and hostile pagination can be exercised end to end.
+without an account. Data is synthetic and deterministic for a seed. Faults (rate limits, 5xx bursts,
+stalls, truncated bodies, malformed items, endless listings) can be injected once on demand or
+recur at configured rates (:class:`FaultConfig`, also on the command line), drawn from a seeded RNG
+so that retries, timeouts and hostile pagination can be exercised end to end and reproduced.
 
 Run ``python -m exporter.simulator --help`` for the command line.
 """
@@ -14,6 +16,7 @@ import argparse
 import base64
 import binascii
 import contextlib
+import hashlib
 import json
 import math
 import random
@@ -35,6 +38,8 @@ from urllib.parse import parse_qsl, urlsplit
 __all__ = [
     "CHAT_PATH",
     "DEFAULT_API_KEY",
+    "MALFORMED_KINDS",
+    "FaultConfig",
     "RequestRecord",
     "Simulator",
     "main",
@@ -85,6 +90,20 @@ _ERRORS = (
 )
 _TITLES_JSON = tuple(_ENCODER.encode(title) for title in _TITLES)
 _ERRORS_JSON = {error: _ENCODER.encode(error) for error in _ERRORS}
+# The statuses a random server error is drawn from, with their FastAPI-style details.
+_SERVER_ERRORS = (
+    (500, "Internal Server Error"),
+    (502, "Bad Gateway"),
+    (503, "Service Unavailable"),
+)
+# The ways a listed item is broken by ``FaultConfig.malformed_share``.
+MALFORMED_KINDS = (
+    "not_object",
+    "missing_session_id",
+    "string_count",
+    "negative_count",
+    "job_metadata_not_object",
+)
 
 
 @dataclass(frozen=True)
@@ -98,6 +117,82 @@ class RequestRecord:
     method: str = "GET"
 
 
+@dataclass(frozen=True)
+class FaultConfig:
+    """Recurring faults, drawn from a seeded RNG so a given seed and request order repeat exactly.
+
+    Every field defaults to "off". The request-level faults apply to ``GET /api/v1/chat`` only
+    and are checked in this order: a burst 503, a 429, a random 5xx; a timeout delays the answer
+    without changing it, and truncation applies to 200 answers. One-shot faults queued with
+    ``fail_next``, ``hang_next`` and ``truncate_next`` take precedence over these.
+    """
+
+    rate_limit_share: float = 0.0
+    """Share of chat requests answered 429 with ``Retry-After``."""
+    rate_limit_retry_after: int = 1
+    """Seconds sent in the 429's ``Retry-After`` header."""
+    server_error_share: float = 0.0
+    """Share of chat requests answered 500, 502 or 503 (the status is drawn too)."""
+    server_error_burst_every: int = 0
+    """Every N-th chat request starts a burst of 503s; 0 disables bursts."""
+    server_error_burst_length: int = 3
+    """Consecutive 503s in a burst, the starting request included."""
+    timeout_share: float = 0.0
+    """Share of chat requests that stall ``timeout_seconds`` before answering normally."""
+    timeout_seconds: float = 60.0
+    """How long a stalled request stalls; longer than a client's timeout makes it time out."""
+    truncate_share: float = 0.0
+    """Share of 200 answers whose body is cut in half (invalid JSON, Content-Length matches)."""
+    malformed_share: float = 0.0
+    """Share of listed items replaced by a malformed one when a page is rendered."""
+    endless_projects: tuple[str, ...] = ()
+    """Projects whose listing never ends (as ``set_endless``)."""
+
+    def __post_init__(self) -> None:
+        for name in (
+            "rate_limit_share",
+            "server_error_share",
+            "timeout_share",
+            "truncate_share",
+            "malformed_share",
+        ):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
+        for name, minimum in (
+            ("rate_limit_retry_after", 0),
+            ("server_error_burst_every", 0),
+            ("server_error_burst_length", 1),
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise ValueError(f"{name} must be an integer of at least {minimum}, got {value!r}")
+        seconds = self.timeout_seconds
+        if not _is_number(seconds) or not 0.0 <= seconds < math.inf:
+            raise ValueError(f"timeout_seconds must be a finite number >= 0, got {seconds!r}")
+        if isinstance(self.endless_projects, str):
+            raise ValueError("endless_projects must be a sequence of project ids, not one string")
+        endless = tuple(self.endless_projects)
+        if not all(isinstance(project_id, str) for project_id in endless):
+            raise ValueError("endless_projects must hold project ids (strings)")
+        object.__setattr__(self, "endless_projects", endless)
+
+    @property
+    def per_request(self) -> bool:
+        """Whether any fault is decided per request (the others act on rendering or listing)."""
+        return bool(
+            self.rate_limit_share
+            or self.server_error_share
+            or self.server_error_burst_every
+            or self.timeout_share
+            or self.truncate_share
+        )
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 @dataclass
 class _Fault:
     """A pending injected fault; it disappears once ``remaining`` reaches zero."""
@@ -109,6 +204,15 @@ class _Fault:
     retry_after: str | None = None
     detail: str = "Service Unavailable"
     seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Decision:
+    """What the recurring faults do to one chat request, drawn when it arrives."""
+
+    stall: float
+    error: tuple[int, str, tuple[tuple[str, str], ...]] | None
+    truncate: bool
 
 
 @dataclass
@@ -184,7 +288,10 @@ def _decode_token(token: str, tag: str) -> tuple[str, int]:
 class Simulator:
     """A LlamaCloud chat API with synthetic, evolving projects and injectable faults.
 
-    Every public method is thread-safe: one lock guards the data, the fault queue and the log.
+    Faults come two ways: one-shot calls (``fail_next``, ``hang_next``, ``truncate_next``) for
+    tests that need one exact failure, and a recurring :class:`FaultConfig` (``faults=`` or the
+    ``faults`` attribute) for soak runs, demos and benchmarks. Every public method is
+    thread-safe: one lock guards the data, the faults and the log.
     """
 
     def __init__(
@@ -198,6 +305,7 @@ class Simulator:
         max_page_size: int = 1000,
         evolve_every: float | None = None,
         api_key: str = DEFAULT_API_KEY,
+        faults: FaultConfig | None = None,
     ) -> None:
         if projects < 0 or sessions_per_project < 0:
             raise ValueError("projects and sessions_per_project must not be negative")
@@ -227,6 +335,10 @@ class Simulator:
         self._evolve_thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._base_url: str | None = None
+        self._fault_config = FaultConfig()
+        self._fault_rng = random.Random()
+        self._fault_requests = 0
+        self.faults = FaultConfig() if faults is None else faults
 
         keys = dict(api_keys or {})
         master = random.Random(seed)
@@ -345,9 +457,31 @@ class Simulator:
         self._add_fault(_Fault("truncate", count, project_id))
 
     def clear_faults(self) -> None:
-        """Drop every pending fault."""
+        """Drop every pending one-shot fault (``faults = FaultConfig()`` ends recurring ones)."""
         with self._lock:
             self._faults.clear()
+
+    @property
+    def faults(self) -> FaultConfig:
+        """The recurring faults in force; ``FaultConfig()`` (the default) injects none."""
+        with self._lock:
+            return self._fault_config
+
+    @faults.setter
+    def faults(self, config: FaultConfig) -> None:
+        """Replace the recurring faults and restart their draws.
+
+        The fault RNG and the request count that bursts are measured from start afresh, so what
+        follows depends only on the seed, the config and the requests from here on.
+        """
+        if not isinstance(config, FaultConfig):
+            raise TypeError("faults must be a FaultConfig")
+        with self._lock:
+            self._fault_config = config
+            self._fault_rng = random.Random(f"faults:{self.seed}")
+            self._fault_requests = 0
+            for project in self._projects.values():
+                self._drop_pages(project)  # malformed items are decided when a page is rendered
 
     # -------------------------------------------------------------- server
 
@@ -515,6 +649,9 @@ class Simulator:
     def _bump(self, project: _Project) -> None:
         """Invalidate the project's rendered pages after its data changed."""
         project.version += 1
+        self._drop_pages(project)
+
+    def _drop_pages(self, project: _Project) -> None:
         self._cache_total -= project.cache_bytes
         project.cache.clear()
         project.cache_bytes = 0
@@ -534,6 +671,53 @@ class Simulator:
                 return fault
         return None
 
+    def _decide(self) -> _Decision | None:
+        """Draw the recurring faults for one chat request; call with the lock held.
+
+        Every request draws the same five numbers whichever faults are on, so changing one
+        share does not reshuffle when the others strike.
+        """
+        config = self._fault_config
+        if not config.per_request:
+            return None
+        self._fault_requests += 1
+        number = self._fault_requests
+        rand = self._fault_rng.random
+        stall_draw = rand()
+        limit_draw = rand()
+        error_draw = rand()
+        kind_draw = rand()
+        cut_draw = rand()
+        every = config.server_error_burst_every
+        error: tuple[int, str, tuple[tuple[str, str], ...]] | None = None
+        if every and number >= every and number % every < config.server_error_burst_length:
+            error = (503, "Service Unavailable", ())
+        elif limit_draw < config.rate_limit_share:
+            retry_after = (("Retry-After", str(config.rate_limit_retry_after)),)
+            error = (429, "Too Many Requests", retry_after)
+        elif error_draw < config.server_error_share:
+            status, detail = _SERVER_ERRORS[int(kind_draw * len(_SERVER_ERRORS))]
+            error = (status, detail, ())
+        stall = config.timeout_seconds if stall_draw < config.timeout_share else 0.0
+        return _Decision(stall, error, cut_draw < config.truncate_share)
+
+    def _malform(self, project: _Project, items: list[bytes]) -> list[bytes]:
+        """Replace ``malformed_share`` of ``items`` by broken ones; call with the lock held.
+
+        The choice hashes the seed, the project and the item's bytes, so it does not depend on
+        request order or page size, and a page rendered again comes out the same.
+        """
+        share = self._fault_config.malformed_share
+        key = hashlib.blake2b(f"{self.seed}:{project.project_id}".encode(), digest_size=32).digest()
+        out: list[bytes] = []
+        for item in items:
+            digest = hashlib.blake2b(item, digest_size=8, key=key).digest()
+            bits = int.from_bytes(digest, "big")
+            if (bits >> 11) / 2**53 < share:
+                item = _malformed_item(item, bits & 0x7FF)
+            out.append(item)
+        return out
+
     def _evolve_loop(self, every: float, stopping: threading.Event) -> None:
         while not stopping.wait(every):
             self.step()
@@ -550,14 +734,27 @@ class Simulator:
         if latency > 0:
             stopping.wait(latency)
         is_chat = path == CHAT_PATH
+        decision: _Decision | None = None
         if is_chat:
             with self._lock:
                 hang = self._take_fault("hang", project_id)
-            if hang is not None:
-                stopping.wait(hang.seconds)
+                if method == "GET":
+                    decision = self._decide()
+            stall = hang.seconds if hang is not None else decision.stall if decision else 0.0
+            if stall > 0:
+                stopping.wait(stall)
         with self._lock:
-            status, body, headers = self._answer(method, path, is_chat, query, authorization)
-            if is_chat and status == 200 and self._take_fault("truncate", project_id):
+            status, body, headers = self._answer(
+                method, path, is_chat, query, authorization, decision
+            )
+            if (
+                is_chat
+                and status == 200
+                and (
+                    self._take_fault("truncate", project_id) is not None
+                    or (decision is not None and decision.truncate)
+                )
+            ):
                 body = body[: len(body) // 2]
             self._request_count += 1
             self._requests.append(RequestRecord(path, query, authorization, status, method))
@@ -570,6 +767,7 @@ class Simulator:
         is_chat: bool,
         query: dict[str, str],
         authorization: str | None,
+        decision: _Decision | None = None,
     ) -> tuple[int, bytes, tuple[tuple[str, str], ...]]:
         if not is_chat:
             return 404, _detail_body("Not Found"), ()
@@ -579,6 +777,9 @@ class Simulator:
         if fault is not None:
             headers = (("Retry-After", fault.retry_after),) if fault.retry_after else ()
             return fault.status, _detail_body(fault.detail), headers
+        if decision is not None and decision.error is not None:
+            status, detail, extra = decision.error
+            return status, _detail_body(detail), extra
         try:
             return 200, self._list(query, authorization), ()
         except _ApiError as err:
@@ -604,7 +805,7 @@ class Simulator:
             raise _ApiError(404, f"Project {project_id} not found in organization")
         token = query.get("page_token") or None
         kind, number = ("o", 0) if token is None else _decode_token(token, project.tag)
-        if project.endless:
+        if project.endless or project_id in self._fault_config.endless_projects:
             return self._endless_page(project, page_size, number + 1 if kind == "e" else 1)
         if kind != "o":
             raise _ApiError(400, "Invalid page_token")
@@ -618,7 +819,10 @@ class Simulator:
             project.cache.move_to_end(cache_key)
             return page
         end = offset + page_size
-        parts = [b'{"items":[', b",".join(project.items[offset:end]), b"]"]
+        chunk = project.items[offset:end]
+        if self._fault_config.malformed_share:
+            chunk = self._malform(project, chunk)
+        parts = [b'{"items":[', b",".join(chunk), b"]"]
         if project.repeat_token:
             next_token: str | None = _encode_token(project.tag, "o", page_size)
         elif end < len(project.items):
@@ -636,7 +840,10 @@ class Simulator:
         cache_key = ("endless", page_size, 0)
         prefix = project.cache.get(cache_key)
         if prefix is None:
-            prefix = b'{"items":[' + b",".join(project.items[:page_size]) + b"]"
+            chunk = project.items[:page_size]
+            if self._fault_config.malformed_share:
+                chunk = self._malform(project, chunk)
+            prefix = b'{"items":[' + b",".join(chunk) + b"]"
             self._remember(project, cache_key, prefix)
         token = _encode_token(project.tag, "e", counter).encode()
         return prefix + b',"next_page_token":"' + token + b'"}'
@@ -718,6 +925,39 @@ def _render_run(
         f'{{"duration_ms":{duration!r},"error":{error_json},"export_config_ids":[],{flag}'
         f'"total_input_tokens":{tokens_in},"total_output_tokens":{tokens_out},"turns":{turns}}}'
     )
+
+
+def _malformed_item(item: bytes, bits: int) -> bytes:
+    """A broken variant of ``item``: the kind and the details come from ``bits``.
+
+    An item that is not an object already is malformed and stays as it is.
+    """
+    value = json.loads(item)
+    if not isinstance(value, dict):
+        return item
+    kind = MALFORMED_KINDS[bits % len(MALFORMED_KINDS)]
+    variant = bits // len(MALFORMED_KINDS)
+    bad: Any
+    if kind == "not_object":
+        session_id = value.get("session_id")
+        bad = (None, 42, session_id if isinstance(session_id, str) else "ses", [value])[variant % 4]
+    elif kind == "missing_session_id":
+        bad = {key: field_value for key, field_value in value.items() if key != "session_id"}
+    elif kind == "job_metadata_not_object":
+        bad = value | {"job_metadata": ("completed", [], 7, True)[variant % 4]}
+    else:
+        meta = value.get("job_metadata")
+        # A session that never ran gets a run, so that it has a count to break.
+        meta = dict(meta) if isinstance(meta, dict) else _run_dict(1000.0, None, False, 100, 50, 1)
+        if kind == "string_count":
+            name = ("total_input_tokens", "total_output_tokens")[variant % 2]
+            meta[name] = str(meta.get(name) or 0)
+        else:
+            name = ("total_input_tokens", "total_output_tokens", "turns")[variant % 3]
+            count = meta.get(name)
+            meta[name] = -(abs(count) + 1) if type(count) is int else -1
+        bad = value | {"job_metadata": meta}
+    return _ENCODER.encode(bad).encode()
 
 
 def _bearer(authorization: str | None) -> str:
@@ -872,6 +1112,141 @@ def _parse_listen(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _share(text: str) -> float:
+    """An argparse type for a share: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {text!r}")
+    return value
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    """An argparse type for a duration: a finite number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not 0.0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def _add_fault_options(parser: argparse.ArgumentParser) -> None:
+    defaults = FaultConfig()
+    group = parser.add_argument_group(
+        "recurring faults",
+        "Injected into GET /api/v1/chat, drawn from an RNG seeded by --seed, so the same seed "
+        "and request order give the same faults. All are off by default. Per request they are "
+        "checked in this order: a burst 503, a 429, a random 5xx.",
+    )
+    group.add_argument(
+        "--rate-limit-share",
+        type=_share,
+        default=defaults.rate_limit_share,
+        metavar="F",
+        help="share of chat requests answered 429 with Retry-After, 0..1 (default: 0)",
+    )
+    group.add_argument(
+        "--rate-limit-retry-after",
+        type=_int_at_least(0),
+        default=defaults.rate_limit_retry_after,
+        metavar="SECONDS",
+        help="Retry-After value sent with those 429s (default: %(default)s)",
+    )
+    group.add_argument(
+        "--server-error-share",
+        type=_share,
+        default=defaults.server_error_share,
+        metavar="F",
+        help="share of chat requests answered 500, 502 or 503 (drawn at random), 0..1 (default: 0)",
+    )
+    group.add_argument(
+        "--server-error-burst-every",
+        type=_int_at_least(0),
+        default=defaults.server_error_burst_every,
+        metavar="N",
+        help="every N-th chat request starts a burst of 503s; 0 disables bursts (default: 0)",
+    )
+    group.add_argument(
+        "--server-error-burst-length",
+        type=_int_at_least(1),
+        default=defaults.server_error_burst_length,
+        metavar="L",
+        help="consecutive 503s per burst, the starting request included (default: %(default)s)",
+    )
+    group.add_argument(
+        "--timeout-share",
+        type=_share,
+        default=defaults.timeout_share,
+        metavar="F",
+        help="share of chat requests that stall --timeout-seconds, then answer normally, 0..1 "
+        "(default: 0)",
+    )
+    group.add_argument(
+        "--timeout-seconds",
+        type=_seconds,
+        default=defaults.timeout_seconds,
+        metavar="SECONDS",
+        help="how long a stalled request stalls; make it longer than the client's timeout "
+        "(default: %(default)s)",
+    )
+    group.add_argument(
+        "--truncate-share",
+        type=_share,
+        default=defaults.truncate_share,
+        metavar="F",
+        help="share of 200 answers cut in half, leaving invalid JSON, 0..1 (default: 0)",
+    )
+    group.add_argument(
+        "--malformed-share",
+        type=_share,
+        default=defaults.malformed_share,
+        metavar="F",
+        help="share of listed items replaced by a malformed one (not an object, no session_id, "
+        "a token count that is a string or negative, job_metadata not an object), 0..1 "
+        "(default: 0)",
+    )
+    group.add_argument(
+        "--endless-project",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="make this project's listing never end; repeatable. Project ids are fixed by "
+        "--seed and --projects and printed at start",
+    )
+
+
+def _fault_config(args: argparse.Namespace) -> FaultConfig:
+    return FaultConfig(
+        rate_limit_share=args.rate_limit_share,
+        rate_limit_retry_after=args.rate_limit_retry_after,
+        server_error_share=args.server_error_share,
+        server_error_burst_every=args.server_error_burst_every,
+        server_error_burst_length=args.server_error_burst_length,
+        timeout_share=args.timeout_share,
+        timeout_seconds=args.timeout_seconds,
+        truncate_share=args.truncate_share,
+        malformed_share=args.malformed_share,
+        endless_projects=tuple(args.endless_project),
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the simulator until SIGINT or SIGTERM."""
     parser = argparse.ArgumentParser(
@@ -892,7 +1267,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sessions", type=int, default=50, help="initial sessions per project (default: 50)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="data seed (default: 0)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the data and of the faults (default: 0)"
+    )
     parser.add_argument(
         "--evolve-every",
         type=float,
@@ -920,6 +1297,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY",
         help="bearer key accepted for every project (default: %(default)s)",
     )
+    _add_fault_options(parser)
     args = parser.parse_args(argv)
     try:
         host, port = _parse_listen(args.listen)
@@ -932,7 +1310,11 @@ def main(argv: list[str] | None = None) -> int:
             error_share=args.error_share,
             evolve_every=args.evolve_every if args.evolve_every > 0 else None,
             api_key=args.api_key,
+            faults=_fault_config(args),
         )
+        unknown = [p for p in args.endless_project if p not in simulator.project_ids]
+        if unknown:
+            raise ValueError(f"--endless-project: no such project: {', '.join(unknown)}")
     except ValueError as err:
         parser.error(str(err))
     simulator.latency = args.latency

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import http.client
 import json
+import math
 import os
 import queue
 import signal
@@ -22,10 +25,30 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.simulator import CHAT_PATH, DEFAULT_API_KEY, RequestRecord, Simulator, main
+from exporter.simulator import (
+    CHAT_PATH,
+    DEFAULT_API_KEY,
+    MALFORMED_KINDS,
+    FaultConfig,
+    RequestRecord,
+    Simulator,
+    main,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 AUTH = {"Authorization": f"Bearer {DEFAULT_API_KEY}"}
+FAULT_FLAGS = (
+    "--rate-limit-share",
+    "--rate-limit-retry-after",
+    "--server-error-share",
+    "--server-error-burst-every",
+    "--server-error-burst-length",
+    "--timeout-share",
+    "--timeout-seconds",
+    "--truncate-share",
+    "--malformed-share",
+    "--endless-project",
+)
 
 
 @pytest.fixture
@@ -566,6 +589,323 @@ def test_repeat_token_loops(sim: Simulator, client: httpx.Client) -> None:
     assert second["items"] != first["items"]
 
 
+# --------------------------------------------------------------------- recurring faults
+
+# Draws happen but change nothing: the way to check that a share of 0 really injects nothing.
+INERT = FaultConfig(timeout_share=1.0, timeout_seconds=0.0)
+
+
+def answers(client: httpx.Client, project_id: str, n: int) -> list[httpx.Response]:
+    """``n`` first-page requests, one after another, so the fault draws follow a fixed order."""
+    params = {"project_id": project_id, "page_size": "5"}
+    return [client.get(CHAT_PATH, params=params) for _ in range(n)]
+
+
+def outcome(response: httpx.Response) -> str:
+    """A status, with 200 answers split into whole and truncated bodies."""
+    if response.status_code != 200:
+        return str(response.status_code)
+    try:
+        response.json()
+    except json.JSONDecodeError:
+        return "200-cut"
+    return "200"
+
+
+def fault_sequence(seed: int, config: FaultConfig, n: int = 200) -> list[str]:
+    with (
+        Simulator(projects=1, sessions_per_project=20, seed=seed, faults=config) as sim,
+        httpx.Client(base_url=sim.base_url, headers=AUTH, timeout=10) as client,
+    ):
+        return [outcome(r) for r in answers(client, sim.project_ids[0], n)]
+
+
+def is_malformed(item: Any) -> bool:
+    """True when the item breaks the item contract in one of the ways faults inject."""
+    if not isinstance(item, dict) or not isinstance(item.get("session_id"), str):
+        return True
+    meta = item.get("job_metadata")
+    if meta is None:
+        return False
+    if not isinstance(meta, dict):
+        return True
+    counts = [meta.get(name) for name in ("total_input_tokens", "total_output_tokens", "turns")]
+    return any(isinstance(c, str) or (isinstance(c, int) and c < 0) for c in counts)
+
+
+def malformed_kind(item: Any) -> str:
+    if not isinstance(item, dict):
+        return "not_object"
+    if "session_id" not in item:
+        return "missing_session_id"
+    meta = item["job_metadata"]
+    if not isinstance(meta, dict):
+        return "job_metadata_not_object"
+    if any(isinstance(value, str) for value in meta.values() if value is not meta.get("error")):
+        return "string_count"
+    return "negative_count"
+
+
+def test_fault_config_defaults_inject_nothing(sim: Simulator, client: httpx.Client) -> None:
+    assert sim.faults == FaultConfig()
+    assert not FaultConfig().per_request
+    responses = answers(client, sim.project_ids[0], 20)
+    assert [outcome(r) for r in responses] == ["200"] * 20
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"rate_limit_share": 1.5},
+        {"server_error_share": -0.1},
+        {"timeout_share": math.nan},
+        {"truncate_share": "0.5"},
+        {"malformed_share": True},
+        {"rate_limit_retry_after": -1},
+        {"rate_limit_retry_after": 1.5},
+        {"server_error_burst_every": -1},
+        {"server_error_burst_length": 0},
+        {"timeout_seconds": -1.0},
+        {"timeout_seconds": math.inf},
+        {"endless_projects": "proj-a"},
+        {"endless_projects": (1,)},
+    ],
+)
+def test_fault_config_validates(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        FaultConfig(**bad)
+
+
+def test_faults_attribute_takes_only_a_fault_config(sim: Simulator) -> None:
+    with pytest.raises(TypeError):
+        sim.faults = None  # type: ignore[assignment]
+    config = FaultConfig(rate_limit_share=0.5, endless_projects=["a", "b"])  # type: ignore[arg-type]
+    assert config.endless_projects == ("a", "b")
+    sim.faults = config
+    assert sim.faults is config
+
+
+def test_rate_limit_share_one_answers_429_with_retry_after(
+    sim: Simulator, client: httpx.Client
+) -> None:
+    sim.faults = FaultConfig(rate_limit_share=1.0, rate_limit_retry_after=4)
+    for response in answers(client, sim.project_ids[0], 10):
+        assert response.status_code == 429
+        assert response.headers["retry-after"] == "4"
+        assert response.json() == {"detail": "Too Many Requests"}
+    sim.faults = FaultConfig()
+    assert client.get(CHAT_PATH, params={"project_id": sim.project_ids[0]}).status_code == 200
+
+
+def test_rate_limit_retry_after_defaults_to_one_second(
+    sim: Simulator, client: httpx.Client
+) -> None:
+    sim.faults = FaultConfig(rate_limit_share=1.0)
+    response = client.get(CHAT_PATH, params={"project_id": sim.project_ids[0]})
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "1"
+
+
+def test_server_error_share_one_answers_every_5xx_kind(
+    sim: Simulator, client: httpx.Client
+) -> None:
+    sim.faults = FaultConfig(server_error_share=1.0)
+    details = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
+    seen = set()
+    for response in answers(client, sim.project_ids[0], 60):
+        assert response.status_code in details
+        assert response.json() == {"detail": details[response.status_code]}
+        assert "retry-after" not in response.headers
+        seen.add(response.status_code)
+    assert seen == set(details)
+
+
+def test_server_error_bursts_are_periodic(sim: Simulator, client: httpx.Client) -> None:
+    sim.faults = FaultConfig(server_error_burst_every=5, server_error_burst_length=2)
+    statuses = [r.status_code for r in answers(client, sim.project_ids[0], 21)]
+    bursts = [n for n, status in enumerate(statuses, start=1) if status == 503]
+    assert bursts == [5, 6, 10, 11, 15, 16, 20, 21]
+    assert all(status in (200, 503) for status in statuses)
+
+
+def test_a_burst_at_least_as_long_as_its_period_is_an_outage(
+    sim: Simulator, client: httpx.Client
+) -> None:
+    sim.faults = FaultConfig(server_error_burst_every=3, server_error_burst_length=3)
+    statuses = [r.status_code for r in answers(client, sim.project_ids[0], 12)]
+    assert statuses == [200, 200] + [503] * 10
+
+
+def test_timeout_share_one_makes_the_client_time_out(sim: Simulator) -> None:
+    params = {"project_id": sim.project_ids[0]}
+    sim.faults = FaultConfig(timeout_share=1.0, timeout_seconds=30.0)
+    with (
+        httpx.Client(base_url=sim.base_url, headers=AUTH, timeout=0.2) as client,
+        pytest.raises(httpx.TimeoutException),
+    ):
+        client.get(CHAT_PATH, params=params)
+    sim.faults = FaultConfig()
+    with httpx.Client(base_url=sim.base_url, headers=AUTH, timeout=10) as client:
+        assert client.get(CHAT_PATH, params=params).status_code == 200
+
+
+def test_a_stalled_request_still_gets_its_normal_answer(
+    sim: Simulator, client: httpx.Client
+) -> None:
+    sim.faults = INERT
+    params = {"project_id": sim.project_ids[0], "page_size": "5"}
+    response = client.get(CHAT_PATH, params=params)
+    assert response.status_code == 200
+    assert response.json()["items"] == sim.sessions(sim.project_ids[0])[:5]
+
+
+def test_truncate_share_one_cuts_every_200(sim: Simulator, client: httpx.Client) -> None:
+    project_id = sim.project_ids[0]
+    params = {"project_id": project_id, "page_size": "5"}
+    full = client.get(CHAT_PATH, params=params).content
+    sim.faults = FaultConfig(truncate_share=1.0)
+    for response in answers(client, project_id, 10):
+        assert response.status_code == 200
+        assert int(response.headers["content-length"]) == len(response.content)
+        assert response.content == full[: len(full) // 2]
+    missing = client.get(CHAT_PATH, params={"project_id": "nope"})
+    assert missing.status_code == 404
+    assert "detail" in missing.json()
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        dataclasses.replace(INERT, rate_limit_share=0.0),
+        dataclasses.replace(INERT, server_error_share=0.0),
+        dataclasses.replace(INERT, truncate_share=0.0),
+        dataclasses.replace(INERT, malformed_share=0.0),
+    ],
+    ids=["rate_limit", "server_error", "truncate", "malformed"],
+)
+def test_a_share_of_zero_injects_nothing(
+    sim: Simulator, client: httpx.Client, config: FaultConfig
+) -> None:
+    assert config.per_request  # the RNG is drawn for every request
+    sim.faults = config
+    project_id = sim.project_ids[0]
+    responses = answers(client, project_id, 50)
+    assert [outcome(r) for r in responses] == ["200"] * 50
+    assert all(r.json()["items"] == sim.sessions(project_id)[:5] for r in responses)
+
+
+def test_partial_shares_mix_faults_and_normal_answers() -> None:
+    config = FaultConfig(rate_limit_share=0.2, server_error_share=0.2, truncate_share=0.2)
+    outcomes = fault_sequence(3, config)
+    counts = {kind: outcomes.count(kind) for kind in set(outcomes)}
+    assert set(counts) >= {"200", "200-cut", "429"}
+    assert set(counts) - {"200", "200-cut", "429"} <= {"500", "502", "503"}
+    # Deterministic for the seed, so loose bounds cannot flake.
+    assert 20 <= counts["429"] <= 70
+    assert 80 <= counts["200"] <= 160
+
+
+def test_same_seed_gives_the_same_faults() -> None:
+    config = FaultConfig(
+        rate_limit_share=0.1,
+        server_error_share=0.1,
+        server_error_burst_every=50,
+        truncate_share=0.1,
+    )
+    first = fault_sequence(11, config)
+    assert first == fault_sequence(11, config)
+    assert first != fault_sequence(12, config)
+    assert len(set(first)) >= 4
+
+
+def test_setting_faults_restarts_the_sequence(sim: Simulator, client: httpx.Client) -> None:
+    config = FaultConfig(rate_limit_share=0.3, server_error_share=0.3)
+    sim.faults = config
+    first = [outcome(r) for r in answers(client, sim.project_ids[0], 40)]
+    sim.faults = config
+    assert [outcome(r) for r in answers(client, sim.project_ids[0], 40)] == first
+
+
+def test_one_shot_faults_take_precedence(sim: Simulator, client: httpx.Client) -> None:
+    project_id = sim.project_ids[0]
+    params = {"project_id": project_id}
+    sim.faults = FaultConfig(rate_limit_share=1.0)
+    sim.fail_next(status=504, detail="Gateway Timeout")
+    response = client.get(CHAT_PATH, params=params)
+    assert response.status_code == 504
+    assert response.json() == {"detail": "Gateway Timeout"}
+    assert client.get(CHAT_PATH, params=params).status_code == 429
+
+    sim.faults = FaultConfig()
+    small = params | {"page_size": "3"}
+    full = client.get(CHAT_PATH, params=small).content
+    sim.faults = FaultConfig(truncate_share=1.0)
+    sim.truncate_next()
+    assert client.get(CHAT_PATH, params=small).content == full[: len(full) // 2]  # cut once
+    sim.faults = FaultConfig()
+    # Had the recurring fault answered, the one-shot would still be pending here.
+    assert client.get(CHAT_PATH, params=small).content == full
+
+
+def test_malformed_share_one_breaks_every_item(sim: Simulator, client: httpx.Client) -> None:
+    project_id = sim.project_ids[0]
+    good = sim.sessions(project_id)
+    sim.faults = FaultConfig(malformed_share=1.0)
+    items, pages = list_all(client, project_id, page_size=25)
+    assert len(pages) == 5
+    assert len(items) == len(good) == 120
+    assert all(is_malformed(item) for item in items)
+    assert {malformed_kind(item) for item in items} == set(MALFORMED_KINDS)
+    assert sim.sessions(project_id) == good  # the data itself is untouched
+    sim.faults = FaultConfig()
+    assert list_all(client, project_id, page_size=25)[0] == good
+
+
+def test_malformed_items_are_deterministic_and_independent_of_page_size() -> None:
+    source = Simulator(projects=1, sessions_per_project=100, seed=4)
+    good = source.sessions(source.project_ids[0])
+    config = FaultConfig(malformed_share=0.3)
+    listings: list[list[Any]] = []
+    for seed, page_size in ((4, 7), (4, 50), (5, 50)):
+        with (
+            Simulator(projects=0, seed=seed, faults=config) as simulator,
+            httpx.Client(base_url=simulator.base_url, headers=AUTH) as client,
+        ):
+            simulator.set_sessions("golden", good)
+            listings.append(list_all(client, "golden", page_size)[0])
+    same, other_page_size, other_seed = listings
+    assert same == other_page_size
+    assert same != other_seed
+    flags = [is_malformed(item) for item in same]
+    assert 10 <= sum(flags) <= 50  # about 30 of 100, fixed by the seed
+    for item, original, broken in zip(same, good, flags, strict=True):
+        assert (item != original) is broken
+
+
+def test_endless_projects_never_end(sim: Simulator, client: httpx.Client) -> None:
+    endless, finite = sim.project_ids
+    sim.faults = FaultConfig(endless_projects=(endless, "not-a-project"))
+    params = {"project_id": endless, "page_size": "50"}
+    tokens = set()
+    for _ in range(30):
+        page = client.get(CHAT_PATH, params=params).json()
+        assert len(page["items"]) == 50
+        tokens.add(page["next_page_token"])
+        params["page_token"] = page["next_page_token"]
+    assert len(tokens) == 30
+    assert len(list_all(client, finite)[0]) == 120
+    sim.faults = FaultConfig()
+    assert len(list_all(client, endless)[0]) == 120
+
+
+def test_endless_listing_can_carry_malformed_items(sim: Simulator, client: httpx.Client) -> None:
+    project_id = sim.project_ids[0]
+    sim.faults = FaultConfig(endless_projects=(project_id,), malformed_share=1.0)
+    page = client.get(CHAT_PATH, params={"project_id": project_id, "page_size": "10"}).json()
+    assert page["next_page_token"]
+    assert all(is_malformed(item) for item in page["items"])
+
+
 # ----------------------------------------------------------------------- request log
 
 
@@ -641,11 +981,13 @@ def read_line(lines: queue.Queue[str], deadline: float) -> str:
         raise AssertionError("the simulator printed nothing in time") from None
 
 
-def test_cli_subprocess_serves_until_sigterm() -> None:
+@contextlib.contextmanager
+def cli_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], str, list[str]]]:
+    """``python -m exporter.simulator ARGS`` with 2 projects: (process, URL, project ids)."""
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     command = [sys.executable, "-m", "exporter.simulator", "--projects", "2", "--sessions", "7"]
     process = subprocess.Popen(
-        [*command, "--evolve-every", "0", "--api-key", "llx-cli", "--listen", "127.0.0.1:0"],
+        [*command, "--evolve-every", "0", "--listen", "127.0.0.1:0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -667,17 +1009,7 @@ def test_cli_subprocess_serves_until_sigterm() -> None:
         url = first.removeprefix("simulator listening on ")
         projects = [read_line(lines, deadline) for _ in range(2)]
         assert all(line.startswith("project ") for line in projects)
-        project_id = projects[0].removeprefix("project ")
-        response = httpx.get(
-            url + CHAT_PATH,
-            params={"project_id": project_id},
-            headers={"Authorization": "Bearer llx-cli"},
-            timeout=10,
-        )
-        assert response.status_code == 200
-        assert len(response.json()["items"]) == 7
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        yield process, url, [line.removeprefix("project ") for line in projects]
     finally:
         if process.poll() is None:
             process.kill()
@@ -685,3 +1017,62 @@ def test_cli_subprocess_serves_until_sigterm() -> None:
         for stream in (process.stdout, process.stderr):
             if stream is not None:
                 stream.close()
+
+
+def test_cli_subprocess_serves_until_sigterm() -> None:
+    with cli_process("--api-key", "llx-cli") as (process, url, project_ids):
+        response = httpx.get(
+            url + CHAT_PATH,
+            params={"project_id": project_ids[0]},
+            headers={"Authorization": "Bearer llx-cli"},
+            timeout=10,
+        )
+        assert response.status_code == 200
+        assert len(response.json()["items"]) == 7
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+
+
+def test_cli_fault_flags_reach_the_server() -> None:
+    flags = ("--rate-limit-share", "1", "--rate-limit-retry-after", "9")
+    with cli_process(*flags) as (_, url, project_ids):
+        response = httpx.get(
+            url + CHAT_PATH, params={"project_id": project_ids[0]}, headers=AUTH, timeout=10
+        )
+        assert response.status_code == 429
+        assert response.headers["retry-after"] == "9"
+        assert response.json() == {"detail": "Too Many Requests"}
+
+
+def test_cli_help_documents_every_fault_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for option in FAULT_FLAGS:
+        assert option in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--rate-limit-share", "1.5"], "--rate-limit-share"),
+        (["--server-error-share", "-0.1"], "--server-error-share"),
+        (["--timeout-share", "nan"], "--timeout-share"),
+        (["--truncate-share", "lots"], "--truncate-share"),
+        (["--malformed-share", "2"], "--malformed-share"),
+        (["--rate-limit-retry-after", "-1"], "--rate-limit-retry-after"),
+        (["--server-error-burst-every", "-5"], "--server-error-burst-every"),
+        (["--server-error-burst-length", "0"], "--server-error-burst-length"),
+        (["--timeout-seconds", "-1"], "--timeout-seconds"),
+        (["--timeout-seconds", "inf"], "--timeout-seconds"),
+        (["--projects", "1", "--sessions", "1", "--endless-project", "nope"], "no such project"),
+    ],
+)
+def test_cli_rejects_bad_fault_values(
+    capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
