@@ -6,8 +6,11 @@ leaves the config leaves no stale series, and a scrape never waits on the API.
 
 from __future__ import annotations
 
+import struct
 import threading
+import zlib
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import generate_latest
 from prometheus_client.core import (
@@ -258,12 +261,33 @@ def _samples(metric: Metric) -> bytes:
     return "".join(lines).encode()
 
 
+def _deflate_piece(data: bytes) -> bytes:
+    """Raw deflate ending on a full flush: byte-aligned and independent of what surrounds it,
+    so pieces compressed apart can be concatenated into one valid stream."""
+    if not data:
+        return b""
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+    return compressor.compress(data) + compressor.flush(zlib.Z_FULL_FLUSH)
+
+
+# A gzip member header: deflate, no name, no mtime, unknown OS.
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+
+
+@dataclass(frozen=True)
+class _Rendered:
+    state: ProjectState
+    lines: list[bytes]  # one piece per family, in project_families order
+    deflated: list[bytes]  # the same pieces, each compressed on its own
+
+
 class TextExposition:
     """The text format of :class:`StoreCollector`, byte for byte, without its cost per scrape.
 
     A project's samples change only when its state is replaced, so each project's lines
-    are rendered once per state and a scrape joins them: the work of a scrape is a join,
-    not a walk over 80 samples times the number of projects.
+    are rendered (and compressed) once per state, when its poll ends, and a scrape joins
+    them: the work of a scrape is a join, not a walk over 80 samples times the number of
+    projects, nor a compression of megabytes.
     """
 
     def __init__(self, collector: StoreCollector, store: Store) -> None:
@@ -271,33 +295,61 @@ class TextExposition:
         self._store = store
         self._lock = threading.Lock()
         self._headers = [_render([m]) for m in collector.project_families(())]
-        self._cache: dict[str, tuple[ProjectState, list[bytes]]] = {}
+        self._deflated_headers = [_deflate_piece(h) for h in self._headers]
+        self._cache: dict[str, _Rendered] = {}
         store.subscribe(self._warm)
 
     def _warm(self, state: ProjectState) -> None:
-        """Render a project when its poll ends, so the scrape that follows only joins."""
         with self._lock:
-            self._project_lines(state)
+            self._rendered(state)
 
-    def _project_lines(self, state: ProjectState) -> list[bytes]:
+    def _rendered(self, state: ProjectState) -> _Rendered:
         cached = self._cache.get(state.project_id)
-        if cached is not None and cached[0] is state:
-            return cached[1]
+        if cached is not None and cached.state is state:
+            return cached
         lines = [_samples(m) for m in self._collector.project_families((state,))]
-        self._cache[state.project_id] = (state, lines)
-        return lines
+        rendered = _Rendered(state, lines, [_deflate_piece(piece) for piece in lines])
+        self._cache[state.project_id] = rendered
+        return rendered
 
-    def render(self) -> bytes:
+    def _current(self) -> tuple[list[_Rendered], bytes]:
         projects = self._store.projects()
         with self._lock:
-            per_project = [self._project_lines(state) for state in projects]
+            per_project = [self._rendered(state) for state in projects]
             if len(self._cache) > len(projects):
                 current = {state.project_id for state in projects}
                 for gone in [pid for pid in self._cache if pid not in current]:
                     del self._cache[gone]
+        return per_project, _render(self._collector.global_families())
+
+    def render(self) -> bytes:
+        per_project, tail = self._current()
         out: list[bytes] = []
         for i, header in enumerate(self._headers):
             out.append(header)
-            out.extend(lines[i] for lines in per_project)
-        out.append(_render(self._collector.global_families()))
+            out.extend(p.lines[i] for p in per_project)
+        out.append(tail)
+        return b"".join(out)
+
+    def render_gzip(self) -> bytes:
+        """The same text as one gzip member, joined from the pieces compressed in advance."""
+        per_project, tail = self._current()
+        crc = zlib.crc32
+        checksum = 0
+        size = 0
+        out = [_GZIP_HEADER]
+        for i, header in enumerate(self._headers):
+            checksum = crc(header, checksum)
+            size += len(header)
+            out.append(self._deflated_headers[i])
+            for p in per_project:
+                piece = p.lines[i]
+                checksum = crc(piece, checksum)
+                size += len(piece)
+                out.append(p.deflated[i])
+        compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+        out.append(compressor.compress(tail) + compressor.flush(zlib.Z_FINISH))
+        checksum = crc(tail, checksum)
+        size += len(tail)
+        out.append(struct.pack("<II", checksum & 0xFFFFFFFF, size & 0xFFFFFFFF))
         return b"".join(out)

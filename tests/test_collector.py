@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import gzip
+import zlib
 from pathlib import Path
 
 from prometheus_client import generate_latest
@@ -116,6 +118,11 @@ def test_the_cached_text_format_equals_prometheus_client_byte_for_byte() -> None
     text = exposition.render()
     assert text == generate_latest(registry)
     assert b'llamacloud_chat_runs_total{project_id="p1"} 2.0' in text
+    # The gzip body, joined from pieces compressed apart, is one valid member of the same text.
+    zipped = exposition.render_gzip()
+    assert zipped.startswith(b"\x1f\x8b")
+    assert gzip.decompress(zipped) == text
+    assert zlib.decompressobj(31).decompress(zipped) == text  # readers that stop after one member
 
     # A project that leaves the store leaves the cached text too.
     store._projects.pop("p3")
