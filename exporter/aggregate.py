@@ -391,6 +391,7 @@ class Listing:
         self._output_hist = _HistogramBuilder(TOKEN_BUCKETS)
 
     def add(self, items: Iterable[Any]) -> None:
+        """Fold one page in. Runs once per listed session: sums are kept in locals."""
         tracker = self._tracker
         sessions = tracker._sessions
         undo = tracker._undo
@@ -398,13 +399,17 @@ class Listing:
         counting = self._counting
         status = self._status
         fromisoformat = datetime.fromisoformat
+        newest_naive = self._newest_naive
+        newest_aware = self._newest_aware
+        total_in = total_out = total_turns = total_ms = 0.0
+        seen = invalid = 0
         for item in items:
             if type(item) is not dict:
-                self._invalid += 1
+                invalid += 1
                 continue
             sid = item.get("session_id")
             if type(sid) is not str or not sid:
-                self._invalid += 1
+                invalid += 1
                 continue
             job = item.get("job_metadata")
             stamp = item.get("last_updated_at")
@@ -420,7 +425,7 @@ class Listing:
                     except ValueError:
                         updated = _parse_timestamp_slow(stamp)
             except InvalidItem:
-                self._invalid += 1
+                invalid += 1
                 continue
             old = sessions.get(sid)
             if old is not None and old & _GEN_MASK == gen:
@@ -428,7 +433,7 @@ class Listing:
                 continue
             fp = NEVER_RUN if run is None else run[5]
             sessions[sid] = (fp << _GEN_BITS) | gen
-            tracker._seen += 1
+            seen += 1
             if old is None:
                 if undo is not None:
                     undo.append((sid, None))
@@ -444,23 +449,31 @@ class Listing:
             if updated is not None:
                 # Naive and aware datetimes do not compare: keep the newest of each.
                 if updated.tzinfo is None:
-                    if self._newest_naive is None or updated > self._newest_naive:
-                        self._newest_naive = updated
-                elif self._newest_aware is None or updated > self._newest_aware:
-                    self._newest_aware = updated
+                    if newest_naive is None or updated > newest_naive:
+                        newest_naive = updated
+                elif newest_aware is None or updated > newest_aware:
+                    newest_aware = updated
             if run is None:
                 status[0] += 1
                 continue
             is_error, d, i, o, t, _ = run
             status[2 if is_error else 1] += 1
             if i is not None:
-                self._input += i
+                total_in += i
             if o is not None:
-                self._output += o
+                total_out += o
             if t is not None:
-                self._turns += t
+                total_turns += t
             if d is not None:
-                self._duration_ms += d
+                total_ms += d
+        tracker._seen += seen
+        self._invalid += invalid
+        self._input += total_in
+        self._output += total_out
+        self._turns += total_turns
+        self._duration_ms += total_ms
+        self._newest_naive = newest_naive
+        self._newest_aware = newest_aware
 
     def _count_run(self, run: RunTuple) -> None:
         is_error, d, i, o, t, _ = run

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 
@@ -191,18 +192,20 @@ class ApiClient:
     def pages(self, project: ProjectConfig, max_pages: int) -> Iterator[list[Any]]:
         """Yield the ``items`` of each page until the listing ends."""
         http = self._client(project.id)
-        url = project.base_url + CHAT_PATH
         secret = project.api_key.get()
         headers = {"Authorization": f"Bearer {secret}"}
         params: dict[str, str | int] = {"project_id": project.id, "page_size": project.page_size}
         if project.organization_id:
             params["organization_id"] = project.organization_id
+        # One URL string per page: httpx merging a params dict into a URL parses it twice.
+        url = f"{project.base_url}{CHAT_PATH}?{urlencode(params)}"
+        page_url = url
         used: set[str] = set()
         page = 0
         while True:
             if self._stop.is_set():
                 raise Stopped()
-            body = self._get(http, url, params, headers, secret)
+            body = self._get(http, page_url, headers, secret)
             page += 1
             if not isinstance(body, dict):
                 raise PollError("invalid_response", f"page {page} is not a JSON object")
@@ -222,20 +225,19 @@ class ApiClient:
                     "too_many_pages", f"listing is longer than max_pages={max_pages} pages"
                 )
             used.add(token)
-            params["page_token"] = token
+            page_url = f"{url}&{urlencode({'page_token': token})}"
 
     def _get(
         self,
         http: httpx.Client,
         url: str,
-        params: dict[str, str | int],
         headers: dict[str, str],
         secret: str,
     ) -> Any:
         retries_done = 0
         while True:
             try:
-                response = http.get(url, params=params, headers=headers)
+                response = http.get(url, headers=headers)
             except httpx.TransportError as exc:
                 self._on_request("error")
                 reason = "timeout" if isinstance(exc, httpx.TimeoutException) else "connection"
