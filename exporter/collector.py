@@ -323,33 +323,28 @@ class TextExposition:
         return per_project, _render(self._collector.global_families())
 
     def render(self) -> bytes:
-        per_project, tail = self._current()
-        out: list[bytes] = []
-        for i, header in enumerate(self._headers):
-            out.append(header)
-            out.extend(p.lines[i] for p in per_project)
-        out.append(tail)
-        return b"".join(out)
+        return self._render(compressed=False)
 
     def render_gzip(self) -> bytes:
         """The same text as one gzip member, joined from the pieces compressed in advance."""
+        return self._render(compressed=True)
+
+    def _render(self, compressed: bool) -> bytes:
         per_project, tail = self._current()
-        crc = zlib.crc32
-        checksum = 0
-        size = 0
-        out = [_GZIP_HEADER]
+        raw: list[bytes] = []
+        deflated: list[bytes] = []
         for i, header in enumerate(self._headers):
-            checksum = crc(header, checksum)
-            size += len(header)
-            out.append(self._deflated_headers[i])
-            for p in per_project:
-                piece = p.lines[i]
-                checksum = crc(piece, checksum)
-                size += len(piece)
-                out.append(p.deflated[i])
+            raw.append(header)
+            raw.extend(p.lines[i] for p in per_project)
+            if compressed:
+                deflated.append(self._deflated_headers[i])
+                deflated.extend(p.deflated[i] for p in per_project)
+        raw.append(tail)
+        text = b"".join(raw)
+        if not compressed:
+            return text
         compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
-        out.append(compressor.compress(tail) + compressor.flush(zlib.Z_FINISH))
-        checksum = crc(tail, checksum)
-        size += len(tail)
-        out.append(struct.pack("<II", checksum & 0xFFFFFFFF, size & 0xFFFFFFFF))
-        return b"".join(out)
+        deflated.append(compressor.compress(tail) + compressor.flush(zlib.Z_FINISH))
+        # One checksum over the joined text: far cheaper than one call per piece.
+        trailer = struct.pack("<II", zlib.crc32(text) & 0xFFFFFFFF, len(text) & 0xFFFFFFFF)
+        return b"".join((_GZIP_HEADER, *deflated, trailer))
