@@ -401,7 +401,10 @@ class Listing:
         fromisoformat = datetime.fromisoformat
         newest_naive = self._newest_naive
         newest_aware = self._newest_aware
-        total_in = total_out = total_turns = total_ms = 0.0
+        # Continuing the running sums (not summing a page apart) keeps float results the
+        # same however the listing is split into pages.
+        total_in, total_out = self._input, self._output
+        total_turns, total_ms = self._turns, self._duration_ms
         seen = invalid = 0
         for item in items:
             if type(item) is not dict:
@@ -468,10 +471,8 @@ class Listing:
                 total_ms += d
         tracker._seen += seen
         self._invalid += invalid
-        self._input += total_in
-        self._output += total_out
-        self._turns += total_turns
-        self._duration_ms += total_ms
+        self._input, self._output = total_in, total_out
+        self._turns, self._duration_ms = total_turns, total_ms
         self._newest_naive = newest_naive
         self._newest_aware = newest_aware
 

@@ -103,7 +103,6 @@ class Poller:
             result,
             duration=duration,
             finished=self._clock(),
-            tracked_sessions=len(tracker),
         )
         log.info(
             "poll_succeeded",

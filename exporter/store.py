@@ -27,7 +27,6 @@ class ProjectState:
     last_error: str | None = None  # a fixed reason word, never free text
     poll_errors: tuple[tuple[str, int], ...] = ()
     invalid_items_total: int = 0
-    tracked_sessions: int = 0
 
 
 class Store:
@@ -84,7 +83,6 @@ class Store:
         *,
         duration: float,
         finished: float,
-        tracked_sessions: int,
     ) -> ProjectState:
         with self._lock:
             old = self._projects[project_id]
@@ -99,7 +97,6 @@ class Store:
                 last_success=finished,
                 last_error=None,
                 invalid_items_total=old.invalid_items_total + result.snapshot.invalid_items,
-                tracked_sessions=tracked_sessions,
             )
             self._projects[project_id] = new
         return self._publish(new)

@@ -50,9 +50,7 @@ def test_a_project_removed_from_the_store_leaves_no_series() -> None:
     def render(pids: list[str]) -> str:
         store = Store([ProjectConfig(p, p, "", "http://x", 100, Secret("k")) for p in pids])
         for p in pids:
-            store.record_success(
-                p, aggregate([[session("a")]]), duration=1, finished=1, tracked_sessions=1
-            )
+            store.record_success(p, aggregate([[session("a")]]), duration=1, finished=1)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(StoreCollector(store))
         return generate_latest(registry).decode()
@@ -65,9 +63,7 @@ def test_a_project_removed_from_the_store_leaves_no_series() -> None:
 
 def test_help_texts_say_values_come_from_the_last_poll() -> None:
     store = Store([ProjectConfig("p", "p", "", "http://x", 100, Secret("k"))])
-    store.record_success(
-        "p", aggregate([[session("a")]]), duration=1, finished=1, tracked_sessions=1
-    )
+    store.record_success("p", aggregate([[session("a")]]), duration=1, finished=1)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StoreCollector(store))
     helps = {
@@ -100,7 +96,6 @@ def test_the_cached_text_format_equals_prometheus_client_byte_for_byte() -> None
         aggregate([[session("a"), session("b")]], tracker),
         duration=0.1,
         finished=1e9,
-        tracked_sessions=2,
     )
     store.record_failure("p2", "timeout", duration=30.0, finished=1e9 + 1)
     store.count_request("200")
@@ -113,7 +108,6 @@ def test_the_cached_text_format_equals_prometheus_client_byte_for_byte() -> None
         ),
         duration=0.2,
         finished=1e9 + 2,
-        tracked_sessions=2,
     )
     text = exposition.render()
     assert text == generate_latest(registry)

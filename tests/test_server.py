@@ -36,9 +36,7 @@ def test_health_readiness_and_landing_page(served: tuple[Store, str]) -> None:
     store, url = served
     assert httpx.get(url + "/healthz").status_code == 200
     assert httpx.get(url + "/readyz").status_code == 503
-    store.record_success(
-        "p1", aggregate([[session("a")]]), duration=0.5, finished=1e9, tracked_sessions=1
-    )
+    store.record_success("p1", aggregate([[session("a")]]), duration=0.5, finished=1e9)
     assert httpx.get(url + "/readyz").status_code == 503  # p2 has not been polled yet
     store.record_failure("p2", "auth", duration=0.1, finished=1e9)
     assert httpx.get(url + "/readyz").status_code == 200
@@ -51,9 +49,7 @@ def test_health_readiness_and_landing_page(served: tuple[Store, str]) -> None:
 
 def test_metrics_text_gzip_and_openmetrics(served: tuple[Store, str]) -> None:
     store, url = served
-    store.record_success(
-        "p1", aggregate([[session("a")]]), duration=0.5, finished=1e9, tracked_sessions=1
-    )
+    store.record_success("p1", aggregate([[session("a")]]), duration=0.5, finished=1e9)
     plain = httpx.get(url + "/metrics", headers={"Accept-Encoding": "identity"})
     assert plain.headers["content-type"].startswith("text/plain; version=0.0.4")
     assert (

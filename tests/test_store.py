@@ -13,15 +13,12 @@ def project(pid: str) -> ProjectConfig:
 def test_a_failed_poll_keeps_the_snapshot_and_counters() -> None:
     store = Store([project("p")])
     tracker = SessionTracker()
-    store.record_success(
-        "p", aggregate([[session("a")]], tracker), duration=1, finished=10, tracked_sessions=1
-    )
+    store.record_success("p", aggregate([[session("a")]], tracker), duration=1, finished=10)
     store.record_success(
         "p",
         aggregate([[session("a", turns=4)]], tracker),
         duration=1,
         finished=20,
-        tracked_sessions=1,
     )
     before = store.get("p")
     after = store.record_failure("p", "timeout", duration=2, finished=30)
@@ -37,9 +34,7 @@ def test_a_failed_poll_keeps_the_snapshot_and_counters() -> None:
 def test_readers_get_whole_states_that_never_change() -> None:
     store = Store([project("p")])
     seen = store.projects()
-    store.record_success(
-        "p", aggregate([[session("a")]]), duration=1, finished=10, tracked_sessions=1
-    )
+    store.record_success("p", aggregate([[session("a")]]), duration=1, finished=10)
     assert seen[0].snapshot is None
     assert store.projects()[0].snapshot is not None
 
