@@ -1,0 +1,397 @@
+"""Shared pieces: child processes, /proc readings, statistics, tables and synthetic sessions."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import queue
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
+class BenchError(RuntimeError):
+    """A benchmark could not run (a child failed, a server did not start)."""
+
+
+# ------------------------------------------------------------------ /proc
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of a whole process (every thread), from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    # The command name may hold spaces and parentheses: the fields start after the last ")".
+    fields = data[data.rindex(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process, from /proc/self/statm."""
+    with open("/proc/self/statm", "rb") as f:
+        return int(f.read().split()[1]) * PAGE_BYTES
+
+
+def peak_rss_bytes() -> int:
+    """VmHWM: the highest resident set size this process reached."""
+    with open("/proc/self/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+# ------------------------------------------------------------------ machine
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(module: str) -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(module)
+    except Exception:
+        return "not installed"
+
+
+def _git(*args: str) -> str:
+    """A read-only git query; ``--no-optional-locks`` keeps it from refreshing the index."""
+    out = subprocess.run(
+        ["git", "--no-optional-locks", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    return out.stdout.strip()
+
+
+def _git_revision() -> str:
+    try:
+        revision = _git("rev-parse", "--short=12", "HEAD") or "unknown"
+        changed = _git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{revision} with uncommitted changes" if changed else revision
+
+
+def machine_lines() -> list[str]:
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        usable = os.cpu_count() or 0
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return [
+        f"date:        {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
+        f"nproc:       {usable} (os.cpu_count {os.cpu_count()})",
+        f"cpu:         {_cpu_model()}",
+        f"memory:      {_mem_total_gib():.1f} GiB",
+        f"kernel:      {platform.system()} {platform.release()}",
+        f"python:      {platform.python_implementation()} {sys.version.split()[0]}",
+        f"packages:    httpx {_version('httpx')}, orjson {_version('orjson')}, "
+        f"prometheus-client {_version('prometheus-client')}",
+        f"exporter:    {_version('llamacloud-exporter')} at {_git_revision()}",
+        f"load:        {load} (1, 5, 15 min)",
+    ]
+
+
+def _mem_total_gib() -> float:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 0.0
+
+
+def load_average() -> str:
+    return f"{os.getloadavg()[0]:.2f}"
+
+
+# ------------------------------------------------------------------ statistics and tables
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile: with 200 samples p99 is the second largest."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table: the first column left-aligned, the others right-aligned."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [
+            cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i])
+            for i, cell in enumerate(cells)
+        ]
+        return "| " + " | ".join(parts) + " |"
+
+    rule = "|" + "|".join(
+        "-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)
+    )
+    return "\n".join([line(headers), rule + "|", *(line(row) for row in rows)])
+
+
+def verdict(met: bool) -> str:
+    return "MET" if met else "NOT MET"
+
+
+# ------------------------------------------------------------------ child processes
+
+
+def run_child(kind: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Run ``python -m bench.run --child KIND PARAMS`` in a fresh interpreter; its JSON result.
+
+    ``subprocess.run`` kills the child when the timeout passes, so none outlives the run.
+    """
+    cmd = [sys.executable, "-m", "bench.run", "--child", kind, json.dumps(params)]
+    try:
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"child {kind} did not finish within {timeout:.0f} s") from exc
+    if proc.returncode != 0:
+        raise BenchError(f"child {kind} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
+    lines = proc.stdout.strip().splitlines()
+    if not lines:
+        raise BenchError(f"child {kind} printed no result:\n{proc.stderr[-4000:]}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL after 10 s; only this process, by its own id."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+
+
+def _tail(log: IO[bytes]) -> str:
+    log.seek(0)
+    return log.read().decode("utf-8", "replace")[-3000:]
+
+
+class _Lines:
+    """A child's stdout, line by line, with a deadline (a reader thread feeds a queue)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._proc = proc
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        with contextlib.suppress(ValueError, OSError):
+            for text in self._proc.stdout:
+                self._queue.put(text)
+        self._queue.put(None)
+
+    def next(self, deadline: float) -> str | None:
+        """The next line; None when the child closed its stdout; BenchError past the deadline."""
+        try:
+            return self._queue.get(timeout=max(deadline - time.monotonic(), 0.01))
+        except queue.Empty:
+            raise BenchError("timed out waiting for a child process") from None
+
+
+@dataclass(frozen=True)
+class SimulatorProcess:
+    pid: int
+    base_url: str
+    project_ids: tuple[str, ...]
+
+
+@contextlib.contextmanager
+def simulator_process(
+    projects: int, sessions: int, startup_timeout: float = 120.0
+) -> Iterator[SimulatorProcess]:
+    """``python -m exporter.simulator`` in its own process, frozen data, on a free loopback port."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "exporter.simulator",
+        "--listen",
+        "127.0.0.1:0",
+        "--projects",
+        str(projects),
+        "--sessions",
+        str(sessions),
+        "--evolve-every",
+        "0",
+    ]
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1
+        )
+        try:
+            lines = _Lines(proc)
+            base_url = ""
+            ids: list[str] = []
+            deadline = time.monotonic() + startup_timeout
+            while len(ids) < projects or not base_url:
+                try:
+                    text = lines.next(deadline)
+                except BenchError:
+                    raise BenchError(
+                        f"simulator did not start within {startup_timeout:.0f} s:\n{_tail(log)}"
+                    ) from None
+                if text is None:
+                    raise BenchError(f"simulator exited {proc.wait()}:\n{_tail(log)}")
+                if text.startswith("simulator listening on "):
+                    base_url = text.split()[-1]
+                elif text.startswith("project "):
+                    ids.append(text.split()[1])
+            yield SimulatorProcess(proc.pid, base_url, tuple(ids))
+        finally:
+            stop_process(proc)
+
+
+@contextlib.contextmanager
+def serving_child(
+    kind: str, params: dict[str, Any], startup_timeout: float = 900.0
+) -> Iterator[dict[str, Any]]:
+    """A ``--child`` that prints one JSON line once it serves, then runs until stdin closes."""
+    cmd = [sys.executable, "-m", "bench.run", "--child", kind, json.dumps(params)]
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO_ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            bufsize=1,
+        )
+        try:
+            text = _Lines(proc).next(time.monotonic() + startup_timeout)
+            if text is None:
+                raise BenchError(f"child {kind} exited {proc.wait()}:\n{_tail(log)}")
+            yield json.loads(text)
+            assert proc.stdin is not None
+            proc.stdin.close()
+            if proc.wait(timeout=30) != 0:
+                raise BenchError(f"child {kind} exited {proc.returncode}:\n{_tail(log)}")
+        finally:
+            stop_process(proc)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ------------------------------------------------------------------ synthetic sessions
+
+_TITLES = (
+    "What were the main findings in Q3?",
+    "Summarize the onboarding handbook",
+    "Compare the 2024 and 2025 pricing tables",
+    "Which contracts renew in March?",
+    None,
+)
+_ERRORS = (
+    "Context length exceeded",
+    "Rate limit exceeded by the model provider",
+    "Index not found",
+)
+_INDEXES = ("idx-5f0c3a9e12ab", "idx-0b7d41c2e9f3", "idx-93aa0e6c7d15")
+
+
+def synthetic_pages(
+    count: int, *, page_size: int = 100, seed: int = 0, changed_share: float = 0.0
+) -> Iterator[list[dict[str, Any]]]:
+    """Pages of API-shaped session items, made on the fly so only one page is alive at a time.
+
+    The same ``seed`` gives the same sessions in the same order; ``changed_share`` of them get a
+    different most recent run (as a re-run between two polls would), the rest are identical.
+    """
+    ids = random.Random(seed).getrandbits
+    rng = random.Random(seed + 1)
+    rand = rng.random
+    change = random.Random(seed + 2).random
+    done = 0
+    while done < count:
+        page: list[dict[str, Any]] = []
+        for _ in range(min(page_size, count - done)):
+            sid = f"ses-{ids(96):024x}"
+            stamp = (
+                f"2025-12-{1 + int(rand() * 28):02d}T{int(rand() * 24):02d}:"
+                f"{int(rand() * 60):02d}:{int(rand() * 60):02d}.{int(rand() * 1e6):06d}"
+            )
+            pick = rand()
+            job: dict[str, Any] | None = None
+            if pick >= 0.15:
+                failed = pick > 0.9
+                job = {
+                    "duration_ms": round(500 + rand() * 20000, 3),
+                    "error": _ERRORS[int(rand() * 3)] if failed else None,
+                    "export_config_ids": [],
+                    "is_error": failed,
+                    "total_input_tokens": int(100 + rand() * 5000),
+                    "total_output_tokens": int(20 + rand() * 800),
+                    "turns": 1 + int(rand() * 12),
+                }
+                if changed_share and change() < changed_share:
+                    job["turns"] += 1
+                    job["total_output_tokens"] += 37
+            page.append(
+                {
+                    "session_id": sid,
+                    "last_updated_at": stamp,
+                    "shared_access": pick < 0.1,
+                    "generated_title": _TITLES[int(rand() * len(_TITLES))] if job else None,
+                    "index_ids": None if pick < 0.3 else [_INDEXES[int(rand() * 3)]],
+                    "job_metadata": job,
+                }
+            )
+        done += len(page)
+        yield page

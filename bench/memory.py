@@ -1,0 +1,156 @@
+"""Resident memory per tracked session: ``SessionTracker`` fed page by page in a fresh process.
+
+Items are made on the fly and dropped a page at a time, as a poll drops them, so what stays
+resident is what the tracker keeps (plus whatever the allocator could not give back, which a
+long-running exporter pays too). A control run without a tracker shows that residue alone.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+from typing import Any
+
+from bench.common import (
+    load_average,
+    median,
+    peak_rss_bytes,
+    rss_bytes,
+    run_child,
+    synthetic_pages,
+    table,
+    verdict,
+)
+
+TARGET_BYTES = 200
+CHANGED_SHARE = 0.02
+
+
+def _feed(tracker: Any, sessions: int, changed_share: float) -> Any:
+    listing = tracker.begin()
+    for page in synthetic_pages(sessions, changed_share=changed_share):
+        listing.add(page)
+    return listing.finish()
+
+
+def _getsizeof_estimate(tracker: Any) -> float | None:
+    """sys.getsizeof of the tracker's dict, its keys and its values, per session."""
+    sessions = getattr(tracker, "_sessions", None)
+    if not isinstance(sessions, dict) or not sessions:
+        return None
+    size = sys.getsizeof(sessions)
+    getsizeof = sys.getsizeof
+    for sid, value in sessions.items():
+        size += getsizeof(sid) + getsizeof(value)
+    return size / len(sessions)
+
+
+def child(params: dict[str, Any]) -> dict[str, Any]:
+    from exporter.aggregate import SessionTracker
+
+    sessions = params["sessions"]
+    gc.collect()
+    before = rss_bytes()
+    if not params["tracker"]:
+        for _page in synthetic_pages(sessions):
+            pass
+        for _page in synthetic_pages(sessions, changed_share=CHANGED_SHARE):
+            pass
+        gc.collect()
+        after = rss_bytes()
+        return {"before": before, "first": after, "second": after, "peak": peak_rss_bytes()}
+    tracker = SessionTracker()
+    first = _feed(tracker, sessions, 0.0)
+    gc.collect()
+    after_first = rss_bytes()
+    second = _feed(tracker, sessions, CHANGED_SHARE)
+    gc.collect()
+    after_second = rss_bytes()
+    if len(tracker) != sessions or first.snapshot.sessions != sessions:
+        raise RuntimeError(f"tracker holds {len(tracker)} sessions, expected {sessions}")
+    return {
+        "before": before,
+        "first": after_first,
+        "second": after_second,
+        "peak": peak_rss_bytes(),
+        "getsizeof": _getsizeof_estimate(tracker),
+        "new_runs": second.new_runs.runs,
+        "tracked": len(tracker),
+    }
+
+
+def run(*, quick: bool, rounds: int) -> list[tuple[str, bool, str]]:
+    sessions = 100_000 if quick else 1_000_000
+    print(f"\n## Memory: resident bytes per tracked session, {sessions:,} sessions\n")
+    runs: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
+    for r in range(rounds):
+        for tracker in (True, False) if r % 2 == 0 else (False, True):
+            runs[tracker].append(
+                run_child("memory", {"sessions": sessions, "tracker": tracker}, timeout=900)
+            )
+        print(f"round {r + 1}/{rounds} done (load {load_average()})")
+
+    def per_session(results: list[dict[str, Any]], key: str) -> float:
+        return median([(x[key] - x["before"]) / sessions for x in results])
+
+    tracked = runs[True]
+    first = per_session(tracked, "first")
+    second = per_session(tracked, "second")
+    control_first = per_session(runs[False], "first")
+    control_second = per_session(runs[False], "second")
+    estimate = median([x["getsizeof"] for x in tracked if x["getsizeof"] is not None])
+    new_runs = median([x["new_runs"] for x in tracked])
+    peak = median([(x["peak"] - x["before"]) / sessions for x in tracked])
+    rows = [
+        [
+            "SessionTracker, after the first poll (baseline)",
+            f"{first:.1f}",
+            f"{first / TARGET_BYTES:.2f}x",
+            " / ".join(f"{(x['first'] - x['before']) / sessions:.1f}" for x in tracked),
+        ],
+        [
+            f"SessionTracker, after a second poll ({CHANGED_SHARE:.0%} changed)",
+            f"{second:.1f}",
+            f"{second / TARGET_BYTES:.2f}x",
+            " / ".join(f"{(x['second'] - x['before']) / sessions:.1f}" for x in tracked),
+        ],
+        [
+            "peak during the two polls (VmHWM)",
+            f"{peak:.1f}",
+            f"{peak / TARGET_BYTES:.2f}x",
+            "",
+        ],
+        [
+            "sys.getsizeof estimate (dict + keys + values)",
+            f"{estimate:.1f}",
+            f"{estimate / TARGET_BYTES:.2f}x",
+            "",
+        ],
+        [
+            "control: same pages made and dropped, no tracker",
+            f"{max(control_first, control_second):.1f}",
+            "",
+            " / ".join(f"{(x['second'] - x['before']) / sessions:.1f}" for x in runs[False]),
+        ],
+    ]
+    print()
+    print(table(["measurement", "bytes/session", f"vs {TARGET_BYTES} B", "per round"], rows))
+    print(
+        f"\nMedians over {rounds} fresh processes; RSS from /proc/self/statm after gc.collect(). "
+        f"The second poll counted {new_runs:,.0f} new runs."
+    )
+    outcome = [
+        (
+            f"tracked session under {TARGET_BYTES} bytes (after first poll)",
+            first < TARGET_BYTES,
+            f"{first:.1f} B ({first / TARGET_BYTES:.2f}x the target)",
+        ),
+        (
+            f"tracked session under {TARGET_BYTES} bytes (steady state)",
+            second < TARGET_BYTES,
+            f"{second:.1f} B ({second / TARGET_BYTES:.2f}x the target)",
+        ),
+    ]
+    for name, met, detail in outcome:
+        print(f"target: {name}: {verdict(met)}, {detail}")
+    return outcome

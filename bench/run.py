@@ -1,0 +1,123 @@
+"""Benchmarks with numbers to beat: poll CPU, memory per session, scrape latency, idle CPU.
+
+Run from the repository root:
+
+    .venv/bin/python -m bench.run            # everything, full sizes (several minutes)
+    .venv/bin/python -m bench.run --quick    # smaller sizes, a smoke run
+    .venv/bin/python -m bench.run --only poll
+
+Each benchmark prints Markdown tables, its ratio against a baseline measured in the same run,
+and whether its target is met. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as ``python bench/run.py``
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import idle, memory, poll, scrape
+from bench.common import REPO_ROOT, BenchError, machine_lines, verdict
+
+BENCHMARKS = ("poll", "memory", "scrape", "idle")
+CHILDREN = {
+    "memory": memory.child,
+    "scrape": scrape.child,
+}
+
+
+def _child(kind: str, params: str) -> int:
+    """The body of one measurement in a fresh interpreter; prints its JSON result."""
+    if kind.startswith("poll:"):
+        result = poll.child(json.loads(params))
+    else:
+        result = CHILDREN[kind](json.loads(params))
+    sys.stdout.write(json.dumps(result) + "\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description="Benchmarks of the exporter, each against a baseline measured in the same run.",
+    )
+    parser.add_argument(
+        "--only",
+        choices=BENCHMARKS,
+        action="append",
+        help="run only this benchmark (may be given more than once)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller sizes and fewer rounds: a fast smoke run"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="rounds per measurement (default 3, quick 1)"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print a cProfile of the exporter's steady-state polls (poll) and of "
+        "/metrics with gzip (scrape)",
+    )
+    parser.add_argument("--child", nargs=2, metavar=("KIND", "PARAMS"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return _child(*args.child)
+
+    rounds = args.rounds or (1 if args.quick else 3)
+    if rounds < 1:
+        parser.error("--rounds must be at least 1")
+    selected = [b for b in BENCHMARKS if not args.only or b in args.only]
+    print("# llamacloud-exporter benchmarks" + (" (quick)" if args.quick else ""))
+    print()
+    for line in machine_lines():
+        print(f"    {line}")
+    shown = list(argv) if argv is not None else sys.argv[1:]
+    print(f"    command:     {_python()} -m bench.run {' '.join(shown)}".rstrip())
+    sys.stdout.flush()
+
+    started = time.monotonic()
+    outcome: list[tuple[str, bool, str]] = []
+    failed: list[str] = []
+    for name in selected:
+        began = time.monotonic()
+        try:
+            if name == "poll":
+                outcome += poll.run(quick=args.quick, rounds=rounds, profile=args.profile)
+            elif name == "memory":
+                outcome += memory.run(quick=args.quick, rounds=rounds)
+            elif name == "scrape":
+                outcome += scrape.run(quick=args.quick, rounds=rounds, profile=args.profile)
+            else:
+                outcome += idle.run(quick=args.quick, rounds=rounds)
+        except BenchError as exc:
+            failed.append(name)
+            print(f"\n{name}: could not run: {exc}", file=sys.stderr)
+        print(f"({name} took {time.monotonic() - began:.0f} s)")
+        sys.stdout.flush()
+
+    print("\n## Targets\n")
+    for target, met, detail in outcome:
+        print(f"- {verdict(met)}: {target}: {detail}")
+    for name in failed:
+        print(f"- FAILED TO RUN: {name}")
+    print(f"\nTotal {time.monotonic() - started:.0f} s.")
+    return 1 if failed else 0
+
+
+def _python() -> str:
+    """The interpreter as typed from the repository root, when it is the project's venv."""
+    try:
+        return str(Path(sys.executable).relative_to(REPO_ROOT))
+    except ValueError:
+        return sys.executable
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

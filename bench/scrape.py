@@ -1,0 +1,402 @@
+"""/metrics latency: many projects, and one project with few or very many tracked sessions.
+
+Each exporter side runs in its own fresh interpreter (a real ``MetricsServer`` on loopback,
+its store built through ``SessionTracker`` and ``aggregate``) while a background thread
+re-records a poll result for a few projects every ~60 ms, as the poller does in production
+(which re-renders those projects' cached lines on that thread). This process is the
+scraper, like Prometheus: sequential requests, the body read raw (gzip is not decoded, so
+the client's own decompression is not counted). The 10 vs 1,000,000 sessions servers run
+side by side and are scraped in alternation, so machine noise hits both alike.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import threading
+import time
+import uuid
+from contextlib import ExitStack
+from typing import Any
+
+import httpx
+
+from bench.common import (
+    BenchError,
+    load_average,
+    median,
+    percentile,
+    serving_child,
+    synthetic_pages,
+    table,
+    verdict,
+)
+
+TARGET_P99_MS = 25.0
+NO_GROWTH_RATIO = 1.25  # "no growth": the large case's median within noise of the small one
+CHURN_SECONDS = 0.06
+CHURN_PROJECTS = 3
+WARMUP = 3
+VARIANTS = {
+    "identity": ("/metrics", {"Accept-Encoding": "identity"}),
+    "gzip": ("/metrics", {"Accept-Encoding": "gzip"}),
+    "healthz": ("/healthz", {"Accept-Encoding": "identity"}),
+}
+LABELS = {
+    "identity": "/metrics, Accept-Encoding: identity",
+    "gzip": "/metrics, Accept-Encoding: gzip",
+    "healthz": "/healthz (floor: an HTTP round trip)",
+}
+
+
+# ------------------------------------------------------------------ the exporter side
+
+
+def child(params: dict[str, Any]) -> dict[str, Any]:
+    """Build the store, serve it, print where, and churn until stdin closes."""
+    from prometheus_client.registry import CollectorRegistry
+
+    from exporter.aggregate import SessionTracker, aggregate
+    from exporter.collector import StoreCollector
+    from exporter.config import ProjectConfig, Secret
+    from exporter.server import MetricsServer
+    from exporter.store import Store
+
+    n_projects, sessions = params["projects"], params["sessions"]
+    rng = random.Random(7)
+    built = time.perf_counter()
+    store = Store()
+    trackers: list[SessionTracker] = []  # kept alive, as a real poller keeps them
+    results = {}
+    for i in range(n_projects):
+        project = ProjectConfig(
+            id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            name=f"project-{i:04d}",
+            organization_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            base_url="https://api.cloud.llamaindex.ai",
+            page_size=100,
+            api_key=Secret("llx-bench"),
+        )
+        store.add_project(project)
+        tracker = SessionTracker()
+        aggregate(synthetic_pages(sessions, seed=i), tracker)  # the baseline poll
+        # A second poll where a third of the sessions re-ran: non-zero counters and histograms.
+        result = aggregate(synthetic_pages(sessions, seed=i, changed_share=0.3), tracker)
+        if i % 50 == 1:
+            store.record_failure(project.id, "rate_limited", duration=2.5, finished=time.time())
+        store.record_success(
+            project.id,
+            result,
+            duration=0.2 + rng.random(),
+            finished=time.time(),
+        )
+        trackers.append(tracker)
+        results[project.id] = result
+    for code, count in (("200", 500), ("429", 17), ("503", 4), ("error", 2)):
+        for _ in range(count):
+            store.count_request(code)
+    built = time.perf_counter() - built
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(store))
+    server = MetricsServer("127.0.0.1", 0, store, registry)
+    server.start()
+    stop = threading.Event()
+    ids = list(results)
+    churned = 0
+
+    def churn() -> None:
+        nonlocal churned
+        while not stop.wait(CHURN_SECONDS):
+            for pid in rng.sample(ids, min(CHURN_PROJECTS, len(ids))):
+                result = results[pid]
+                store.record_success(
+                    pid,
+                    result,
+                    duration=0.2 + rng.random(),
+                    finished=time.time(),
+                )
+                churned += 1
+
+    thread = threading.Thread(target=churn, daemon=True)
+    thread.start()
+    try:
+        ready = {
+            "port": server.port,
+            "tracked": sum(len(t) for t in trackers),
+            "build_seconds": built,
+            "app": _app_times(server),
+            "profile": _app_profile(server) if params.get("profile") else None,
+        }
+        sys.stdout.write(json.dumps(ready) + "\n")
+        sys.stdout.flush()
+        sys.stdin.read()  # until the scraper is done
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        server.stop()
+    return {"churned": churned}
+
+
+def _app_times(server: Any, calls: int = 30) -> dict[str, list[float]]:
+    """Server-side time alone: the server's WSGI app called in-process, no HTTP around it."""
+    app = getattr(getattr(server, "_httpd", None), "get_app", lambda: None)()
+    if app is None:
+        return {}
+    out: dict[str, list[float]] = {}
+    for n in range(calls + 2):  # the first two warm the per-project cache
+        for encoding in ("identity", "gzip"):
+            environ = {
+                "REQUEST_METHOD": "GET",
+                "PATH_INFO": "/metrics",
+                "QUERY_STRING": "",
+                "HTTP_ACCEPT": "",
+                "HTTP_ACCEPT_ENCODING": encoding,
+            }
+            started = time.perf_counter()
+            b"".join(app(environ, lambda *args: None))
+            if n >= 2:
+                out.setdefault(encoding, []).append((time.perf_counter() - started) * 1000)
+    return out
+
+
+def _app_profile(server: Any, calls: int = 20) -> str:
+    """cProfile of the server's WSGI app answering gzip scrapes, in-process."""
+    import cProfile
+    import io
+    import pstats
+
+    app = getattr(getattr(server, "_httpd", None), "get_app", lambda: None)()
+    if app is None:
+        return "the server's WSGI app could not be reached"
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/metrics",
+        "QUERY_STRING": "",
+        "HTTP_ACCEPT": "",
+        "HTTP_ACCEPT_ENCODING": "gzip",
+    }
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(calls):
+        b"".join(app(dict(environ), lambda *args: None))
+    profile.disable()
+    text = io.StringIO()
+    pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(12)
+    return f"{calls} gzip scrapes of the WSGI app\n" + text.getvalue().strip()
+
+
+# ------------------------------------------------------------------ the scraper side
+
+
+class Scraper:
+    def __init__(self, port: int, app: dict[str, list[float]]) -> None:
+        self.app = app
+        self._client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+        self.samples: dict[str, list[float]] = {}
+        self.sizes: dict[str, int] = {}
+
+    def close(self) -> None:
+        self._client.close()
+
+    def scrape(self, variant: str, record: bool = True) -> None:
+        path, headers = VARIANTS[variant]
+        started = time.perf_counter()
+        with self._client.stream("GET", path, headers=headers) as response:
+            size = sum(len(chunk) for chunk in response.iter_raw())
+        elapsed = time.perf_counter() - started
+        if response.status_code != 200:
+            raise BenchError(f"{path}: HTTP {response.status_code}")
+        encoding = response.headers.get("content-encoding", "identity")
+        if path == "/metrics" and encoding != variant:
+            raise BenchError(f"asked for {variant}, got {encoding}")
+        if record:
+            self.samples.setdefault(variant, []).append(elapsed * 1000)
+            self.sizes[variant] = size
+
+
+def _scrape_rounds(
+    sides: list[dict[str, Any]], variants: list[str], per_round: int, rounds: int
+) -> tuple[list[list[Scraper]], list[str]]:
+    """Per round: fresh servers for every side, scraped in alternation; the order flips."""
+    out: list[list[Scraper]] = []
+    profiles: list[str] = []
+    for r in range(rounds):
+        order = sides if r % 2 == 0 else sides[::-1]
+        with ExitStack() as stack:
+            ready = {id(side): stack.enter_context(serving_child("scrape", side)) for side in order}
+            profiles += [x["profile"] for x in ready.values() if x.get("profile")]
+            scrapers = {
+                id(side): Scraper(ready[id(side)]["port"], ready[id(side)]["app"]) for side in order
+            }
+            for s in scrapers.values():
+                stack.callback(s.close)
+            for _ in range(WARMUP):
+                for side in order:
+                    for variant in variants:
+                        scrapers[id(side)].scrape(variant, record=False)
+            for _ in range(per_round):
+                for side in order:
+                    for variant in variants:
+                        scrapers[id(side)].scrape(variant)
+            out.append([scrapers[id(side)] for side in sides])
+        print(f"round {r + 1}/{rounds} done (load {load_average()})")
+    return out, profiles
+
+
+def _pooled(scrapers: list[Scraper], variant: str) -> list[float]:
+    return [x for s in scrapers for x in s.samples[variant]]
+
+
+def _round_medians(scrapers: list[Scraper], variant: str) -> str:
+    return " / ".join(f"{median(s.samples[variant]):.2f}" for s in scrapers)
+
+
+def _app_rows(scrapers: list[Scraper], label: str) -> list[list[str]]:
+    """Rows for the server-side time alone, when the server's app could be reached."""
+    rows = []
+    for encoding in ("identity", "gzip"):
+        if not all(encoding in s.app for s in scrapers):
+            continue
+        pooled = [x for s in scrapers for x in s.app[encoding]]
+        rows.append(
+            [
+                f"{label}, {encoding} (server side only: WSGI app in-process)",
+                str(len(pooled)),
+                f"{median(pooled):.2f}",
+                f"{percentile(pooled, 99):.2f}",
+                f"{max(pooled):.2f}",
+                "",
+                " / ".join(f"{median(s.app[encoding]):.2f}" for s in scrapers),
+            ]
+        )
+    return rows
+
+
+def run(*, quick: bool, rounds: int, profile: bool) -> list[tuple[str, bool, str]]:
+    projects = 100 if quick else 1000
+    big = 100_000 if quick else 1_000_000
+    total = 50 if quick else 200
+    per_round = math.ceil(total / rounds)
+    outcome: list[tuple[str, bool, str]] = []
+
+    print(f"\n## Scrape: /metrics latency with {projects:,} projects\n")
+    variants = ["identity", "gzip", "healthz"]
+    side = {"projects": projects, "sessions": 20, "profile": profile}
+    pairs, profiles = _scrape_rounds([side], variants, per_round, rounds)
+    many = [pair[0] for pair in pairs]
+    rows = []
+    for variant in variants:
+        pooled = _pooled(many, variant)
+        rows.append(
+            [
+                LABELS[variant],
+                str(len(pooled)),
+                f"{median(pooled):.2f}",
+                f"{percentile(pooled, 99):.2f}",
+                f"{max(pooled):.2f}",
+                f"{many[-1].sizes[variant]:,}",
+                _round_medians(many, variant),
+            ]
+        )
+        if variant != "healthz":
+            p99 = percentile(pooled, 99)
+            outcome.append(
+                (
+                    f"p99 under {TARGET_P99_MS:.0f} ms with {projects:,} projects ({variant})",
+                    p99 < TARGET_P99_MS,
+                    f"p99 {p99:.2f} ms, median {median(pooled):.2f} ms "
+                    f"({p99 / TARGET_P99_MS:.2f}x the target)",
+                )
+            )
+    rows += _app_rows(many, "/metrics")
+    print()
+    print(
+        table(
+            ["request", "scrapes", "median ms", "p99 ms", "max ms", "bytes", "round medians ms"],
+            rows,
+        )
+    )
+    print(
+        f"\nPooled over {rounds} fresh server processes, each with {projects:,} projects of "
+        f"20 sessions; requests alternate between the three kinds. The server-side rows call "
+        f"the server's WSGI app directly (no HTTP), before the scrapes."
+    )
+    if profiles:
+        print(f"\ncProfile of /metrics with {projects:,} projects (--profile):\n")
+        print(profiles[0])
+
+    print(f"\n## Scrape: one project tracking 10 vs {big:,} sessions\n")
+    small_side = {"projects": 1, "sessions": 10}
+    big_side = {"projects": 1, "sessions": big}
+    pairs, _ = _scrape_rounds([small_side, big_side], ["identity", "gzip"], per_round, rounds)
+    cases = {10: [p[0] for p in pairs], big: [p[1] for p in pairs]}
+    server_rows = []
+    for encoding in ("identity", "gzip"):
+        if not all(encoding in x.app for scrapers in cases.values() for x in scrapers):
+            continue
+        base = median([t for x in cases[10] for t in x.app[encoding]])
+        for sessions, scrapers in cases.items():
+            pooled = [t for x in scrapers for t in x.app[encoding]]
+            server_rows.append(
+                [
+                    f"{sessions:,} sessions tracked, {encoding}, server side only",
+                    str(len(pooled)),
+                    f"{median(pooled):.3f}",
+                    f"{percentile(pooled, 99):.3f}",
+                    "",
+                    " / ".join(f"{median(x.app[encoding]):.3f}" for x in scrapers),
+                    f"{median(pooled) / base:.2f}x",
+                ]
+            )
+    rows = []
+    for variant in ("identity", "gzip"):
+        base = median(_pooled(cases[10], variant))
+        for sessions, scrapers in cases.items():
+            pooled = _pooled(scrapers, variant)
+            ratio = median(pooled) / base
+            rows.append(
+                [
+                    f"{sessions:,} sessions tracked, {variant}",
+                    str(len(pooled)),
+                    f"{median(pooled):.2f}",
+                    f"{percentile(pooled, 99):.2f}",
+                    f"{scrapers[-1].sizes[variant]:,}",
+                    _round_medians(scrapers, variant),
+                    f"{ratio:.2f}x",
+                ]
+            )
+            if sessions == big:
+                outcome.append(
+                    (
+                        f"no growth with sessions, 10 vs {big:,} ({variant})",
+                        ratio <= NO_GROWTH_RATIO,
+                        f"median {median(pooled):.2f} vs {base:.2f} ms, {ratio:.2f}x "
+                        f"(met when <= {NO_GROWTH_RATIO}x)",
+                    )
+                )
+    print()
+    print(
+        table(
+            [
+                "case",
+                "scrapes",
+                "median ms",
+                "p99 ms",
+                "bytes",
+                "round medians ms",
+                "vs 10 sessions",
+            ],
+            rows + server_rows,
+        )
+    )
+    print(
+        f"\nPooled over {rounds} rounds; each round starts both servers fresh (the large one "
+        f"really holds {big:,} sessions in its tracker) and alternates requests between them. "
+        f"Server-side rows: the WSGI app called in-process, before the scrapes."
+    )
+    for name, met, detail in outcome:
+        print(f"target: {name}: {verdict(met)}, {detail}")
+    return outcome
