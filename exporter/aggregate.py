@@ -33,15 +33,23 @@ class InvalidItem(ValueError):
     """An item whose shape breaks the API reference; it is skipped and counted."""
 
 
-def parse_timestamp(value: str) -> float:
-    """ISO 8601 to Unix seconds; a timestamp without a zone is UTC."""
+def parse_datetime(value: str) -> datetime:
+    """ISO 8601, naive when it has no zone (the caller reads that as UTC)."""
     try:
-        dt = datetime.fromisoformat(value)
+        return datetime.fromisoformat(value)
     except ValueError:
-        dt = _parse_timestamp_slow(value)
+        return _parse_timestamp_slow(value)
+
+
+def utc_timestamp(dt: datetime) -> float:
+    """Unix seconds; a datetime without a zone is UTC."""
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return dt.timestamp()
+
+
+def parse_timestamp(value: str) -> float:
+    return utc_timestamp(parse_datetime(value))
 
 
 def _parse_timestamp_slow(value: str) -> datetime:
@@ -398,7 +406,6 @@ class Listing:
         gen = tracker._gen
         counting = self._counting
         status = self._status
-        fromisoformat = datetime.fromisoformat
         newest_naive = self._newest_naive
         newest_aware = self._newest_aware
         # Continuing the running sums (not summing a page apart) keeps float results the
@@ -423,10 +430,7 @@ class Listing:
                 elif type(stamp) is not str:
                     raise InvalidItem("last_updated_at is not a string")
                 else:
-                    try:
-                        updated = fromisoformat(stamp)
-                    except ValueError:
-                        updated = _parse_timestamp_slow(stamp)
+                    updated = parse_datetime(stamp)
             except InvalidItem:
                 invalid += 1
                 continue
@@ -493,11 +497,7 @@ class Listing:
             self._duration_hist.observe(d / 1000.0)
 
     def _last_updated(self) -> float | None:
-        stamps = []
-        if self._newest_naive is not None:
-            stamps.append(self._newest_naive.replace(tzinfo=timezone.utc).timestamp())
-        if self._newest_aware is not None:
-            stamps.append(self._newest_aware.timestamp())
+        stamps = [utc_timestamp(dt) for dt in (self._newest_naive, self._newest_aware) if dt]
         return max(stamps) if stamps else None
 
     def finish(self) -> PollResult:
