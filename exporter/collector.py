@@ -19,6 +19,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -63,8 +64,9 @@ class StoreCollector(Collector):
         self._store = store
 
     def describe(self) -> Iterator[Metric]:
-        # Registering must not render the store; an empty describe keeps registration cheap.
-        return iter(())
+        """The families with no samples: what ``?name[]=`` filtering needs, at no cost."""
+        yield from self.project_families(())
+        yield from self.global_families()
 
     def collect(self) -> Iterator[Metric]:
         yield from self.project_families(self._store.projects())
@@ -240,8 +242,13 @@ class _Families(Collector):
         return iter(self._metrics)
 
 
-def _render(metrics: Iterable[Metric]) -> bytes:
+def _render(metrics: Iterable[Metric], openmetrics: bool = False) -> bytes:
+    if openmetrics:
+        return bytes(openmetrics_latest(_Families(metrics)))  # type: ignore[no-untyped-call]
     return generate_latest(_Families(metrics))
+
+
+_EOF = b"# EOF\n"
 
 
 def _escape(value: str) -> str:
@@ -282,20 +289,27 @@ class _Rendered:
 
 
 class TextExposition:
-    """The text format of :class:`StoreCollector`, byte for byte, without its cost per scrape.
+    """The text formats of :class:`StoreCollector`, byte for byte, without their cost per scrape.
 
     A project's samples change only when its state is replaced, so each project's lines
     are rendered (and compressed) once per state, when its poll ends, and a scrape joins
     them: the work of a scrape is a join, not a walk over 80 samples times the number of
-    projects, nor a compression of megabytes.
+    projects, nor a compression of megabytes. The Prometheus text format and OpenMetrics
+    write the same sample lines and differ only in their family headers and the ``# EOF``.
     """
 
     def __init__(self, collector: StoreCollector, store: Store) -> None:
         self._collector = collector
         self._store = store
         self._lock = threading.Lock()
-        self._headers = [_render([m]) for m in collector.project_families(())]
-        self._deflated_headers = [_deflate_piece(h) for h in self._headers]
+        families = list(collector.project_families(()))
+        self._headers = {
+            False: [_render([m]) for m in families],
+            True: [_render([m], openmetrics=True).removesuffix(_EOF) for m in families],
+        }
+        self._deflated_headers = {
+            fmt: [_deflate_piece(h) for h in headers] for fmt, headers in self._headers.items()
+        }
         self._cache: dict[str, _Rendered] = {}
         store.subscribe(self._warm)
 
@@ -312,7 +326,7 @@ class TextExposition:
         self._cache[state.project_id] = rendered
         return rendered
 
-    def _current(self) -> tuple[list[_Rendered], bytes]:
+    def _current(self) -> list[_Rendered]:
         projects = self._store.projects()
         with self._lock:
             per_project = [self._rendered(state) for state in projects]
@@ -320,24 +334,28 @@ class TextExposition:
                 current = {state.project_id for state in projects}
                 for gone in [pid for pid in self._cache if pid not in current]:
                     del self._cache[gone]
-        return per_project, _render(self._collector.global_families())
+        return per_project
 
-    def render(self) -> bytes:
-        return self._render(compressed=False)
+    def render(self, *, openmetrics: bool = False) -> bytes:
+        return self._render(openmetrics, compressed=False)
 
-    def render_gzip(self) -> bytes:
+    def render_gzip(self, *, openmetrics: bool = False) -> bytes:
         """The same text as one gzip member, joined from the pieces compressed in advance."""
-        return self._render(compressed=True)
+        return self._render(openmetrics, compressed=True)
 
-    def _render(self, compressed: bool) -> bytes:
-        per_project, tail = self._current()
+    def _render(self, openmetrics: bool, compressed: bool) -> bytes:
+        per_project = self._current()
+        # The exporter-wide families come last; in OpenMetrics they carry the # EOF.
+        tail = _render(self._collector.global_families(), openmetrics)
+        headers = self._headers[openmetrics]
+        deflated_headers = self._deflated_headers[openmetrics]
         raw: list[bytes] = []
         deflated: list[bytes] = []
-        for i, header in enumerate(self._headers):
+        for i, header in enumerate(headers):
             raw.append(header)
             raw.extend(p.lines[i] for p in per_project)
             if compressed:
-                deflated.append(self._deflated_headers[i])
+                deflated.append(deflated_headers[i])
                 deflated.extend(p.deflated[i] for p in per_project)
         raw.append(tail)
         text = b"".join(raw)

@@ -22,8 +22,6 @@ from . import __version__
 from .collector import StoreCollector, TextExposition
 from .store import ProjectState, Store
 
-TEXT_0_0_4 = "text/plain; version=0.0.4; charset=utf-8"
-
 StartResponse = Callable[..., Any]
 Environ = dict[str, Any]
 
@@ -81,23 +79,25 @@ def _accepts_gzip(environ: Environ) -> bool:
 
 
 def make_app(store: Store, registry: CollectorRegistry) -> Callable[[Environ, StartResponse], Any]:
-    # OpenMetrics and ?name[]= filtering go through prometheus_client itself; the plain text
-    # format, which Prometheus asks for by default, comes from the per-project cache.
+    # ?name[]= filtering goes through prometheus_client itself; everything else comes from
+    # the per-project cache.
     metrics = make_wsgi_app(registry)
     exposition = TextExposition(StoreCollector(store), store)
 
     def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
         if path == "/metrics":
-            _, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
-            if content_type != TEXT_0_0_4 or environ.get("QUERY_STRING"):
+            if environ.get("QUERY_STRING"):
                 return metrics(environ, start_response)  # type: ignore[no-any-return]
-            headers = [("Content-Type", TEXT_0_0_4)]
+            # Negotiated as prometheus_client does it; the body comes from the cache.
+            _, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
+            openmetrics = content_type.startswith("application/openmetrics-text")
+            headers = [("Content-Type", content_type)]
             if _accepts_gzip(environ):
-                body = exposition.render_gzip()
+                body = exposition.render_gzip(openmetrics=openmetrics)
                 headers.append(("Content-Encoding", "gzip"))
             else:
-                body = exposition.render()
+                body = exposition.render(openmetrics=openmetrics)
             headers.append(("Content-Length", str(len(body))))
             start_response("200 OK", headers)
             return [body]

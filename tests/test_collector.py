@@ -8,6 +8,7 @@ import zlib
 from pathlib import Path
 
 from prometheus_client import generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.registry import CollectorRegistry
 
 from exporter.aggregate import SessionTracker, aggregate
@@ -117,6 +118,12 @@ def test_the_cached_text_format_equals_prometheus_client_byte_for_byte() -> None
     assert zipped.startswith(b"\x1f\x8b")
     assert gzip.decompress(zipped) == text
     assert zlib.decompressobj(31).decompress(zipped) == text  # readers that stop after one member
+    # OpenMetrics: the same samples under its own headers, ending in # EOF.
+    om = exposition.render(openmetrics=True)
+    assert om == openmetrics_latest(registry)
+    assert om.endswith(b"# EOF\n")
+    assert b"# TYPE llamacloud_chat_runs counter\n" in om
+    assert gzip.decompress(exposition.render_gzip(openmetrics=True)) == om
 
     # A project that leaves the store leaves the cached text too.
     store._projects.pop("p3")

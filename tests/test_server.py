@@ -71,6 +71,9 @@ def test_metrics_text_gzip_and_openmetrics(served: tuple[Store, str]) -> None:
     assert om.headers["content-type"].startswith("application/openmetrics-text")
     assert om.text.endswith("# EOF\n")
     assert 'llamacloud_chat_runs_total{project_id="p1"} 0.0' in om.text
+    filtered = httpx.get(url + "/metrics?name[]=llamacloud_up")
+    assert filtered.text.startswith("# HELP llamacloud_up ")
+    assert "llamacloud_chat_sessions" not in filtered.text
 
 
 def test_series_of_a_project_without_a_poll_are_not_invented(served: tuple[Store, str]) -> None:
