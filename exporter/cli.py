@@ -117,6 +117,7 @@ def _components(config: Config, state: StateFile | None) -> tuple[Store, Poller,
         timeout=config.timeout_seconds,
         max_retries=config.max_retries,
         on_request=store.count_request,
+        max_requests_per_second=config.max_requests_per_second,
     )
     return store, Poller(config, store, client, state=state), client
 
@@ -185,13 +186,15 @@ async def _serve(poller: Poller, client: ApiClient) -> None:
 
 
 def run_demo(listen_address: str | None) -> int:
-    from .simulator import DEFAULT_API_KEY, Simulator
+    from .simulator import DEFAULT_API_KEY, FaultConfig, Simulator
 
     sim = Simulator(
         projects=len(DEMO_PROJECTS),
         sessions_per_project=300,
         seed=42,
         evolve_every=DEMO_POLL_INTERVAL,
+        # A few 429s and malformed items, so the failure metrics have something to show.
+        faults=FaultConfig(rate_limit_share=0.02, malformed_share=0.003),
     )
     base_url = sim.start()
     try:

@@ -123,6 +123,25 @@ def _detail(response: httpx.Response, secret: str) -> str:
     return text
 
 
+class RateLimiter:
+    """Spaces requests at most ``rate`` per second across every project (a token bucket of
+    one), so a large config stays inside the API's limits instead of learning them from 429s."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval = 1.0 / rate
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._next = 0.0
+
+    def delay(self) -> float:
+        """Reserve the next slot; returns how long to wait for it."""
+        with self._lock:
+            now = self._clock()
+            slot = max(self._next, now)
+            self._next = slot + self._interval
+            return slot - now
+
+
 class Stopped(Exception):
     """The exporter is shutting down; the listing was abandoned."""
 
@@ -144,8 +163,11 @@ class ApiClient:
         transport: httpx.BaseTransport | None = None,
         rand: Callable[[], float] = random.random,
         wait: Callable[[float], bool] | None = None,
+        max_requests_per_second: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``wait(seconds)`` sleeps between retries and returns True when stopped."""
+        """``wait(seconds)`` sleeps (between retries, or for the rate limit) and returns True
+        when stopped; ``max_requests_per_second`` 0 means no limit."""
         self._timeout = timeout
         self._transport = transport
         self._max_retries = max_retries
@@ -156,6 +178,9 @@ class ApiClient:
         self._clients: dict[str, httpx.Client] = {}
         self._tls: ssl.SSLContext | None = None
         self._wait = wait or self._stop.wait
+        self._limiter = (
+            RateLimiter(max_requests_per_second, clock) if max_requests_per_second > 0 else None
+        )
 
     def _client(self, project_id: str) -> httpx.Client:
         with self._lock:
@@ -236,6 +261,10 @@ class ApiClient:
     ) -> Any:
         retries_done = 0
         while True:
+            if self._limiter is not None:
+                delay = self._limiter.delay()
+                if delay > 0:
+                    self._sleep(delay)
             try:
                 response = http.get(url, headers=headers)
             except httpx.TransportError as exc:

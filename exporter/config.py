@@ -64,6 +64,7 @@ class Config:
     timeout_seconds: float = 30.0
     max_retries: int = 5
     max_pages: int = 10000
+    max_requests_per_second: float = 0.0  # 0: no limit
     poll_interval_seconds: float = 60.0
     max_concurrency: int = 4
     listen_address: str = DEFAULT_LISTEN_ADDRESS
@@ -101,6 +102,7 @@ _LLAMACLOUD_KEYS = {
     "timeout_seconds",
     "max_retries",
     "max_pages",
+    "max_requests_per_second",
 }
 _PROJECT_KEYS = {
     "id",
@@ -155,6 +157,9 @@ def parse_config(raw: Any, env: Mapping[str, str], base_dir: Path | None = None)
     timeout = _number(lc, "timeout_seconds", "llamacloud.", 30.0, problems)
     max_retries = _int(lc, "max_retries", "llamacloud.", 5, 0, 100, problems)
     max_pages = _int(lc, "max_pages", "llamacloud.", 10000, 1, 10**9, problems)
+    rate = lc.get("max_requests_per_second", 0)
+    if rate != 0:
+        rate = _number(lc, "max_requests_per_second", "llamacloud.", 0.0, problems)
     interval = _number(raw, "poll_interval_seconds", "", 60.0, problems)
     concurrency = _int(raw, "max_concurrency", "", 4, 1, 1000, problems)
 
@@ -176,6 +181,7 @@ def parse_config(raw: Any, env: Mapping[str, str], base_dir: Path | None = None)
         timeout_seconds=timeout,
         max_retries=max_retries,
         max_pages=max_pages,
+        max_requests_per_second=float(rate),
         poll_interval_seconds=interval,
         max_concurrency=concurrency,
         listen_address=listen,

@@ -11,7 +11,13 @@ import httpx
 import pytest
 
 from exporter import __version__
-from exporter.client import ApiClient, PollError, backoff_seconds, retry_after_seconds
+from exporter.client import (
+    ApiClient,
+    PollError,
+    RateLimiter,
+    backoff_seconds,
+    retry_after_seconds,
+)
 from exporter.config import ProjectConfig, Secret
 
 KEY = "llx-test-key-0123456789"
@@ -255,3 +261,34 @@ def test_x_should_retry_overrides_the_status() -> None:
     assert h.list() == [[1]]
     h2 = Harness(sequence(httpx.Response(503, headers={"x-should-retry": "false"})))
     assert len([h2.fails()]) == 1 and len(h2.requests) == 1
+
+
+def test_rate_limiter_spaces_requests() -> None:
+    now = [100.0]
+    limiter = RateLimiter(2.0, clock=lambda: now[0])
+    assert [limiter.delay() for _ in range(3)] == [0.0, 0.5, 1.0]
+    now[0] += 10
+    assert limiter.delay() == 0.0
+
+
+def test_max_requests_per_second_spaces_the_pages() -> None:
+    sleeps: list[float] = []
+    client = ApiClient(
+        transport=httpx.MockTransport(
+            pages_handler(
+                {
+                    None: {"items": [1], "next_page_token": "a"},
+                    "a": {"items": [2], "next_page_token": "b"},
+                    "b": {"items": [3]},
+                }
+            )
+        ),
+        wait=lambda seconds: bool(sleeps.append(seconds)),
+        max_requests_per_second=10,
+        clock=lambda: 5.0,  # no time passes: every request after the first waits its turn
+    )
+    try:
+        assert list(client.pages(PROJECT, 10)) == [[1], [2], [3]]
+    finally:
+        client.close()
+    assert sleeps == pytest.approx([0.1, 0.2])

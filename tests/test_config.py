@@ -39,6 +39,7 @@ def test_three_keys_are_enough() -> None:
     assert config.max_retries == 5
     assert config.max_pages == 10000
     assert config.timeout_seconds == 30
+    assert config.max_requests_per_second == 0  # no limit
 
 
 def test_every_key_of_the_contract(tmp_path: Path) -> None:
@@ -52,6 +53,7 @@ def test_every_key_of_the_contract(tmp_path: Path) -> None:
             "timeout_seconds": 5,
             "max_retries": 1,
             "max_pages": 20,
+            "max_requests_per_second": 2.5,
         },
         "projects": [
             {
@@ -82,6 +84,7 @@ def test_every_key_of_the_contract(tmp_path: Path) -> None:
     assert p2.api_key.get() == "llx-from-file"
     assert (p3.api_key.get(), p3.base_url, p3.page_size) == ("llx-main", EU_BASE_URL, 50)
     assert config.max_pages == 20
+    assert config.max_requests_per_second == 2.5
     assert config.max_concurrency == 2
     assert config.listen_address == "127.0.0.1:9999"
     assert config.state_path == str(tmp_path / "state.db")
@@ -95,7 +98,12 @@ def test_base_url_from_the_environment() -> None:
 def test_every_problem_is_reported_with_its_key_path() -> None:
     found = problems(
         {
-            "llamacloud": {"page_size": 0, "max_retries": "3", "timout_seconds": 3},
+            "llamacloud": {
+                "page_size": 0,
+                "max_retries": "3",
+                "timout_seconds": 3,
+                "max_requests_per_second": -1,
+            },
             "projects": [{"id": "a"}, {"name": "no id"}, {"id": "a"}, "b"],
             "poll_interval_seconds": -1,
             "max_concurrency": True,
@@ -106,6 +114,7 @@ def test_every_problem_is_reported_with_its_key_path() -> None:
     )
     assert "llamacloud.page_size: must be between 1 and 1000" in found
     assert "llamacloud.max_retries: must be a whole number" in found
+    assert "llamacloud.max_requests_per_second: must be greater than 0" in found
     assert "llamacloud.timout_seconds: unknown key (did you mean timeout_seconds?)" in found
     assert "projects[1].id: required" in found
     assert "projects[2].id: duplicate project id a" in found
