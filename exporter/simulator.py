@@ -328,6 +328,7 @@ class Simulator:
         self._faults: list[_Fault] = []
         self._requests: deque[RequestRecord] = deque(maxlen=REQUEST_LOG_SIZE)
         self._request_count = 0
+        self._stalled = 0
         self._cache_total = 0
         self._clock_us = _CLOCK_START_US
         self._server: _Server | None = None
@@ -355,6 +356,12 @@ class Simulator:
         """Project ids in creation order."""
         with self._lock:
             return list(self._projects)
+
+    @property
+    def stalled(self) -> int:
+        """Requests held by a hang or timeout fault right now (not yet answered or logged)."""
+        with self._lock:
+            return self._stalled
 
     @property
     def request_count(self) -> int:
@@ -742,7 +749,13 @@ class Simulator:
                     decision = self._decide()
             stall = hang.seconds if hang is not None else decision.stall if decision else 0.0
             if stall > 0:
-                stopping.wait(stall)
+                with self._lock:
+                    self._stalled += 1
+                try:
+                    stopping.wait(stall)
+                finally:
+                    with self._lock:
+                        self._stalled -= 1
         with self._lock:
             status, body, headers = self._answer(
                 method, path, is_chat, query, authorization, decision

@@ -172,3 +172,19 @@ def test_counters_survive_a_restart_with_a_state_file(
     assert value(m, "llamacloud_chat_sessions_created_total", project_id=P) == 1
     assert value(m, "llamacloud_chat_turns_total", project_id=P) == 5 + 9 + 2
     assert not any(labels and ("project_id", "gone") in labels for _, labels in m)
+
+
+def test_sigterm_does_not_wait_for_a_hanging_request(
+    sim: Simulator, tmp_path: Path, start_exporter: Callable[..., Exporter]
+) -> None:
+    sim.set_sessions(P, [session("a")])
+    config = write_config(tmp_path / "c.yaml", sim.base_url, [P])
+    config.write_text(config.read_text().replace("timeout_seconds: 2", "timeout_seconds: 120"))
+    exp = start_exporter(config)
+    exp.wait_metric("llamacloud_up", {"project_id": P}, lambda v: v == 1)
+    sim.hang_next(1_000, seconds=120)
+    # A poll is now stuck in a request that would last two minutes.
+    wait_for(lambda: sim.stalled > 0, what="a request to hang")
+    exp.proc.send_signal(signal.SIGTERM)
+    assert exp.proc.wait(60) == 0
+    assert "exporter_stopped" in exp.logs()

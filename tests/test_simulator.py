@@ -1076,3 +1076,31 @@ def test_cli_rejects_bad_fault_values(
         main(args)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_stalled_counts_requests_held_by_a_hang() -> None:
+    with Simulator(projects=1, sessions_per_project=3, seed=1) as sim:
+        sim.hang_next(1, seconds=30)
+        pid = sim.project_ids[0]
+        errors: list[BaseException] = []
+
+        def request() -> None:
+            try:
+                httpx.get(
+                    f"{sim.base_url}/api/v1/chat",
+                    params={"project_id": pid},
+                    headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"},
+                    timeout=60,
+                )
+            except httpx.HTTPError as exc:  # the server stopping ends the hang
+                errors.append(exc)
+
+        thread = threading.Thread(target=request, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while sim.stalled == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sim.stalled == 1
+        assert sim.request_count == 0  # held, not yet answered
+    thread.join(30)
+    assert sim.stalled == 0
