@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import signal
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 import structlog
 from prometheus_client import generate_latest
@@ -108,7 +110,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     if args.once:
         return asyncio.run(run_once(config, state))
-    return run_daemon(config, state)
+
+    def reread() -> Config:
+        fresh = load_config(args.config)
+        return fresh.with_listen_address(args.listen_address) if args.listen_address else fresh
+
+    return run_daemon(config, state, reread=reread)
 
 
 def _components(config: Config, state: StateFile | None) -> tuple[Store, Poller, ApiClient]:
@@ -141,7 +148,12 @@ async def run_once(config: Config, state: StateFile | None = None) -> int:
     return 0 if ok else 1
 
 
-def run_daemon(config: Config, state: StateFile | None = None, on_ready: str | None = None) -> int:
+def run_daemon(
+    config: Config,
+    state: StateFile | None = None,
+    on_ready: str | None = None,
+    reread: Callable[[], Config] | None = None,
+) -> int:
     store, poller, client = _components(config, state)
     host, port = split_listen_address(config.listen_address)
     try:
@@ -164,8 +176,9 @@ def run_daemon(config: Config, state: StateFile | None = None, on_ready: str | N
     )
     if on_ready:
         print(on_ready.format(url=url), flush=True)
+    store.record_reload(True, time.time())
     try:
-        asyncio.run(_serve(poller, client))
+        asyncio.run(_serve(poller, client, store, server, reread))
     finally:
         server.stop()
         if state:
@@ -174,15 +187,51 @@ def run_daemon(config: Config, state: StateFile | None = None, on_ready: str | N
     return 0
 
 
-async def _serve(poller: Poller, client: ApiClient) -> None:
+async def _serve(
+    poller: Poller,
+    client: ApiClient,
+    store: Store,
+    server: MetricsServer,
+    reread: Callable[[], Config] | None,
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if reread is not None:
+        reload = _reloader(poller, store, reread)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload()))
+        server.reload = lambda: asyncio.run_coroutine_threadsafe(reload(), loop).result(60)
     try:
         await poller.run(stop)
     finally:
+        server.reload = None
         client.close()
+
+
+def _reloader(
+    poller: Poller, store: Store, reread: Callable[[], Config]
+) -> Callable[[], Coroutine[Any, Any, tuple[bool, str]]]:
+    """SIGHUP and POST /-/reload: read the config again; a bad one changes nothing."""
+    lock = asyncio.Lock()
+
+    async def reload() -> tuple[bool, str]:
+        async with lock:
+            try:
+                config = reread()
+            except ConfigError as exc:
+                store.record_reload(False, time.time())
+                log.error("config_reload_failed", problems=exc.problems)
+                return False, "invalid configuration, nothing changed:\n" + "\n".join(exc.problems)
+            restart = await poller.apply(config)
+            store.record_reload(True, time.time())
+            log.info("config_reloaded", projects=len(config.projects), needs_restart=restart)
+            message = f"configuration reloaded ({len(config.projects)} projects)"
+            if restart:
+                message += "; restart to apply: " + ", ".join(restart)
+            return True, message
+
+    return reload
 
 
 def run_demo(listen_address: str | None) -> int:

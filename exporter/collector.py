@@ -95,6 +95,18 @@ class StoreCollector(Collector):
         )
         build.add_metric([__version__], 1)
         yield build
+        reload_ok = GaugeMetricFamily(
+            "llamacloud_config_last_reload_successful",
+            "1 if the last configuration reload (SIGHUP or POST /-/reload) succeeded, else 0.",
+        )
+        reload_ok.add_metric([], 1 if self._store.reload_ok else 0)
+        yield reload_ok
+        if self._store.reload_success is not None:
+            yield GaugeMetricFamily(
+                "llamacloud_config_last_reload_success_timestamp_seconds",
+                "When the configuration was last loaded successfully, in Unix seconds.",
+                value=self._store.reload_success,
+            )
 
     def _session_gauges(self, projects: tuple[ProjectState, ...]) -> Iterator[Metric]:
         sessions = GaugeMetricFamily(

@@ -45,12 +45,16 @@ class Poller:
         self._monotonic = monotonic
         self._rand = rand
         self._trackers: dict[str, SessionTracker] = {}
+        self._projects: dict[str, ProjectConfig] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stop: asyncio.Event | None = None
         self._semaphore = asyncio.Semaphore(config.max_concurrency)
         saved = state.load(p.id for p in config.projects) if state is not None else {}
         for project in config.projects:
             entry = saved.get(project.id)
             store.add_project(project, entry.totals if entry else None)
             self._trackers[project.id] = SessionTracker(entry.sessions if entry else None)
+            self._projects[project.id] = project
 
     async def poll_all_once(self) -> bool:
         """Poll every project once (``--once``); True when all of them succeeded."""
@@ -59,20 +63,71 @@ class Poller:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop`` is set; each project runs its own loop."""
-        tasks = [asyncio.create_task(self._loop(p, stop)) for p in self._config.projects]
+        self._stop = stop
+        for pid in self._projects:
+            self._start(pid)
         try:
             await stop.wait()
         finally:
+            tasks = list(self._tasks.values())
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _loop(self, project: ProjectConfig, stop: asyncio.Event) -> None:
+    def _start(self, project_id: str) -> None:
+        assert self._stop is not None
+        self._tasks[project_id] = asyncio.create_task(self._loop(project_id, self._stop))
+
+    async def apply(self, config: Config) -> list[str]:
+        """Switch to a reloaded config: projects come and go, changed ones keep their counters.
+
+        Returns the keys that changed but only take effect after a restart.
+        """
+        old = self._config
+        wanted = {p.id: p for p in config.projects}
+        for pid in [pid for pid in self._projects if pid not in wanted]:
+            task = self._tasks.pop(pid, None)
+            if task is not None:
+                task.cancel()
+            del self._projects[pid]
+            del self._trackers[pid]
+            self._store.remove_project(pid)
+            if self._state is not None:
+                await asyncio.to_thread(self._state.forget, pid)
+        for pid, project in wanted.items():
+            if pid not in self._projects:
+                if self._state is not None:  # a project that left and came back starts anew
+                    await asyncio.to_thread(self._state.forget, pid)
+                self._projects[pid] = project
+                self._trackers[pid] = SessionTracker()
+                self._store.add_project(project)
+                if self._stop is not None:
+                    self._start(pid)
+            elif project != self._projects[pid]:
+                self._projects[pid] = project
+                self._store.update_info(project)
+        if config.max_concurrency != old.max_concurrency:
+            self._semaphore = asyncio.Semaphore(config.max_concurrency)
+        self._config = config
+        fixed = (
+            ("web.listen_address", old.listen_address, config.listen_address),
+            ("state.path", old.state_path, config.state_path),
+            ("llamacloud.timeout_seconds", old.timeout_seconds, config.timeout_seconds),
+            ("llamacloud.max_retries", old.max_retries, config.max_retries),
+            (
+                "llamacloud.max_requests_per_second",
+                old.max_requests_per_second,
+                config.max_requests_per_second,
+            ),
+        )
+        return [key for key, before, after in fixed if before != after]
+
+    async def _loop(self, project_id: str, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        interval = self._config.poll_interval_seconds
         while not stop.is_set():
             started = loop.time()
-            await self._poll_limited(project)
+            await self._poll_limited(self._projects[project_id])
+            interval = self._config.poll_interval_seconds
             wait = interval * (1 + JITTER * (2 * self._rand() - 1))
             delay = max(started + wait - loop.time(), 0.0)
             with contextlib.suppress(asyncio.TimeoutError):

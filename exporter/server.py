@@ -78,7 +78,12 @@ def _accepts_gzip(environ: Environ) -> bool:
     return False
 
 
-def make_app(store: Store, registry: CollectorRegistry) -> Callable[[Environ, StartResponse], Any]:
+Reload = Callable[[], tuple[bool, str]]
+
+
+def make_app(
+    store: Store, registry: CollectorRegistry, reload: Callable[[], Reload | None] = lambda: None
+) -> Callable[[Environ, StartResponse], Any]:
     # ?name[]= filtering goes through prometheus_client itself; everything else comes from
     # the per-project cache.
     metrics = make_wsgi_app(registry)
@@ -101,6 +106,15 @@ def make_app(store: Store, registry: CollectorRegistry) -> Callable[[Environ, St
             headers.append(("Content-Length", str(len(body))))
             start_response("200 OK", headers)
             return [body]
+        if path == "/-/reload":
+            if environ.get("REQUEST_METHOD") != "POST":
+                return _text(start_response, "405 Method Not Allowed", b"use POST\n")
+            handler = reload()
+            if handler is None:
+                return _text(start_response, "400 Bad Request", b"nothing to reload\n")
+            ok, message = handler()
+            status = "200 OK" if ok else "500 Internal Server Error"
+            return _text(start_response, status, message.encode() + b"\n")
         if path == "/healthz":
             return _text(start_response, "200 OK", b"ok\n")
         if path == "/readyz":
@@ -133,10 +147,11 @@ class MetricsServer:
     def __init__(self, host: str, port: int, store: Store, registry: CollectorRegistry) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         server_class = type("_Server", (ThreadingWSGIServer,), {"address_family": family})
+        self.reload: Reload | None = None  # set once the daemon can reload its config
         self._httpd: WSGIServer = make_server(
             host,
             port,
-            make_app(store, registry),
+            make_app(store, registry, lambda: self.reload),
             server_class,
             handler_class=_SilentHandler,
         )

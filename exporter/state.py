@@ -123,6 +123,12 @@ class StateFile:
                 rows,
             )
 
+    def forget(self, project_id: str) -> None:
+        """Drop a project's counters and baseline (it left the config)."""
+        with self._transaction():
+            self._db.execute("DELETE FROM totals WHERE project_id = ?", (project_id,))
+            self._db.execute("DELETE FROM sessions WHERE project_id = ?", (project_id,))
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

@@ -41,6 +41,8 @@ class Store:
         self._projects: dict[str, ProjectState] = {}
         self._api_requests: dict[str, int] = {}
         self._listeners: list[Callable[[ProjectState], None]] = []
+        self.reload_ok = True
+        self.reload_success: float | None = None  # set when the daemon starts
         for project in projects:
             self.add_project(project)
 
@@ -50,6 +52,24 @@ class Store:
             state = replace(state, totals=totals)
         with self._lock:
             self._projects[project.id] = state
+
+    def remove_project(self, project_id: str) -> None:
+        """A project left the config: its series go with it."""
+        with self._lock:
+            self._projects.pop(project_id, None)
+
+    def update_info(self, project: ProjectConfig) -> None:
+        with self._lock:
+            old = self._projects[project.id]
+            new = replace(old, name=project.name, organization_id=project.organization_id)
+            self._projects[project.id] = new
+        self._publish(new)
+
+    def record_reload(self, ok: bool, when: float) -> None:
+        with self._lock:
+            self.reload_ok = ok
+            if ok:
+                self.reload_success = when
 
     def subscribe(self, listener: Callable[[ProjectState], None]) -> None:
         """Call ``listener`` with every new project state, on the writer's thread."""

@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
+
 from exporter.simulator import Simulator
 from tests.conftest import Exporter, session, value, wait_for, write_config
 
@@ -188,3 +190,41 @@ def test_sigterm_does_not_wait_for_a_hanging_request(
     exp.proc.send_signal(signal.SIGTERM)
     assert exp.proc.wait(60) == 0
     assert "exporter_stopped" in exp.logs()
+
+
+def test_sighup_and_post_reload_apply_a_new_config(
+    sim: Simulator, tmp_path: Path, start_exporter: Callable[..., Exporter]
+) -> None:
+    for pid in ("a", "b", "c"):
+        sim.set_sessions(pid, [session(f"{pid}1")])
+    config = write_config(tmp_path / "c.yaml", sim.base_url, ["a", "b"])
+    exp = start_exporter(config)
+    exp.wait_metric("llamacloud_up", {"project_id": "b"}, lambda v: v == 1)
+    sim.set_sessions("a", [session("a1", turns=8)])
+    exp.wait_metric("llamacloud_chat_runs_total", {"project_id": "a"}, lambda v: v == 1)
+
+    # SIGHUP: b leaves, c arrives, a is renamed and keeps its counters.
+    raw = config.read_text().replace("- id: b", "- id: c").replace("- id: a", "- id: a\n  name: A")
+    config.write_text(raw)
+    exp.proc.send_signal(signal.SIGHUP)
+    m = exp.wait_metric("llamacloud_up", {"project_id": "c"}, lambda v: v == 1)
+    assert not any(("project_id", "b") in labels for _, labels in m)
+    assert value(m, "llamacloud_project_info", project_id="a", name="A", organization_id="") == 1
+    assert value(m, "llamacloud_chat_runs_total", project_id="a") == 1
+    assert value(m, "llamacloud_config_last_reload_successful") == 1
+    assert "config_reloaded" in exp.logs()
+
+    # A broken config changes nothing and says why; GET is refused.
+    config.write_text(raw + "polling: fast\n")
+    bad = httpx.post(exp.url + "/-/reload", timeout=30)
+    assert bad.status_code == 500
+    assert "polling: unknown key" in bad.text
+    assert value(exp.metrics(), "llamacloud_config_last_reload_successful") == 0
+    assert value(exp.metrics(), "llamacloud_up", project_id="c") == 1
+    assert httpx.get(exp.url + "/-/reload").status_code == 405
+
+    config.write_text(raw.replace("- id: c", "- id: c\n- id: b"))
+    good = httpx.post(exp.url + "/-/reload", timeout=30)
+    assert good.status_code == 200, good.text
+    exp.wait_metric("llamacloud_up", {"project_id": "b"}, lambda v: v == 1)
+    assert value(exp.metrics(), "llamacloud_config_last_reload_successful") == 1

@@ -55,3 +55,10 @@ def test_a_changed_fingerprint_scheme_drops_the_baseline_not_the_counters(tmp_pa
     saved = StateFile(path).load(["p"])["p"]
     assert saved.totals.runs == 1
     assert saved.sessions is None
+
+
+def test_forget_drops_a_project(tmp_path: Path) -> None:
+    state = StateFile(tmp_path / "s.db")
+    poll_and_save(state, SessionTracker(), RunTotals(), [session("a")])
+    state.forget("p")
+    assert state.load(["p"]) == {}
