@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"address to serve /metrics on (overrides web.listen_address; "
         f"default {DEFAULT_LISTEN_ADDRESS})",
     )
+    parser.add_argument(
+        "--web.enable-lifecycle",
+        dest="enable_lifecycle",
+        action="store_true",
+        help="allow POST /-/reload to reload the config (SIGHUP always does)",
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
         "--check-config",
@@ -115,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fresh = load_config(args.config)
         return fresh.with_listen_address(args.listen_address) if args.listen_address else fresh
 
-    return run_daemon(config, state, reread=reread)
+    return run_daemon(config, state, reread=reread, http_reload=args.enable_lifecycle)
 
 
 def _components(config: Config, state: StateFile | None) -> tuple[Store, Poller, ApiClient]:
@@ -153,6 +159,7 @@ def run_daemon(
     state: StateFile | None = None,
     on_ready: str | None = None,
     reread: Callable[[], Config] | None = None,
+    http_reload: bool = False,
 ) -> int:
     store, poller, client = _components(config, state)
     host, port = split_listen_address(config.listen_address)
@@ -178,7 +185,7 @@ def run_daemon(
         print(on_ready.format(url=url), flush=True)
     store.record_reload(True, time.time())
     try:
-        asyncio.run(_serve(poller, client, store, server, reread))
+        asyncio.run(_serve(poller, client, store, server if http_reload else None, reread))
     finally:
         server.stop()
         if state:
@@ -191,7 +198,7 @@ async def _serve(
     poller: Poller,
     client: ApiClient,
     store: Store,
-    server: MetricsServer,
+    server: MetricsServer | None,
     reread: Callable[[], Config] | None,
 ) -> None:
     stop = asyncio.Event()
@@ -201,11 +208,13 @@ async def _serve(
     if reread is not None:
         reload = _reloader(poller, store, reread)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload()))
-        server.reload = lambda: asyncio.run_coroutine_threadsafe(reload(), loop).result(60)
+        if server is not None:
+            server.reload = lambda: asyncio.run_coroutine_threadsafe(reload(), loop).result(60)
     try:
         await poller.run(stop)
     finally:
-        server.reload = None
+        if server is not None:
+            server.reload = None
         client.close()
 
 

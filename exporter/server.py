@@ -111,8 +111,15 @@ def make_app(
                 return _text(start_response, "405 Method Not Allowed", b"use POST\n")
             handler = reload()
             if handler is None:
-                return _text(start_response, "400 Bad Request", b"nothing to reload\n")
-            ok, message = handler()
+                return _text(
+                    start_response,
+                    "403 Forbidden",
+                    b"reloading over HTTP is off: start with --config and --web.enable-lifecycle\n",
+                )
+            try:
+                ok, message = handler()
+            except Exception as exc:  # the daemon is stopping, or the reload hung
+                ok, message = False, f"reload did not finish: {type(exc).__name__}"
             status = "200 OK" if ok else "500 Internal Server Error"
             return _text(start_response, status, message.encode() + b"\n")
         if path == "/healthz":

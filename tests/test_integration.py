@@ -198,7 +198,7 @@ def test_sighup_and_post_reload_apply_a_new_config(
     for pid in ("a", "b", "c"):
         sim.set_sessions(pid, [session(f"{pid}1")])
     config = write_config(tmp_path / "c.yaml", sim.base_url, ["a", "b"])
-    exp = start_exporter(config)
+    exp = start_exporter(config, "--web.enable-lifecycle")
     exp.wait_metric("llamacloud_up", {"project_id": "b"}, lambda v: v == 1)
     sim.set_sessions("a", [session("a1", turns=8)])
     exp.wait_metric("llamacloud_chat_runs_total", {"project_id": "a"}, lambda v: v == 1)
@@ -228,3 +228,13 @@ def test_sighup_and_post_reload_apply_a_new_config(
     assert good.status_code == 200, good.text
     exp.wait_metric("llamacloud_up", {"project_id": "b"}, lambda v: v == 1)
     assert value(exp.metrics(), "llamacloud_config_last_reload_successful") == 1
+
+
+def test_http_reload_is_off_unless_enabled(
+    sim: Simulator, tmp_path: Path, start_exporter: Callable[..., Exporter]
+) -> None:
+    sim.set_sessions(P, [session("a")])
+    exp = start_exporter(write_config(tmp_path / "c.yaml", sim.base_url, [P]))
+    refused = httpx.post(exp.url + "/-/reload", timeout=30)
+    assert refused.status_code == 403
+    assert "--web.enable-lifecycle" in refused.text
