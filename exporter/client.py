@@ -199,6 +199,13 @@ class ApiClient:
                 self._clients[project_id] = client
             return client
 
+    def forget(self, project_id: str) -> None:
+        """Close a project's connection once it has left the config."""
+        with self._lock:
+            client = self._clients.pop(project_id, None)
+        if client is not None:
+            client.close()
+
     def stop(self) -> None:
         """Make listings under way give up at their next page or backoff."""
         self._stop.set()

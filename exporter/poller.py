@@ -91,6 +91,7 @@ class Poller:
                 task.cancel()
             del self._projects[pid]
             del self._trackers[pid]
+            self._client.forget(pid)
             self._store.remove_project(pid)
             if self._state is not None:
                 await asyncio.to_thread(self._state.forget, pid)

@@ -292,3 +292,13 @@ def test_max_requests_per_second_spaces_the_pages() -> None:
     finally:
         client.close()
     assert sleeps == pytest.approx([0.1, 0.2])
+
+
+def test_forget_closes_a_project_connection() -> None:
+    h = Harness(pages_handler({None: {"items": [1]}}))
+    assert list(h.client.pages(PROJECT, 10)) == [[1]]
+    first = h.client._client(PROJECT.id)
+    h.client.forget(PROJECT.id)
+    assert first.is_closed
+    assert h.client._client(PROJECT.id) is not first  # a project that comes back reconnects
+    h.client.close()
