@@ -14,7 +14,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
+import httpx
+
+from .reading import (
+    MAX_CONFIG_BYTES,
+    MAX_CONFIG_DEPTH,
+    MAX_KEY_FILE_BYTES,
+    FileProblem,
+    YamlProblem,
+    is_text,
+    load_yaml,
+    read_bounded,
+)
+from .secret import Secret, redact
 
 NA_BASE_URL = "https://api.cloud.llamaindex.ai"
 EU_BASE_URL = "https://api.cloud.eu.llamaindex.ai"
@@ -24,28 +36,10 @@ BASE_URL_ENV = "LLAMA_CLOUD_BASE_URL"
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
-
-class Secret:
-    """A string that never shows itself in a repr, a log line or an f-string."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def get(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('********')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
+MAX_TIMEOUT_SECONDS = 600.0
+MAX_POLL_INTERVAL_SECONDS = 86_400.0
+MAX_REQUESTS_PER_SECOND = 10_000.0
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -64,6 +58,7 @@ class Config:
     timeout_seconds: float = 30.0
     max_retries: int = 5
     max_pages: int = 10000
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     max_requests_per_second: float = 0.0  # 0: no limit
     poll_interval_seconds: float = 60.0
     max_concurrency: int = 4
@@ -79,9 +74,14 @@ class Config:
 
 
 class ConfigError(Exception):
-    """Raised with every problem found, each prefixed by its key path."""
+    """Raised with every problem found, each prefixed by its key path.
+
+    A problem never quotes a secret-bearing value, and is always printable: a key name
+    holding an unpaired surrogate is shown escaped rather than breaking the output.
+    """
 
     def __init__(self, problems: list[str]) -> None:
+        problems = [p.encode("utf-8", "backslashreplace").decode("utf-8") for p in problems]
         super().__init__("; ".join(problems))
         self.problems = problems
 
@@ -102,6 +102,7 @@ _LLAMACLOUD_KEYS = {
     "timeout_seconds",
     "max_retries",
     "max_pages",
+    "max_response_bytes",
     "max_requests_per_second",
 }
 _PROJECT_KEYS = {
@@ -121,20 +122,57 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
     """Read, expand ``${VAR}`` references and validate a config file."""
     env = os.environ if env is None else env
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"config: cannot read {path}: {exc.strerror or exc}"]) from None
+        data = read_bounded(path, MAX_CONFIG_BYTES)
+    except FileProblem as exc:
+        raise ConfigError([f"config: cannot read {path}: {exc}"]) from None
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError([f"config: invalid YAML{where}"]) from None
-    return parse_config(raw, env, base_dir=Path(path).parent)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [f"config: not UTF-8 text (an invalid byte at offset {exc.start})"]
+        ) from None
+    try:
+        raw = parse_yaml(text)
+        return parse_config(raw, env, base_dir=Path(path).parent)
+    except ConfigError as exc:
+        # A YAML error may quote a bit of the file: blank anything that looks like a key.
+        raise ConfigError([redact(p, _key_like(text)) for p in exc.problems]) from None
+
+
+def parse_yaml(text: str) -> Any:
+    """The YAML of a config, bounded (:func:`exporter.reading.load_yaml`)."""
+    try:
+        return load_yaml(text)
+    except YamlProblem as exc:
+        raise ConfigError([f"config: {exc}"]) from None
+
+
+_KEY_LIKE = re.compile(r"llx-[^\s'\"]+|api_key\s*:\s*['\"]?([^\s'\"#]+)")
+
+
+def _key_like(text: str) -> tuple[str, ...]:
+    """What in a config's text may be a key: ``llx-...`` words and ``api_key`` values."""
+    found: set[str] = set()
+    for match in _KEY_LIKE.finditer(text):
+        found.add(match.group(1) or match.group(0))
+    return tuple(found)
 
 
 def parse_config(raw: Any, env: Mapping[str, str], base_dir: Path | None = None) -> Config:
     problems: list[str] = []
+    secrets: list[str] = []  # every key value met, so that no problem can quote one
+    try:
+        config = _parse(raw, env, base_dir, problems, secrets)
+    except RecursionError:  # parse_yaml bounds depth; a hand-built structure may not be
+        problems.append(f"config: nested deeper than {MAX_CONFIG_DEPTH} levels")
+    if problems:
+        raise ConfigError([redact(p, tuple(secrets)) for p in problems])
+    return config
+
+
+def _parse(
+    raw: Any, env: Mapping[str, str], base_dir: Path | None, problems: list[str], secrets: list[str]
+) -> Config:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -149,39 +187,60 @@ def parse_config(raw: Any, env: Mapping[str, str], base_dir: Path | None = None)
     default_base = _base_url(lc.get("base_url"), "llamacloud.base_url", problems)
     if default_base is None:
         default_base = _base_url(env.get(BASE_URL_ENV), BASE_URL_ENV, problems) or NA_BASE_URL
-    default_key = _api_key(lc, "llamacloud", base_dir, problems)
+    default_key = _api_key(lc, "llamacloud", base_dir, problems, secrets)
     if default_key is None and env.get(API_KEY_ENV):
         default_key = env[API_KEY_ENV].strip()
+        secrets.append(default_key)
+        if not _key_ok(default_key):
+            problems.append(f"{API_KEY_ENV}: {_BAD_KEY}")
     default_page_size = _int(lc, "page_size", "llamacloud.", 100, 1, 1000, problems)
 
-    timeout = _number(lc, "timeout_seconds", "llamacloud.", 30.0, problems)
+    timeout = _number(lc, "timeout_seconds", "llamacloud.", 30.0, MAX_TIMEOUT_SECONDS, problems)
     max_retries = _int(lc, "max_retries", "llamacloud.", 5, 0, 100, problems)
     max_pages = _int(lc, "max_pages", "llamacloud.", 10000, 1, 10**9, problems)
-    rate = lc.get("max_requests_per_second", 0)
-    if rate != 0:
-        rate = _number(lc, "max_requests_per_second", "llamacloud.", 0.0, problems)
-    interval = _number(raw, "poll_interval_seconds", "", 60.0, problems)
+    max_bytes = _int(
+        lc, "max_response_bytes", "llamacloud.", DEFAULT_MAX_RESPONSE_BYTES, 1024, 2**30, problems
+    )
+    rate = 0.0
+    if lc.get("max_requests_per_second", 0) != 0:
+        found: list[str] = []
+        rate = _number(
+            lc, "max_requests_per_second", "llamacloud.", 0.0, MAX_REQUESTS_PER_SECOND, found
+        )
+        if found:
+            problems.append(
+                "llamacloud.max_requests_per_second: must be 0 (no limit) or a number "
+                f"greater than 0 and at most {MAX_REQUESTS_PER_SECOND:g}"
+            )
+    interval = _number(raw, "poll_interval_seconds", "", 60.0, MAX_POLL_INTERVAL_SECONDS, problems)
     concurrency = _int(raw, "max_concurrency", "", 4, 1, 1000, problems)
 
     listen = web.get("listen_address", DEFAULT_LISTEN_ADDRESS)
     _listen_address(listen, "web.listen_address", problems)
 
     state_path = state.get("path")
-    if state_path is not None and (not isinstance(state_path, str) or not state_path):
+    if state_path is not None and (
+        not isinstance(state_path, str) or not state_path or "\0" in state_path
+    ):
         problems.append("state.path: must be a file path")
         state_path = None
 
     projects = _projects(
-        raw.get("projects"), default_base, default_key, default_page_size, base_dir, problems
+        raw.get("projects"),
+        default_base,
+        default_key,
+        default_page_size,
+        base_dir,
+        problems,
+        secrets,
     )
-    if problems:
-        raise ConfigError(problems)
     return Config(
         projects=tuple(projects),
         timeout_seconds=timeout,
         max_retries=max_retries,
         max_pages=max_pages,
-        max_requests_per_second=float(rate),
+        max_response_bytes=max_bytes,
+        max_requests_per_second=rate,
         poll_interval_seconds=interval,
         max_concurrency=concurrency,
         listen_address=listen,
@@ -196,6 +255,7 @@ def _projects(
     default_page_size: int,
     base_dir: Path | None,
     problems: list[str],
+    secrets: list[str],
 ) -> list[ProjectConfig]:
     if value is None:
         problems.append("projects: required (a list with at least one project)")
@@ -224,14 +284,15 @@ def _projects(
         name = _opt_str(item, "name", where, problems) or pid
         org = _opt_str(item, "organization_id", where, problems)
         base = _base_url(item.get("base_url"), f"{where}.base_url", problems) or default_base
-        key = _api_key(item, where, base_dir, problems)
-        if key is None:
+        known = len(problems)
+        key = _api_key(item, where, base_dir, problems, secrets)
+        if key is None and len(problems) == known:  # a key that was set but is bad is said
             key = default_key
-        if not key:
-            problems.append(
-                f"{where}.api_key: no API key (set {where}.api_key, llamacloud.api_key "
-                f"or the {API_KEY_ENV} environment variable)"
-            )
+            if not key:
+                problems.append(
+                    f"{where}.api_key: no API key (set {where}.api_key, llamacloud.api_key "
+                    f"or the {API_KEY_ENV} environment variable)"
+                )
         page_size = _int(item, "page_size", where + ".", default_page_size, 1, 1000, problems)
         out.append(
             ProjectConfig(
@@ -259,18 +320,22 @@ def _expand(value: Any, env: Mapping[str, str], path: str, problems: list[str]) 
         }
     if isinstance(value, list):
         return [_expand(v, env, f"{path}[{i}]", problems) for i, v in enumerate(value)]
-    if isinstance(value, str) and "${" in value:
+    if isinstance(value, str):
+        if "${" in value:
 
-        def sub(m: re.Match[str]) -> str:
-            name, default = m.group(1), m.group(2)
-            if name in env and env[name] != "":
-                return env[name]
-            if default is not None:
-                return default
-            problems.append(f"{path}: environment variable {name} is not set")
-            return ""
+            def sub(m: re.Match[str]) -> str:
+                name, default = m.group(1), m.group(2)
+                if name in env and env[name] != "":
+                    return env[name]
+                if default is not None:
+                    return default
+                problems.append(f"{path}: environment variable {name} is not set")
+                return ""
 
-        return _ENV_REF.sub(sub, value)
+            value = _ENV_REF.sub(sub, value)
+        if not is_text(value):
+            problems.append(f"{path}: not valid Unicode text (an unpaired surrogate)")
+            return value.encode("utf-8", "replace").decode("utf-8")
     return value
 
 
@@ -327,13 +392,15 @@ def _int(
     return value
 
 
-def _number(d: dict[str, Any], key: str, prefix: str, default: float, problems: list[str]) -> float:
+def _number(
+    d: dict[str, Any], key: str, prefix: str, default: float, high: float, problems: list[str]
+) -> float:
     value = d.get(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        problems.append(f"{prefix}{key}: must be a number of seconds")
+        problems.append(f"{prefix}{key}: must be a number")
         return default
-    if not 0 < value < float("inf"):
-        problems.append(f"{prefix}{key}: must be greater than 0")
+    if not 0 < value <= high:
+        problems.append(f"{prefix}{key}: must be greater than 0 and at most {high:g}")
         return default
     return float(value)
 
@@ -344,20 +411,45 @@ def _base_url(value: Any, where: str, problems: list[str]) -> str | None:
     if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+", value):
         problems.append(f"{where}: must be an http:// or https:// URL")
         return None
+    try:
+        url = httpx.URL(value)
+    except (httpx.InvalidURL, ValueError, TypeError):
+        problems.append(f"{where}: must be an http:// or https:// URL")
+        return None
+    if url.userinfo:
+        problems.append(f"{where}: must not hold a user name or password (use api_key)")
+        return None
+    if url.query or url.fragment or not url.host:
+        problems.append(f"{where}: must be a URL with a host and no query or fragment")
+        return None
     return value.rstrip("/")
 
 
+_BAD_KEY = "an API key is printable ASCII without spaces (LlamaCloud keys look like llx-...)"
+
+
+def _key_ok(key: str) -> bool:
+    return key.isascii() and key.isprintable() and not any(c.isspace() for c in key)
+
+
 def _api_key(
-    d: dict[str, Any], where: str, base_dir: Path | None, problems: list[str]
+    d: dict[str, Any], where: str, base_dir: Path | None, problems: list[str], secrets: list[str]
 ) -> str | None:
+    """The key set inline or in a file. No message quotes either value: a key pasted into
+    ``api_key_file`` by mistake must not be printed back as a "file name"."""
     key = d.get("api_key")
     key_file = d.get("api_key_file")
+    if isinstance(key, str):
+        secrets.append(key)
     if key not in (None, "") and key_file not in (None, ""):
         problems.append(f"{where}.api_key_file: set api_key or api_key_file, not both")
         return None
     if key not in (None, ""):
         if not isinstance(key, str):
             problems.append(f"{where}.api_key: must be a string")
+            return None
+        if not _key_ok(key.strip()):
+            problems.append(f"{where}.api_key: {_BAD_KEY}")
             return None
         return key.strip()
     if key_file not in (None, ""):
@@ -368,12 +460,21 @@ def _api_key(
         if not file_path.is_absolute() and base_dir is not None:
             file_path = base_dir / file_path
         try:
-            text = file_path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            problems.append(f"{where}.api_key_file: cannot read {key_file}: {exc.strerror or exc}")
+            data = read_bounded(file_path, MAX_KEY_FILE_BYTES)
+        except FileProblem as exc:
+            problems.append(f"{where}.api_key_file: cannot read the key file: {exc}")
             return None
+        try:
+            text = data.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            problems.append(f"{where}.api_key_file: the key file is not UTF-8 text")
+            return None
+        secrets.append(text)
         if not text:
-            problems.append(f"{where}.api_key_file: {key_file} is empty")
+            problems.append(f"{where}.api_key_file: the key file is empty")
+            return None
+        if not _key_ok(text):
+            problems.append(f"{where}.api_key_file: {_BAD_KEY}")
             return None
         return text
     return None
@@ -383,9 +484,14 @@ def _listen_address(value: Any, where: str, problems: list[str]) -> None:
     if not isinstance(value, str):
         problems.append(f"{where}: must be HOST:PORT")
         return
-    _, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    host, sep, port = value.rpartition(":")
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         problems.append(f"{where}: must be HOST:PORT with a port from 0 to 65535")
+    elif not _HOST.match(host):
+        problems.append(f"{where}: the host must be a name or an IP address")
+
+
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.%a-zA-Z]+\]|[A-Za-z0-9._\-]*|[0-9A-Fa-f:.]+)$")
 
 
 def split_listen_address(address: str) -> tuple[str, int]:

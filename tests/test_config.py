@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+import exporter.config as config_module
 from exporter.config import (
     EU_BASE_URL,
     NA_BASE_URL,
@@ -13,6 +17,7 @@ from exporter.config import (
     Secret,
     load_config,
     parse_config,
+    parse_yaml,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -114,12 +119,15 @@ def test_every_problem_is_reported_with_its_key_path() -> None:
     )
     assert "llamacloud.page_size: must be between 1 and 1000" in found
     assert "llamacloud.max_retries: must be a whole number" in found
-    assert "llamacloud.max_requests_per_second: must be greater than 0" in found
+    assert (
+        "llamacloud.max_requests_per_second: must be 0 (no limit) or a number greater than 0 "
+        "and at most 10000"
+    ) in found
     assert "llamacloud.timout_seconds: unknown key (did you mean timeout_seconds?)" in found
     assert "projects[1].id: required" in found
     assert "projects[2].id: duplicate project id a" in found
     assert "projects[3]: must be a mapping with at least an id" in found
-    assert "poll_interval_seconds: must be greater than 0" in found
+    assert "poll_interval_seconds: must be greater than 0 and at most 86400" in found
     assert "max_concurrency: must be a whole number" in found
     assert "web.listen_address: must be HOST:PORT with a port from 0 to 65535" in found
     assert "extra: unknown key" in found
@@ -142,10 +150,10 @@ def test_missing_projects_and_keys() -> None:
 def test_env_default_and_no_yaml_injection() -> None:
     config = parse_config(
         {"projects": [{"id": "p", "name": "${NAME:-fallback}", "api_key": "${KEY}"}]},
-        {"KEY": "llx-a: {b: c}"},
+        {"KEY": "llx-a:{b:c},[d]"},
     )
     assert config.projects[0].name == "fallback"
-    assert config.projects[0].api_key.get() == "llx-a: {b: c}"
+    assert config.projects[0].api_key.get() == "llx-a:{b:c},[d]"
 
 
 def test_api_key_and_file_together_is_an_error(tmp_path: Path) -> None:
@@ -186,3 +194,229 @@ def test_the_example_config_is_valid_and_complete() -> None:
         assert key in raw, key
     for key in ("api_key_file", "organization_id", "name"):
         assert key in text, key
+
+
+# ------------------------------------------------------------ hostile and mistaken configs
+
+KEY = "llx-Zq8mW2xVb7Kp4Rt9Ls3Nd6Hf1Gj5Yc0Ue"
+
+# 554 bytes of anchors that expand to 10**9 values when walked.
+ALIAS_BOMB = """a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
+projects: [{id: p, api_key: k}]
+"""
+
+
+def load_problems(path: Path, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env or {})
+    return info.value.problems
+
+
+def test_a_yaml_alias_bomb_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text(ALIAS_BOMB)
+    assert load_problems(tmp_path / "c.yaml") == [
+        "config: expands to more than 1000000 values (YAML aliases)"
+    ]
+
+
+def test_aliases_within_bounds_still_work(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text(
+        "defaults: &d {api_key: llx-shared, page_size: 50}\n"
+        "projects:\n  - {<<: *d, id: a}\n  - {<<: *d, id: b}\n"
+    )
+    with pytest.raises(ConfigError, match=r"^defaults: unknown key"):
+        load_config(tmp_path / "c.yaml", {})
+    (tmp_path / "c.yaml").write_text(
+        "projects:\n  - &a {api_key: llx-shared, page_size: 50, id: a}\n  - {<<: *a, id: b}\n"
+    )
+    config = load_config(tmp_path / "c.yaml", {})
+    assert [(p.id, p.page_size) for p in config.projects] == [("a", 50), ("b", 50)]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("a: &a [*a]\n", "config: a YAML alias refers to itself"),
+        ("a: " + "[" * 200 + "]" * 200 + "\n", "config: nested deeper than 64 levels"),
+        ("a: " + "[" * 5000 + "]" * 5000 + "\n", "config: nested deeper than 64 levels"),
+        ("when: 2026-13-45\n", "config: invalid YAML: a value cannot be read"),
+        (
+            "projects: [\n",
+            "config: invalid YAML at line 2, column 1: expected the node content, but found",
+        ),
+    ],
+)
+def test_odd_yaml_is_a_config_error(tmp_path: Path, text: str, problem: str) -> None:
+    (tmp_path / "c.yaml").write_text(text)
+    found = load_problems(tmp_path / "c.yaml")
+    assert found[0].startswith(problem)
+
+
+def test_a_fifo_or_a_device_is_refused_at_once(tmp_path: Path) -> None:
+    fifo = tmp_path / "key"
+    os.mkfifo(fifo)  # nobody writes: opening it blocking would hang for good
+    found = problems({"projects": [{"id": "p", "api_key_file": str(fifo)}]})
+    assert found == ["projects[0].api_key_file: cannot read the key file: not a regular file"]
+    found = problems({"projects": [{"id": "p", "api_key_file": "/dev/zero"}]})
+    assert found == ["projects[0].api_key_file: cannot read the key file: not a regular file"]
+    assert load_problems(fifo) == [f"config: cannot read {fifo}: not a regular file"]
+
+
+def test_a_key_file_or_a_config_too_large_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "key").write_bytes(b"k" * (64 * 1024 + 1))
+    found = problems({"projects": [{"id": "p", "api_key_file": str(tmp_path / "key")}]})
+    assert found == ["projects[0].api_key_file: cannot read the key file: larger than 65536 bytes"]
+    (tmp_path / "c.yaml").write_bytes(b"#" * (4 * 1024 * 1024 + 1))
+    assert load_problems(tmp_path / "c.yaml") == [
+        f"config: cannot read {tmp_path / 'c.yaml'}: larger than 4194304 bytes"
+    ]
+
+
+def test_a_config_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    head = f"projects: [{{id: p, api_key: {KEY}}}]\nname: ".encode()
+    (tmp_path / "c.yaml").write_bytes(head + b"\xff\n")
+    found = load_problems(tmp_path / "c.yaml")
+    assert found == [f"config: not UTF-8 text (an invalid byte at offset {len(head)})"]
+
+
+def test_a_key_pasted_into_api_key_file_is_never_echoed(tmp_path: Path) -> None:
+    found = problems({"projects": [{"id": "p", "api_key_file": KEY}]})
+    assert found == [
+        "projects[0].api_key_file: cannot read the key file: No such file or directory"
+    ]
+    (tmp_path / "c.yaml").write_text(f"projects:\n  - id: p\n    api_key_file: {KEY}\n")
+    assert KEY[4:12] not in " ".join(load_problems(tmp_path / "c.yaml"))
+
+
+def test_a_yaml_error_never_quotes_a_key(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text(f"projects:\n  - id: p\n    api_key: *{KEY}\n")
+    found = load_problems(tmp_path / "c.yaml")
+    assert found[0].startswith("config: invalid YAML at line 3")
+    assert KEY[4:12] not in found[0]
+
+
+@pytest.mark.parametrize("key", ["llx-ключ-0123456789", "llx-a b", "llx-\x00zero"])
+def test_a_key_that_cannot_go_in_a_header_is_a_config_error(key: str) -> None:
+    found = problems({"projects": [{"id": "p", "api_key": key}]})
+    assert found[0].startswith("projects[0].api_key: an API key is printable ASCII")
+    assert key not in " ".join(found)
+    found = problems({"projects": [{"id": "p"}]}, {"LLAMA_CLOUD_API_KEY": key})
+    assert found[0].startswith("LLAMA_CLOUD_API_KEY: an API key is printable ASCII")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("timeout_seconds", 1e300, "greater than 0 and at most 600"),
+        ("timeout_seconds", 10**400, "greater than 0 and at most 600"),
+        ("timeout_seconds", float("nan"), "greater than 0 and at most 600"),
+        ("max_response_bytes", 10**12, "between 1024 and 1073741824"),
+    ],
+)
+def test_numbers_are_bounded(key: str, value: Any, problem: str) -> None:
+    found = problems({"llamacloud": {key: value}, "projects": [{"id": "p", "api_key": "k"}]})
+    assert found == [f"llamacloud.{key}: must be {problem}"]
+
+
+def test_poll_interval_is_bounded() -> None:
+    found = problems({"poll_interval_seconds": 1e300, "projects": [{"id": "p", "api_key": "k"}]})
+    assert found == ["poll_interval_seconds: must be greater than 0 and at most 86400"]
+
+
+def test_strings_that_are_not_unicode_text_are_config_errors() -> None:
+    found = problems({"projects": [{"id": "p\ud800", "api_key": "k"}]})
+    assert found == ["projects[0].id: not valid Unicode text (an unpaired surrogate)"]
+    found = problems({"projects": [{"id": "p", "api_key": "k", "n\udc00": 1}]})
+    assert found == ["projects[0].n\\udc00: unknown key"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://user:pw@api.test", "https://api.test/?x=1", "https://api.test/#f", "http://[::1"],
+)
+def test_base_urls_that_cannot_be_used_are_config_errors(url: str) -> None:
+    found = problems({"llamacloud": {"base_url": url}, "projects": [{"id": "p", "api_key": "k"}]})
+    assert found[0].startswith("llamacloud.base_url: must")
+    assert url not in found[0]
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+KNOWN = st.sampled_from(
+    sorted(
+        config_module._TOP_KEYS
+        | config_module._LLAMACLOUD_KEYS
+        | config_module._PROJECT_KEYS
+        | config_module._WEB_KEYS
+        | config_module._STATE_KEYS
+    )
+)
+# Configs that look like configs: known keys at every level, values of any JSON type.
+CONFIGS = st.recursive(
+    JSON,
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(KNOWN | st.text(max_size=8), children, max_size=5)
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(CONFIGS)
+def test_any_structure_is_a_config_or_a_config_error(raw: Any) -> None:
+    try:
+        config = parse_config(raw, {"LLAMA_CLOUD_API_KEY": "llx-env"})
+    except ConfigError as exc:
+        assert exc.problems
+        for problem in exc.problems:
+            problem.encode("utf-8")  # printable as it is
+    else:
+        assert config.projects
+
+
+YAML_PIECES = st.lists(
+    st.sampled_from(
+        [
+            *"{}[]:&*!-,'\"\n #|>?%@`\t.0",
+            "a",
+            "&a ",
+            "*a",
+            "!!binary ",
+            "!!set ",
+            "!!omap ",
+            "!!python/tuple ",
+            "<<: ",
+            "api_key: ",
+            "llx-",
+            "2026-13-45",
+            "1e999",
+            "~",
+            "projects: ",
+        ]
+    ),
+    max_size=60,
+).map("".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=300) | YAML_PIECES | CONFIGS.map(lambda raw: yaml.safe_dump(raw)))
+def test_any_yaml_text_is_a_config_or_a_config_error(text: str) -> None:
+    try:
+        raw = parse_yaml(text)
+        parse_config(raw, {"LLAMA_CLOUD_API_KEY": "llx-env"})
+    except ConfigError as exc:
+        assert exc.problems

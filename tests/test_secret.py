@@ -1,0 +1,50 @@
+"""Secrets never show, and text that holds one, whole or in part, is blanked."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from exporter.secret import BLANK, Secret, redact
+
+KEY = "llx-Hk3vR9wq2LmZ8pXc5Tn7Bd1Gf4Js6Ya0Ue"
+
+
+def fragments_of(key: str, text: str) -> list[str]:
+    return [key[i : i + 8] for i in range(len(key) - 7) if key[i : i + 8] in text]
+
+
+def test_a_secret_never_shows_itself() -> None:
+    secret = Secret(KEY)
+    assert KEY not in repr(secret) and KEY not in str(secret) and KEY not in f"{secret}"
+    assert secret.get() == KEY
+    with pytest.raises(TypeError):
+        pickle.dumps(secret)
+
+
+def test_a_live_secret_is_blanked_whole_and_in_part() -> None:
+    secret = Secret(KEY)
+    assert redact(f"a {KEY} b") == f"a {BLANK} b"
+    assert redact(f"phrase {KEY[3:-3]}!") == f"phrase {BLANK}!"
+    assert redact(f"{KEY[:10]}...{KEY[-9:]}") == f"{BLANK}...{BLANK}"
+    assert redact("nothing to hide here") == "nothing to hide here"
+    assert secret.get() == KEY  # kept alive until here
+
+
+def test_values_that_are_not_secrets_yet_can_be_blanked() -> None:
+    assert redact("key: abcdefghijkl", ("abcdefghijkl",)) == f"key: {BLANK}"
+    assert redact("short abcd here", ("abcd",)) == f"short {BLANK} here"
+    assert redact("a k b", ("k",)) == "a k b"  # too short to be a key: blanking would garble
+
+
+@given(st.text(max_size=40), st.integers(0, len(KEY) - 8), st.integers(8, len(KEY)), st.text())
+def test_no_run_of_eight_characters_of_a_key_survives(
+    before: str, start: int, length: int, after: str
+) -> None:
+    secret = Secret(KEY)
+    text = redact(before + KEY[start : start + length] + after)
+    assert fragments_of(KEY, text) == []
+    assert secret.get() == KEY
