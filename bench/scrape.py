@@ -67,7 +67,8 @@ def child(params: dict[str, Any]) -> dict[str, Any]:
 
     from exporter.aggregate import SessionTracker, aggregate
     from exporter.collector import StoreCollector
-    from exporter.config import ProjectConfig, Secret
+    from exporter.config import ProjectConfig
+    from exporter.secret import Secret
     from exporter.server import MetricsServer
     from exporter.store import Store
 
@@ -149,7 +150,7 @@ def child(params: dict[str, Any]) -> dict[str, Any]:
 
 def _app_times(server: Any, calls: int = 30) -> dict[str, list[float]]:
     """Server-side time alone: the server's WSGI app called in-process, no HTTP around it."""
-    app = getattr(getattr(server, "_httpd", None), "get_app", lambda: None)()
+    app = server.app
     if app is None:
         return {}
     out: dict[str, list[float]] = {}
@@ -175,7 +176,7 @@ def _app_profile(server: Any, calls: int = 20) -> str:
     import io
     import pstats
 
-    app = getattr(getattr(server, "_httpd", None), "get_app", lambda: None)()
+    app = server.app
     if app is None:
         return "the server's WSGI app could not be reached"
     environ = {

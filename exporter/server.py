@@ -1,26 +1,26 @@
-"""HTTP endpoints: /metrics, /healthz, /readyz and a landing page at /.
+"""The exporter's HTTP endpoints: /metrics, /healthz, /readyz, POST /-/reload and a landing page.
 
-Served by prometheus_client's threaded WSGI server on its own threads, so a scrape never
-waits for the poller's event loop.
+:func:`make_app` is the WSGI app; :class:`MetricsServer` serves it on the bounded server of
+:mod:`exporter.web` (its own event-loop thread and a few worker threads), so a scrape never
+waits for the poller's event loop and no client can exhaust the process's threads or files.
 """
 
 from __future__ import annotations
 
 import html
-import socket
 import threading
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any
-from wsgiref.simple_server import WSGIServer, make_server
 
 from prometheus_client import make_wsgi_app
-from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler, choose_encoder
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
 from . import __version__
 from .collector import StoreCollector, TextExposition
 from .store import ProjectState, Store
+from .web import HttpServer, Limits
 
 StartResponse = Callable[..., Any]
 Environ = dict[str, Any]
@@ -80,6 +80,17 @@ def _accepts_gzip(environ: Environ) -> bool:
 
 Reload = Callable[[], tuple[bool, str]]
 
+_READ = ("GET", "HEAD")
+# Each page and the methods it takes; HEAD is answered as GET, and the server drops the body.
+ROUTES: dict[str, tuple[str, ...]] = {
+    "/metrics": _READ,
+    "/healthz": _READ,
+    "/readyz": _READ,
+    "/": _READ,
+    "/index.html": _READ,
+    "/-/reload": ("POST",),
+}
+
 
 def make_app(
     store: Store, registry: CollectorRegistry, reload: Callable[[], Reload | None] = lambda: None
@@ -88,12 +99,27 @@ def make_app(
     # the per-project cache.
     metrics = make_wsgi_app(registry)
     exposition = TextExposition(StoreCollector(store), store)
+    # One reload at a time holds a worker (up to a minute); more would starve the scrapes.
+    reloading = threading.Lock()
 
     def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
+        allowed = ROUTES.get(path)
+        if allowed is None:
+            return _text(start_response, "404 Not Found", b"not found\n")
+        if environ.get("REQUEST_METHOD") not in allowed:
+            use = " or ".join(allowed)
+            return _text(
+                start_response,
+                "405 Method Not Allowed",
+                f"use {use}\n".encode(),
+                [("Allow", ", ".join(allowed))],
+            )
         if path == "/metrics":
             if environ.get("QUERY_STRING"):
-                return metrics(environ, start_response)  # type: ignore[no-any-return]
+                # prometheus_client answers HEAD with 405, so it is asked for the GET.
+                get = {**environ, "REQUEST_METHOD": "GET"}
+                return metrics(get, start_response)  # type: ignore[no-any-return]
             # Negotiated as prometheus_client does it; the body comes from the cache.
             _, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
             openmetrics = content_type.startswith("application/openmetrics-text")
@@ -107,8 +133,6 @@ def make_app(
             start_response("200 OK", headers)
             return [body]
         if path == "/-/reload":
-            if environ.get("REQUEST_METHOD") != "POST":
-                return _text(start_response, "405 Method Not Allowed", b"use POST\n")
             handler = reload()
             if handler is None:
                 return _text(
@@ -116,10 +140,19 @@ def make_app(
                     "403 Forbidden",
                     b"reloading over HTTP is off: start with --config and --web.enable-lifecycle\n",
                 )
+            if not reloading.acquire(blocking=False):
+                return _text(
+                    start_response,
+                    "503 Service Unavailable",
+                    b"a reload is already running: try again when it has finished\n",
+                    [("Retry-After", "5")],
+                )
             try:
                 ok, message = handler()
             except Exception as exc:  # the daemon is stopping, or the reload hung
                 ok, message = False, f"reload did not finish: {type(exc).__name__}"
+            finally:
+                reloading.release()
             status = "200 OK" if ok else "500 Internal Server Error"
             return _text(start_response, status, message.encode() + b"\n")
         if path == "/healthz":
@@ -128,52 +161,46 @@ def make_app(
             if store.ready():
                 return _text(start_response, "200 OK", b"ready\n")
             return _text(start_response, "503 Service Unavailable", b"waiting for the first poll\n")
-        if path in ("/", "/index.html"):
-            body = landing_page(store)
-            start_response(
-                "200 OK",
-                [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body)))],
-            )
-            return [body]
-        return _text(start_response, "404 Not Found", b"not found\n")
+        body = landing_page(store)
+        start_response(
+            "200 OK",
+            [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body)))],
+        )
+        return [body]
 
     return app
 
 
-def _text(start_response: StartResponse, status: str, body: bytes) -> list[bytes]:
+def _text(
+    start_response: StartResponse,
+    status: str,
+    body: bytes,
+    extra: list[tuple[str, str]] | None = None,
+) -> list[bytes]:
     start_response(
         status,
-        [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+        [
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+            *(extra or []),
+        ],
     )
     return [body]
 
 
-class MetricsServer:
-    """The web server on its own daemon thread."""
+class MetricsServer(HttpServer):
+    """The exporter's app on the bounded server, on its own daemon thread.
 
-    def __init__(self, host: str, port: int, store: Store, registry: CollectorRegistry) -> None:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        server_class = type("_Server", (ThreadingWSGIServer,), {"address_family": family})
+    ``limits`` is for tests and tuning; the defaults are :mod:`exporter.web`'s constants.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        store: Store,
+        registry: CollectorRegistry,
+        limits: Limits | None = None,
+    ) -> None:
         self.reload: Reload | None = None  # set once the daemon can reload its config
-        self._httpd: WSGIServer = make_server(
-            host,
-            port,
-            make_app(store, registry, lambda: self.reload),
-            server_class,
-            handler_class=_SilentHandler,
-        )
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.5}, daemon=True
-        )
-
-    @property
-    def port(self) -> int:
-        return int(self._httpd.server_address[1])
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
+        super().__init__(host, port, make_app(store, registry, lambda: self.reload), limits)
