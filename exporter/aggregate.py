@@ -69,7 +69,9 @@ def _parse_timestamp_slow(value: str) -> datetime:
 
 
 _NUMBER = frozenset({int, float, type(None)})
-_INF = math.inf
+# Counts must stay below 2**53 (exact in a float): one larger, summed over a project,
+# would make a gauge or a counter +Inf for good. 2**53 ms is 285,000 years.
+_MAX = float(2**53)
 
 # (is_error, duration_ms, input_tokens, output_tokens, turns, fingerprint): a plain tuple,
 # because one is read for every listed session and a dataclass costs more than the rest.
@@ -79,7 +81,7 @@ RunTuple = tuple[bool, Any, Any, Any, Any, int]
 def read_run(job_metadata: Any) -> RunTuple:
     """Read a non-null ``job_metadata``, or raise :class:`InvalidItem`.
 
-    Counts are non-negative finite numbers or missing/null; ``error`` a string or null;
+    Counts are numbers from 0 to below 2**53, or missing/null; ``error`` a string or null;
     ``is_error`` a boolean or null.
     """
     if type(job_metadata) is not dict:
@@ -94,12 +96,12 @@ def read_run(job_metadata: Any) -> RunTuple:
     ):
         raise InvalidItem("a count is not a number")
     if not (
-        (d is None or 0 <= d < _INF)
-        and (i is None or 0 <= i < _INF)
-        and (o is None or 0 <= o < _INF)
-        and (t is None or 0 <= t < _INF)
+        (d is None or 0 <= d < _MAX)
+        and (i is None or 0 <= i < _MAX)
+        and (o is None or 0 <= o < _MAX)
+        and (t is None or 0 <= t < _MAX)
     ):
-        raise InvalidItem("a count is negative or not finite")
+        raise InvalidItem("a count is negative, too large or not finite")
     error = get("error")
     if error is not None and type(error) is not str:
         raise InvalidItem("error is not a string")

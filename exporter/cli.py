@@ -22,14 +22,14 @@ from .config import (
     Config,
     ConfigError,
     ProjectConfig,
-    Secret,
     load_config,
     split_listen_address,
 )
 from .logs import LEVELS, configure_logging
-from .poller import Poller
+from .poller import Poller, in_thread
+from .secret import Secret
 from .server import MetricsServer
-from .state import StateFile
+from .state import StateError, StateFile, check_state_path
 from .store import Store
 
 log = structlog.get_logger("exporter")
@@ -105,15 +105,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {problem}", file=sys.stderr)
         return 2
     if args.check_config:
+        state_problem = check_state_path(config.state_path) if config.state_path else None
+        if state_problem:
+            print(f"{args.config}: invalid configuration", file=sys.stderr)
+            print(f"  {state_problem}", file=sys.stderr)
+            return 2
         print(f"{args.config}: configuration is valid ({len(config.projects)} projects)")
         return 0
     state: StateFile | None = None
     if config.state_path:
         try:
             state = StateFile(config.state_path)
-        except Exception as exc:
+        except StateError as exc:
             print(f"state.path: cannot use {config.state_path}: {exc}", file=sys.stderr)
             return 2
+        if state.moved_aside:
+            moved_to, reason = state.moved_aside
+            print(
+                f"state.path: {config.state_path} was unusable ({reason}); moved to {moved_to}, "
+                "starting from a fresh baseline",
+                file=sys.stderr,
+            )
     if args.once:
         return asyncio.run(run_once(config, state))
 
@@ -203,11 +215,19 @@ async def _serve(
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_loop_exception)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     if reread is not None:
         reload = _reloader(poller, store, reread)
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload()))
+        reloads: set[asyncio.Task[tuple[bool, str]]] = set()
+
+        def on_sighup() -> None:
+            task = loop.create_task(reload())
+            reloads.add(task)  # a task nobody references may be collected half way
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
         if server is not None:
             server.reload = lambda: asyncio.run_coroutine_threadsafe(reload(), loop).result(60)
     try:
@@ -227,12 +247,22 @@ def _reloader(
     async def reload() -> tuple[bool, str]:
         async with lock:
             try:
-                config = reread()
+                # Off the event loop: a large file must not delay the polls' scheduling.
+                config = await in_thread(reread)
             except ConfigError as exc:
                 store.record_reload(False, time.time())
                 log.error("config_reload_failed", problems=exc.problems)
                 return False, "invalid configuration, nothing changed:\n" + "\n".join(exc.problems)
-            restart = await poller.apply(config)
+            except Exception as exc:  # whatever went wrong, the old config stays in force
+                store.record_reload(False, time.time())
+                log.error("config_reload_failed", error=type(exc).__name__)
+                return False, f"reload failed ({type(exc).__name__}), nothing changed"
+            try:
+                restart = await poller.apply(config)
+            except Exception as exc:
+                store.record_reload(False, time.time())
+                log.error("config_reload_failed", error=type(exc).__name__, exc_info=exc)
+                return False, f"reload failed half way ({type(exc).__name__})"
             store.record_reload(True, time.time())
             log.info("config_reloaded", projects=len(config.projects), needs_restart=restart)
             message = f"configuration reloaded ({len(config.projects)} projects)"
@@ -241,6 +271,17 @@ def _reloader(
             return True, message
 
     return reload
+
+
+def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """asyncio's own errors, logged without its default reprs (a task's exception repr may
+    hold the bytes of a whole config file)."""
+    exc = context.get("exception")
+    log.error(
+        "event_loop_error",
+        message=str(context.get("message", ""))[:200],
+        exc_info=exc if isinstance(exc, BaseException) else None,
+    )
 
 
 def run_demo(listen_address: str | None) -> int:

@@ -6,20 +6,26 @@ body that is not JSON or a page of the wrong shape fails the poll with a short r
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
+import heapq
 import json
 import random
+import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+import zlib
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 from urllib.parse import urlencode
 
 import httpx
 
 from . import __version__
-from .config import ProjectConfig
+from .config import DEFAULT_MAX_RESPONSE_BYTES, ProjectConfig
+from .reading import is_text
+from .secret import Secret, redact
 
 try:
     import orjson
@@ -83,13 +89,60 @@ def backoff_seconds(
     return max(delay * (1 - 0.25 * rand()), 0.0)
 
 
-def _should_retry(response: httpx.Response) -> bool:
-    forced = response.headers.get("x-should-retry")
+def _should_retry(status: int, headers: httpx.Headers) -> bool:
+    forced = headers.get("x-should-retry")
     if forced == "true":
         return True
     if forced == "false":
         return False
-    return response.status_code in RETRY_STATUSES or response.status_code >= 500
+    return status in RETRY_STATUSES or status >= 500
+
+
+def read_body(response: httpx.Response, limit: int, *, strict: bool) -> bytes:
+    """The body, decompressed, as it streams in, never more than ``limit`` bytes of it.
+
+    A gzip page of 1 MB can unpack to 1 GB: decompression is bounded chunk by chunk, so
+    memory never follows the server. ``strict``: past the limit the poll fails (``too_large``);
+    otherwise (an error answer, read only for its detail) the body is cut there.
+    """
+    if response.is_stream_consumed:  # built in memory (httpx.MockTransport): decoded already
+        content = response.content
+        if strict and len(content) > limit:
+            raise _too_large(limit)
+        return content[: limit + 1]
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    decoder: Any = None
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        decoder = zlib.decompressobj(32 + zlib.MAX_WBITS)  # a gzip or zlib header, either
+    elif encoding not in ("", "identity"):
+        raise PollError("invalid_response", "the response uses a compression it was not offered")
+    declared = response.headers.get("content-length", "")
+    if strict and decoder is None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        for raw in response.iter_raw():
+            data = raw if decoder is None else decoder.decompress(raw, limit + 1 - size)
+            size += len(data)
+            chunks.append(data)
+            if size > limit:
+                if strict:
+                    raise _too_large(limit)
+                break
+        if decoder is not None and size <= limit:
+            tail = decoder.flush()
+            size += len(tail)
+            chunks.append(tail)
+            if strict and size > limit:
+                raise _too_large(limit)
+    except zlib.error:
+        raise PollError("invalid_response", "the response is not valid gzip") from None
+    return b"".join(chunks)[: limit + 1]
+
+
+def _too_large(limit: int) -> PollError:
+    return PollError("too_large", f"the response is larger than max_response_bytes={limit}")
 
 
 def _failure_reason(status: int) -> str:
@@ -104,23 +157,200 @@ def _failure_reason(status: int) -> str:
     return "client_error"
 
 
-def _detail(response: httpx.Response, secret: str) -> str:
-    """The server's ``detail``, short, one line, and with the API key scrubbed."""
+DETAIL_CHARS = 200  # what a log line or an error message shows of a server's detail
+MAX_ERROR_BODY = 64 * 1024  # what is read of an error answer to find its detail
+MAX_PAGE_TOKEN = 8192  # a longer page token is not an offset or a cursor but an attack
+# The statuses the API documents or the retry rules name keep their own value of the
+# ``code`` label; any other is counted by its class, so a server cannot grow the label.
+_CODE_LABELS = {
+    code: str(code) for code in (200, 400, 401, 403, 404, 408, 409, 413, 422, 429, 500, 502, 503)
+} | {504: "504"}
+
+
+def code_label(status: int) -> str:
+    """The ``code`` label of ``llamacloud_api_requests_total``: one of a fixed set."""
+    label = _CODE_LABELS.get(status)
+    if label is not None:
+        return label
+    return f"{status // 100}xx" if 100 <= status <= 599 else "other"
+
+
+def _detail(body: bytes, reason_phrase: str) -> str:
+    """The server's ``detail``, one line, every secret blanked, then cut short.
+
+    Blanking comes first: cutting first could leave the start of an echoed key in the text,
+    too short to be recognised as one. Anything that cannot be read becomes a fixed phrase.
+    """
+    detail: Any = None
     try:
-        body = _loads(response.content)
-        detail = body.get("detail") if isinstance(body, dict) else None
-    except _DECODE_ERRORS:
+        parsed = _loads(body)
+        detail = parsed.get("detail") if isinstance(parsed, dict) else None
+    except Exception:
         detail = None
     if detail is None:
-        text = response.reason_phrase or ""
+        text = reason_phrase
     elif isinstance(detail, str):
         text = detail
     else:
-        text = json.dumps(detail)[:200]
-    text = " ".join(text.split())[:200]
-    if secret:
-        text = text.replace(secret, "********")
-    return text
+        try:
+            text = json.dumps(detail)
+        except Exception:  # nested too deep to show (RecursionError)
+            text = "(a detail too deeply nested to show)"
+    return redact(" ".join(text.split()))[:DETAIL_CHARS]
+
+
+def parse_body(body: bytes) -> tuple[Any, bool]:
+    """The JSON of a page, and whether it took the standard library's parser.
+
+    orjson rejects what the standard library accepts: an unpaired surrogate in a string, an
+    integer too large for a float, NaN. Those are bad *items*, to be skipped and counted, not
+    a bad page; the slower parser reads such a page and the items are then checked.
+    """
+    try:
+        return _loads(body), False
+    except _DECODE_ERRORS:
+        pass
+    try:
+        return json.loads(body), True
+    except (ValueError, RecursionError):
+        raise PollError("invalid_response", "response body is not JSON") from None
+
+
+def _clean_items(items: list[Any]) -> list[Any]:
+    """Items a page parsed by the standard library may hold that nothing downstream can
+    store (a session id with an unpaired surrogate) become ``None``: skipped, counted."""
+    return [
+        None
+        if type(item) is dict
+        and isinstance(item.get("session_id"), str)
+        and not is_text(item["session_id"])
+        else item
+        for item in items
+    ]
+
+
+class _BearerAuth(httpx.Auth):
+    """Adds the key to each request: the only place it is unwrapped, so no frame of the
+    listing holds it as text."""
+
+    def __init__(self, key: Secret) -> None:
+        self._key = key
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = "Bearer " + self._key.get()
+        yield request
+
+
+class _Connection:
+    """The one connection of a project's client, as httpcore's trace reports it, so the
+    watchdog can cut it when a request outlives its deadline."""
+
+    __slots__ = ("_lock", "_request", "_stream")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stream: Any = None
+        self._request: _Deadline | None = None
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpcore's ``trace`` extension: remember each new network stream."""
+        if not event.endswith(".complete"):
+            return
+        stream = info.get("return_value")
+        if not hasattr(stream, "get_extra_info"):
+            return
+        with self._lock:
+            self._stream = stream
+            late = self._request is not None and self._request.expired
+        if late:
+            _cut(stream)
+
+    def begin(self, deadline: _Deadline) -> None:
+        with self._lock:
+            self._request = deadline
+
+    def end(self) -> None:
+        with self._lock:
+            if self._request is not None:
+                self._request.done = True
+            self._request = None
+
+    def expire(self, deadline: _Deadline) -> None:
+        with self._lock:
+            if deadline.done:
+                return
+            deadline.expired = True
+            stream = self._stream
+        if stream is not None:
+            _cut(stream)
+
+
+def _cut(stream: Any) -> None:
+    """Shut the socket down: a read blocked on it returns at once, in any thread."""
+    with contextlib.suppress(Exception):
+        sock = stream.get_extra_info("socket")
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Deadline:
+    __slots__ = ("at", "connection", "done", "expired")
+
+    def __init__(self, at: float, connection: _Connection) -> None:
+        self.at = at
+        self.connection = connection
+        self.done = False
+        self.expired = False
+
+    def __lt__(self, other: _Deadline) -> bool:
+        return self.at < other.at
+
+
+class Watchdog:
+    """One thread that cuts the connection of any request still running at its deadline.
+
+    ``timeout_seconds`` is per read in httpx: a server that drips a byte a second would hold
+    a request, and a poll, forever. Here a request has a total deadline, from connect to the
+    last byte of the body.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._heap: list[_Deadline] = []
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def arm(self, seconds: float, connection: _Connection) -> _Deadline:
+        deadline = _Deadline(self._clock() + seconds, connection)
+        connection.begin(deadline)
+        with self._cond:
+            heapq.heappush(self._heap, deadline)
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(
+                    target=self._run, name="llamacloud-deadlines", daemon=True
+                )
+                self._thread.start()
+            if self._heap[0] is deadline:
+                self._cond.notify()
+        return deadline
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._heap.clear()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._closed:
+                now = self._clock()
+                while self._heap and (self._heap[0].done or self._heap[0].at <= now):
+                    deadline = heapq.heappop(self._heap)
+                    if not deadline.done:
+                        deadline.connection.expire(deadline)
+                wait = self._heap[0].at - now if self._heap else None
+                self._cond.wait(wait)
 
 
 class RateLimiter:
@@ -152,6 +382,9 @@ class ApiClient:
     A synchronous client costs a third less CPU per page than httpx's asyncio one, and the
     page loop is where the exporter spends its time. Each project gets its own connection
     (sharing one TLS context), since a project's pages are fetched one after another.
+
+    Every request is bounded: ``timeout`` seconds in all, from connect to the last byte
+    (:class:`Watchdog`), and ``max_bytes`` of body after decompression, read as it streams.
     """
 
     def __init__(
@@ -175,36 +408,42 @@ class ApiClient:
         self._rand = rand
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._clients: dict[str, httpx.Client] = {}
+        self._clients: dict[str, tuple[httpx.Client, _Connection]] = {}
         self._tls: ssl.SSLContext | None = None
         self._wait = wait or self._stop.wait
+        self._watchdog = Watchdog()
         self._limiter = (
             RateLimiter(max_requests_per_second, clock) if max_requests_per_second > 0 else None
         )
 
-    def _client(self, project_id: str) -> httpx.Client:
+    def _client(self, project_id: str) -> tuple[httpx.Client, _Connection]:
         with self._lock:
-            client = self._clients.get(project_id)
-            if client is None:
+            entry = self._clients.get(project_id)
+            if entry is None:
                 if self._tls is None and self._transport is None:
                     self._tls = httpx.create_ssl_context()
                 client = httpx.Client(
                     timeout=self._timeout,
-                    headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+                    headers={
+                        "User-Agent": USER_AGENT,
+                        "Accept": "application/json",
+                        # Only what the body reader can decompress under its byte bound.
+                        "Accept-Encoding": "gzip",
+                    },
                     transport=self._transport,
                     verify=self._tls or True,
                     follow_redirects=False,
                     limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
                 )
-                self._clients[project_id] = client
-            return client
+                entry = self._clients[project_id] = (client, _Connection())
+            return entry
 
     def forget(self, project_id: str) -> None:
         """Close a project's connection once it has left the config."""
         with self._lock:
-            client = self._clients.pop(project_id, None)
-        if client is not None:
-            client.close()
+            entry = self._clients.pop(project_id, None)
+        if entry is not None:
+            entry[0].close()
 
     def stop(self) -> None:
         """Make listings under way give up at their next page or backoff."""
@@ -214,18 +453,20 @@ class ApiClient:
         self.stop()
         with self._lock:
             clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
+        for client, _ in clients:
             client.close()
+        self._watchdog.close()
 
     def _sleep(self, seconds: float) -> None:
         if self._wait(seconds):
             raise Stopped()
 
-    def pages(self, project: ProjectConfig, max_pages: int) -> Iterator[list[Any]]:
+    def pages(
+        self, project: ProjectConfig, max_pages: int, max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    ) -> Iterator[list[Any]]:
         """Yield the ``items`` of each page until the listing ends."""
-        http = self._client(project.id)
-        secret = project.api_key.get()
-        headers = {"Authorization": f"Bearer {secret}"}
+        http, connection = self._client(project.id)
+        auth = _BearerAuth(project.api_key)
         params: dict[str, str | int] = {"project_id": project.id, "page_size": project.page_size}
         if project.organization_id:
             params["organization_id"] = project.organization_id
@@ -237,7 +478,7 @@ class ApiClient:
         while True:
             if self._stop.is_set():
                 raise Stopped()
-            body = self._get(http, page_url, headers, secret)
+            body, lenient = self._get(http, connection, page_url, auth, max_bytes)
             page += 1
             if not isinstance(body, dict):
                 raise PollError("invalid_response", f"page {page} is not a JSON object")
@@ -247,7 +488,13 @@ class ApiClient:
             token = body.get("next_page_token")
             if token is not None and not isinstance(token, str):
                 raise PollError("invalid_response", f"page {page} has a non-string page token")
-            yield items
+            if token and (len(token) > MAX_PAGE_TOKEN or not is_text(token)):
+                raise PollError(
+                    "invalid_response",
+                    f"page {page} has a page token longer than {MAX_PAGE_TOKEN} characters "
+                    "or not valid text",
+                )
+            yield _clean_items(items) if lenient else items
             if not items or not token:
                 return
             if token in used:
@@ -262,38 +509,63 @@ class ApiClient:
     def _get(
         self,
         http: httpx.Client,
+        connection: _Connection,
         url: str,
-        headers: dict[str, str],
-        secret: str,
-    ) -> Any:
+        auth: httpx.Auth,
+        max_bytes: int,
+    ) -> tuple[Any, bool]:
+        """One page, retried as the SDK does; (parsed body, parsed by the lenient parser)."""
         retries_done = 0
         while True:
             if self._limiter is not None:
                 delay = self._limiter.delay()
                 if delay > 0:
                     self._sleep(delay)
+            deadline = self._watchdog.arm(self._timeout, connection)
             try:
-                response = http.get(url, headers=headers)
-            except httpx.TransportError as exc:
+                status, reason_phrase, body, retry_headers = self._request(
+                    http, connection, url, auth, max_bytes
+                )
+            except httpx.HTTPError as exc:
+                timed_out = deadline.expired or isinstance(exc, httpx.TimeoutException)
+                reason = "timeout" if timed_out else "connection"
                 self._on_request("error")
-                reason = "timeout" if isinstance(exc, httpx.TimeoutException) else "connection"
                 if retries_done >= self._max_retries:
                     raise PollError(reason, f"{reason} after {retries_done} retries") from None
+                status = 0
+            finally:
+                connection.end()
+            if status == 0:  # no answer: back off, then try again
                 self._sleep(backoff_seconds(retries_done, None, self._rand))
                 retries_done += 1
                 continue
-            self._on_request(str(response.status_code))
-            status = response.status_code
+            self._on_request(code_label(status))
             if status == 200:
-                try:
-                    return _loads(response.content)
-                except _DECODE_ERRORS:
-                    raise PollError("invalid_response", "response body is not JSON") from None
-            if status < 400 or not _should_retry(response) or retries_done >= self._max_retries:
-                message = f"HTTP {status}: {_detail(response, secret)}"
+                return parse_body(body)
+            if (
+                status < 400
+                or retries_done >= self._max_retries
+                or not _should_retry(status, retry_headers)
+            ):
+                message = f"HTTP {status}: {_detail(body, reason_phrase)}"
                 if retries_done:
                     message += f" (after {retries_done} retries)"
                 reason = "client_error" if status < 400 else _failure_reason(status)
                 raise PollError(reason, message, status)
-            self._sleep(backoff_seconds(retries_done, response.headers, self._rand))
+            self._sleep(backoff_seconds(retries_done, retry_headers, self._rand))
             retries_done += 1
+
+    def _request(
+        self,
+        http: httpx.Client,
+        connection: _Connection,
+        url: str,
+        auth: httpx.Auth,
+        max_bytes: int,
+    ) -> tuple[int, str, bytes, httpx.Headers]:
+        """(status, reason phrase, body, headers) of one GET, the body read under its bound."""
+        with http.stream("GET", url, auth=auth, extensions={"trace": connection.trace}) as response:
+            status = response.status_code
+            limit = max_bytes if status == 200 else MAX_ERROR_BODY
+            body = read_body(response, limit, strict=status == 200)
+            return status, response.reason_phrase, body, response.headers

@@ -39,6 +39,7 @@ POLL_ERROR_REASONS = (
     "invalid_response",
     "pagination_loop",
     "too_many_pages",
+    "too_large",
     "internal",
 )
 
@@ -88,6 +89,12 @@ class StoreCollector(Collector):
         for code, count in sorted(self._store.api_requests().items()):
             requests.add_metric([code], count)
         yield requests
+        yield CounterMetricFamily(
+            "llamacloud_state_save_failures",
+            "Saves of the state file that failed; the next successful save writes the "
+            "project's whole state.",
+            value=self._store.state_save_failures,
+        )
         build = GaugeMetricFamily(
             "llamacloud_exporter_build_info",
             "Always 1; the exporter's version.",

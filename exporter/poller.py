@@ -48,7 +48,7 @@ class Poller:
         self._projects: dict[str, ProjectConfig] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stop: asyncio.Event | None = None
-        self._semaphore = asyncio.Semaphore(config.max_concurrency)
+        self._lanes = _Lanes(config.max_concurrency)
         saved = state.load(p.id for p in config.projects) if state is not None else {}
         for project in config.projects:
             entry = saved.get(project.id)
@@ -94,11 +94,11 @@ class Poller:
             self._client.forget(pid)
             self._store.remove_project(pid)
             if self._state is not None:
-                await asyncio.to_thread(self._state.forget, pid)
+                await self._saving(self._state.forget, pid)
         for pid, project in wanted.items():
             if pid not in self._projects:
                 if self._state is not None:  # a project that left and came back starts anew
-                    await asyncio.to_thread(self._state.forget, pid)
+                    await self._saving(self._state.forget, pid)
                 self._projects[pid] = project
                 self._trackers[pid] = SessionTracker()
                 self._store.add_project(project)
@@ -108,7 +108,7 @@ class Poller:
                 self._projects[pid] = project
                 self._store.update_info(project)
         if config.max_concurrency != old.max_concurrency:
-            self._semaphore = asyncio.Semaphore(config.max_concurrency)
+            self._lanes = _Lanes(config.max_concurrency)
         self._config = config
         fixed = (
             ("web.listen_address", old.listen_address, config.listen_address),
@@ -135,14 +135,16 @@ class Poller:
                 await asyncio.wait_for(stop.wait(), timeout=delay)
 
     async def _poll_limited(self, project: ProjectConfig) -> bool:
-        async with self._semaphore:
+        state = self._store.get(project.id)
+        failing = state.polled and not state.up
+        async with self._lanes.failing if failing else self._lanes.healthy:
             return await self.poll(project)
 
     async def poll(self, project: ProjectConfig) -> bool:
         """One complete listing of a project; the store changes only at the end."""
         started = self._monotonic()
         try:
-            result, pages, items = await _in_thread(self._list, project)
+            result, pages, items = await in_thread(self._list, project)
         except PollError as exc:
             self._failed(project, exc.reason, str(exc), started, exc.pages, exc.status)
             return False
@@ -174,10 +176,23 @@ class Poller:
         )
         if self._state is not None:
             try:
-                await asyncio.to_thread(self._state.save, project.id, state.totals, result, tracker)
+                await self._saving(self._state.save, project.id, state.totals, result, tracker)
             except Exception as exc:
-                log.error("state_save_failed", project_id=project.id, error=type(exc).__name__)
+                self._store.count_state_save_failure()
+                log.error(
+                    "state_save_failed",
+                    project_id=project.id,
+                    error=type(exc).__name__,
+                    message=str(exc)[:200],
+                    hint="counters are not being saved; the next successful save writes the "
+                    "project's whole state",
+                )
         return True
+
+    @staticmethod
+    async def _saving(fn: Callable[..., _T], *args: Any) -> _T:
+        """State file work on a daemon thread: SIGTERM never waits for a locked file."""
+        return await in_thread(fn, *args)
 
     def _list(self, project: ProjectConfig) -> tuple[PollResult, int, int]:
         """Fetch and aggregate every page; runs in a worker thread, off the event loop."""
@@ -185,7 +200,9 @@ class Poller:
         listing = tracker.begin()
         pages = items = 0
         try:
-            for page in self._client.pages(project, self._config.max_pages):
+            for page in self._client.pages(
+                project, self._config.max_pages, self._config.max_response_bytes
+            ):
                 pages += 1
                 items += len(page)
                 listing.add(page)
@@ -236,7 +253,21 @@ class Poller:
             log.warning("poll_failed", status=status, **fields)
 
 
-async def _in_thread(fn: Callable[..., _T], *args: Any) -> _T:
+class _Lanes:
+    """Two pools of ``max_concurrency`` slots: one for projects whose last poll succeeded
+    (or that have not been polled yet), one for projects whose last poll failed.
+
+    A failing project may hold its slot for a whole request deadline times every retry; in
+    a lane of its own it can never take the slot a healthy project needs, so however many
+    projects hang, the others are polled on time.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.healthy = asyncio.Semaphore(size)
+        self.failing = asyncio.Semaphore(size)
+
+
+async def in_thread(fn: Callable[..., _T], *args: Any) -> _T:
     """Run ``fn`` on a daemon thread and await its result.
 
     Unlike ``asyncio.to_thread``, nothing waits for the thread at shutdown: a listing

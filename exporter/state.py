@@ -1,25 +1,96 @@
 """The optional state file: run counters and session fingerprints that survive restarts.
 
-SQLite, written once per successful poll in one transaction with only what changed, so
-a counter and the baseline it was counted against are always saved together.
+SQLite, written once per successful poll in one transaction, so a counter and the baseline
+it was counted against are always saved together. Usually only what changed is written;
+after a failed save the next save of that project writes its whole state again, because
+the changes of the failed one are not in the file.
+
+One exporter per file: an exclusive lock on ``<path>.lock`` refuses a second one. A file
+that cannot be read as a state file (empty, not SQLite, corrupt, unknown schema, invalid
+contents) is moved aside, never deleted, and the exporter starts from a fresh baseline.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import math
+import os
 import sqlite3
+import stat
 import threading
+import time
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from .aggregate import PollResult, RunTotals, SessionTracker, parse_run
+import structlog
+
+from .aggregate import (
+    DURATION_BUCKETS,
+    TOKEN_BUCKETS,
+    Histogram,
+    PollResult,
+    RunTotals,
+    SessionTracker,
+    parse_run,
+)
+
+log = structlog.get_logger("exporter.state")
 
 SCHEMA_VERSION = 1
+# How long a write waits for another process's lock on the database (a backup, an
+# ``sqlite3`` shell) before it fails; a short external lock is waited out.
+BUSY_TIMEOUT_SECONDS = 5.0
+# How long a save waits for another save of this process to finish: several busy timeouts
+# and the write of a large project, yet bounded, so that nothing (shutdown included) can
+# wait forever.
+LOCK_TIMEOUT_SECONDS = 30.0
+# An unusable file is renamed to ``<path>.unusable-<UTC time>``, beside the original.
+MOVED_ASIDE_INFIX = ".unusable-"
+
 # Fingerprints hash numbers with Python's tuple hash; a run whose fingerprint differs after an
 # upgrade would be counted again, so the file remembers this probe's value and drops the
 # baseline (never the counters) when it changes.
 _PROBE = {"duration_ms": 1234.5, "error": "x", "is_error": True, "total_input_tokens": 7}
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_SIBLINGS = ("-wal", "-shm", "-journal")  # files SQLite keeps beside a database
+_COLUMNS = {
+    "meta": ("key", "value"),
+    "totals": ("project_id", "data", "has_baseline"),
+    "sessions": ("project_id", "session_id", "fingerprint"),
+}
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS totals ("
+    " project_id TEXT PRIMARY KEY, data TEXT NOT NULL, has_baseline INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS sessions ("
+    " project_id TEXT NOT NULL, session_id TEXT NOT NULL, fingerprint INTEGER NOT NULL,"
+    " PRIMARY KEY (project_id, session_id)) WITHOUT ROWID",
+)
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
+
+# Reasons for moving a file aside: short fixed phrases, never any of the file's contents.
+EMPTY_FILE = "empty file (0 bytes)"
+NOT_SQLITE = "not an SQLite database"
+CORRUPT = "corrupt database"
+FOREIGN = "not a state file of this exporter"
+UNKNOWN_SCHEMA = "unknown schema version"
+BAD_TOTALS = "invalid saved counters"
+BAD_SESSIONS = "invalid saved sessions"
+
+
+class StateError(Exception):
+    """The state file cannot be used; the message says why (the CLI prints it, exits 2)."""
+
+
+class StateInUse(StateError):
+    """Another process (another exporter) holds the state file's lock."""
 
 
 def fingerprint_probe() -> int:
@@ -34,45 +105,242 @@ class SavedProject:
     sessions: dict[str, int] | None  # None: no usable baseline
 
 
-class StateFile:
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(
-            """
-            CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-            CREATE TABLE IF NOT EXISTS totals (
-                project_id TEXT PRIMARY KEY, data TEXT NOT NULL, has_baseline INTEGER NOT NULL
-            );
-            CREATE TABLE IF NOT EXISTS sessions (
-                project_id TEXT NOT NULL, session_id TEXT NOT NULL, fingerprint INTEGER NOT NULL,
-                PRIMARY KEY (project_id, session_id)
-            ) WITHOUT ROWID;
-            """
-        )
-        self._check_meta()
+def check_state_path(path: str) -> str | None:
+    """For ``--check-config``: a problem with ``state.path``, or None. Changes nothing.
 
-    def _check_meta(self) -> None:
-        rows = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
-        probe = str(fingerprint_probe())
-        version = rows.get("schema_version")
-        if version is not None and version != str(SCHEMA_VERSION):
-            raise ValueError(f"state file {self.path} has schema {version}, not {SCHEMA_VERSION}")
-        with self._transaction():
-            if rows.get("fingerprint_probe") not in (None, probe):
-                self._db.execute("DELETE FROM sessions")
-                self._db.execute("UPDATE totals SET has_baseline = 0")
-            self._db.executemany(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                [("schema_version", str(SCHEMA_VERSION)), ("fingerprint_probe", probe)],
+    An existing path must be a regular file this process can read and write, in a directory
+    it can write (SQLite writes ``-wal`` and ``-shm`` files beside it); a missing one must
+    be creatable: its nearest existing ancestor a writable directory.
+    """
+    problem = _path_problem(Path(path))
+    return None if problem is None else f"state.path: {problem}"
+
+
+def _path_problem(path: Path) -> str | None:
+    try:
+        st = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        st = None
+    except OSError as exc:
+        return f"cannot use {path}: {exc.strerror or exc}"
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            return f"{path} is a directory, not a file"
+        if not stat.S_ISREG(st.st_mode):
+            return f"{path} is not a regular file"
+        if not os.access(path, os.R_OK | os.W_OK):
+            return f"{path} is not readable and writable by this user"
+        parent = path.parent
+        if not os.access(parent, os.W_OK | os.X_OK):
+            return (
+                f"directory {parent} is not writable (SQLite writes {path.name}-wal and "
+                f"{path.name}-shm beside {path.name})"
             )
+        lock = _lock_path(path)
+        if lock.exists() and not (lock.is_file() and os.access(lock, os.R_OK | os.W_OK)):
+            return f"{lock} is not a readable and writable file"
+        return None
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"cannot create {path}: {ancestor} is not a directory"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"cannot create {path}: directory {ancestor} is not writable"
+    return None
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+class StateFile:
+    """The state file of one exporter; ``close()`` it (or use it as a context manager).
+
+    ``moved_aside`` is (new path, reason) when the file found at ``path`` was unusable and
+    was renamed, None otherwise.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        busy_timeout: float = BUSY_TIMEOUT_SECONDS,
+        lock_timeout: float = LOCK_TIMEOUT_SECONDS,
+    ) -> None:
+        self.path = Path(path)
+        self.moved_aside: tuple[str, str] | None = None
+        self._busy_timeout = busy_timeout
+        self._lock_timeout = lock_timeout
+        self._lock = threading.Lock()
+        self._full_save: set[str] = set()  # projects whose last save failed
+        self._closed = False
+        problem = _path_problem(self.path)
+        if problem is not None:
+            raise StateError(problem)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(
+                f"cannot create directory {self.path.parent}: {exc.strerror or exc}"
+            ) from exc
+        # Released by close(), or when the object is garbage collected without it.
+        self._unlock = weakref.finalize(self, _unlock_file, _lock_file(self.path))
+        try:
+            self._db = self._open()
+        except BaseException:
+            self._unlock()
+            raise
+
+    def __enter__(self) -> StateFile:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------- opening
+
+    def _open(self) -> sqlite3.Connection:
+        reason = self._inspect()
+        db: sqlite3.Connection | None = None
+        if reason is None:
+            db = self._connect()
+            try:
+                reason = self._validate(db)
+            except BaseException:
+                db.close()
+                raise
+            if reason is not None:
+                db.close()
+                db = None
+        if reason is not None:
+            self._move_aside(reason)
+        if db is None:
+            db = self._connect()
+        try:
+            self._initialize(db)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _inspect(self) -> str | None:
+        """Why the existing file is unusable, judged from its bytes; None if it may be fine."""
+        try:
+            size = self.path.stat().st_size
+            if size == 0:
+                return EMPTY_FILE
+            with self.path.open("rb") as f:
+                head = f.read(len(_SQLITE_HEADER))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StateError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
+        return None if head == _SQLITE_HEADER else NOT_SQLITE
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            return sqlite3.connect(
+                str(self.path),
+                timeout=self._busy_timeout,
+                check_same_thread=False,
+                isolation_level=None,
+            )
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot open {self.path}: {exc}") from exc
+
+    def _validate(self, db: sqlite3.Connection) -> str | None:
+        """Read the whole file once without writing: why it is unusable, or None."""
+        try:
+            return self._check_contents(db)
+        except sqlite3.Error as exc:
+            if _is_corrupt(exc):
+                return CORRUPT
+            raise StateError(f"cannot read {self.path}: {exc}") from exc
+
+    def _check_contents(self, db: sqlite3.Connection) -> str | None:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+        if not tables:
+            return None  # an empty database: nothing saved yet
+        if [row[0] for row in db.execute("PRAGMA quick_check")] != ["ok"]:
+            return CORRUPT
+        if "meta" not in tables:
+            return FOREIGN
+        for table, columns in _COLUMNS.items():
+            if table in tables:
+                found = tuple(row[1] for row in db.execute(f"PRAGMA table_info({table})"))
+                if found != columns:
+                    return FOREIGN
+        meta = dict(db.execute("SELECT key, value FROM meta"))
+        if meta.get("schema_version", str(SCHEMA_VERSION)) != str(SCHEMA_VERSION):
+            return UNKNOWN_SCHEMA
+        if "totals" in tables:
+            try:
+                for pid, data, has_baseline in db.execute(
+                    "SELECT project_id, data, has_baseline FROM totals"
+                ):
+                    if type(pid) is not str or has_baseline not in (0, 1):
+                        return BAD_TOTALS
+                    _parse_totals(data)
+            except ValueError:
+                return BAD_TOTALS
+        if "sessions" in tables:
+            bad = db.execute(
+                "SELECT 1 FROM sessions WHERE typeof(project_id) != 'text'"
+                " OR typeof(session_id) != 'text' OR typeof(fingerprint) != 'integer'"
+                " OR fingerprint < 0 LIMIT 1"
+            ).fetchone()
+            if bad is not None:
+                return BAD_SESSIONS
+        return None
+
+    def _move_aside(self, reason: str) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        base = f"{self.path}{MOVED_ASIDE_INFIX}{stamp}"
+        target, n = base, 1
+        while any(os.path.lexists(target + s) for s in ("", *_SIBLINGS)):
+            n += 1
+            target = f"{base}-{n}"
+        try:
+            os.rename(self.path, target)
+            for suffix in _SIBLINGS:
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(f"{self.path}{suffix}", target + suffix)
+        except OSError as exc:
+            raise StateError(
+                f"{self.path} is unusable ({reason}) and cannot be moved aside: "
+                f"{exc.strerror or exc}"
+            ) from exc
+        self.moved_aside = (target, reason)
+        log.warning("state_file_moved_aside", path=str(self.path), moved_to=target, reason=reason)
+
+    def _initialize(self, db: sqlite3.Connection) -> None:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            with _Transaction(db, self._lock, self._lock_timeout):
+                for statement in _SCHEMA:
+                    db.execute(statement)
+                probe = str(fingerprint_probe())
+                saved = db.execute(
+                    "SELECT value FROM meta WHERE key = 'fingerprint_probe'"
+                ).fetchone()
+                if saved is not None and saved[0] != probe:
+                    db.execute("DELETE FROM sessions")
+                    db.execute("UPDATE totals SET has_baseline = 0")
+                db.executemany(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                    [("schema_version", str(SCHEMA_VERSION)), ("fingerprint_probe", probe)],
+                )
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot write {self.path}: {exc}") from exc
+
+    # ------------------------------------------------------------------------ using it
 
     def _transaction(self) -> _Transaction:
-        return _Transaction(self._db, self._lock)
+        if self._closed:
+            raise StateError(f"{self.path} is closed")
+        return _Transaction(self._db, self._lock, self._lock_timeout)
 
     def load(self, project_ids: Iterable[str]) -> dict[str, SavedProject]:
         """Saved counters and baselines of the configured projects; others are forgotten."""
@@ -86,65 +354,211 @@ class StateFile:
                     self._db.execute("DELETE FROM totals WHERE project_id = ?", (pid,))
                     self._db.execute("DELETE FROM sessions WHERE project_id = ?", (pid,))
                     continue
+                try:
+                    totals = _parse_totals(data)
+                except ValueError as exc:  # checked when opened: only a changed file gets here
+                    raise StateError(f"{self.path}: invalid saved counters") from exc
                 sessions: dict[str, int] | None = None
                 if has_baseline:
                     sessions = dict(
                         self._db.execute(
                             "SELECT session_id, fingerprint FROM sessions WHERE project_id = ?",
                             (pid,),
-                        ).fetchall()
+                        )
                     )
-                out[pid] = SavedProject(RunTotals.from_dict(json.loads(data)), sessions)
+                out[pid] = SavedProject(totals, sessions)
         return out
 
     def save(
         self, project_id: str, totals: RunTotals, result: PollResult, tracker: SessionTracker
     ) -> None:
-        """Persist one successful poll. Call it before the project's next poll begins."""
-        with self._transaction():
-            self._db.execute(
-                "INSERT OR REPLACE INTO totals (project_id, data, has_baseline) VALUES (?, ?, 1)",
-                (project_id, json.dumps(totals.to_dict())),
-            )
-            if result.changed is None:
-                self._db.execute("DELETE FROM sessions WHERE project_id = ?", (project_id,))
-                rows: Iterable[tuple[str, str, int]] = (
-                    (project_id, sid, fp) for sid, fp in tracker.fingerprints()
+        """Persist one successful poll. Call it before the project's next poll begins.
+
+        Raises when the save fails; the project's next save then writes its whole state.
+        """
+        full = result.changed is None or project_id in self._full_save
+        try:
+            with self._transaction():
+                self._db.execute(
+                    "INSERT OR REPLACE INTO totals (project_id, data, has_baseline) "
+                    "VALUES (?, ?, 1)",
+                    # Never NaN or Infinity: the next start would find the file unusable.
+                    (project_id, json.dumps(totals.to_dict(), allow_nan=False)),
                 )
-            else:
+                if full or result.changed is None:
+                    self._db.execute("DELETE FROM sessions WHERE project_id = ?", (project_id,))
+                    rows: Iterable[tuple[str, str, int]] = (
+                        (project_id, sid, fp) for sid, fp in tracker.fingerprints()
+                    )
+                else:
+                    self._db.executemany(
+                        "DELETE FROM sessions WHERE project_id = ? AND session_id = ?",
+                        ((project_id, sid) for sid in result.removed),
+                    )
+                    rows = ((project_id, sid, fp) for sid, fp in result.changed)
                 self._db.executemany(
-                    "DELETE FROM sessions WHERE project_id = ? AND session_id = ?",
-                    ((project_id, sid) for sid in result.removed),
+                    "INSERT OR REPLACE INTO sessions (project_id, session_id, fingerprint) "
+                    "VALUES (?, ?, ?)",
+                    rows,
                 )
-                rows = ((project_id, sid, fp) for sid, fp in result.changed)
-            self._db.executemany(
-                "INSERT OR REPLACE INTO sessions (project_id, session_id, fingerprint) "
-                "VALUES (?, ?, ?)",
-                rows,
-            )
+        except BaseException:
+            self._full_save.add(project_id)
+            raise
+        self._full_save.discard(project_id)
 
     def forget(self, project_id: str) -> None:
         """Drop a project's counters and baseline (it left the config)."""
+        self._full_save.discard(project_id)
         with self._transaction():
             self._db.execute("DELETE FROM totals WHERE project_id = ?", (project_id,))
             self._db.execute("DELETE FROM sessions WHERE project_id = ?", (project_id,))
 
     def close(self) -> None:
-        with self._lock:
+        """Close the database and release the file lock; waits at most ``lock_timeout``."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._lock.acquire(timeout=self._lock_timeout):
+            # A save still runs in another thread: leave both to the end of the process.
+            log.warning("state_close_timeout", path=str(self.path))
+            return
+        try:
             self._db.close()
+        finally:
+            self._lock.release()
+            self._unlock()
 
 
 class _Transaction:
-    def __init__(self, db: sqlite3.Connection, lock: threading.Lock) -> None:
+    """``BEGIN IMMEDIATE`` … ``COMMIT`` under the thread lock, released on every path."""
+
+    def __init__(self, db: sqlite3.Connection, lock: threading.Lock, timeout: float) -> None:
         self._db = db
         self._lock = lock
+        self._timeout = timeout
 
     def __enter__(self) -> None:
-        self._lock.acquire()
-        self._db.execute("BEGIN IMMEDIATE")
+        if not self._lock.acquire(timeout=self._timeout):
+            raise StateError(
+                f"the state file is busy: another operation on it has not finished "
+                f"after {self._timeout:g} s"
+            )
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._lock.release()
+            raise
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         try:
-            self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            if exc_type is not None:
+                self._rollback()
+                return
+            try:
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
         finally:
             self._lock.release()
+
+    def _rollback(self) -> None:
+        """Never raises: the error that led here is the one to report."""
+        with contextlib.suppress(Exception):
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+
+
+def _lock_file(path: Path) -> int:
+    """Take the exclusive inter-process lock of ``path``; its file holds the holder's pid."""
+    lock = _lock_path(path)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StateError(f"cannot create lock file {lock}: {exc.strerror or exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _read_pid(fd)
+        os.close(fd)
+        raise StateInUse(
+            f"{path} is in use by another exporter (pid {holder}, which holds {lock}); "
+            f"stop it, or give each exporter its own state.path"
+        ) from None
+    except OSError as exc:
+        os.close(fd)
+        raise StateError(f"cannot lock {lock}: {exc.strerror or exc}") from exc
+    with contextlib.suppress(OSError):  # the pid is only for the message above
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _unlock_file(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+    os.close(fd)  # closing the descriptor releases the lock
+
+
+def _read_pid(fd: int) -> str:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return "unknown"
+    return text if text.isdigit() else "unknown"
+
+
+def _is_corrupt(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    if isinstance(code, int):
+        return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    text = str(exc)
+    return "malformed" in text or "not a database" in text
+
+
+def _parse_totals(data: object) -> RunTotals:
+    """Saved counters, checked as untrusted input; ValueError when anything is off."""
+    if type(data) is not str:
+        raise ValueError("not text")
+    try:
+        raw = json.loads(data)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    if type(raw) is not dict:
+        raise ValueError("not an object")
+
+    def field(key: str) -> Any:
+        if key not in raw:
+            raise ValueError(f"{key}: missing")
+        return raw[key]
+
+    def count(value: Any) -> int:
+        if type(value) is not int or value < 0:
+            raise ValueError("a count is not a non-negative integer")
+        return value
+
+    def amount(value: Any) -> float:
+        if type(value) not in (int, float) or not 0 <= value < math.inf:
+            raise ValueError("an amount is not a non-negative finite number")
+        return float(value)
+
+    def histogram(key: str, bounds: tuple[float, ...]) -> Histogram:
+        value = field(key)
+        if type(value) is not list or len(value) != 2 or type(value[0]) is not list:
+            raise ValueError(f"{key}: not [counts, sum]")
+        counts, total = value
+        if len(counts) != len(bounds) + 1:
+            raise ValueError(f"{key}: bucket layout changed")
+        return Histogram(bounds, tuple(count(c) for c in counts), amount(total))
+
+    return RunTotals(
+        runs=count(field("runs")),
+        errors=count(field("errors")),
+        input_tokens=amount(field("input_tokens")),
+        output_tokens=amount(field("output_tokens")),
+        turns=amount(field("turns")),
+        sessions_created=count(field("sessions_created")),
+        duration=histogram("duration", DURATION_BUCKETS),
+        input_usage=histogram("input_usage", TOKEN_BUCKETS),
+        output_usage=histogram("output_usage", TOKEN_BUCKETS),
+    )

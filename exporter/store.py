@@ -40,6 +40,7 @@ class Store:
         self._lock = threading.Lock()
         self._projects: dict[str, ProjectState] = {}
         self._api_requests: dict[str, int] = {}
+        self.state_save_failures = 0
         self._listeners: list[Callable[[ProjectState], None]] = []
         self.reload_ok = True
         self.reload_success: float | None = None  # set when the daemon starts
@@ -91,6 +92,10 @@ class Store:
     def api_requests(self) -> dict[str, int]:
         with self._lock:
             return dict(self._api_requests)
+
+    def count_state_save_failure(self) -> None:
+        with self._lock:
+            self.state_save_failures += 1
 
     def count_request(self, code: str) -> None:
         with self._lock:

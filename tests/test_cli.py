@@ -96,3 +96,42 @@ def test_a_bad_state_path_is_a_config_error(tmp_path: Path) -> None:
     result = cli("--once", "--config", str(config))
     assert result.returncode == 2
     assert result.stderr.startswith("state.path: cannot use")
+
+
+def test_check_config_checks_the_state_path(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    config = write_config(
+        tmp_path / "c.yaml", "http://127.0.0.1:1", ["a"], state={"path": str(blocker / "x.db")}
+    )
+    result = cli("--check-config", "--config", str(config))
+    assert result.returncode == 2
+    assert "state.path:" in result.stderr
+    assert not (blocker / "x.db").exists()
+    fine = write_config(
+        tmp_path / "c.yaml", "http://127.0.0.1:1", ["a"], state={"path": str(tmp_path / "s/x.db")}
+    )
+    assert cli("--check-config", "--config", str(fine)).returncode == 0
+    assert not (tmp_path / "s").exists()  # checking creates nothing
+
+
+def test_a_key_pasted_as_a_key_file_is_never_printed(tmp_path: Path) -> None:
+    key = "llx-Wd3fG5hJ7kL9zX1cV3bN5mQ7wE9rT1yU"
+    config = tmp_path / "c.yaml"
+    config.write_text(f"llamacloud:\n  api_key_file: {key}\nprojects:\n  - id: a\n")
+    for args in (("--check-config",), ("--once",), ()):
+        result = cli(*args, "--config", str(config), "--log.format", "json")
+        assert result.returncode == 2
+        assert "llamacloud.api_key_file: cannot read the key file" in result.stderr
+        assert key[4:12] not in result.stdout + result.stderr
+
+
+def test_an_unusable_state_file_is_moved_aside_and_said(sim: Simulator, tmp_path: Path) -> None:
+    sim.set_sessions("good", [session("a")])
+    state = tmp_path / "state.db"
+    state.write_bytes(b"")  # 0 bytes: not a silent reset
+    config = write_config(tmp_path / "c.yaml", sim.base_url, ["good"], state={"path": str(state)})
+    result = cli("--once", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "was unusable (empty file (0 bytes)); moved to" in result.stderr
+    assert [p.name for p in tmp_path.glob("state.db.unusable-*")]

@@ -1,24 +1,34 @@
-"""The client's corner cases, against httpx.MockTransport (no server needed)."""
+"""The client's corner cases, against httpx.MockTransport, and its bounds against a hostile
+server on loopback."""
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
+import math
+import socket
 import time
-from collections.abc import Callable
+import tracemalloc
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from exporter import __version__
+from exporter.aggregate import aggregate
 from exporter.client import (
     ApiClient,
     PollError,
     RateLimiter,
     backoff_seconds,
+    code_label,
     retry_after_seconds,
 )
-from exporter.config import ProjectConfig, Secret
+from exporter.config import ProjectConfig
+from exporter.secret import Secret
+from tests.hostile import Hostile, Request, Writer, answer, drip, gzip_bomb, page, serve
 
 KEY = "llx-test-key-0123456789"
 PROJECT = ProjectConfig(
@@ -297,8 +307,172 @@ def test_max_requests_per_second_spaces_the_pages() -> None:
 def test_forget_closes_a_project_connection() -> None:
     h = Harness(pages_handler({None: {"items": [1]}}))
     assert list(h.client.pages(PROJECT, 10)) == [[1]]
-    first = h.client._client(PROJECT.id)
+    first, _ = h.client._client(PROJECT.id)
     h.client.forget(PROJECT.id)
     assert first.is_closed
-    assert h.client._client(PROJECT.id) is not first  # a project that comes back reconnects
+    assert h.client._client(PROJECT.id)[0] is not first  # a project that comes back reconnects
     h.client.close()
+
+
+# ---------------------------------------------------------------- against a hostile server
+
+
+def fragments_of(key: str, text: str) -> list[str]:
+    """Every run of 8 characters of ``key`` that ``text`` still holds."""
+    return [key[i : i + 8] for i in range(len(key) - 7) if key[i : i + 8] in text]
+
+
+def hostile_project(url: str, key: str = KEY) -> ProjectConfig:
+    return ProjectConfig("proj-1", "p", "", url, 100, Secret(key))
+
+
+@pytest.fixture
+def hostile() -> Iterator[Hostile]:
+    yield from serve(lambda request: answer(200, page([])))
+
+
+def listing(client: ApiClient, project: ProjectConfig, max_bytes: int = 1 << 20) -> PollError:
+    try:
+        with pytest.raises(PollError) as info:
+            list(client.pages(project, 100, max_bytes))
+        return info.value
+    finally:
+        client.close()
+
+
+def test_a_dripping_server_is_cut_at_the_request_deadline(hostile: Hostile) -> None:
+    # A whole answer, a byte every 10 ms: no read ever waits a second, so a timeout per
+    # read never fires, and the answer would take a minute. The request's deadline does.
+    body = page([{"session_id": f"s{i}"} for i in range(200)])
+    head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    sent = []
+
+    def behaviour(request: Request) -> Writer:
+        write = drip(head + body, every=0.01)
+
+        def counting(sock: socket.socket, stopping: Callable[[], bool]) -> None:
+            try:
+                write(sock, stopping)
+            finally:
+                sent.append(True)
+
+        return counting
+
+    hostile.behaviour = behaviour
+    error = listing(ApiClient(timeout=1.0, max_retries=0), hostile_project(hostile.url))
+    assert error.reason == "timeout"
+    assert not sent  # the server was still dripping: the client gave up, not the server
+
+
+GZIP_BOMB = gzip_bomb(256 << 20)  # 256 MiB of "[" in about 256 KB
+
+
+def test_a_gzip_bomb_fails_with_too_large_before_memory_follows(hostile: Hostile) -> None:
+    hostile.behaviour = lambda request: answer(
+        200, GZIP_BOMB, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}
+    )
+    tracemalloc.start()
+    try:
+        error = listing(ApiClient(max_retries=0), hostile_project(hostile.url), max_bytes=1 << 20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert error.reason == "too_large"
+    assert peak < 32 << 20  # bytes held at once while reading 256 MiB: a few MiB, not 256
+
+
+def test_a_declared_length_over_the_limit_fails_before_reading(hostile: Hostile) -> None:
+    hostile.behaviour = lambda request: answer(200, b"[" * (2 << 20))
+    error = listing(ApiClient(max_retries=0), hostile_project(hostile.url), max_bytes=1 << 20)
+    assert error.reason == "too_large"
+    assert "max_response_bytes=1048576" in str(error)
+
+
+def test_an_echoed_key_is_blanked_before_the_detail_is_cut(hostile: Hostile) -> None:
+    detail = "x" * 180 + f" your key {KEY} is not valid " + "y" * 50
+    hostile.behaviour = lambda request: answer(400, {"detail": detail})
+    error = listing(ApiClient(max_retries=0), hostile_project(hostile.url))
+    assert error.reason == "client_error"
+    assert fragments_of(KEY, str(error)) == []
+    assert "********" in str(error)
+
+
+def test_a_reason_phrase_with_most_of_the_key_is_blanked(hostile: Hostile) -> None:
+    hostile.behaviour = lambda request: answer(418, b"", reason=f"nope {KEY[2:-3]}")
+    error = listing(ApiClient(max_retries=0), hostile_project(hostile.url))
+    assert fragments_of(KEY, str(error)) == []
+
+
+def test_a_detail_nested_a_thousand_deep_fails_the_poll_cleanly(hostile: Hostile) -> None:
+    nested = b'{"detail":' + b"[" * 1000 + b"]" * 1000 + b"}"
+    hostile.behaviour = lambda request: answer(500, nested)
+    error = listing(ApiClient(max_retries=0), hostile_project(hostile.url))
+    assert error.reason == "server_error"
+    assert "too deeply nested" in str(error)
+
+
+def test_a_megabyte_page_token_fails_the_poll_cleanly(hostile: Hostile) -> None:
+    hostile.behaviour = lambda request: answer(200, page([{"session_id": "a"}], "t" * (1 << 20)))
+    error = listing(ApiClient(max_retries=0), hostile_project(hostile.url), max_bytes=4 << 20)
+    assert error.reason == "invalid_response"
+    assert "page token longer than 8192" in str(error)
+
+
+def test_numbers_too_large_and_lone_surrogates_fail_the_item_not_the_page(
+    hostile: Hostile,
+) -> None:
+    good = {"session_id": "good", "job_metadata": {"total_input_tokens": 5}}
+    raw = (
+        b'{"items":['
+        + orjson.dumps(good)
+        + b',{"session_id":"big","job_metadata":{"total_input_tokens":'
+        + b"9" * 400
+        + b'}},{"session_id":"max1","job_metadata":{"total_output_tokens":1e308}},'
+        + b'{"session_id":"max2","job_metadata":{"total_output_tokens":1e308}},'
+        + b'{"session_id":"\\ud800","job_metadata":null},'
+        + b'{"session_id":"surrogate-in-error","job_metadata":{"error":"\\udc00"}}]}'
+    )
+    hostile.behaviour = lambda request: answer(200, raw)
+    client = ApiClient(max_retries=0)
+    try:
+        result = aggregate(client.pages(hostile_project(hostile.url), 10))
+    finally:
+        client.close()
+    snap = result.snapshot
+    assert snap.sessions == 2  # "good" and the error whose text holds a lone surrogate
+    assert snap.error == 1
+    assert snap.invalid_items == 4
+    assert snap.input_tokens == 5 and snap.output_tokens == 0
+    assert all(math.isfinite(v) for v in (snap.input_tokens, snap.output_tokens, snap.turns))
+
+
+def test_the_code_label_is_one_of_a_bounded_set() -> None:
+    labels = {code_label(status) for status in range(0, 1000)}
+    assert labels == {
+        *("200", "400", "401", "403", "404", "408", "409", "413", "422", "429"),
+        *("500", "502", "503", "504"),
+        *("1xx", "2xx", "3xx", "4xx", "5xx", "other"),
+    }
+
+
+def test_a_server_answering_every_status_keeps_the_code_label_bounded() -> None:
+    statuses = iter(range(100, 1000))
+    h = Harness(lambda request: httpx.Response(next(statuses), json={"detail": "x"}), 0)
+    for _ in range(900):
+        with contextlib.suppress(PollError):
+            list(h.client.pages(PROJECT, 1))
+    h.client.close()
+    assert len(h.codes) == 900
+    assert len(set(h.codes)) <= 20
+
+
+def test_the_key_is_only_in_the_request_header() -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["Authorization"])
+        assert KEY not in repr(request.headers)  # httpx masks it in a repr too
+        return httpx.Response(200, json={"items": []})
+
+    Harness(handler).list()
+    assert seen == [f"Bearer {KEY}"]

@@ -13,7 +13,8 @@ from prometheus_client.registry import CollectorRegistry
 
 from exporter.aggregate import SessionTracker, aggregate
 from exporter.collector import StoreCollector, TextExposition
-from exporter.config import ProjectConfig, Secret
+from exporter.config import ProjectConfig
+from exporter.secret import Secret
 from exporter.store import Store
 from tests.conftest import parse_metrics, session, value
 

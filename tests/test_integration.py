@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import yaml
 
 from exporter.simulator import Simulator
 from tests.conftest import Exporter, session, value, wait_for, write_config
@@ -238,3 +240,86 @@ def test_http_reload_is_off_unless_enabled(
     refused = httpx.post(exp.url + "/-/reload", timeout=30)
     assert refused.status_code == 403
     assert "--web.enable-lifecycle" in refused.text
+
+
+def test_reloads_that_fail_in_any_way_say_so_and_echo_no_key(
+    sim: Simulator, tmp_path: Path, start_exporter: Callable[..., Exporter]
+) -> None:
+    key = "llx-Rt5yU7iO9pA1sD3fG5hJ7kL9zX1cV3bN"
+    sim.set_sessions(P, [session("a")])
+    config = write_config(tmp_path / "c.yaml", sim.base_url, [P])
+    good = config.read_text()
+    exp = start_exporter(config, "--web.enable-lifecycle")
+
+    # A byte that is not UTF-8, beside a key written inline.
+    config.write_bytes(good.encode() + f"# {key}\n".encode() + b"# \xff\n")
+    exp.proc.send_signal(signal.SIGHUP)
+    exp.wait_metric("llamacloud_config_last_reload_successful", {}, lambda v: v == 0)
+
+    # A key pasted where a key file's path belongs.
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "llamacloud": {"base_url": sim.base_url, "api_key_file": key},
+                "projects": [{"id": P}],
+            }
+        )
+    )
+    answer = httpx.post(exp.url + "/-/reload", timeout=30)
+    assert answer.status_code == 500
+    assert "llamacloud.api_key_file: cannot read the key file" in answer.text
+
+    # An alias bomb: refused, and polling goes on.
+    config.write_text(
+        "a: &a [x,x,x,x,x,x,x,x,x,x]\n"
+        + "".join(
+            f"{n}: &{n} [{', '.join(['*' + p] * 10)}]\n"
+            for p, n in zip("abcdefgh", "bcdefghi", strict=True)
+        )
+    )
+    answer = httpx.post(exp.url + "/-/reload", timeout=30)
+    assert answer.status_code == 500 and "YAML aliases" in answer.text
+    before = value(exp.metrics(), "llamacloud_last_successful_poll_timestamp_seconds", project_id=P)
+    exp.wait_metric(
+        "llamacloud_last_successful_poll_timestamp_seconds",
+        {"project_id": P},
+        lambda v: before is not None and v > before,
+    )
+    logs = exp.logs()
+    assert key[4:12] not in logs + answer.text
+    assert "Task exception was never retrieved" not in logs
+    assert "Traceback" not in logs
+    assert logs.count("config_reload_failed") == 3
+
+
+def test_a_state_file_locked_by_another_process_never_freezes_the_exporter(
+    sim: Simulator, tmp_path: Path, start_exporter: Callable[..., Exporter]
+) -> None:
+    sim.set_sessions(P, [session("a")])
+    state = tmp_path / "state.db"
+    exp = start_exporter(
+        write_config(tmp_path / "c.yaml", sim.base_url, [P], state={"path": str(state)})
+    )
+    exp.wait_metric("llamacloud_up", {"project_id": P}, lambda v: v == 1)
+    # Another process (a backup, sqlite3 in a shell) holds the database for a while.
+    holder = sqlite3.connect(str(state), timeout=0, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        exp.wait_metric("llamacloud_state_save_failures_total", {}, lambda v: v >= 1, timeout=60)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    # Polling never stopped, saves work again, and SIGTERM still stops it at once.
+    sim.set_sessions(P, [session("a", turns=9)])
+    exp.wait_metric("llamacloud_chat_runs_total", {"project_id": P}, lambda v: v == 1)
+    failures = value(exp.metrics(), "llamacloud_state_save_failures_total")
+    last = value(exp.metrics(), "llamacloud_last_successful_poll_timestamp_seconds", project_id=P)
+    exp.wait_metric(
+        "llamacloud_last_successful_poll_timestamp_seconds",
+        {"project_id": P},
+        lambda v: last is not None and v > last,
+    )
+    assert value(exp.metrics(), "llamacloud_state_save_failures_total") == failures
+    exp.proc.send_signal(signal.SIGTERM)
+    assert exp.proc.wait(15) == 0
+    assert "state_save_failed" in exp.logs()

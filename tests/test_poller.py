@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import threading
+from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import CollectorRegistry
 
 from exporter.client import ApiClient
-from exporter.config import Config, ProjectConfig, Secret
+from exporter.collector import StoreCollector
+from exporter.config import Config, ProjectConfig
+from exporter.logs import configure_logging
 from exporter.poller import Poller
+from exporter.secret import Secret
 from exporter.store import Store
+from tests.hostile import Request, Writer, answer, drip, page, serve
 
 
 def config(n: int, concurrency: int, interval: float = 0.01) -> Config:
@@ -112,3 +124,155 @@ def test_an_unexpected_error_costs_one_poll_not_the_daemon() -> None:
         return store
 
     assert asyncio.run(run()).get("p0").up
+
+
+def test_hanging_projects_in_every_slot_never_starve_a_healthy_one() -> None:
+    # Four projects whose server drips its answers (each read well inside the timeout, the
+    # whole never ending) against four slots: a healthy fifth project is still polled.
+    drips = {f"p{i}" for i in range(4)}
+    body = page([{"session_id": f"session-{i}"} for i in range(100)])  # minutes, a byte at a time
+
+    def behaviour(request: Request) -> Writer:
+        if request.query["project_id"] in drips:
+            return drip(f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        return answer(200, body)
+
+    async def run(url: str) -> Store:
+        projects = tuple(
+            ProjectConfig(f"p{i}", f"p{i}", "", url, 100, Secret("k")) for i in range(5)
+        )
+        store = Store()
+        client = ApiClient(timeout=1.0, max_retries=0)
+        poller = Poller(
+            Config(projects=projects, max_concurrency=4, poll_interval_seconds=0.05), store, client
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(poller.run(stop))
+        try:
+            # Not a timing bound: without a deadline the drips hold every slot for good, and
+            # p4 is never polled however long this waits.
+            for _ in range(1200):
+                if store.get("p4").up and store.get("p4").last_success is not None:
+                    successes.append(store.get("p4").last_success)
+                    if len(set(successes)) >= 3:
+                        break
+                await asyncio.sleep(0.05)
+            assert len(set(successes)) >= 3, "the healthy project was not polled"
+            assert all(store.get(f"p{i}").last_error == "timeout" for i in range(4))
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+            client.close()
+        return store
+
+    successes: list[float] = []
+    for server in serve(behaviour):
+        asyncio.run(asyncio.wait_for(run(server.url), 120))
+
+
+def test_an_internal_error_is_logged_without_locals_or_the_key(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    key = "llx-0123456789abcdefghijklmnopqrstuvwxyzABCD"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise RuntimeError("a bug, deep in a frame that can see the request")
+
+    async def run() -> None:
+        project = ProjectConfig("p0", "p0", "", "https://api.test", 100, Secret(key))
+        client = ApiClient(transport=httpx.MockTransport(handler))
+        try:
+            await Poller(Config(projects=(project,)), Store(), client).poll_all_once()
+        finally:
+            client.close()
+
+    configure_logging("info", "json")
+    try:
+        asyncio.run(run())
+    finally:
+        configure_logging("info", "console")
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    error = next(line for line in lines if line["event"] == "poll_internal_error")
+    frames = error["exception"][0]["frames"]
+    assert frames  # the traceback is there, to find the bug by
+    assert not any("locals" in frame for frame in frames)
+    assert key[4:12] not in json.dumps(lines)
+
+
+# Arbitrary JSON, with the shapes of the API's pages and items mixed in so that examples
+# reach past the page checks into the items.
+NUMBERS = (
+    st.integers()
+    | st.floats()
+    | st.sampled_from([1e308, 1.7e308, 2.0**64, 2**63, 10**400, -(10**400)])
+)
+TEXT = st.text(max_size=12) | st.sampled_from(
+    ["a", "b", "c", "\ud800", "2026-01-01T00:00:00", "x" * 5000]
+)
+ANY_JSON = st.recursive(
+    st.none() | st.booleans() | NUMBERS | TEXT,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(TEXT, children, max_size=3),
+    max_leaves=12,
+)
+JOB = st.fixed_dictionaries(
+    {},
+    optional={
+        name: ANY_JSON | NUMBERS
+        for name in (
+            "duration_ms",
+            "error",
+            "is_error",
+            "total_input_tokens",
+            "total_output_tokens",
+            "turns",
+        )
+    },
+)
+ITEM = st.fixed_dictionaries(
+    {"session_id": TEXT | ANY_JSON},
+    optional={"job_metadata": st.none() | JOB | ANY_JSON, "last_updated_at": TEXT | ANY_JSON},
+)
+PAGE = st.fixed_dictionaries(
+    {"items": st.lists(ITEM | ANY_JSON, max_size=6)},
+    optional={"next_page_token": st.none() | TEXT | ANY_JSON},
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(PAGE | ANY_JSON, min_size=1, max_size=3), st.booleans())
+def test_any_json_as_pages_never_crashes_or_makes_a_number_infinite(
+    pages: list[Any], twice: bool
+) -> None:
+
+    bodies = []
+    for index, p in enumerate(pages):
+        if isinstance(p, dict):  # the pages chain up: page i links to page i + 1
+            p = {k: v for k, v in p.items() if k != "next_page_token"}
+            if index + 1 < len(pages):
+                p["next_page_token"] = str(index + 1)
+        bodies.append(json.dumps(p).encode())  # NaN and Infinity included
+    well_shaped = all(isinstance(p, dict) and isinstance(p.get("items"), list) for p in pages)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=bodies[int(request.url.params.get("page_token", 0))])
+
+    async def run() -> Store:
+        store = Store()
+        client = ApiClient(transport=httpx.MockTransport(handler), max_retries=0)
+        poller = Poller(config(1, 1), store, client)
+        try:
+            for _ in range(2 if twice else 1):
+                await poller.poll_all_once()
+        finally:
+            client.close()
+        return store
+
+    store = asyncio.run(run())
+    assert store.get("p0").last_error != "internal"
+    if well_shaped:  # a bad item is skipped and counted; it never fails the page
+        assert store.get("p0").up, store.get("p0").last_error
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(store))
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for sample in family.samples:
+            assert math.isfinite(sample.value), sample

@@ -1,15 +1,44 @@
 from __future__ import annotations
 
+import json
+import math
+import os
 import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
 
 from exporter.aggregate import RunTotals, SessionTracker, aggregate
-from exporter.state import StateFile
-from tests.conftest import session
+from exporter.state import (
+    BAD_SESSIONS,
+    BAD_TOTALS,
+    CORRUPT,
+    EMPTY_FILE,
+    FOREIGN,
+    MOVED_ASIDE_INFIX,
+    NOT_SQLITE,
+    UNKNOWN_SCHEMA,
+    StateError,
+    StateFile,
+    StateInUse,
+    _Transaction,
+    check_state_path,
+)
+from tests.conftest import REPO, session
+
+ROOT = os.geteuid() == 0
 
 
 def poll_and_save(
-    state: StateFile, tracker: SessionTracker, totals: RunTotals, items: list[object]
+    state: StateFile, tracker: SessionTracker, totals: RunTotals, items: list[Any]
 ) -> RunTotals:
     result = aggregate([items], tracker)
     totals = totals + result.new_runs
@@ -17,18 +46,95 @@ def poll_and_save(
     return totals
 
 
+def finishes(fn: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Run ``fn`` on a thread; fail (instead of hanging the suite) when it deadlocks."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(("ok", fn()))
+        except BaseException as exc:
+            outcome.append(("error", exc))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"{fn} did not return within {timeout} s: deadlocked"
+    kind, value = outcome[0]
+    if kind == "error":
+        raise value
+    return value
+
+
+HOLD_LOCK = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.readline()
+db.execute("ROLLBACK")
+db.close()
+"""
+
+
+@contextmanager
+def locked_by_another_process(path: Path) -> Iterator[None]:
+    """Another process (a backup, an ``sqlite3`` shell) holds the database's write lock."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "locked"
+        yield
+    finally:
+        proc.communicate("\n", timeout=30)
+
+
+def exporter_process(script: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def make_state(path: Path, sessions: int = 3) -> RunTotals:
+    """A real state file with one project, closed."""
+    with StateFile(path) as state:
+        tracker = SessionTracker()
+        totals = poll_and_save(state, tracker, RunTotals(), [session(f"s{i}") for i in range(3)])
+        items = [session(f"s{i}", turns=i) for i in range(sessions)]
+        return poll_and_save(state, tracker, totals, items)
+
+
+def moved_files(path: Path) -> list[Path]:
+    return sorted(path.parent.glob(path.name + MOVED_ASIDE_INFIX + "*"))
+
+
+# --------------------------------------------------------------------------- round trips
+
+
 def test_counters_and_baseline_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
-    state = StateFile(path)
-    tracker = SessionTracker()
-    totals = poll_and_save(state, tracker, RunTotals(), [session("a"), session("b"), session("c")])
-    totals = poll_and_save(
-        state, tracker, totals, [session("a", turns=3), session("b"), session("d")]
-    )
-    assert (totals.runs, totals.sessions_created) == (2, 1)
-    state.close()
+    with StateFile(path) as state:
+        tracker = SessionTracker()
+        items = [session("a"), session("b"), session("c")]
+        totals = poll_and_save(state, tracker, RunTotals(), items)
+        totals = poll_and_save(
+            state, tracker, totals, [session("a", turns=3), session("b"), session("d")]
+        )
+        assert (totals.runs, totals.sessions_created) == (2, 1)
+        assert state.moved_aside is None
 
-    saved = StateFile(path).load(["p"])["p"]
+    with StateFile(path) as state:
+        saved = state.load(["p"])["p"]
     assert saved.totals == totals
     assert saved.sessions == dict(tracker.fingerprints())
     assert set(saved.sessions) == {"a", "b", "d"}  # c was removed from the file too
@@ -36,29 +142,479 @@ def test_counters_and_baseline_round_trip(tmp_path: Path) -> None:
 
 def test_projects_that_left_the_config_are_forgotten(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
-    state = StateFile(path)
-    poll_and_save(state, SessionTracker(), RunTotals(), [session("a")])
-    state.close()
-    assert StateFile(path).load(["other"]) == {}
-    assert StateFile(path).load(["p"]) == {}
+    with StateFile(path) as state:
+        poll_and_save(state, SessionTracker(), RunTotals(), [session("a")])
+    with StateFile(path) as state:
+        assert state.load(["other"]) == {}
+    with StateFile(path) as state:
+        assert state.load(["p"]) == {}
 
 
 def test_a_changed_fingerprint_scheme_drops_the_baseline_not_the_counters(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
-    state = StateFile(path)
-    tracker = SessionTracker()
-    totals = poll_and_save(state, tracker, RunTotals(), [session("a")])
-    totals = poll_and_save(state, tracker, totals, [session("a", turns=9)])
-    state.close()
+    with StateFile(path) as state:
+        tracker = SessionTracker()
+        totals = poll_and_save(state, tracker, RunTotals(), [session("a")])
+        totals = poll_and_save(state, tracker, totals, [session("a", turns=9)])
     with sqlite3.connect(path) as db:
         db.execute("UPDATE meta SET value = '1' WHERE key = 'fingerprint_probe'")
-    saved = StateFile(path).load(["p"])["p"]
+    with StateFile(path) as state:
+        saved = state.load(["p"])["p"]
     assert saved.totals.runs == 1
     assert saved.sessions is None
 
 
 def test_forget_drops_a_project(tmp_path: Path) -> None:
-    state = StateFile(tmp_path / "s.db")
-    poll_and_save(state, SessionTracker(), RunTotals(), [session("a")])
-    state.forget("p")
-    assert state.load(["p"]) == {}
+    with StateFile(tmp_path / "s.db") as state:
+        poll_and_save(state, SessionTracker(), RunTotals(), [session("a")])
+        state.forget("p")
+        assert state.load(["p"]) == {}
+
+
+def test_a_large_first_save_and_load(tmp_path: Path) -> None:
+    """The baseline of a big project is written in one go and read back as it was."""
+    path = tmp_path / "s.db"
+    items = [session(f"ses-{i}", turns=i % 7) for i in range(50_000)]
+    with StateFile(path) as state:
+        tracker = SessionTracker()
+        totals = poll_and_save(state, tracker, RunTotals(), items)
+    with StateFile(path) as state:
+        saved = state.load(["p"])["p"]
+    assert saved.totals == totals
+    assert saved.sessions == dict(tracker.fingerprints())
+
+
+# --------------------------------------------------------------------- locks and failures
+
+
+def test_an_external_lock_fails_one_save_and_releases_every_lock(tmp_path: Path) -> None:
+    """A backup holding the file makes one save fail; the next one works and close returns."""
+    path = tmp_path / "s.db"
+    state = StateFile(path, busy_timeout=0.2)
+    tracker = SessionTracker()
+    totals = poll_and_save(state, tracker, RunTotals(), [session("a")])
+    with locked_by_another_process(path), pytest.raises(sqlite3.OperationalError, match="locked"):
+        finishes(lambda: poll_and_save(state, tracker, totals, [session("a", turns=5)]))
+    # Released: the next poll's save goes through, nothing is left waiting.
+    finishes(lambda: poll_and_save(state, tracker, totals, [session("a", turns=6)]))
+    finishes(lambda: state.forget("other"))
+    finishes(state.close)
+    with StateFile(path) as again:
+        assert set(again.load(["p"])["p"].sessions or ()) == {"a"}
+
+
+def test_a_failed_save_does_not_double_count_after_a_restart(tmp_path: Path) -> None:
+    """Fingerprints of a failed save are written by the next good one, with its totals."""
+    path = tmp_path / "s.db"
+    tracker = SessionTracker()
+    state = StateFile(path, busy_timeout=0.2)
+    live = poll_and_save(state, tracker, RunTotals(), [session(s) for s in "abcd"])
+    # a runs again and e appears with a run: both counted live, but the save fails.
+    second = [session("a", turns=5), session("b"), session("c"), session("d"), session("e")]
+    result = aggregate([second], tracker)
+    live = live + result.new_runs
+    with locked_by_another_process(path), pytest.raises(sqlite3.OperationalError):
+        state.save("p", live, result, tracker)
+    # b runs again and e is gone; this save succeeds.
+    third = [session("a", turns=5), session("b", turns=7), session("c"), session("d")]
+    live = poll_and_save(state, tracker, live, third)
+    state.close()
+    assert (live.runs, live.sessions_created) == (3, 1)
+
+    with StateFile(path) as state:
+        saved = state.load(["p"])["p"]
+    assert saved.totals == live
+    again = aggregate([third], SessionTracker(saved.sessions))
+    assert again.new_runs.runs == 0, "a run was counted twice after the restart"
+    assert saved.totals + again.new_runs == live
+    assert saved.sessions == dict(tracker.fingerprints())
+
+
+def test_persistent_save_failures_never_leave_counters_ahead_of_the_baseline(
+    tmp_path: Path,
+) -> None:
+    """Saves that keep failing leave the last good pair; a restart counts up to live again."""
+    path = tmp_path / "s.db"
+    tracker = SessionTracker()
+    state = StateFile(path, busy_timeout=0.1)
+    live = poll_and_save(state, tracker, RunTotals(), [session("a"), session("b")])
+    polls = [
+        [session("a", turns=2), session("b")],
+        [session("a", turns=2), session("b", turns=4), session("c")],
+    ]
+    with locked_by_another_process(path):
+        for items in polls:
+            result = aggregate([items], tracker)
+            live = live + result.new_runs
+            with pytest.raises(sqlite3.OperationalError):
+                state.save("p", live, result, tracker)
+    state.close()
+    with StateFile(path) as state:
+        saved = state.load(["p"])["p"]
+    assert saved.totals.runs == 0
+    after = saved.totals + aggregate([polls[-1]], SessionTracker(saved.sessions)).new_runs
+    assert after == live
+
+
+def test_counters_that_are_not_finite_are_never_written(tmp_path: Path) -> None:
+    """Such a save fails (and is counted) instead of leaving a file the next start rejects."""
+    path = tmp_path / "s.db"
+    with StateFile(path) as state:
+        tracker = SessionTracker()
+        live = poll_and_save(state, tracker, RunTotals(), [session("a")])
+        result = aggregate([[session("a", turns=2)]], tracker)
+        with pytest.raises(ValueError):
+            state.save("p", live + RunTotals(turns=math.inf), result, tracker)
+        live = poll_and_save(state, tracker, live + result.new_runs, [session("a", turns=2)])
+    with StateFile(path) as state:
+        assert state.moved_aside is None
+        saved = state.load(["p"])["p"]
+    assert (saved.totals, saved.sessions) == (live, dict(tracker.fingerprints()))
+
+
+def test_waits_for_the_thread_lock_are_bounded(tmp_path: Path) -> None:
+    """A save stuck behind an external lock makes another one fail in time, not hang."""
+    path = tmp_path / "s.db"
+    state = StateFile(path, busy_timeout=3.0, lock_timeout=0.2)
+    tracker = SessionTracker()
+    totals = poll_and_save(state, tracker, RunTotals(), [session("a")])
+    other = SessionTracker()
+    outcome: list[BaseException | None] = []
+
+    def slow() -> None:
+        try:
+            poll_and_save(state, tracker, totals, [session("a", turns=3)])
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    with locked_by_another_process(path):
+        thread = threading.Thread(target=slow, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 5
+        while not state._lock.locked() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        result = aggregate([[session("x")]], other)
+        started = time.monotonic()
+        with pytest.raises(StateError, match="busy"):
+            state.save("q", result.new_runs, result, other)
+        assert time.monotonic() - started < 2
+    thread.join(10)
+    assert not thread.is_alive()
+    assert outcome == [None]  # the external lock was gone before its busy timeout ran out
+    finishes(state.close)
+
+
+class FakeDb:
+    """Stands in for a connection whose COMMIT (and ROLLBACK) fail, as on a full disk."""
+
+    def __init__(self, fail_rollback: bool) -> None:
+        self.fail_rollback = fail_rollback
+        self.in_transaction = False
+        self.statements: list[str] = []
+
+    def execute(self, sql: str) -> None:
+        self.statements.append(sql)
+        if sql == "BEGIN IMMEDIATE":
+            self.in_transaction = True
+        elif sql == "COMMIT":
+            raise sqlite3.OperationalError("database or disk is full")
+        elif sql == "ROLLBACK" and self.fail_rollback:
+            raise sqlite3.OperationalError("cannot rollback")
+
+
+@pytest.mark.parametrize("fail_rollback", [False, True])
+def test_a_failed_commit_rolls_back_and_releases_the_lock(fail_rollback: bool) -> None:
+    lock = threading.Lock()
+    db = FakeDb(fail_rollback)
+    transaction = _Transaction(db, lock, 1.0)  # type: ignore[arg-type]
+    with pytest.raises(sqlite3.OperationalError, match="disk is full"), transaction:
+        pass
+    assert db.statements == ["BEGIN IMMEDIATE", "COMMIT", "ROLLBACK"]
+    assert not lock.locked()
+
+
+# ---------------------------------------------------------------- one exporter per file
+
+SECOND_EXPORTER = """
+import sys
+from exporter.state import StateFile, StateInUse
+try:
+    state = StateFile(sys.argv[1])
+except StateInUse as exc:
+    print(exc)
+    sys.exit(3)
+state.load([])  # a second daemon configured with other projects
+print("opened", flush=True)
+"""
+
+HOLDING_EXPORTER = """
+import sys
+from exporter.state import StateFile
+state = StateFile(sys.argv[1])
+print("open", flush=True)
+sys.stdin.readline()
+state.close()
+"""
+
+
+def test_a_second_exporter_on_the_same_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with StateFile(path) as state:
+        tracker = SessionTracker()
+        poll_and_save(state, tracker, RunTotals(), [session("a"), session("b")])
+        out, err = exporter_process(SECOND_EXPORTER, str(path)).communicate(timeout=60)
+        assert err == ""
+        assert str(path) in out
+        assert f"pid {os.getpid()}" in out
+        assert "another exporter" in out
+        # The refused one deleted nothing.
+        assert set(state.load(["p"])["p"].sessions or ()) == {"a", "b"}
+    proc = exporter_process(SECOND_EXPORTER, str(path))
+    out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, out.strip()) == (0, "opened"), err
+
+
+def test_this_exporter_is_refused_while_another_holds_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    holder = exporter_process(HOLDING_EXPORTER, str(path))
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(StateInUse, match=f"pid {holder.pid}") as refused:
+            StateFile(path)
+        assert str(path) in str(refused.value)
+        assert isinstance(refused.value, StateError)
+    finally:
+        holder.communicate("\n", timeout=30)
+    StateFile(path).close()
+
+
+def test_the_file_lock_is_released_when_opening_fails_half_way(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    make_state(path)
+    with locked_by_another_process(path), pytest.raises(StateError, match="locked"):
+        StateFile(path, busy_timeout=0.1)
+    with StateFile(path) as state:  # not StateInUse: the failed open let go of its lock
+        assert "p" in state.load(["p"])
+
+
+def test_close_releases_the_file_lock(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    first = StateFile(path)
+    with pytest.raises(StateInUse):
+        StateFile(path)
+    first.close()
+    first.close()  # twice is fine
+    StateFile(path).close()
+    with pytest.raises(StateError, match="closed"):
+        first.forget("p")
+
+
+# ------------------------------------------------------------------------ unusable files
+
+
+def truncated(path: Path) -> None:
+    make_state(path, sessions=3000)
+    size = path.stat().st_size
+    with path.open("r+b") as f:
+        f.truncate(size // 2)
+
+
+def edited(sql: str, *params: object) -> Callable[[Path], None]:
+    def build(path: Path) -> None:
+        make_state(path)
+        db = sqlite3.connect(path)
+        with db:
+            db.execute(sql, params)
+        db.close()
+
+    return build
+
+
+def totals_data(**changes: Any) -> str:
+    data = RunTotals().to_dict()
+    data.update(changes)
+    return json.dumps(data)
+
+
+def foreign(path: Path) -> None:
+    db = sqlite3.connect(path)
+    with db:
+        db.execute("CREATE TABLE users (name TEXT)")
+        db.execute("INSERT INTO users VALUES ('alice')")
+    db.close()
+
+
+UNUSABLE: dict[str, tuple[Callable[[Path], None], str]] = {
+    "empty": (lambda p: p.write_bytes(b""), EMPTY_FILE),
+    "garbage": (lambda p: p.write_bytes(b"counters: 12\n\x00\xff" * 500), NOT_SQLITE),
+    "truncated": (truncated, CORRUPT),
+    "future-schema": (
+        edited("UPDATE meta SET value = '2' WHERE key = 'schema_version'"),
+        UNKNOWN_SCHEMA,
+    ),
+    "other-database": (foreign, FOREIGN),
+    "totals-not-json": (edited("UPDATE totals SET data = '{\"runs\": 1'"), BAD_TOTALS),
+    "totals-nan": (
+        edited("UPDATE totals SET data = ?", totals_data(turns=float("nan"))),
+        BAD_TOTALS,
+    ),
+    "totals-infinite": (
+        edited("UPDATE totals SET data = ?", totals_data(input_tokens=float("inf"))),
+        BAD_TOTALS,
+    ),
+    "totals-negative": (edited("UPDATE totals SET data = ?", totals_data(runs=-4)), BAD_TOTALS),
+    "totals-text-count": (edited("UPDATE totals SET data = ?", totals_data(runs="4")), BAD_TOTALS),
+    "totals-missing-key": (edited("UPDATE totals SET data = '{}'"), BAD_TOTALS),
+    "totals-bucket-layout": (
+        edited("UPDATE totals SET data = ?", totals_data(duration=[[1, 2, 3], 0.5])),
+        BAD_TOTALS,
+    ),
+    "totals-bad-flag": (edited("UPDATE totals SET has_baseline = 'yes'"), BAD_TOTALS),
+    "session-fingerprint": (edited("UPDATE sessions SET fingerprint = 'x'"), BAD_SESSIONS),
+}
+
+
+@pytest.mark.parametrize("kind", list(UNUSABLE))
+def test_an_unusable_file_is_moved_aside_and_a_fresh_state_starts(
+    tmp_path: Path, kind: str
+) -> None:
+    path = tmp_path / "state" / "s.db"
+    path.parent.mkdir()
+    build, reason = UNUSABLE[kind]
+    build(path)
+    original = path.read_bytes()
+
+    with capture_logs() as logs, StateFile(path) as state:
+        assert state.moved_aside is not None
+        moved_to, why = state.moved_aside
+        assert why == reason
+        assert state.load(["p"]) == {}
+        tracker = SessionTracker()
+        totals = poll_and_save(state, tracker, RunTotals(), [session("a")])
+
+    assert moved_files(path) == [Path(moved_to)]
+    assert Path(moved_to).read_bytes() == original  # never deleted, never changed
+    assert logs == [
+        {
+            "event": "state_file_moved_aside",
+            "log_level": "warning",
+            "path": str(path),
+            "moved_to": moved_to,
+            "reason": reason,
+        }
+    ]
+    with StateFile(path) as state:
+        assert state.moved_aside is None
+        saved = state.load(["p"])["p"]
+    assert (saved.totals, saved.sessions) == (totals, dict(tracker.fingerprints()))
+
+
+def test_moving_aside_twice_keeps_both_files(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    path.write_bytes(b"first")
+    StateFile(path).close()
+    path.write_bytes(b"second")
+    StateFile(path).close()
+    assert sorted(p.read_bytes() for p in moved_files(path)) == [b"first", b"second"]
+
+
+def test_a_valid_file_is_not_moved(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    totals = make_state(path)
+    with StateFile(path) as state:
+        assert state.moved_aside is None
+        assert state.load(["p"])["p"].totals == totals
+    assert moved_files(path) == []
+
+
+def test_a_directory_is_refused_not_moved(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    path.mkdir()
+    with pytest.raises(StateError, match="is a directory"):
+        StateFile(path)
+    assert path.is_dir()
+    assert moved_files(path) == []
+
+
+@pytest.mark.parametrize(
+    "make_path",
+    [
+        lambda tmp: tmp / "file.txt" / "state" / "s.db",
+        lambda tmp: Path("/proc/llamacloud-exporter-test/s.db"),
+    ],
+    ids=["under-a-file", "under-proc"],
+)
+def test_a_path_that_cannot_be_created_is_refused(
+    tmp_path: Path, make_path: Callable[[Path], Path]
+) -> None:
+    (tmp_path / "file.txt").write_text("keep me")
+    with pytest.raises(StateError) as refused:
+        StateFile(make_path(tmp_path))
+    assert "cannot create" in str(refused.value) or "not a directory" in str(refused.value)
+    assert (tmp_path / "file.txt").read_text() == "keep me"
+
+
+@pytest.mark.skipif(ROOT, reason="permission bits do not stop root")
+def test_a_read_only_directory_is_refused(tmp_path: Path) -> None:
+    directory = tmp_path / "ro"
+    directory.mkdir()
+    make_state(directory / "s.db")
+    directory.chmod(0o555)
+    try:
+        with pytest.raises(StateError, match="not writable"):
+            StateFile(directory / "s.db")
+        with pytest.raises(StateError, match="not writable"):
+            StateFile(directory / "sub" / "s.db")
+    finally:
+        directory.chmod(0o755)
+
+
+# ------------------------------------------------------------------ --check-config check
+
+
+def test_check_state_path_accepts_a_path_it_can_create_or_use(tmp_path: Path) -> None:
+    missing = tmp_path / "a" / "b" / "s.db"
+    assert check_state_path(str(missing)) is None
+    assert not (tmp_path / "a").exists()  # nothing created
+    make_state(tmp_path / "s.db")
+    before = sorted(tmp_path.iterdir())
+    assert check_state_path(str(tmp_path / "s.db")) is None
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def test_check_state_path_rejects_a_directory_and_a_path_under_a_file(tmp_path: Path) -> None:
+    assert check_state_path(str(tmp_path)) == f"state.path: {tmp_path} is a directory, not a file"
+    (tmp_path / "file.txt").write_text("")
+    under = tmp_path / "file.txt" / "s.db"
+    assert check_state_path(str(under)) == (
+        f"state.path: cannot create {under}: {tmp_path / 'file.txt'} is not a directory"
+    )
+    assert check_state_path("/dev/null") == "state.path: /dev/null is not a regular file"
+
+
+@pytest.mark.skipif(ROOT, reason="permission bits do not stop root")
+def test_check_state_path_rejects_a_read_only_directory(tmp_path: Path) -> None:
+    directory = tmp_path / "ro"
+    directory.mkdir()
+    make_state(directory / "s.db")
+    directory.chmod(0o555)
+    try:
+        assert check_state_path(str(directory / "x" / "s.db")) == (
+            f"state.path: cannot create {directory / 'x' / 's.db'}: "
+            f"directory {directory} is not writable"
+        )
+        problem = check_state_path(str(directory / "s.db"))
+        assert problem is not None
+        assert f"directory {directory} is not writable" in problem
+    finally:
+        directory.chmod(0o755)
+
+
+@pytest.mark.skipif(os.access("/proc/sys", os.W_OK), reason="/proc/sys is writable here")
+def test_check_state_path_rejects_a_read_only_mount() -> None:
+    """A read-only file system stops root too (a container's read-only /proc/sys)."""
+    assert check_state_path("/proc/sys/llamacloud/s.db") == (
+        "state.path: cannot create /proc/sys/llamacloud/s.db: directory /proc/sys is not writable"
+    )
