@@ -249,9 +249,12 @@ class SimulatorProcess:
 
 @contextlib.contextmanager
 def simulator_process(
-    projects: int, sessions: int, startup_timeout: float = 120.0
+    projects: int, sessions: int, startup_timeout: float = 120.0, extra: Sequence[str] = ()
 ) -> Iterator[SimulatorProcess]:
-    """``python -m exporter.simulator`` in its own process, frozen data, on a free loopback port."""
+    """``python -m exporter.simulator`` in its own process, frozen data, on a free loopback port.
+
+    ``extra`` is appended to its command line (a later ``--evolve-every`` wins, faults, ...).
+    """
     cmd = [
         sys.executable,
         "-m",
@@ -264,6 +267,7 @@ def simulator_process(
         str(sessions),
         "--evolve-every",
         "0",
+        *extra,
     ]
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(

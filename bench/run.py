@@ -5,6 +5,7 @@ Run from the repository root:
     .venv/bin/python -m bench.run            # everything, full sizes (several minutes)
     .venv/bin/python -m bench.run --quick    # smaller sizes, a smoke run
     .venv/bin/python -m bench.run --only poll
+    .venv/bin/python -m bench.run --only soak   # the soak (5 minutes), never part of a full run
 
 Each benchmark prints Markdown tables, its ratio against a baseline measured in the same run,
 and whether its target is met. Not part of the test suite.
@@ -22,10 +23,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as ``python bench/run.py``
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import idle, memory, poll, scrape
+from bench import idle, memory, poll, scrape, soak
 from bench.common import REPO_ROOT, BenchError, machine_lines, verdict
 
 BENCHMARKS = ("poll", "memory", "scrape", "idle")
+ON_REQUEST = ("soak",)  # long: run only when named with --only
 CHILDREN = {
     "memory": memory.child,
     "scrape": scrape.child,
@@ -49,9 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        choices=BENCHMARKS,
+        choices=BENCHMARKS + ON_REQUEST,
         action="append",
-        help="run only this benchmark (may be given more than once)",
+        help="run only this benchmark (may be given more than once); soak runs only when "
+        "named here",
     )
     parser.add_argument(
         "--quick", action="store_true", help="smaller sizes and fewer rounds: a fast smoke run"
@@ -73,7 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     rounds = args.rounds or (1 if args.quick else 3)
     if rounds < 1:
         parser.error("--rounds must be at least 1")
-    selected = [b for b in BENCHMARKS if not args.only or b in args.only]
+    if args.only:
+        selected = [b for b in BENCHMARKS + ON_REQUEST if b in args.only]
+    else:
+        selected = list(BENCHMARKS)
     print("# llamacloud-exporter benchmarks" + (" (quick)" if args.quick else ""))
     print()
     for line in machine_lines():
@@ -94,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 outcome += memory.run(quick=args.quick, rounds=rounds)
             elif name == "scrape":
                 outcome += scrape.run(quick=args.quick, rounds=rounds, profile=args.profile)
+            elif name == "soak":
+                outcome += soak.run(quick=args.quick)
             else:
                 outcome += idle.run(quick=args.quick, rounds=rounds)
         except BenchError as exc:
