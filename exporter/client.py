@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
-import heapq
 import json
 import random
 import socket
@@ -115,6 +114,8 @@ def read_body(response: httpx.Response, limit: int, *, strict: bool) -> bytes:
     if encoding in ("gzip", "x-gzip", "deflate"):
         decoder = zlib.decompressobj(32 + zlib.MAX_WBITS)  # a gzip or zlib header, either
     elif encoding not in ("", "identity"):
+        if not strict:
+            return b""  # an error answer's detail is a nicety: its status is what counts
         raise PollError("invalid_response", "the response uses a compression it was not offered")
     declared = response.headers.get("content-length", "")
     if strict and decoder is None and declared.isdigit() and int(declared) > limit:
@@ -137,6 +138,8 @@ def read_body(response: httpx.Response, limit: int, *, strict: bool) -> bytes:
             if strict and size > limit:
                 raise _too_large(limit)
     except zlib.error:
+        if not strict:
+            return b""
         raise PollError("invalid_response", "the response is not valid gzip") from None
     return b"".join(chunks)[: limit + 1]
 
@@ -243,14 +246,18 @@ class _BearerAuth(httpx.Auth):
 
 class _Connection:
     """The one connection of a project's client, as httpcore's trace reports it, so the
-    watchdog can cut it when a request outlives its deadline."""
+    watchdog can cut it when a request outlives its deadline.
 
-    __slots__ = ("_lock", "_request", "_stream")
+    One lock orders the request's start, its end and its cut: a cut can never reach the
+    next request on the same kept-alive socket.
+    """
+
+    __slots__ = ("_lock", "_stream", "request")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._stream: Any = None
-        self._request: _Deadline | None = None
+        self.request: _Deadline | None = None
 
     def trace(self, event: str, info: dict[str, Any]) -> None:
         """httpcore's ``trace`` extension: remember each new network stream."""
@@ -261,28 +268,24 @@ class _Connection:
             return
         with self._lock:
             self._stream = stream
-            late = self._request is not None and self._request.expired
-        if late:
-            _cut(stream)
+            if self.request is not None and self.request.expired:
+                _cut(stream)  # the deadline passed while connecting
 
     def begin(self, deadline: _Deadline) -> None:
         with self._lock:
-            self._request = deadline
+            self.request = deadline
 
     def end(self) -> None:
         with self._lock:
-            if self._request is not None:
-                self._request.done = True
-            self._request = None
+            self.request = None
 
     def expire(self, deadline: _Deadline) -> None:
         with self._lock:
-            if deadline.done:
-                return
+            if self.request is not deadline:
+                return  # that request has ended
             deadline.expired = True
-            stream = self._stream
-        if stream is not None:
-            _cut(stream)
+            if self._stream is not None:
+                _cut(self._stream)
 
 
 def _cut(stream: Any) -> None:
@@ -294,16 +297,11 @@ def _cut(stream: Any) -> None:
 
 
 class _Deadline:
-    __slots__ = ("at", "connection", "done", "expired")
+    __slots__ = ("at", "expired")
 
-    def __init__(self, at: float, connection: _Connection) -> None:
+    def __init__(self, at: float) -> None:
         self.at = at
-        self.connection = connection
-        self.done = False
         self.expired = False
-
-    def __lt__(self, other: _Deadline) -> bool:
-        return self.at < other.at
 
 
 class Watchdog:
@@ -311,46 +309,66 @@ class Watchdog:
 
     ``timeout_seconds`` is per read in httpx: a server that drips a byte a second would hold
     a request, and a poll, forever. Here a request has a total deadline, from connect to the
-    last byte of the body.
+    last byte of the body. The watchdog holds only the connections with a request in flight
+    (one per project being polled), so it costs nothing between polls.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._cond = threading.Condition()
-        self._heap: list[_Deadline] = []
+        self._active: set[_Connection] = set()
+        self._wake_at: float | None = None  # when the thread wakes next; None: idle
         self._thread: threading.Thread | None = None
         self._closed = False
 
     def arm(self, seconds: float, connection: _Connection) -> _Deadline:
-        deadline = _Deadline(self._clock() + seconds, connection)
+        deadline = _Deadline(self._clock() + seconds)
         connection.begin(deadline)
         with self._cond:
-            heapq.heappush(self._heap, deadline)
+            self._active.add(connection)
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(
                     target=self._run, name="llamacloud-deadlines", daemon=True
                 )
                 self._thread.start()
-            if self._heap[0] is deadline:
+            if self._wake_at is None or deadline.at < self._wake_at:
                 self._cond.notify()
         return deadline
+
+    def disarm(self, connection: _Connection) -> None:
+        connection.end()
+        with self._cond:
+            self._active.discard(connection)
 
     def close(self) -> None:
         with self._cond:
             self._closed = True
-            self._heap.clear()
+            self._active.clear()
             self._cond.notify()
 
     def _run(self) -> None:
         with self._cond:
             while not self._closed:
                 now = self._clock()
-                while self._heap and (self._heap[0].done or self._heap[0].at <= now):
-                    deadline = heapq.heappop(self._heap)
-                    if not deadline.done:
-                        deadline.connection.expire(deadline)
-                wait = self._heap[0].at - now if self._heap else None
-                self._cond.wait(wait)
+                self._wake_at = None
+                for connection in list(self._active):
+                    deadline = connection.request
+                    if deadline is None:
+                        self._active.discard(connection)
+                    elif deadline.at <= now:
+                        connection.expire(deadline)
+                        self._active.discard(connection)
+                    elif self._wake_at is None or deadline.at < self._wake_at:
+                        self._wake_at = deadline.at
+                self._cond.wait(None if self._wake_at is None else self._wake_at - now)
+
+
+class _Unfinished(Exception):
+    """An answer whose status came (and was counted) but whose body did not."""
+
+    def __init__(self, cause: httpx.HTTPError) -> None:
+        super().__init__(type(cause).__name__)
+        self.cause = cause
 
 
 class RateLimiter:
@@ -522,24 +540,27 @@ class ApiClient:
                 if delay > 0:
                     self._sleep(delay)
             deadline = self._watchdog.arm(self._timeout, connection)
+            failure: httpx.HTTPError | None = None
             try:
                 status, reason_phrase, body, retry_headers = self._request(
                     http, connection, url, auth, max_bytes
                 )
+            except _Unfinished as exc:
+                failure = exc.cause
             except httpx.HTTPError as exc:
-                timed_out = deadline.expired or isinstance(exc, httpx.TimeoutException)
-                reason = "timeout" if timed_out else "connection"
+                failure = exc
                 self._on_request("error")
-                if retries_done >= self._max_retries:
-                    raise PollError(reason, f"{reason} after {retries_done} retries") from None
-                status = 0
             finally:
-                connection.end()
-            if status == 0:  # no answer: back off, then try again
+                self._watchdog.disarm(connection)
+            if failure is not None or deadline.expired:
+                # A cut can also look like the end of a body sent without Content-Length.
+                timed_out = deadline.expired or isinstance(failure, httpx.TimeoutException)
+                reason = "timeout" if timed_out else "connection"
+                if retries_done >= self._max_retries:
+                    raise PollError(reason, f"{reason} after {retries_done} retries")
                 self._sleep(backoff_seconds(retries_done, None, self._rand))
                 retries_done += 1
                 continue
-            self._on_request(code_label(status))
             if status == 200:
                 return parse_body(body)
             if (
@@ -566,6 +587,10 @@ class ApiClient:
         """(status, reason phrase, body, headers) of one GET, the body read under its bound."""
         with http.stream("GET", url, auth=auth, extensions={"trace": connection.trace}) as response:
             status = response.status_code
+            self._on_request(code_label(status))
             limit = max_bytes if status == 200 else MAX_ERROR_BODY
-            body = read_body(response, limit, strict=status == 200)
+            try:
+                body = read_body(response, limit, strict=status == 200)
+            except httpx.HTTPError as exc:
+                raise _Unfinished(exc) from None
             return status, response.reason_phrase, body, response.headers

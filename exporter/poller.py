@@ -93,12 +93,10 @@ class Poller:
             del self._trackers[pid]
             self._client.forget(pid)
             self._store.remove_project(pid)
-            if self._state is not None:
-                await self._saving(self._state.forget, pid)
+            await self._forget_saved(pid)
         for pid, project in wanted.items():
             if pid not in self._projects:
-                if self._state is not None:  # a project that left and came back starts anew
-                    await self._saving(self._state.forget, pid)
+                await self._forget_saved(pid)  # a project that left and came back starts anew
                 self._projects[pid] = project
                 self._trackers[pid] = SessionTracker()
                 self._store.add_project(project)
@@ -123,11 +121,31 @@ class Poller:
         )
         return [key for key, before, after in fixed if before != after]
 
+    async def _forget_saved(self, project_id: str) -> None:
+        """Drop a project's saved state, best effort: a locked state file must not leave a
+        reload half applied, and the next start drops projects the config no longer has."""
+        if self._state is None:
+            return
+        try:
+            await in_thread(self._state.forget, project_id)
+        except Exception as exc:
+            log.warning("state_forget_failed", project_id=project_id, error=type(exc).__name__)
+
     async def _loop(self, project_id: str, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         while not stop.is_set():
             started = loop.time()
-            await self._poll_limited(self._projects[project_id])
+            try:
+                await self._poll_limited(self._projects[project_id])
+            except Exception as exc:  # a bug outside the listing: the loop goes on, and says so
+                log.error("poll_loop_error", project_id=project_id, exc_info=exc)
+                with contextlib.suppress(Exception):
+                    self._store.record_failure(
+                        project_id,
+                        "internal",
+                        duration=loop.time() - started,
+                        finished=self._clock(),
+                    )
             interval = self._config.poll_interval_seconds
             wait = interval * (1 + JITTER * (2 * self._rand() - 1))
             delay = max(started + wait - loop.time(), 0.0)
@@ -176,7 +194,8 @@ class Poller:
         )
         if self._state is not None:
             try:
-                await self._saving(self._state.save, project.id, state.totals, result, tracker)
+                # On a daemon thread: SIGTERM never waits for a locked state file.
+                await in_thread(self._state.save, project.id, state.totals, result, tracker)
             except Exception as exc:
                 self._store.count_state_save_failure()
                 log.error(
@@ -188,11 +207,6 @@ class Poller:
                     "project's whole state",
                 )
         return True
-
-    @staticmethod
-    async def _saving(fn: Callable[..., _T], *args: Any) -> _T:
-        """State file work on a daemon thread: SIGTERM never waits for a locked file."""
-        return await in_thread(fn, *args)
 
     def _list(self, project: ProjectConfig) -> tuple[PollResult, int, int]:
         """Fetch and aggregate every page; runs in a worker thread, off the event loop."""

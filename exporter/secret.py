@@ -19,9 +19,18 @@ FRAGMENT = 8
 # one-letter "key" in a test would otherwise blank every occurrence of that letter).
 MIN_SECRET = 4
 
-_live: weakref.WeakSet[Secret] = weakref.WeakSet()
+# Every live Secret by identity (two equal Secrets are two entries: one may die while the
+# other is still in use), and the index built from their values, dropped on any change.
+_live: dict[int, str] = {}
 _lock = threading.Lock()
 _index: tuple[frozenset[str], tuple[str, ...]] | None = None  # cached (fragments, short keys)
+
+
+def _forget(ident: int) -> None:
+    global _index
+    with _lock:
+        _live.pop(ident, None)
+        _index = None
 
 
 class Secret:
@@ -33,8 +42,9 @@ class Secret:
         self._value = value
         global _index
         with _lock:
-            _live.add(self)
+            _live[id(self)] = value
             _index = None
+        weakref.finalize(self, _forget, id(self))
 
     def get(self) -> str:
         return self._value
@@ -71,7 +81,7 @@ def _live_index() -> tuple[frozenset[str], tuple[str, ...]]:
     global _index
     with _lock:
         if _index is None:
-            _index = _build({s.get() for s in _live})
+            _index = _build(set(_live.values()))
         return _index
 
 

@@ -121,7 +121,10 @@ def make_app(
                 get = {**environ, "REQUEST_METHOD": "GET"}
                 return metrics(get, start_response)  # type: ignore[no-any-return]
             # Negotiated as prometheus_client does it; the body comes from the cache.
-            _, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
+            try:
+                _, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
+            except Exception:  # "version=abc": prometheus_client cannot read it
+                _, content_type = choose_encoder("")
             openmetrics = content_type.startswith("application/openmetrics-text")
             headers = [("Content-Type", content_type)]
             if _accepts_gzip(environ):

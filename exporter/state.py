@@ -15,14 +15,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import math
 import os
 import sqlite3
 import stat
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,9 @@ BUSY_TIMEOUT_SECONDS = 5.0
 # and the write of a large project, yet bounded, so that nothing (shutdown included) can
 # wait forever.
 LOCK_TIMEOUT_SECONDS = 30.0
+# How long close() waits for a save under way; past it, the process exit closes the file
+# (SQLite keeps it consistent), so SIGTERM is never held up by a locked database.
+CLOSE_TIMEOUT_SECONDS = 2.0
 # An unusable file is renamed to ``<path>.unusable-<UTC time>``, beside the original.
 MOVED_ASIDE_INFIX = ".unusable-"
 
@@ -318,7 +320,7 @@ class StateFile:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            with _Transaction(db, self._lock, self._lock_timeout):
+            with _Transaction(db, self._lock, self._lock_timeout, lambda: False):
                 for statement in _SCHEMA:
                     db.execute(statement)
                 probe = str(fingerprint_probe())
@@ -340,7 +342,7 @@ class StateFile:
     def _transaction(self) -> _Transaction:
         if self._closed:
             raise StateError(f"{self.path} is closed")
-        return _Transaction(self._db, self._lock, self._lock_timeout)
+        return _Transaction(self._db, self._lock, self._lock_timeout, lambda: self._closed)
 
     def load(self, project_ids: Iterable[str]) -> dict[str, SavedProject]:
         """Saved counters and baselines of the configured projects; others are forgotten."""
@@ -414,11 +416,14 @@ class StateFile:
             self._db.execute("DELETE FROM sessions WHERE project_id = ?", (project_id,))
 
     def close(self) -> None:
-        """Close the database and release the file lock; waits at most ``lock_timeout``."""
+        """Close the database and release the file lock; waits at most CLOSE_TIMEOUT_SECONDS.
+
+        Saves still waiting for their turn give up as soon as they get it.
+        """
         if self._closed:
             return
         self._closed = True
-        if not self._lock.acquire(timeout=self._lock_timeout):
+        if not self._lock.acquire(timeout=min(self._lock_timeout, CLOSE_TIMEOUT_SECONDS)):
             # A save still runs in another thread: leave both to the end of the process.
             log.warning("state_close_timeout", path=str(self.path))
             return
@@ -432,10 +437,17 @@ class StateFile:
 class _Transaction:
     """``BEGIN IMMEDIATE`` … ``COMMIT`` under the thread lock, released on every path."""
 
-    def __init__(self, db: sqlite3.Connection, lock: threading.Lock, timeout: float) -> None:
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        lock: threading.Lock,
+        timeout: float,
+        closed: Callable[[], bool],
+    ) -> None:
         self._db = db
         self._lock = lock
         self._timeout = timeout
+        self._closed = closed
 
     def __enter__(self) -> None:
         if not self._lock.acquire(timeout=self._timeout):
@@ -444,6 +456,8 @@ class _Transaction:
                 f"after {self._timeout:g} s"
             )
         try:
+            if self._closed():
+                raise StateError("the state file is closed: the exporter is stopping")
             self._db.execute("BEGIN IMMEDIATE")
         except BaseException:
             self._lock.release()
@@ -516,6 +530,10 @@ def _is_corrupt(exc: sqlite3.Error) -> bool:
     return "malformed" in text or "not a database" in text
 
 
+_MAX_SAVED = 2**53
+_MAX_SAVED_AMOUNT = 1e300  # far from +Inf, and a 400-digit integer is refused before float()
+
+
 def _parse_totals(data: object) -> RunTotals:
     """Saved counters, checked as untrusted input; ValueError when anything is off."""
     if type(data) is not str:
@@ -533,13 +551,14 @@ def _parse_totals(data: object) -> RunTotals:
         return raw[key]
 
     def count(value: Any) -> int:
-        if type(value) is not int or value < 0:
-            raise ValueError("a count is not a non-negative integer")
+        # Below 2**53, as an item's counts are: a count is rendered as a float.
+        if type(value) is not int or not 0 <= value < _MAX_SAVED:
+            raise ValueError("a count is not a non-negative integer below 2**53")
         return value
 
     def amount(value: Any) -> float:
-        if type(value) not in (int, float) or not 0 <= value < math.inf:
-            raise ValueError("an amount is not a non-negative finite number")
+        if type(value) not in (int, float) or not 0 <= value < _MAX_SAVED_AMOUNT:
+            raise ValueError("an amount is not a non-negative number below 1e300")
         return float(value)
 
     def histogram(key: str, bounds: tuple[float, ...]) -> Histogram:

@@ -58,6 +58,9 @@ LINGER_TIMEOUT = 2.0  # seconds to let a client read a last response before the 
 ACCEPT_RETRY_DELAY = 1.0  # seconds between accept() tries while file descriptors run out
 STOP_TIMEOUT = 5.0  # seconds stop() waits for the loop thread
 WRITE_SLICE = 256 * 1024  # bytes handed to the transport at a time
+# Response bytes held for clients still reading them; past this, clients that stopped reading
+# are dropped (a /metrics body of 1,000 projects is about 9 MB).
+MAX_PENDING_BYTES = 256 * 1024 * 1024
 
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -84,6 +87,7 @@ class Limits:
     write_timeout: float = WRITE_TIMEOUT
     max_head_bytes: int = MAX_HEAD_BYTES
     max_body_bytes: int = MAX_BODY_BYTES
+    max_pending_bytes: int = MAX_PENDING_BYTES
 
 
 def connection_cap(wanted: int) -> int:
@@ -132,7 +136,10 @@ def _parse_head(lines: list[bytes]) -> _Request:
     if target.startswith("/"):
         path, _, query = target.partition("?")
     elif target.startswith(("http://", "https://")):  # absolute form, as sent to a proxy
-        url = urlsplit(target)
+        try:
+            url = urlsplit(target)
+        except ValueError:  # "http://[::1/": a host urlsplit cannot read
+            raise _Reject("400 Bad Request", "malformed request target") from None
         path, query = url.path or "/", url.query
     else:
         raise _Reject("400 Bad Request", "malformed request target")
@@ -163,7 +170,10 @@ def _content_length(request: _Request, limit: int) -> int:
     values = {value.strip() for value in given.split(",")}
     if len(values) != 1 or not all(value.isdigit() and value.isascii() for value in values):
         raise _Reject("400 Bad Request", "malformed Content-Length")
-    length = int(values.pop())
+    digits = values.pop().lstrip("0") or "0"
+    if len(digits) > 18:  # int() refuses more than 4,300 digits; no body is that long anyway
+        raise _Reject("413 Content Too Large", f"request bodies are limited to {limit} bytes")
+    length = int(digits)
     if length > limit:
         raise _Reject("413 Content Too Large", f"request bodies are limited to {limit} bytes")
     return length
@@ -248,21 +258,6 @@ class _Connection:
         self.writer.transport.abort()
 
 
-async def _send(writer: asyncio.StreamWriter, data: list[bytes]) -> None:
-    """Write the response in slices, draining between them.
-
-    One write of the whole: small answers leave in one segment (a head and a body written
-    apart cost a delayed ACK, about 40 ms). In slices: the transport keeps what the socket did
-    not take in one buffer that it shifts after every send, so a body of megabytes handed over
-    at once would cost a copy of its rest per send.
-    """
-    blob = data[0] if len(data) == 1 else b"".join(data)
-    view = memoryview(blob)
-    for start in range(0, len(view), WRITE_SLICE):
-        writer.write(view[start : start + WRITE_SLICE])
-        await writer.drain()
-
-
 async def _discard(reader: asyncio.StreamReader) -> None:
     while await reader.read(65536):
         pass
@@ -286,6 +281,9 @@ class HttpServer:
         self._open: set[_Connection] = set()
         # Connections with no request in progress, longest-waiting first: eviction order.
         self._idle: dict[_Connection, None] = {}
+        # Connections writing a response, and its size: what MAX_PENDING_BYTES bounds.
+        self._pending: dict[_Connection, int] = {}
+        self._pending_bytes = 0
 
     @property
     def port(self) -> int:
@@ -521,11 +519,53 @@ class HttpServer:
 
     async def _write(self, conn: _Connection, data: list[bytes]) -> bool:
         """Send; False when the client does not take the response within the write timeout."""
+        size = sum(map(len, data))
+        self._pending[conn] = size
+        self._pending_bytes += size
         try:
-            await asyncio.wait_for(_send(conn.writer, data), self.limits.write_timeout)
+            self._shed_stalled_writers()
+            await asyncio.wait_for(self._send(conn, data), self.limits.write_timeout)
         except asyncio.TimeoutError:
             return False
+        finally:
+            self._pending_bytes -= self._pending.pop(conn, 0)
+            self._idle.pop(conn, None)
         return True
+
+    async def _send(self, conn: _Connection, data: list[bytes]) -> None:
+        """Write the response in slices, draining between them.
+
+        The head leaves with the start of the body (written apart, a small answer waits for a
+        delayed ACK, about 40 ms); the rest goes in slices, because the transport keeps what
+        the socket did not take in one buffer that it shifts after every send. While the
+        client does not read, the connection counts as idle: a client that stops reading
+        holds a body in memory, and is the first to go when room is needed.
+        """
+        writer = conn.writer
+        head, *rest = data
+        body = memoryview(rest[0]) if rest else memoryview(b"")
+        writer.write(head + bytes(body[:WRITE_SLICE]))
+        for start in range(WRITE_SLICE, len(body), WRITE_SLICE):
+            await self._drain(conn)
+            writer.write(body[start : start + WRITE_SLICE])
+        await self._drain(conn)
+
+    async def _drain(self, conn: _Connection) -> None:
+        self._idle[conn] = None  # returns at once unless the client is not reading
+        try:
+            await conn.writer.drain()
+        finally:
+            self._idle.pop(conn, None)
+
+    def _shed_stalled_writers(self) -> None:
+        """Keep the bodies held for clients that do not read them under MAX_PENDING_BYTES:
+        drop such clients, the one stalled longest first."""
+        while self._pending_bytes > self.limits.max_pending_bytes:
+            stalled = next((c for c in self._idle if c in self._pending), None)
+            if stalled is None:
+                return
+            self._pending_bytes -= self._pending.pop(stalled)
+            self._drop(stalled)
 
     async def _refuse(self, conn: _Connection, status: str, reason: str) -> None:
         """Answer a request the app never sees, then close: its framing cannot be trusted."""

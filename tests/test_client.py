@@ -476,3 +476,43 @@ def test_the_key_is_only_in_the_request_header() -> None:
 
     Harness(handler).list()
     assert seen == [f"Bearer {KEY}"]
+
+
+def test_a_body_without_length_cut_at_the_deadline_is_a_timeout(hostile: Hostile) -> None:
+    # Without Content-Length the body ends when the connection does: the cut must not pass
+    # for the end of a (then invalid) page.
+    body = page([{"session_id": f"s{i}"} for i in range(200)])
+    hostile.behaviour = lambda request: drip(
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + body, every=0.01
+    )
+    error = listing(ApiClient(timeout=1.0, max_retries=0), hostile_project(hostile.url))
+    assert error.reason == "timeout"
+
+
+def test_an_error_answer_with_an_unreadable_body_keeps_its_status(hostile: Hostile) -> None:
+    hostile.behaviour = lambda request: answer(
+        503, b"\x00not brotli", reason="Busy", headers={"Content-Encoding": "br"}
+    )
+    codes: list[str] = []
+    client = ApiClient(max_retries=1, on_request=codes.append, wait=lambda seconds: False)
+    error = listing(client, hostile_project(hostile.url))
+    assert error.reason == "server_error"
+    assert codes == ["503", "503"]  # retried, as a 503 is
+
+
+def test_a_page_too_large_is_counted_by_its_status(hostile: Hostile) -> None:
+    hostile.behaviour = lambda request: answer(200, b"[" * (2 << 20))
+    codes: list[str] = []
+    client = ApiClient(max_retries=0, on_request=codes.append)
+    assert listing(client, hostile_project(hostile.url)).reason == "too_large"
+    assert codes == ["200"]
+
+
+def test_the_watchdog_holds_nothing_between_requests(hostile: Hostile) -> None:
+    client = ApiClient(timeout=600)
+    try:
+        for _ in range(50):
+            list(client.pages(hostile_project(hostile.url), 10))
+        assert client._watchdog._active == set()
+    finally:
+        client.close()

@@ -276,3 +276,37 @@ def test_any_json_as_pages_never_crashes_or_makes_a_number_infinite(
     for family in text_string_to_metric_families(generate_latest(registry).decode()):
         for sample in family.samples:
             assert math.isfinite(sample.value), sample
+
+
+def test_an_error_outside_the_listing_never_stops_a_project_loop() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"items": [{"session_id": "s"}]})
+
+    async def run() -> Store:
+        store = Store()
+        failures = []
+
+        def listener(state: object) -> None:
+            if not failures:  # the first publish fails, as a render bug would
+                failures.append(state)
+                raise OverflowError("int too large to convert to float")
+
+        store.subscribe(listener)
+        client = ApiClient(transport=httpx.MockTransport(handler))
+        poller = Poller(config(1, 1), store, client)
+        stop = asyncio.Event()
+        task = asyncio.create_task(poller.run(stop))
+        try:
+            for _ in range(600):
+                if failures and store.get("p0").up:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+            client.close()
+        return store
+
+    store = asyncio.run(asyncio.wait_for(run(), 60))
+    assert store.get("p0").up  # polled again after the failure
+    assert dict(store.get("p0").poll_errors) == {"internal": 1}

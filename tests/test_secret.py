@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import pickle
 
 import pytest
@@ -48,3 +49,17 @@ def test_no_run_of_eight_characters_of_a_key_survives(
     text = redact(before + KEY[start : start + length] + after)
     assert fragments_of(KEY, text) == []
     assert secret.get() == KEY
+
+
+def test_a_key_stays_blanked_while_any_secret_holds_it() -> None:
+    # A reload builds new Secrets of the same value, and the old ones die: the key is
+    # still in use, and still blanked.
+    value = "llx-Yb4nM6kP8rT0wQ2eS4dF6gH8jK0lZ2xC"
+    first = Secret(value)
+    second = Secret(value)
+    del first
+    gc.collect()
+    assert redact(f"echo {value}") == f"echo {BLANK}"
+    del second
+    gc.collect()
+    assert redact(f"echo {value}") == f"echo {value}"  # no longer a key of this process

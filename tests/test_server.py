@@ -518,6 +518,7 @@ def test_an_oversized_head_gets_431_and_the_connection_closes(
         b"GET /m\x00etrics HTTP/1.1",
         b"GET /metrics FTP/1.1",
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS ClientHello
+        b"GET http://[::1/ HTTP/1.1",  # a host urlsplit cannot read
     ],
 )
 def test_a_malformed_request_line_gets_400_and_the_connection_closes(
@@ -707,3 +708,49 @@ def test_out_of_file_descriptors_the_accept_loop_backs_off_quietly() -> None:
     assert "Traceback" not in logs
     assert logs.count("http_accept_paused") == 1, logs
     assert logs.count("http_accept_resumed") == 1, logs
+
+
+def test_a_content_length_of_thousands_of_digits_is_413_not_a_crash(
+    start_server: Callable[..., MetricsServer], raw: Callable[[int], Raw]
+) -> None:
+    conn = raw(start_server().port)
+    conn.send(b"POST /-/reload HTTP/1.1\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n")
+    assert conn.response().status == 413
+
+
+def test_an_accept_header_prometheus_client_cannot_read_gets_the_text_format(
+    start_server: Callable[..., MetricsServer],
+) -> None:
+    server = start_server()
+    answer = httpx.get(
+        f"http://127.0.0.1:{server.port}/metrics",
+        headers={"Accept": "application/openmetrics-text; version=abc"},
+    )
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/plain")
+
+
+def test_clients_that_stop_reading_cannot_hold_the_server(
+    start_server: Callable[..., MetricsServer], raw: Callable[[int], Raw]
+) -> None:
+    # Every slot held by a client that asked for a large answer and never reads it: the
+    # stalled writers are dropped, first for room, then to keep the held bodies bounded.
+    server = start_server(max_connections=8, max_pending_bytes=4 << 20, write_timeout=60)
+    big = b"x" * (2 << 20)
+    app = server.app
+
+    def large(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if environ["PATH_INFO"] == "/metrics":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [big]
+        return app(environ, start_response)
+
+    server.app = large
+    stalled = []
+    for _ in range(8):
+        conn = raw(server.port)
+        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        conn.get("/metrics")
+        stalled.append(conn)
+    wait_for(lambda: server.connections <= 3, 10, "stalled writers dropped past the byte bound")
+    assert httpx.get(f"http://127.0.0.1:{server.port}/healthz", timeout=5).status_code == 200

@@ -203,6 +203,38 @@ def test_an_external_lock_fails_one_save_and_releases_every_lock(tmp_path: Path)
         assert set(again.load(["p"])["p"].sessions or ()) == {"a"}
 
 
+def test_close_never_waits_behind_queued_saves(tmp_path: Path) -> None:
+    """SIGTERM closes the file: saves queued behind an external lock must not hold it up."""
+    path = tmp_path / "s.db"
+    state = StateFile(path, busy_timeout=1.0)
+    tracker = SessionTracker()
+    totals = poll_and_save(state, tracker, RunTotals(), [session("a")])
+    result = aggregate([[session("a", turns=3)]], tracker)
+    errors: list[BaseException] = []
+
+    def save() -> None:
+        try:
+            state.save("p", totals + result.new_runs, result, tracker)
+        except BaseException as exc:
+            errors.append(exc)
+
+    with locked_by_another_process(path):
+        savers = [threading.Thread(target=save) for _ in range(8)]
+        for saver in savers:
+            saver.start()
+        started = time.monotonic()
+        state.close()
+        took = time.monotonic() - started
+    for saver in savers:
+        saver.join(30)
+    # Not a speed bound: without the closed check, the eight saves take a busy timeout
+    # each before close gets the lock, well over the 2 s close waits at most.
+    assert took < 5
+    assert len(errors) == 8 and all(
+        isinstance(e, (StateError, sqlite3.OperationalError)) for e in errors
+    )
+
+
 def test_a_failed_save_does_not_double_count_after_a_restart(tmp_path: Path) -> None:
     """Fingerprints of a failed save are written by the next good one, with its totals."""
     path = tmp_path / "s.db"
@@ -327,7 +359,7 @@ class FakeDb:
 def test_a_failed_commit_rolls_back_and_releases_the_lock(fail_rollback: bool) -> None:
     lock = threading.Lock()
     db = FakeDb(fail_rollback)
-    transaction = _Transaction(db, lock, 1.0)  # type: ignore[arg-type]
+    transaction = _Transaction(db, lock, 1.0, lambda: False)  # type: ignore[arg-type]
     with pytest.raises(sqlite3.OperationalError, match="disk is full"), transaction:
         pass
     assert db.statements == ["BEGIN IMMEDIATE", "COMMIT", "ROLLBACK"]
@@ -465,6 +497,14 @@ UNUSABLE: dict[str, tuple[Callable[[Path], None], str]] = {
         BAD_TOTALS,
     ),
     "totals-negative": (edited("UPDATE totals SET data = ?", totals_data(runs=-4)), BAD_TOTALS),
+    "totals-huge-count": (
+        edited("UPDATE totals SET data = ?", totals_data(runs=10**400)),
+        BAD_TOTALS,
+    ),
+    "totals-huge-amount": (
+        edited("UPDATE totals SET data = ?", totals_data(turns=10**400)),
+        BAD_TOTALS,
+    ),
     "totals-text-count": (edited("UPDATE totals SET data = ?", totals_data(runs="4")), BAD_TOTALS),
     "totals-missing-key": (edited("UPDATE totals SET data = '{}'"), BAD_TOTALS),
     "totals-bucket-layout": (
