@@ -388,6 +388,10 @@ class HttpServer:
         stop() always close it through its transport, never under it.
         """
         loop = asyncio.get_running_loop()
+        # asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and an accepted
+        # socket's says 0: without it a response's last small segment waits for a delayed ACK.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         reader = asyncio.StreamReader(limit=self.limits.max_head_bytes)
         protocol = asyncio.StreamReaderProtocol(reader)
         transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
@@ -535,8 +539,8 @@ class HttpServer:
     async def _send(self, conn: _Connection, data: list[bytes]) -> None:
         """Write the response in slices, draining between them.
 
-        The head leaves with the start of the body (written apart, a small answer waits for a
-        delayed ACK, about 40 ms); the rest goes in slices, because the transport keeps what
+        The head leaves with the start of the body, in one segment for a small answer; the
+        rest goes in slices, because the transport keeps what
         the socket did not take in one buffer that it shifts after every send. While the
         client does not read, the connection counts as idle: a client that stops reading
         holds a body in memory, and is the first to go when room is needed.

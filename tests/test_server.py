@@ -287,7 +287,7 @@ def test_with_every_connection_mid_request_a_new_one_is_closed_at_once(
     server.app = slow_app
     busy = [raw(server.port), raw(server.port)]
     for conn in busy:
-        conn.get("/healthz")
+        conn.get("/healthz?wait=1")  # with a query, the app runs on a worker thread
     wait_for(lambda: len(entered) == 2, 5, "two requests in the app")
     try:
         assert raw(server.port).closed_within(5)  # nothing to evict: refused, not queued
@@ -735,8 +735,8 @@ def test_clients_that_stop_reading_cannot_hold_the_server(
 ) -> None:
     # Every slot held by a client that asked for a large answer and never reads it: the
     # stalled writers are dropped, first for room, then to keep the held bodies bounded.
-    server = start_server(max_connections=8, max_pending_bytes=4 << 20, write_timeout=60)
-    big = b"x" * (2 << 20)
+    server = start_server(max_connections=8, max_pending_bytes=32 << 20, write_timeout=60)
+    big = b"x" * (16 << 20)  # more than the kernel buffers of a socket take
     app = server.app
 
     def large(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
