@@ -244,25 +244,29 @@ def _reloader(
     """SIGHUP and POST /-/reload: read the config again; a bad one changes nothing."""
     lock = asyncio.Lock()
 
+    def failed(answer: str, **fields: Any) -> tuple[bool, str]:
+        store.record_reload(False, time.time())
+        log.error("config_reload_failed", **fields)
+        return False, answer
+
     async def reload() -> tuple[bool, str]:
         async with lock:
             try:
                 # Off the event loop: a large file must not delay the polls' scheduling.
                 config = await in_thread(reread)
             except ConfigError as exc:
-                store.record_reload(False, time.time())
-                log.error("config_reload_failed", problems=exc.problems)
-                return False, "invalid configuration, nothing changed:\n" + "\n".join(exc.problems)
+                return failed(
+                    "invalid configuration, nothing changed:\n" + "\n".join(exc.problems),
+                    problems=exc.problems,
+                )
             except Exception as exc:  # whatever went wrong, the old config stays in force
-                store.record_reload(False, time.time())
-                log.error("config_reload_failed", error=type(exc).__name__)
-                return False, f"reload failed ({type(exc).__name__}), nothing changed"
+                name = type(exc).__name__
+                return failed(f"reload failed ({name}), nothing changed", error=name)
             try:
                 restart = await poller.apply(config)
             except Exception as exc:
-                store.record_reload(False, time.time())
-                log.error("config_reload_failed", error=type(exc).__name__, exc_info=exc)
-                return False, f"reload failed half way ({type(exc).__name__})"
+                name = type(exc).__name__
+                return failed(f"reload failed half way ({name})", error=name, exc_info=exc)
             store.record_reload(True, time.time())
             log.info("config_reloaded", projects=len(config.projects), needs_restart=restart)
             message = f"configuration reloaded ({len(config.projects)} projects)"

@@ -166,8 +166,9 @@ MAX_PAGE_TOKEN = 8192  # a longer page token is not an offset or a cursor but an
 # The statuses the API documents or the retry rules name keep their own value of the
 # ``code`` label; any other is counted by its class, so a server cannot grow the label.
 _CODE_LABELS = {
-    code: str(code) for code in (200, 400, 401, 403, 404, 408, 409, 413, 422, 429, 500, 502, 503)
-} | {504: "504"}
+    code: str(code)
+    for code in (200, 400, 401, 403, 404, 408, 409, 413, 422, 429, 500, 502, 503, 504)
+}
 
 
 def code_label(status: int) -> str:

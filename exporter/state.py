@@ -378,7 +378,8 @@ class StateFile:
 
         Raises when the save fails; the project's next save then writes its whole state.
         """
-        full = result.changed is None or project_id in self._full_save
+        # None: the whole state (a baseline poll, or the first save after a failed one).
+        changed = None if project_id in self._full_save else result.changed
         try:
             with self._transaction():
                 self._db.execute(
@@ -387,7 +388,7 @@ class StateFile:
                     # Never NaN or Infinity: the next start would find the file unusable.
                     (project_id, json.dumps(totals.to_dict(), allow_nan=False)),
                 )
-                if full or result.changed is None:
+                if changed is None:
                     self._db.execute("DELETE FROM sessions WHERE project_id = ?", (project_id,))
                     rows: Iterable[tuple[str, str, int]] = (
                         (project_id, sid, fp) for sid, fp in tracker.fingerprints()
@@ -397,7 +398,7 @@ class StateFile:
                         "DELETE FROM sessions WHERE project_id = ? AND session_id = ?",
                         ((project_id, sid) for sid in result.removed),
                     )
-                    rows = ((project_id, sid, fp) for sid, fp in result.changed)
+                    rows = ((project_id, sid, fp) for sid, fp in changed)
                 self._db.executemany(
                     "INSERT OR REPLACE INTO sessions (project_id, session_id, fingerprint) "
                     "VALUES (?, ?, ?)",
