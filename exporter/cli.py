@@ -298,6 +298,7 @@ def run_demo(listen_address: str | None) -> int:
         evolve_every=DEMO_POLL_INTERVAL,
         # A few 429s and malformed items, so the failure metrics have something to show.
         faults=FaultConfig(rate_limit_share=0.02, malformed_share=0.003),
+        order="newest-first",
     )
     base_url = sim.start()
     try:

@@ -7,6 +7,10 @@ stalls, truncated bodies, malformed items, endless listings) can be injected onc
 recur at configured rates (:class:`FaultConfig`, also on the command line), drawn from a seeded RNG
 so that retries, timeouts and hostile pagination can be exercised end to end and reproduced.
 
+Listings come in creation order or newest first by ``last_updated_at`` (``order=``). With offset
+page tokens the latter makes sessions move between pages while a client pages through, which
+``rerun``, ``touch``, ``create_sessions``, ``delete_session`` and ``page_hook`` can reproduce.
+
 Run ``python -m exporter.simulator --help`` for the command line.
 """
 
@@ -18,6 +22,7 @@ import binascii
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import random
 import signal
@@ -39,6 +44,7 @@ __all__ = [
     "CHAT_PATH",
     "DEFAULT_API_KEY",
     "MALFORMED_KINDS",
+    "ORDERS",
     "FaultConfig",
     "RequestRecord",
     "Simulator",
@@ -46,6 +52,8 @@ __all__ = [
 ]
 
 CHAT_PATH = "/api/v1/chat"
+# Listing orders: ``Simulator(order=...)`` and ``--order``.
+ORDERS = ("newest-first", "created")
 DEFAULT_API_KEY = "llx-demo-key"
 DEFAULT_PAGE_SIZE = 50
 REQUEST_LOG_SIZE = 10_000
@@ -60,6 +68,7 @@ HISTORY_DAYS = 30
 _EPOCH = datetime(1970, 1, 1)
 _CLOCK_START_US = int((CLOCK_START - _EPOCH.replace(tzinfo=timezone.utc)).total_seconds()) * 10**6
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
+_log = logging.getLogger(__name__)
 
 _TITLES = (
     "What were the main findings in Q3?",
@@ -232,6 +241,10 @@ class _Project:
     cache: OrderedDict[tuple[str, int, int], bytes] = field(default_factory=OrderedDict)
     cache_bytes: int = 0
     tag: str = ""
+    newest_us: int = 0
+    """An upper bound of the items' ``last_updated_at``, in microseconds since the epoch."""
+    hook_rng: random.Random | None = None
+    """Draws for the test hooks, apart from ``rng`` so that they leave ``step()``'s draws alone."""
 
     def __post_init__(self) -> None:
         # Binds page tokens to their project, so a token replayed elsewhere is rejected.
@@ -267,6 +280,30 @@ def _format_ts(us: int, style: float) -> str:
     return text + "Z"
 
 
+def _ts_style(previous: object) -> float:
+    """The ``_format_ts`` style that reproduces an existing timestamp's: naive, "+00:00" or "Z"."""
+    if isinstance(previous, str) and previous.endswith("Z"):
+        return 0.95
+    if isinstance(previous, str) and previous.endswith("+00:00"):
+        return 0.8
+    return 0.0
+
+
+def _parse_us(value: object) -> int | None:
+    """An ISO 8601 timestamp in microseconds since the epoch (naive means UTC), or None."""
+    if not isinstance(value, str):
+        return None
+    if value.endswith("Z"):  # fromisoformat takes "Z" from Python 3.11 on only
+        value = value[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(timezone.utc).replace(tzinfo=None)
+    return (parsed - _EPOCH) // timedelta(microseconds=1)
+
+
 def _encode_token(tag: str, kind: str, number: int) -> str:
     raw = f"{kind}.{tag}.{number}".encode()
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
@@ -292,6 +329,12 @@ class Simulator:
     tests that need one exact failure, and a recurring :class:`FaultConfig` (``faults=`` or the
     ``faults`` attribute) for soak runs, demos and benchmarks. Every public method is
     thread-safe: one lock guards the data, the faults and the log.
+
+    ``order`` is ``"created"`` (items in creation order; a re-run stays in place) or
+    ``"newest-first"`` (by ``last_updated_at`` descending, ties in a stable order; a re-run or a
+    new session goes to the front). ``page_hook``, if set, is called as
+    ``hook(project_id, offset, page_size)`` after each 200 chat page is rendered and before it
+    is sent, outside the lock, so a test can change data in the middle of a listing.
     """
 
     def __init__(
@@ -306,6 +349,7 @@ class Simulator:
         evolve_every: float | None = None,
         api_key: str = DEFAULT_API_KEY,
         faults: FaultConfig | None = None,
+        order: str = "created",
     ) -> None:
         if projects < 0 or sessions_per_project < 0:
             raise ValueError("projects and sessions_per_project must not be negative")
@@ -317,7 +361,11 @@ class Simulator:
             raise ValueError("evolve_every must be positive (or None to disable)")
         if not api_key:
             raise ValueError("api_key must not be empty")
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
         self.seed = seed
+        self._order = order
+        self.page_hook: Callable[[str, int, int], None] | None = None
         self.error_share = error_share
         self.max_page_size = max_page_size
         self.evolve_every = evolve_every
@@ -331,6 +379,7 @@ class Simulator:
         self._stalled = 0
         self._cache_total = 0
         self._clock_us = _CLOCK_START_US
+        self._fresh_us = 0  # the last timestamp a test hook handed out
         self._server: _Server | None = None
         self._serve_thread: threading.Thread | None = None
         self._evolve_thread: threading.Thread | None = None
@@ -350,6 +399,11 @@ class Simulator:
             self._create(project_id, key, None, sessions_per_project)
 
     # ----------------------------------------------------------------- data
+
+    @property
+    def order(self) -> str:
+        """The listing order: ``"created"`` or ``"newest-first"``."""
+        return self._order
 
     @property
     def project_ids(self) -> list[str]:
@@ -387,13 +441,22 @@ class Simulator:
             return CLOCK_START + timedelta(microseconds=self._clock_us - _CLOCK_START_US)
 
     def set_sessions(self, project_id: str, items: list[Any]) -> None:
-        """Serve exactly these items (any JSON values, malformed ones included) for golden tests."""
+        """Serve exactly these items (any JSON values, malformed ones included) for golden tests.
+
+        They are listed in the order given, in either listing order; later changes follow it.
+        """
         encoded = [_ENCODER.encode(item).encode() for item in items]
+        stamps = [
+            _parse_us(item.get("last_updated_at")) if isinstance(item, dict) else None
+            for item in items
+        ]
+        newest = max((us for us in stamps if us is not None), default=0)
         with self._lock:
             project = self._projects.get(project_id)
             if project is None:
                 project = self._create(project_id, None, None, 0)
             project.items = encoded
+            project.newest_us = newest
             self._bump(project)
 
     def sessions(self, project_id: str) -> list[Any]:
@@ -436,6 +499,69 @@ class Simulator:
                 self._clock_us += STEP_SECONDS * 10**6
                 for project in self._projects.values():
                     self._evolve(project, start, self._clock_us)
+
+    # ---------------------------------------------------------- test hooks
+
+    def rerun(self, project_id: str, session_id: str) -> None:
+        """Give a session a new run and the project's newest ``last_updated_at``.
+
+        KeyError for an unknown project or session. Newest first, the session moves to the front.
+        """
+        with self._lock:
+            project = self._project(project_id)
+            index, item = self._find(project, session_id)
+            rng = self._hook_rng(project)
+            item["job_metadata"] = _run_dict(*_run_values(rng, self.error_share))
+            if not item.get("generated_title"):
+                item["generated_title"] = _TITLES[int(rng.random() * len(_TITLES))]
+            self._refresh(project, index, item)
+
+    def touch(self, project_id: str, session_id: str) -> None:
+        """Give a session the project's newest ``last_updated_at`` and change nothing else.
+
+        KeyError for an unknown project or session. Newest first, the session moves to the front.
+        """
+        with self._lock:
+            project = self._project(project_id)
+            index, item = self._find(project, session_id)
+            self._refresh(project, index, item)
+
+    def delete_session(self, project_id: str, session_id: str) -> None:
+        """Remove a session; KeyError for an unknown project or session."""
+        with self._lock:
+            project = self._project(project_id)
+            index, _ = self._find(project, session_id)
+            del project.items[index]
+            self._bump(project)
+
+    def create_sessions(self, project_id: str, count: int = 1) -> list[str]:
+        """Add ``count`` sessions with the project's newest timestamps; returns their ids.
+
+        Newest first they go to the front (the last created first), otherwise to the end.
+        KeyError for an unknown project, ValueError for a negative count.
+        """
+        if count < 0:
+            raise ValueError("count must not be negative")
+        with self._lock:
+            project = self._project(project_id)
+            if not count:
+                return []
+            first = self._next_us(project, count)
+            rng = self._hook_rng(project)
+            items, _ = self._new_sessions(project, count, 0, 0, 0.7, rng=rng, first_us=first)
+            if self._order == "newest-first":
+                project.items[:0] = reversed(items)
+            else:
+                project.items.extend(items)
+            self._bump(project)
+        return [json.loads(item)["session_id"] for item in items]
+
+    def on_page(
+        self, callback: Callable[[str, int, int], None] | None
+    ) -> Callable[[str, int, int], None] | None:
+        """Set ``page_hook`` (None clears it); returns ``callback``, so it works as a decorator."""
+        self.page_hook = callback
+        return callback
 
     # -------------------------------------------------------------- faults
 
@@ -577,18 +703,33 @@ class Simulator:
         self._projects[project_id] = project
         if sessions:
             start = self._clock_us - HISTORY_DAYS * 86_400 * 10**6
-            project.items = self._new_sessions(project, sessions, start, self._clock_us, 0.85)
+            items, stamps = self._new_sessions(project, sessions, start, self._clock_us, 0.85)
+            if self._order == "newest-first":
+                ranks = sorted(range(len(items)), key=stamps.__getitem__, reverse=True)
+                items = [items[i] for i in ranks]
+            project.items = items
+            project.newest_us = max(stamps)
         return project
 
     def _new_sessions(
-        self, project: _Project, count: int, start_us: int, end_us: int, run_share: float
-    ) -> list[bytes]:
+        self,
+        project: _Project,
+        count: int,
+        start_us: int,
+        end_us: int,
+        run_share: float,
+        *,
+        rng: random.Random | None = None,
+        first_us: int | None = None,
+    ) -> tuple[list[bytes], list[int]]:
         """Synthetic sessions with timestamps in (start_us, end_us], rendered straight to JSON.
 
+        Returns the items and their timestamps (microseconds). With ``first_us`` the timestamps
+        are ``first_us``, ``first_us + 1``, ... instead. ``rng`` defaults to the project's.
         Formatting with a template instead of building dicts keeps 200,000 sessions at about a
         second and avoids a transient copy of every item as Python objects.
         """
-        rng = project.rng
+        rng = project.rng if rng is None else rng
         rand = rng.random
         bits = rng.getrandbits
         pool = [_ENCODER.encode(index_id) for index_id in project.index_pool]
@@ -597,7 +738,9 @@ class Simulator:
         n_titles = len(_TITLES_JSON)
         out: list[bytes] = []
         append = out.append
-        for _ in range(count):
+        stamps: list[int] = []
+        stamp = stamps.append
+        for n in range(count):
             ran = rand() < run_share
             pick = rand()
             if pick < 0.2:
@@ -606,7 +749,11 @@ class Simulator:
                 index_ids = f"[{pool[int(rand() * len(pool))]}]"
             else:
                 index_ids = f"[{pool[0]},{pool[1 + int(rand() * (len(pool) - 1))]}]"
-            timestamp = _format_ts(start_us + 1 + int(rand() * span), rand())
+            us = start_us + 1 + int(rand() * span)
+            if first_us is not None:
+                us = first_us + n
+            stamp(us)
+            timestamp = _format_ts(us, rand())
             shared = "true" if rand() < 0.1 else "false"
             if ran:
                 title = _TITLES_JSON[int(rand() * n_titles)]
@@ -618,39 +765,100 @@ class Simulator:
                 f'"shared_access":{shared},"generated_title":{title},"index_ids":{index_ids},'
                 f'"job_metadata":{run}}}'.encode()
             )
-        return out
+        return out, stamps
 
     def _evolve(self, project: _Project, start_us: int, end_us: int) -> None:
-        """One tick: some sessions re-run, some are deleted, some appear (a few never run)."""
+        """One tick: some sessions re-run, some are deleted, some appear (a few never run).
+
+        Newest first, re-run and new sessions go to the front, newest first among themselves;
+        their timestamps then also lie after every timestamp the project has (test hooks may
+        have handed out ones after ``start_us``), so the listing stays sorted.
+        """
         rng = project.rng
         items = project.items
         size = len(items)
         span = end_us - start_us
+        newest_first = self._order == "newest-first"
+        if newest_first:
+            start_us = max(start_us, project.newest_us)
+        moved: list[tuple[int, bytes]] = []  # (timestamp, item) of re-runs, in listing order
         if size:
             # Means: about 2% of sessions deleted and 2% re-run per tick, at least a few.
             deletes = min(size, rng.randint(0, max(1, round(size * 0.04))))
             reruns = min(size - deletes, 1 + rng.randint(0, max(2, round(size * 0.04))))
             chosen = rng.sample(range(size), deletes + reruns)
+            gone = set(chosen[:deletes])
+            rerun_stamps: dict[int, int] = {}
             for index in chosen[deletes:]:
                 item = json.loads(items[index])
                 if not isinstance(item, dict):
                     continue  # malformed golden data stays as it is
-                previous = item.get("last_updated_at")
-                style = 0.0  # keep the session's timestamp style: naive, "+00:00" or "Z"
-                if isinstance(previous, str) and previous.endswith(("Z", "+00:00")):
-                    style = 0.95 if previous.endswith("Z") else 0.8
-                item["last_updated_at"] = _format_ts(start_us + 1 + int(rng.random() * span), style)
+                # Keep the session's timestamp style: naive, "+00:00" or "Z".
+                style = _ts_style(item.get("last_updated_at"))
+                us = start_us + 1 + int(rng.random() * span)
+                item["last_updated_at"] = _format_ts(us, style)
                 item["job_metadata"] = _run_dict(*_run_values(rng, self.error_share))
                 if not item.get("generated_title"):
                     item["generated_title"] = _TITLES[int(rng.random() * len(_TITLES))]
                 items[index] = _ENCODER.encode(item).encode()
-            gone = set(chosen[:deletes])
+                rerun_stamps[index] = us
+            if rerun_stamps:
+                project.newest_us = max(project.newest_us, *rerun_stamps.values())
+            if newest_first:
+                moved = [(rerun_stamps[i], items[i]) for i in sorted(rerun_stamps)]
+                gone.update(rerun_stamps)
             items = [item for i, item in enumerate(items) if i not in gone]
         # Creation balances deletion around the initial size, so a long demo neither empties
         # nor explodes.
         created = rng.randint(0, max(1, round(project.target * 0.04)))
-        items.extend(self._new_sessions(project, created, start_us, end_us, 0.7))
+        new_items, stamps = self._new_sessions(project, created, start_us, start_us + span, 0.7)
+        if stamps:
+            project.newest_us = max(project.newest_us, *stamps)
+        if newest_first:
+            moved.extend(zip(stamps, new_items, strict=True))
+            moved.sort(key=lambda pair: pair[0], reverse=True)  # stable, so ties keep their order
+            items[:0] = [item for _, item in moved]
+        else:
+            items.extend(new_items)
         project.items = items
+        self._bump(project)
+
+    def _hook_rng(self, project: _Project) -> random.Random:
+        if project.hook_rng is None:
+            project.hook_rng = random.Random(f"{self.seed}:{project.project_id}:hooks")
+        return project.hook_rng
+
+    def _next_us(self, project: _Project, count: int = 1) -> int:
+        """The first of ``count`` fresh timestamps (microseconds) for a test hook.
+
+        They follow the clock, every stamp handed out before and the project's newest, so they
+        increase strictly from call to call without reading the wall clock.
+        """
+        first = max(self._clock_us, self._fresh_us, project.newest_us) + 1
+        self._fresh_us = first + count - 1
+        project.newest_us = max(project.newest_us, self._fresh_us)
+        return first
+
+    def _find(self, project: _Project, session_id: str) -> tuple[int, dict[str, Any]]:
+        """The index and decoded item of the first session with this id; KeyError if none."""
+        needle = b'"session_id":' + _ENCODER.encode(session_id).encode()
+        for index, raw in enumerate(project.items):
+            if needle in raw:
+                value = json.loads(raw)
+                if isinstance(value, dict) and value.get("session_id") == session_id:
+                    return index, value
+        raise KeyError(f"unknown session {session_id!r} in project {project.project_id!r}")
+
+    def _refresh(self, project: _Project, index: int, item: dict[str, Any]) -> None:
+        """Store ``item`` with a fresh newest ``last_updated_at`` (to the front, newest first)."""
+        style = _ts_style(item.get("last_updated_at"))
+        item["last_updated_at"] = _format_ts(self._next_us(project), style)
+        encoded = _ENCODER.encode(item).encode()
+        if self._order == "newest-first":
+            del project.items[index]
+            project.items.insert(0, encoded)
+        else:
+            project.items[index] = encoded
         self._bump(project)
 
     def _bump(self, project: _Project) -> None:
@@ -757,7 +965,7 @@ class Simulator:
                     with self._lock:
                         self._stalled -= 1
         with self._lock:
-            status, body, headers = self._answer(
+            status, body, headers, listed = self._answer(
                 method, path, is_chat, query, authorization, decision
             )
             if (
@@ -771,6 +979,12 @@ class Simulator:
                 body = body[: len(body) // 2]
             self._request_count += 1
             self._requests.append(RequestRecord(path, query, authorization, status, method))
+        hook = self.page_hook
+        if hook is not None and listed is not None:
+            try:
+                hook(*listed)
+            except Exception:
+                _log.exception("page_hook failed for %s", target)
         return status, body, headers
 
     def _answer(
@@ -781,25 +995,33 @@ class Simulator:
         query: dict[str, str],
         authorization: str | None,
         decision: _Decision | None = None,
-    ) -> tuple[int, bytes, tuple[tuple[str, str], ...]]:
+    ) -> tuple[int, bytes, tuple[tuple[str, str], ...], tuple[str, int, int] | None]:
+        """(status, body, headers, listed): ``listed`` is (project_id, offset, page_size) of a
+        rendered chat page, else None."""
         if not is_chat:
-            return 404, _detail_body("Not Found"), ()
+            return 404, _detail_body("Not Found"), (), None
         if method != "GET":
-            return 405, _detail_body("Method Not Allowed"), (("Allow", "GET"),)
+            return 405, _detail_body("Method Not Allowed"), (("Allow", "GET"),), None
         fault = self._take_fault("fail", query.get("project_id"))
         if fault is not None:
             headers = (("Retry-After", fault.retry_after),) if fault.retry_after else ()
-            return fault.status, _detail_body(fault.detail), headers
+            return fault.status, _detail_body(fault.detail), headers, None
         if decision is not None and decision.error is not None:
             status, detail, extra = decision.error
-            return status, _detail_body(detail), extra
+            return status, _detail_body(detail), extra, None
         try:
-            return 200, self._list(query, authorization), ()
+            body, listed = self._list(query, authorization)
         except _ApiError as err:
-            return err.status, _detail_body(err.detail), err.headers
+            return err.status, _detail_body(err.detail), err.headers, None
+        return 200, body, (), listed
 
-    def _list(self, query: dict[str, str], authorization: str | None) -> bytes:
-        """The chat listing, checked in the order the real service does: auth, input, access."""
+    def _list(
+        self, query: dict[str, str], authorization: str | None
+    ) -> tuple[bytes, tuple[str, int, int]]:
+        """The chat listing, checked in the order the real service does: auth, input, access.
+
+        Returns the page and (project_id, offset, page_size); an endless page's offset is 0.
+        """
         key = _bearer(authorization)
         known = key == self.api_key or any(p.api_key == key for p in self._projects.values())
         if not known:
@@ -819,10 +1041,11 @@ class Simulator:
         token = query.get("page_token") or None
         kind, number = ("o", 0) if token is None else _decode_token(token, project.tag)
         if project.endless or project_id in self._fault_config.endless_projects:
-            return self._endless_page(project, page_size, number + 1 if kind == "e" else 1)
+            counter = number + 1 if kind == "e" else 1
+            return self._endless_page(project, page_size, counter), (project_id, 0, page_size)
         if kind != "o":
             raise _ApiError(400, "Invalid page_token")
-        return self._page(project, page_size, number)
+        return self._page(project, page_size, number), (project_id, number, page_size)
 
     def _page(self, project: _Project, page_size: int, offset: int) -> bytes:
         mode = "repeat" if project.repeat_token else "normal"
@@ -1310,6 +1533,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY",
         help="bearer key accepted for every project (default: %(default)s)",
     )
+    parser.add_argument(
+        "--order",
+        choices=ORDERS,
+        default="newest-first",
+        help="listing order: newest-first by last_updated_at (sessions that run again or appear "
+        "during a paged listing shift it, as offset tokens allow) or created, in creation order "
+        "(default: %(default)s)",
+    )
     _add_fault_options(parser)
     args = parser.parse_args(argv)
     try:
@@ -1324,6 +1555,7 @@ def main(argv: list[str] | None = None) -> int:
             evolve_every=args.evolve_every if args.evolve_every > 0 else None,
             api_key=args.api_key,
             faults=_fault_config(args),
+            order=args.order,
         )
         unknown = [p for p in args.endless_project if p not in simulator.project_ids]
         if unknown:
