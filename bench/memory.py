@@ -34,15 +34,17 @@ def _feed(tracker: Any, sessions: int, changed_share: float) -> Any:
 
 
 def _getsizeof_estimate(tracker: Any) -> float | None:
-    """sys.getsizeof of the tracker's dict, its keys and its values, per session."""
-    sessions = getattr(tracker, "_sessions", None)
-    if not isinstance(sessions, dict) or not sessions:
+    """sys.getsizeof of the tracker's index (dict, keys, values) and per-slot arrays, per session."""
+    index = getattr(tracker, "_index", None)
+    if not isinstance(index, dict) or not index:
         return None
-    size = sys.getsizeof(sessions)
     getsizeof = sys.getsizeof
-    for sid, value in sessions.items():
+    size = getsizeof(index)
+    for sid, value in index.items():
         size += getsizeof(sid) + getsizeof(value)
-    return size / len(sessions)
+    for name in ("_flags", "_input", "_output", "_turns", "_duration", "_free"):
+        size += getsizeof(getattr(tracker, name))
+    return size / len(index)
 
 
 def child(params: dict[str, Any]) -> dict[str, Any]:

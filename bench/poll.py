@@ -157,6 +157,7 @@ async def _exporter_polls(
         base_url=base_url,
         page_size=PAGE_SIZE,
         api_key=Secret(key),
+        listing="full",  # every poll reads every page: the cost per session is the question
     )
     config = Config(projects=(project,), max_pages=10**6)
     store, poller, client = _components(config, None)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 import zlib
+from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 # OpenTelemetry GenAI semantic conventions: durations double from 10 ms, tokens grow by four.
@@ -299,93 +300,248 @@ class ProjectSnapshot:
 class PollResult:
     snapshot: ProjectSnapshot
     new_runs: RunTotals
-    # For the state file: sessions whose fingerprint changed or appeared, and those gone.
+    # For the state file: sessions written or whose flags changed, and those gone.
     # ``changed`` is None when the whole tracker must be written (the baseline poll).
-    changed: tuple[tuple[str, int], ...] | None
+    changed: tuple[str, ...] | None
     removed: tuple[str, ...]
     baseline: bool
+    # An incremental listing stopped at its cutoff; a full one read every page.
+    incremental: bool = False
+    missed: int = 0  # sessions absent from this full listing for the first time, kept
+    # "incremental" when this listing enabled incremental listings, "full" when it
+    # showed the order broken and turned them off, else None.
+    order_change: str | None = None
+
+
+# A saved session: id, fingerprint, flags (status | missed), then its most recent run's
+# input tokens, output tokens, turns and duration in milliseconds.
+SavedSession = tuple[str, int, int, float, float, float, float]
+
+# Undo log entry: session id, its old index value (None: new), slot, old flags and run.
+_Undo = tuple[str, int | None, int, int, float, float, float, float]
+
+_SLOT_BITS = 32
+_SLOT_MASK = (1 << _SLOT_BITS) - 1
+_STATUS_MASK = 3  # flags: 0 never_run, 1 ok, 2 error ...
+MISSED = 4  # ... and absent from the last full listing (kept until absent from two)
+
+
+@dataclass(frozen=True, slots=True)
+class ListingState:
+    """What decides a project's next listing; kept in the state file."""
+
+    ordered: bool = False  # the last full listing was newest first: incremental allowed
+    newest: float | None = None  # newest last_updated_at of the last complete listing
+    since_full: int = 0  # incremental listings since the last full one
+    full_next: bool = False  # a full listing missed sessions: confirm with another
 
 
 class SessionTracker:
-    """The fingerprint of each listed session's most recent run, per project.
+    """What each listed session contributes, per project, packed for memory.
 
-    Updated in place as pages arrive (one dict, no copy, so memory follows what the API
-    lists), with an undo log so a poll that fails half way leaves it as it was.
+    A dict maps each session id to ``fingerprint << 32 | slot``; per slot, a byte holds the
+    status and the missed flag and four arrays of doubles hold the most recent run's input
+    and output tokens, turns and duration. Gauges are exact sums over those arrays
+    (``math.fsum``, so the order sessions were met in never changes a value), which lets a
+    listing that reads only what changed give the same gauges as one that reads it all.
+
+    Updated in place as pages arrive, with an undo log so a poll that fails half way
+    leaves it as it was.
     """
 
-    __slots__ = ("_gen", "_has_baseline", "_seen", "_sessions", "_undo")
+    __slots__ = (
+        "_duration",
+        "_flags",
+        "_free",
+        "_has_baseline",
+        "_index",
+        "_input",
+        "_listing",
+        "_missed",
+        "_output",
+        "_saved_missed",
+        "_saved_status",
+        "_seen",
+        "_seen_count",
+        "_status",
+        "_sums",
+        "_turns",
+        "_undo",
+        "state",
+    )
 
-    def __init__(self, sessions: dict[str, int] | None = None) -> None:
-        """``sessions`` (session id to fingerprint) restores a baseline from a state file."""
-        self._gen = 0
-        self._sessions: dict[str, int] = {}
+    def __init__(
+        self,
+        sessions: Iterable[SavedSession] | dict[str, int] | None = None,
+        state: ListingState | None = None,
+    ) -> None:
+        """Restore a baseline from a state file: saved sessions, or bare fingerprints (an
+        older file: those count as missed once, so a first listing that misses one drops it
+        as older versions did)."""
+        self._index: dict[str, int] = {}
+        self._flags = bytearray()
+        self._input = array("d")
+        self._output = array("d")
+        self._turns = array("d")
+        self._duration = array("d")
+        self._free: list[int] = []
+        self._status = [0, 0, 0]
+        self._missed = 0
+        self._sums = (0.0, 0.0, 0.0, 0.0)
+        self._seen = bytearray()
+        self._undo: list[_Undo] | None = None
+        self._saved_status: list[int] = []
+        self._saved_missed = 0
+        self._seen_count = 0
+        self._listing: Listing | None = None
         self._has_baseline = sessions is not None
-        if sessions:
-            self._sessions = {sid: (fp & _FP_MASK) << _GEN_BITS for sid, fp in sessions.items()}
-        self._undo: list[tuple[str, int | None]] | None = None
-        self._seen = 0
+        self.state = state if state is not None and self._has_baseline else ListingState()
+        if isinstance(sessions, dict):
+            rows: Iterable[SavedSession] = (
+                (sid, fp, MISSED, 0.0, 0.0, 0.0, 0.0) for sid, fp in sessions.items()
+            )
+        else:
+            rows = sessions or ()
+        for sid, fp, flags, i, o, t, d in rows:
+            slot = len(self._flags)
+            self._index[sid] = ((fp & _FP_MASK) << _SLOT_BITS) | slot
+            self._flags.append(flags & (_STATUS_MASK | MISSED))
+            self._input.append(i)
+            self._output.append(o)
+            self._turns.append(t)
+            self._duration.append(d)
+            self._status[flags & _STATUS_MASK] += 1
+            if flags & MISSED:
+                self._missed += 1
+        self._sums = self._fsums()
 
     @property
     def has_baseline(self) -> bool:
         return self._has_baseline
 
     def __len__(self) -> int:
-        return len(self._sessions)
+        return len(self._index)
+
+    def _fsums(self) -> tuple[float, float, float, float]:
+        fsum = math.fsum
+        return fsum(self._input), fsum(self._output), fsum(self._turns), fsum(self._duration)
+
+    def rows(self, names: Iterable[str] | None = None) -> Iterator[SavedSession]:
+        """Saved form of every session, or of the named ones still tracked."""
+        index = self._index
+        if names is None:
+            items: Iterable[tuple[str, int]] = index.items()
+        else:
+            items = ((sid, index[sid]) for sid in names if sid in index)
+        for sid, value in items:
+            slot = value & _SLOT_MASK
+            yield (
+                sid,
+                value >> _SLOT_BITS,
+                self._flags[slot],
+                self._input[slot],
+                self._output[slot],
+                self._turns[slot],
+                self._duration[slot],
+            )
 
     def fingerprints(self) -> Iterator[tuple[str, int]]:
-        for sid, value in self._sessions.items():
-            yield sid, value >> _GEN_BITS
+        for sid, value in self._index.items():
+            yield sid, value >> _SLOT_BITS
 
-    def begin(self) -> Listing:
-        self._gen = (self._gen + 1) & _GEN_MASK
+    def plan(self, *, auto: bool, full_every: int, overlap: float) -> float | None:
+        """The cutoff of the next listing, or None for a full one.
+
+        Incremental only in ``auto``, after a full listing showed newest-first order, and
+        never for the ``full_every``-th poll or right after a full listing missed sessions.
+        """
+        state = self.state
+        if (
+            not auto
+            or not self._has_baseline
+            or not state.ordered
+            or state.full_next
+            or state.newest is None
+            or state.since_full + 1 >= full_every
+        ):
+            return None
+        return state.newest - overlap
+
+    def begin(self, cutoff: float | None = None, overlap: float = 300.0) -> Listing:
+        """Start a listing; with ``cutoff`` (Unix seconds) it is incremental: it stops after
+        a page whose sessions were all last updated before the cutoff."""
+        self._seen = bytearray(len(self._flags))
+        self._seen_count = 0
         self._undo = [] if self._has_baseline else None
-        self._seen = 0
-        return Listing(self)
+        self._saved_status = list(self._status)
+        self._saved_missed = self._missed
+        self._listing = Listing(self, cutoff, overlap)
+        return self._listing
 
     def rollback(self) -> None:
-        if self._undo is None:
-            self._sessions.clear()
-        else:
-            for sid, old in reversed(self._undo):
-                if old is None:
-                    self._sessions.pop(sid, None)
-                else:
-                    self._sessions[sid] = old
+        """Undo the listing under way: a failed poll changes nothing."""
+        undo = self._undo
         self._undo = None
+        self._listing = None
+        if undo is None:  # a failed baseline poll: start afresh
+            self._index.clear()
+            self._free = list(range(len(self._flags)))
+            self._flags[:] = bytes(len(self._flags))
+            for values in (self._input, self._output, self._turns, self._duration):
+                values[:] = array("d", bytes(8 * len(values)))
+            self._status = [0, 0, 0]
+            self._missed = 0
+            self._sums = (0.0, 0.0, 0.0, 0.0)
+            return
+        for sid, old, slot, flags, i, o, t, d in reversed(undo):
+            if old is None:
+                del self._index[sid]
+                self._free.append(slot)
+            else:
+                self._index[sid] = old
+            self._flags[slot] = flags
+            self._input[slot], self._output[slot] = i, o
+            self._turns[slot], self._duration[slot] = t, d
+        self._status = self._saved_status
+        self._missed = self._saved_missed
 
-    def _commit(self) -> tuple[tuple[tuple[str, int], ...] | None, tuple[str, ...]]:
-        removed: tuple[str, ...] = ()
-        if self._seen != len(self._sessions):
-            gen = self._gen
-            removed = tuple(
-                sid for sid, value in self._sessions.items() if value & _GEN_MASK != gen
-            )
-            for sid in removed:
-                del self._sessions[sid]
-        if self._undo is None:
-            changed = None
-        else:
-            # The last write of a session wins; the undo log names every one that changed.
-            names = dict.fromkeys(sid for sid, _ in self._undo)
-            changed = tuple(
-                (sid, self._sessions[sid] >> _GEN_BITS) for sid in names if sid in self._sessions
-            )
-        self._has_baseline = True
-        self._undo = None
-        return changed, removed
+    def _slot(self, slot: int) -> tuple[int, float, float, float, float]:
+        return (
+            self._flags[slot],
+            self._input[slot],
+            self._output[slot],
+            self._turns[slot],
+            self._duration[slot],
+        )
+
+    def _remove(self, sid: str, value: int) -> None:
+        slot = value & _SLOT_MASK
+        del self._index[sid]
+        self._status[self._flags[slot] & _STATUS_MASK] -= 1
+        self._flags[slot] = 0
+        self._input[slot] = self._output[slot] = self._turns[slot] = self._duration[slot] = 0.0
+        self._free.append(slot)
 
 
 class Listing:
     """One poll's pass over the listed items: feed pages, then :meth:`finish`."""
 
-    def __init__(self, tracker: SessionTracker) -> None:
+    def __init__(self, tracker: SessionTracker, cutoff: float | None, overlap: float) -> None:
         self._tracker = tracker
         self._counting = tracker.has_baseline
-        self._status = [0, 0, 0]
-        self._input = 0.0
-        self._output = 0.0
-        self._turns = 0.0
-        self._duration_ms = 0.0
+        self._cutoff = cutoff
+        if cutoff is None:
+            self._cut_aware = self._cut_naive = None
+        else:
+            self._cut_aware = datetime.fromtimestamp(cutoff, timezone.utc)
+            self._cut_naive = self._cut_aware.replace(tzinfo=None)
+        self._overlap = timedelta(seconds=overlap)
+        self._stopped = False
+        self._unordered = False  # an item newer than the one before it, or without a stamp
+        self._broken = False  # ... newer by more than the overlap, or without a stamp
+        self._previous: datetime | None = None
+        self._dirty = False
+        self._changed_flags: list[str] = []
         self._newest_naive: datetime | None = None
         self._newest_aware: datetime | None = None
         self._invalid = 0
@@ -400,21 +556,30 @@ class Listing:
         self._input_hist = _HistogramBuilder(TOKEN_BUCKETS)
         self._output_hist = _HistogramBuilder(TOKEN_BUCKETS)
 
-    def add(self, items: Iterable[Any]) -> None:
-        """Fold one page in. Runs once per listed session: sums are kept in locals."""
+    @property
+    def incremental(self) -> bool:
+        """Still reading up to a cutoff (an order break turns a listing into a full one)."""
+        return self._cutoff is not None and not self._broken
+
+    def add(self, items: Iterable[Any]) -> bool:
+        """Fold one page in; True when an incremental listing should stop here.
+
+        Runs once per listed session: what does not change is only looked up.
+        """
         tracker = self._tracker
-        sessions = tracker._sessions
+        index = tracker._index
+        flags = tracker._flags
+        seen = tracker._seen
         undo = tracker._undo
-        gen = tracker._gen
         counting = self._counting
-        status = self._status
+        check_missed = tracker._missed > 0
         newest_naive = self._newest_naive
         newest_aware = self._newest_aware
-        # Continuing the running sums (not summing a page apart) keeps float results the
-        # same however the listing is split into pages.
-        total_in, total_out = self._input, self._output
-        total_turns, total_ms = self._turns, self._duration_ms
-        seen = invalid = 0
+        previous = self._previous
+        cut_naive, cut_aware = self._cut_naive, self._cut_aware
+        all_old = cut_aware is not None
+        any_valid = False
+        invalid = 0
         for item in items:
             if type(item) is not dict:
                 invalid += 1
@@ -436,51 +601,106 @@ class Listing:
             except InvalidItem:
                 invalid += 1
                 continue
-            old = sessions.get(sid)
-            if old is not None and old & _GEN_MASK == gen:
-                self._duplicates += 1
-                continue
+            any_valid = True
+            if updated is None:
+                self._unordered = self._broken = True
+                all_old = False
+            else:
+                if previous is not None:
+                    try:
+                        newer = updated > previous
+                    except TypeError:  # naive against aware: both are UTC
+                        newer = utc_timestamp(updated) > utc_timestamp(previous)
+                    if newer:
+                        self._unordered = True
+                        if _gap(previous, updated) > self._overlap:
+                            self._broken = True
+                previous = updated
+                if updated.tzinfo is None:
+                    if newest_naive is None or updated > newest_naive:
+                        newest_naive = updated
+                    if all_old and updated >= cut_naive:  # type: ignore[operator]
+                        all_old = False
+                else:
+                    if newest_aware is None or updated > newest_aware:
+                        newest_aware = updated
+                    if all_old and updated >= cut_aware:  # type: ignore[operator]
+                        all_old = False
             fp = NEVER_RUN if run is None else run[5]
-            sessions[sid] = (fp << _GEN_BITS) | gen
-            seen += 1
-            if old is None:
-                if undo is not None:
-                    undo.append((sid, None))
+            value = index.get(sid)
+            if value is None:
+                self._store(sid, None, fp, run)
                 if counting:
                     self._created += 1
                     if run is not None:
                         self._count_run(run)
-            elif old >> _GEN_BITS != fp:
-                if undo is not None:
-                    undo.append((sid, old))
+                continue
+            slot = value & _SLOT_MASK
+            if seen[slot]:
+                self._duplicates += 1
+                continue
+            seen[slot] = 1
+            tracker._seen_count += 1
+            if value >> _SLOT_BITS != fp:
+                self._store(sid, value, fp, run)
                 if counting and run is not None:
                     self._count_run(run)
-            if updated is not None:
-                # Naive and aware datetimes do not compare: keep the newest of each.
-                if updated.tzinfo is None:
-                    if newest_naive is None or updated > newest_naive:
-                        newest_naive = updated
-                elif newest_aware is None or updated > newest_aware:
-                    newest_aware = updated
-            if run is None:
-                status[0] += 1
-                continue
-            is_error, d, i, o, t, _ = run
-            status[2 if is_error else 1] += 1
-            if i is not None:
-                total_in += i
-            if o is not None:
-                total_out += o
-            if t is not None:
-                total_turns += t
-            if d is not None:
-                total_ms += d
-        tracker._seen += seen
+            elif check_missed and flags[slot] & MISSED:
+                # Absent from the last full listing, back now: it moved while that one paged.
+                if undo is not None:
+                    undo.append((sid, value, slot, *tracker._slot(slot)))
+                flags[slot] &= ~MISSED
+                tracker._missed -= 1
+                self._changed_flags.append(sid)
         self._invalid += invalid
-        self._input, self._output = total_in, total_out
-        self._turns, self._duration_ms = total_turns, total_ms
         self._newest_naive = newest_naive
         self._newest_aware = newest_aware
+        self._previous = previous
+        stop = all_old and any_valid and self.incremental
+        self._stopped = self._stopped or stop
+        return stop
+
+    def _store(self, sid: str, old: int | None, fp: int, run: RunTuple | None) -> None:
+        """Write a session's new fingerprint and contribution, logging the old for undo."""
+        tracker = self._tracker
+        flags = tracker._flags
+        if old is None:
+            tracker._seen_count += 1
+            if tracker._free:
+                slot = tracker._free.pop()
+                tracker._seen[slot] = 1
+            else:
+                slot = len(flags)
+                flags.append(0)
+                tracker._input.append(0.0)
+                tracker._output.append(0.0)
+                tracker._turns.append(0.0)
+                tracker._duration.append(0.0)
+                tracker._seen.append(1)
+            if tracker._undo is not None:
+                tracker._undo.append((sid, None, slot, 0, 0.0, 0.0, 0.0, 0.0))
+        else:
+            slot = old & _SLOT_MASK
+            if tracker._undo is not None:
+                tracker._undo.append((sid, old, slot, *tracker._slot(slot)))
+            tracker._status[flags[slot] & _STATUS_MASK] -= 1
+            if flags[slot] & MISSED:
+                tracker._missed -= 1
+                self._changed_flags.append(sid)
+        tracker._index[sid] = (fp << _SLOT_BITS) | slot
+        if run is None:
+            status = 0
+            i = o = t = d = 0.0
+        else:
+            is_error, d, i, o, t, _ = run
+            status = 2 if is_error else 1
+        flags[slot] = status
+        tracker._status[status] += 1
+        tracker._input[slot] = i or 0.0
+        tracker._output[slot] = o or 0.0
+        tracker._turns[slot] = t or 0.0
+        tracker._duration[slot] = d or 0.0
+        self._dirty = True
 
     def _count_run(self, run: RunTuple) -> None:
         is_error, d, i, o, t, _ = run
@@ -503,17 +723,65 @@ class Listing:
         return max(stamps) if stamps else None
 
     def finish(self) -> PollResult:
+        tracker = self._tracker
         baseline = not self._counting
-        changed, removed = self._tracker._commit()
+        full = not self._stopped
+        removed: list[str] = []
+        missed: list[str] = []
+        if full and len(tracker._index) != tracker._seen_count:
+            seen = tracker._seen
+            flags = tracker._flags
+            for sid, value in list(tracker._index.items()):
+                slot = value & _SLOT_MASK
+                if seen[slot]:
+                    continue
+                if flags[slot] & MISSED:
+                    tracker._missed -= 1
+                    tracker._remove(sid, value)
+                    removed.append(sid)
+                else:
+                    flags[slot] |= MISSED
+                    tracker._missed += 1
+                    missed.append(sid)
+        if self._dirty or removed or not tracker._has_baseline:
+            tracker._sums = tracker._fsums()
+        old = tracker.state
+        newest = self._last_updated()
+        if full:
+            # Turned on by a listing in newest-first order; kept through a few races inside
+            # the overlap, so sessions that move while it pages do not turn it off.
+            ordered = not self._unordered or (old.ordered and not self._broken)
+            ordered = ordered and newest is not None
+            state = ListingState(ordered, newest, 0, bool(missed))
+        else:
+            if newest is None or (old.newest is not None and old.newest > newest):
+                newest = old.newest
+            state = ListingState(True, newest, old.since_full + 1, False)
+        change = None
+        if state.ordered != old.ordered:
+            change = "incremental" if state.ordered else "full"
+        tracker.state = state
+        if tracker._undo is None:
+            changed = None
+        else:
+            names = dict.fromkeys(sid for sid, *_ in tracker._undo)
+            names.update(dict.fromkeys(self._changed_flags))
+            names.update(dict.fromkeys(missed))
+            changed = tuple(sid for sid in names if sid in tracker._index)
+        tracker._has_baseline = True
+        tracker._undo = None
+        tracker._listing = None
+        never_run, ok, error = tracker._status
+        total_in, total_out, turns, duration_ms = tracker._sums
         snapshot = ProjectSnapshot(
-            never_run=self._status[0],
-            ok=self._status[1],
-            error=self._status[2],
-            input_tokens=self._input,
-            output_tokens=self._output,
-            turns=self._turns,
-            duration_seconds=self._duration_ms / 1000.0,
-            last_updated=self._last_updated(),
+            never_run=never_run,
+            ok=ok,
+            error=error,
+            input_tokens=total_in,
+            output_tokens=total_out,
+            turns=turns,
+            duration_seconds=duration_ms / 1000.0,
+            last_updated=newest,
             invalid_items=self._invalid,
             duplicate_items=self._duplicates,
         )
@@ -528,7 +796,23 @@ class Listing:
             input_usage=self._input_hist.build(),
             output_usage=self._output_hist.build(),
         )
-        return PollResult(snapshot, new_runs, changed, removed, baseline)
+        return PollResult(
+            snapshot,
+            new_runs,
+            changed,
+            tuple(removed),
+            baseline,
+            incremental=not full,
+            missed=len(missed),
+            order_change=change,
+        )
+
+
+def _gap(earlier: datetime, later: datetime) -> timedelta:
+    try:
+        return later - earlier
+    except TypeError:  # naive against aware: both are UTC
+        return timedelta(seconds=utc_timestamp(later) - utc_timestamp(earlier))
 
 
 def aggregate(pages: Iterable[Iterable[Any]], tracker: SessionTracker | None = None) -> PollResult:

@@ -15,7 +15,7 @@ import ssl
 import threading
 import time
 import zlib
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -52,6 +52,7 @@ class PollError(Exception):
         self.reason = reason
         self.status = status
         self.pages = 0  # pages fetched before the failure
+        self.incremental = False  # the failed listing was incremental
 
 
 def retry_after_seconds(headers: httpx.Headers, now: float | None = None) -> float | None:
@@ -482,7 +483,7 @@ class ApiClient:
 
     def pages(
         self, project: ProjectConfig, max_pages: int, max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
-    ) -> Iterator[list[Any]]:
+    ) -> Generator[list[Any], None, None]:
         """Yield the ``items`` of each page until the listing ends."""
         http, connection = self._client(project.id)
         auth = _BearerAuth(project.api_key)

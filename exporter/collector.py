@@ -234,6 +234,17 @@ class StoreCollector(Collector):
             "Failed polls of the project, by reason.",
             labels=["project_id", "reason"],
         )
+        pages = GaugeMetricFamily(
+            "llamacloud_poll_pages",
+            "Pages of the chat listing read by the project's last poll, successful or not.",
+            labels=["project_id"],
+        )
+        incremental = GaugeMetricFamily(
+            "llamacloud_poll_incremental",
+            "1 if the project's last poll was an incremental listing (it stopped at sessions "
+            "older than the previous poll's newest, less the overlap), 0 if it read every page.",
+            labels=["project_id"],
+        )
         invalid = CounterMetricFamily(
             "llamacloud_invalid_items",
             "Listed items skipped for a bad shape, summed over complete polls.",
@@ -244,13 +255,16 @@ class StoreCollector(Collector):
             up.add_metric([pid], 1 if p.up else 0)
             if p.last_poll_duration is not None:
                 poll_duration.add_metric([pid], p.last_poll_duration)
+            if p.last_poll_pages is not None:
+                pages.add_metric([pid], p.last_poll_pages)
+                incremental.add_metric([pid], 1 if p.last_poll_incremental else 0)
             if p.last_success is not None:
                 last_success.add_metric([pid], p.last_success)
             failed = dict(p.poll_errors)
             for reason in POLL_ERROR_REASONS:
                 poll_errors.add_metric([pid, reason], failed.get(reason, 0))
             invalid.add_metric([pid], p.invalid_items_total)
-        yield from (up, poll_duration, last_success, poll_errors, invalid)
+        yield from (up, poll_duration, pages, incremental, last_success, poll_errors, invalid)
 
 
 class _Families(Collector):

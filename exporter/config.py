@@ -40,6 +40,7 @@ MAX_TIMEOUT_SECONDS = 600.0
 MAX_POLL_INTERVAL_SECONDS = 86_400.0
 MAX_REQUESTS_PER_SECOND = 10_000.0
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+LISTING_MODES = ("auto", "full")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class ProjectConfig:
     base_url: str
     page_size: int
     api_key: Secret = field(repr=False)
+    listing: str = "auto"  # "auto": incremental once the API shows newest-first; "full"
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,8 @@ class Config:
     max_retries: int = 5
     max_pages: int = 10000
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    full_listing_every: int = 10
+    incremental_overlap_seconds: float = 300.0
     max_requests_per_second: float = 0.0  # 0: no limit
     poll_interval_seconds: float = 60.0
     max_concurrency: int = 4
@@ -104,6 +108,9 @@ _LLAMACLOUD_KEYS = {
     "max_pages",
     "max_response_bytes",
     "max_requests_per_second",
+    "listing",
+    "full_listing_every",
+    "incremental_overlap_seconds",
 }
 _PROJECT_KEYS = {
     "id",
@@ -113,6 +120,7 @@ _PROJECT_KEYS = {
     "api_key_file",
     "base_url",
     "page_size",
+    "listing",
 }
 _WEB_KEYS = {"listen_address"}
 _STATE_KEYS = {"path"}
@@ -201,6 +209,18 @@ def _parse(
     max_bytes = _int(
         lc, "max_response_bytes", "llamacloud.", DEFAULT_MAX_RESPONSE_BYTES, 1024, 2**30, problems
     )
+    default_listing = _listing(lc, "llamacloud.", "auto", problems)
+    full_every = _int(lc, "full_listing_every", "llamacloud.", 10, 1, 1_000_000, problems)
+    overlap = lc.get("incremental_overlap_seconds", 300.0)
+    if isinstance(overlap, bool) or not isinstance(overlap, (int, float)):
+        problems.append("llamacloud.incremental_overlap_seconds: must be a number")
+        overlap = 300.0
+    elif not 0 <= overlap <= MAX_POLL_INTERVAL_SECONDS:
+        problems.append(
+            "llamacloud.incremental_overlap_seconds: must be between 0 and "
+            f"{MAX_POLL_INTERVAL_SECONDS:g}"
+        )
+        overlap = 300.0
     rate = 0.0
     if lc.get("max_requests_per_second", 0) != 0:
         found: list[str] = []
@@ -230,6 +250,7 @@ def _parse(
         default_base,
         default_key,
         default_page_size,
+        default_listing,
         base_dir,
         problems,
         secrets,
@@ -240,6 +261,8 @@ def _parse(
         max_retries=max_retries,
         max_pages=max_pages,
         max_response_bytes=max_bytes,
+        full_listing_every=full_every,
+        incremental_overlap_seconds=float(overlap),
         max_requests_per_second=rate,
         poll_interval_seconds=interval,
         max_concurrency=concurrency,
@@ -253,6 +276,7 @@ def _projects(
     default_base: str,
     default_key: str | None,
     default_page_size: int,
+    default_listing: str,
     base_dir: Path | None,
     problems: list[str],
     secrets: list[str],
@@ -302,6 +326,7 @@ def _projects(
                 base_url=base,
                 page_size=page_size,
                 api_key=Secret(key or ""),
+                listing=_listing(item, where + ".", default_listing, problems),
             )
         )
     return out
@@ -390,6 +415,14 @@ def _int(
         problems.append(f"{prefix}{key}: must be between {low} and {high}")
         return default
     return value
+
+
+def _listing(d: dict[str, Any], prefix: str, default: str, problems: list[str]) -> str:
+    value = d.get("listing", default)
+    if value not in LISTING_MODES:
+        problems.append(f"{prefix}listing: must be one of {', '.join(LISTING_MODES)}")
+        return default
+    return str(value)
 
 
 def _number(

@@ -53,7 +53,9 @@ class Poller:
         for project in config.projects:
             entry = saved.get(project.id)
             store.add_project(project, entry.totals if entry else None)
-            self._trackers[project.id] = SessionTracker(entry.sessions if entry else None)
+            self._trackers[project.id] = (
+                SessionTracker(entry.sessions, entry.listing) if entry else SessionTracker()
+            )
             self._projects[project.id] = project
 
     async def poll_all_once(self) -> bool:
@@ -164,12 +166,14 @@ class Poller:
         try:
             result, pages, items = await in_thread(self._list, project)
         except PollError as exc:
-            self._failed(project, exc.reason, str(exc), started, exc.pages, exc.status)
+            self._failed(
+                project, exc.reason, str(exc), started, exc.pages, exc.status, exc.incremental
+            )
             return False
         except Stopped:
             raise asyncio.CancelledError() from None
         except Exception as exc:  # a bug must cost one poll, never the daemon
-            self._failed(project, "internal", type(exc).__name__, started, 0, None)
+            self._failed(project, "internal", type(exc).__name__, started, 0, None, False)
             log.error("poll_internal_error", project_id=project.id, exc_info=exc)
             return False
         tracker = self._trackers[project.id]
@@ -179,11 +183,29 @@ class Poller:
             result,
             duration=duration,
             finished=self._clock(),
+            pages=pages,
         )
+        if result.order_change == "incremental":
+            log.info(
+                "listing_incremental",
+                project_id=project.id,
+                message="the API lists this project newest first: polls now read only what "
+                "changed, with a full listing every llamacloud.full_listing_every polls",
+            )
+        elif result.order_change == "full":
+            log.warning(
+                "listing_full",
+                project_id=project.id,
+                message="the API listed this project out of newest-first order (beyond "
+                "llamacloud.incremental_overlap_seconds): back to full listings until one "
+                "shows the order again",
+            )
         log.info(
             "poll_succeeded",
             project_id=project.id,
             pages=pages,
+            incremental=result.incremental,
+            missed=result.missed,
             items=items,
             sessions=result.snapshot.sessions,
             new_runs=result.new_runs.runs,
@@ -210,24 +232,33 @@ class Poller:
 
     def _list(self, project: ProjectConfig) -> tuple[PollResult, int, int]:
         """Fetch and aggregate every page; runs in a worker thread, off the event loop."""
+        config = self._config
         tracker = self._trackers[project.id]
-        listing = tracker.begin()
+        cutoff = tracker.plan(
+            auto=project.listing == "auto",
+            full_every=config.full_listing_every,
+            overlap=config.incremental_overlap_seconds,
+        )
+        listing = tracker.begin(cutoff, config.incremental_overlap_seconds)
         pages = items = 0
+        listed = self._client.pages(project, config.max_pages, config.max_response_bytes)
         try:
-            for page in self._client.pages(
-                project, self._config.max_pages, self._config.max_response_bytes
-            ):
+            for page in listed:
                 pages += 1
                 items += len(page)
-                listing.add(page)
+                if listing.add(page):
+                    break  # an incremental listing reached what the last poll saw
             return listing.finish(), pages, items
         except PollError as exc:
             tracker.rollback()
             exc.pages = pages
+            exc.incremental = listing.incremental
             raise
         except BaseException:
             tracker.rollback()
             raise
+        finally:
+            listed.close()
 
     def _failed(
         self,
@@ -237,9 +268,17 @@ class Poller:
         started: float,
         pages: int,
         status: int | None,
+        incremental: bool,
     ) -> None:
         duration = self._monotonic() - started
-        self._store.record_failure(project.id, reason, duration=duration, finished=self._clock())
+        self._store.record_failure(
+            project.id,
+            reason,
+            duration=duration,
+            finished=self._clock(),
+            pages=pages,
+            incremental=incremental,
+        )
         fields = {
             "project_id": project.id,
             "reason": reason,

@@ -1,4 +1,4 @@
-"""The optional state file: run counters and session fingerprints that survive restarts.
+"""The optional state file: run counters and what each session contributes, across restarts.
 
 SQLite, written once per successful poll in one transaction, so a counter and the baseline
 it was counted against are always saved together. Usually only what changed is written;
@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import sqlite3
 import stat
@@ -22,7 +23,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +33,17 @@ from .aggregate import (
     DURATION_BUCKETS,
     TOKEN_BUCKETS,
     Histogram,
+    ListingState,
     PollResult,
     RunTotals,
+    SavedSession,
     SessionTracker,
     parse_run,
 )
 
 log = structlog.get_logger("exporter.state")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 1: fingerprints only; 2 adds contributions and listing state
 # How long a write waits for another process's lock on the database (a backup, an
 # ``sqlite3`` shell) before it fails; a short external lock is waited out.
 BUSY_TIMEOUT_SECONDS = 5.0
@@ -61,10 +64,13 @@ _PROBE = {"duration_ms": 1234.5, "error": "x", "is_error": True, "total_input_to
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _SIBLINGS = ("-wal", "-shm", "-journal")  # files SQLite keeps beside a database
+_V1_SESSIONS = ("project_id", "session_id", "fingerprint")
+_RUN_COLUMNS = ("input_tokens", "output_tokens", "turns", "duration_ms")
 _COLUMNS = {
     "meta": ("key", "value"),
     "totals": ("project_id", "data", "has_baseline"),
-    "sessions": ("project_id", "session_id", "fingerprint"),
+    "sessions": (*_V1_SESSIONS, "flags", *_RUN_COLUMNS),
+    "listing": ("project_id", "data"),
 }
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -72,8 +78,19 @@ _SCHEMA = (
     " project_id TEXT PRIMARY KEY, data TEXT NOT NULL, has_baseline INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS sessions ("
     " project_id TEXT NOT NULL, session_id TEXT NOT NULL, fingerprint INTEGER NOT NULL,"
+    " flags INTEGER NOT NULL DEFAULT 4, input_tokens REAL NOT NULL DEFAULT 0,"
+    " output_tokens REAL NOT NULL DEFAULT 0, turns REAL NOT NULL DEFAULT 0,"
+    " duration_ms REAL NOT NULL DEFAULT 0,"
     " PRIMARY KEY (project_id, session_id)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS listing (project_id TEXT PRIMARY KEY, data TEXT NOT NULL)",
 )
+# A version 1 file gains the new columns; its sessions count as missed once (flags 4) with no
+# contribution, so the first listing after the upgrade rebuilds the gauges as before.
+_MIGRATE_V1 = (
+    "ALTER TABLE sessions ADD COLUMN flags INTEGER NOT NULL DEFAULT 4",
+    *(f"ALTER TABLE sessions ADD COLUMN {c} REAL NOT NULL DEFAULT 0" for c in _RUN_COLUMNS),
+)
+_SESSION_ROWS = "session_id, fingerprint, flags, " + ", ".join(_RUN_COLUMNS)
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
 
@@ -104,7 +121,8 @@ def fingerprint_probe() -> int:
 @dataclass(frozen=True)
 class SavedProject:
     totals: RunTotals
-    sessions: dict[str, int] | None  # None: no usable baseline
+    sessions: list[SavedSession] | None  # None: no usable baseline
+    listing: ListingState | None = None
 
 
 def check_state_path(path: str) -> str | None:
@@ -266,16 +284,18 @@ class StateFile:
             return None  # an empty database: nothing saved yet
         if [row[0] for row in db.execute("PRAGMA quick_check")] != ["ok"]:
             return CORRUPT
-        if "meta" not in tables:
+        if "meta" not in tables or _columns(db, "meta") != _COLUMNS["meta"]:
             return FOREIGN
-        for table, columns in _COLUMNS.items():
-            if table in tables:
-                found = tuple(row[1] for row in db.execute(f"PRAGMA table_info({table})"))
-                if found != columns:
-                    return FOREIGN
         meta = dict(db.execute("SELECT key, value FROM meta"))
-        if meta.get("schema_version", str(SCHEMA_VERSION)) != str(SCHEMA_VERSION):
+        version = meta.get("schema_version", str(SCHEMA_VERSION))
+        if version not in ("1", str(SCHEMA_VERSION)):
             return UNKNOWN_SCHEMA
+        expected = dict(_COLUMNS)
+        if version == "1":
+            expected["sessions"] = _V1_SESSIONS
+        for table, columns in expected.items():
+            if table in tables and _columns(db, table) != columns:
+                return FOREIGN
         if "totals" in tables:
             try:
                 for pid, data, has_baseline in db.execute(
@@ -294,6 +314,18 @@ class StateFile:
             ).fetchone()
             if bad is not None:
                 return BAD_SESSIONS
+            if version != "1":
+                amounts = " OR ".join(
+                    f"typeof({c}) NOT IN ('real', 'integer')"
+                    f" OR NOT ({c} >= 0 AND {c} < {_MAX_SAVED})"
+                    for c in _RUN_COLUMNS
+                )
+                bad = db.execute(
+                    "SELECT 1 FROM sessions WHERE typeof(flags) != 'integer' OR flags < 0"
+                    f" OR flags > 6 OR (flags & 3) = 3 OR {amounts} LIMIT 1"
+                ).fetchone()
+                if bad is not None:
+                    return BAD_SESSIONS
         return None
 
     def _move_aside(self, reason: str) -> None:
@@ -321,6 +353,10 @@ class StateFile:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             with _Transaction(db, self._lock, self._lock_timeout, lambda: False):
+                tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+                if "sessions" in tables and _columns(db, "sessions") == _V1_SESSIONS:
+                    for statement in _MIGRATE_V1:
+                        db.execute(statement)
                 for statement in _SCHEMA:
                     db.execute(statement)
                 probe = str(fingerprint_probe())
@@ -329,6 +365,7 @@ class StateFile:
                 ).fetchone()
                 if saved is not None and saved[0] != probe:
                     db.execute("DELETE FROM sessions")
+                    db.execute("DELETE FROM listing")
                     db.execute("UPDATE totals SET has_baseline = 0")
                 db.executemany(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
@@ -353,22 +390,23 @@ class StateFile:
                 "SELECT project_id, data, has_baseline FROM totals"
             ).fetchall():
                 if pid not in wanted:
-                    self._db.execute("DELETE FROM totals WHERE project_id = ?", (pid,))
-                    self._db.execute("DELETE FROM sessions WHERE project_id = ?", (pid,))
+                    self._delete(pid)
                     continue
                 try:
                     totals = _parse_totals(data)
                 except ValueError as exc:  # checked when opened: only a changed file gets here
                     raise StateError(f"{self.path}: invalid saved counters") from exc
-                sessions: dict[str, int] | None = None
+                sessions: list[SavedSession] | None = None
+                listing = None
                 if has_baseline:
-                    sessions = dict(
-                        self._db.execute(
-                            "SELECT session_id, fingerprint FROM sessions WHERE project_id = ?",
-                            (pid,),
-                        )
-                    )
-                out[pid] = SavedProject(totals, sessions)
+                    sessions = self._db.execute(
+                        f"SELECT {_SESSION_ROWS} FROM sessions WHERE project_id = ?", (pid,)
+                    ).fetchall()
+                    row = self._db.execute(
+                        "SELECT data FROM listing WHERE project_id = ?", (pid,)
+                    ).fetchone()
+                    listing = None if row is None else _parse_listing(row[0])
+                out[pid] = SavedProject(totals, sessions, listing)
         return out
 
     def save(
@@ -388,21 +426,21 @@ class StateFile:
                     # Never NaN or Infinity: the next start would find the file unusable.
                     (project_id, json.dumps(totals.to_dict(), allow_nan=False)),
                 )
+                self._db.execute(
+                    "INSERT OR REPLACE INTO listing (project_id, data) VALUES (?, ?)",
+                    (project_id, json.dumps(asdict(tracker.state), allow_nan=False)),
+                )
                 if changed is None:
                     self._db.execute("DELETE FROM sessions WHERE project_id = ?", (project_id,))
-                    rows: Iterable[tuple[str, str, int]] = (
-                        (project_id, sid, fp) for sid, fp in tracker.fingerprints()
-                    )
                 else:
                     self._db.executemany(
                         "DELETE FROM sessions WHERE project_id = ? AND session_id = ?",
                         ((project_id, sid) for sid in result.removed),
                     )
-                    rows = ((project_id, sid, fp) for sid, fp in changed)
                 self._db.executemany(
-                    "INSERT OR REPLACE INTO sessions (project_id, session_id, fingerprint) "
-                    "VALUES (?, ?, ?)",
-                    rows,
+                    f"INSERT OR REPLACE INTO sessions (project_id, {_SESSION_ROWS}) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    ((project_id, *row) for row in tracker.rows(changed)),
                 )
         except BaseException:
             self._full_save.add(project_id)
@@ -413,8 +451,11 @@ class StateFile:
         """Drop a project's counters and baseline (it left the config)."""
         self._full_save.discard(project_id)
         with self._transaction():
-            self._db.execute("DELETE FROM totals WHERE project_id = ?", (project_id,))
-            self._db.execute("DELETE FROM sessions WHERE project_id = ?", (project_id,))
+            self._delete(project_id)
+
+    def _delete(self, project_id: str) -> None:
+        for table in ("totals", "sessions", "listing"):
+            self._db.execute(f"DELETE FROM {table} WHERE project_id = ?", (project_id,))
 
     def close(self) -> None:
         """Close the database and release the file lock; waits at most CLOSE_TIMEOUT_SECONDS.
@@ -529,6 +570,30 @@ def _is_corrupt(exc: sqlite3.Error) -> bool:
         return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
     text = str(exc)
     return "malformed" in text or "not a database" in text
+
+
+def _columns(db: sqlite3.Connection, table: str) -> tuple[str, ...]:
+    return tuple(row[1] for row in db.execute(f"PRAGMA table_info({table})"))
+
+
+def _parse_listing(data: object) -> ListingState | None:
+    """Saved listing state; anything odd gives None, which only costs a full listing."""
+    try:
+        raw = json.loads(data) if type(data) is str else None
+        state = ListingState(**raw) if type(raw) is dict else None
+    except (ValueError, TypeError, RecursionError):
+        return None
+    if state is None or not (
+        type(state.ordered) is bool
+        and type(state.full_next) is bool
+        and type(state.since_full) is int
+        and state.since_full >= 0
+        and (state.newest is None or (type(state.newest) in (int, float) and state.newest >= 0))
+    ):
+        return None
+    if state.newest is not None and not math.isfinite(state.newest):
+        return None
+    return state
 
 
 _MAX_SAVED = 2**53

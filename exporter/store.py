@@ -22,6 +22,8 @@ class ProjectState:
     up: bool = False
     polled: bool = False  # a first poll attempt has finished, successful or not
     last_poll_duration: float | None = None
+    last_poll_pages: int | None = None  # pages read by the last poll, successful or not
+    last_poll_incremental: bool = False  # the last poll stopped at its cutoff
     last_poll_finished: float | None = None
     last_success: float | None = None
     last_error: str | None = None  # a fixed reason word, never free text
@@ -108,12 +110,15 @@ class Store:
         *,
         duration: float,
         finished: float,
+        pages: int = 0,
     ) -> ProjectState:
         with self._lock:
             old = self._projects[project_id]
             new = replace(
                 old,
                 snapshot=result.snapshot,
+                last_poll_pages=pages,
+                last_poll_incremental=result.incremental,
                 totals=old.totals + result.new_runs,
                 up=True,
                 polled=True,
@@ -127,7 +132,14 @@ class Store:
         return self._publish(new)
 
     def record_failure(
-        self, project_id: str, reason: str, *, duration: float, finished: float
+        self,
+        project_id: str,
+        reason: str,
+        *,
+        duration: float,
+        finished: float,
+        pages: int = 0,
+        incremental: bool = False,
     ) -> ProjectState:
         """A failed poll keeps the last snapshot and counters; only health changes."""
         with self._lock:
@@ -136,6 +148,8 @@ class Store:
             errors[reason] = errors.get(reason, 0) + 1
             new = replace(
                 old,
+                last_poll_pages=pages,
+                last_poll_incremental=incremental,
                 up=False,
                 polled=True,
                 last_poll_duration=duration,

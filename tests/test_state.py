@@ -31,6 +31,7 @@ from exporter.state import (
     StateInUse,
     _Transaction,
     check_state_path,
+    fingerprint_probe,
 )
 from tests.conftest import REPO, session
 
@@ -136,8 +137,15 @@ def test_counters_and_baseline_round_trip(tmp_path: Path) -> None:
     with StateFile(path) as state:
         saved = state.load(["p"])["p"]
     assert saved.totals == totals
-    assert saved.sessions == dict(tracker.fingerprints())
-    assert set(saved.sessions) == {"a", "b", "d"}  # c was removed from the file too
+    assert sorted(saved.sessions or []) == sorted(tracker.rows())
+    # c, absent once, is kept with its run and the missed flag; then gone from the file too.
+    assert {row[0]: row[2] for row in saved.sessions or []} == {"a": 1, "b": 1, "c": 5, "d": 1}
+    assert saved.listing == tracker.state
+    with StateFile(path) as state:
+        restored = SessionTracker(saved.sessions, saved.listing)
+        poll_and_save(state, restored, totals, [session("a", turns=3), session("b")])
+        saved = state.load(["p"])["p"]
+    assert {row[0] for row in saved.sessions or []} == {"a", "b", "d"}
 
 
 def test_projects_that_left_the_config_are_forgotten(tmp_path: Path) -> None:
@@ -181,7 +189,7 @@ def test_a_large_first_save_and_load(tmp_path: Path) -> None:
     with StateFile(path) as state:
         saved = state.load(["p"])["p"]
     assert saved.totals == totals
-    assert saved.sessions == dict(tracker.fingerprints())
+    assert sorted(saved.sessions or []) == sorted(tracker.rows())
 
 
 # --------------------------------------------------------------------- locks and failures
@@ -200,7 +208,7 @@ def test_an_external_lock_fails_one_save_and_releases_every_lock(tmp_path: Path)
     finishes(lambda: state.forget("other"))
     finishes(state.close)
     with StateFile(path) as again:
-        assert set(again.load(["p"])["p"].sessions or ()) == {"a"}
+        assert {row[0] for row in again.load(["p"])["p"].sessions or ()} == {"a"}
 
 
 def test_close_never_waits_behind_queued_saves(tmp_path: Path) -> None:
@@ -256,10 +264,10 @@ def test_a_failed_save_does_not_double_count_after_a_restart(tmp_path: Path) -> 
     with StateFile(path) as state:
         saved = state.load(["p"])["p"]
     assert saved.totals == live
-    again = aggregate([third], SessionTracker(saved.sessions))
+    again = aggregate([third], SessionTracker(saved.sessions, saved.listing))
     assert again.new_runs.runs == 0, "a run was counted twice after the restart"
     assert saved.totals + again.new_runs == live
-    assert saved.sessions == dict(tracker.fingerprints())
+    assert sorted(saved.sessions or []) == sorted(tracker.rows())
 
 
 def test_persistent_save_failures_never_leave_counters_ahead_of_the_baseline(
@@ -284,7 +292,10 @@ def test_persistent_save_failures_never_leave_counters_ahead_of_the_baseline(
     with StateFile(path) as state:
         saved = state.load(["p"])["p"]
     assert saved.totals.runs == 0
-    after = saved.totals + aggregate([polls[-1]], SessionTracker(saved.sessions)).new_runs
+    after = (
+        saved.totals
+        + aggregate([polls[-1]], SessionTracker(saved.sessions, saved.listing)).new_runs
+    )
     assert after == live
 
 
@@ -301,7 +312,7 @@ def test_counters_that_are_not_finite_are_never_written(tmp_path: Path) -> None:
     with StateFile(path) as state:
         assert state.moved_aside is None
         saved = state.load(["p"])["p"]
-    assert (saved.totals, saved.sessions) == (live, dict(tracker.fingerprints()))
+    assert (saved.totals, sorted(saved.sessions or [])) == (live, sorted(tracker.rows()))
 
 
 def test_waits_for_the_thread_lock_are_bounded(tmp_path: Path) -> None:
@@ -401,7 +412,7 @@ def test_a_second_exporter_on_the_same_file_is_refused(tmp_path: Path) -> None:
         assert f"pid {os.getpid()}" in out
         assert "another exporter" in out
         # The refused one deleted nothing.
-        assert set(state.load(["p"])["p"].sessions or ()) == {"a", "b"}
+        assert {row[0] for row in state.load(["p"])["p"].sessions or ()} == {"a", "b"}
     proc = exporter_process(SECOND_EXPORTER, str(path))
     out, err = proc.communicate(timeout=60)
     assert (proc.returncode, out.strip()) == (0, "opened"), err
@@ -483,7 +494,7 @@ UNUSABLE: dict[str, tuple[Callable[[Path], None], str]] = {
     "garbage": (lambda p: p.write_bytes(b"counters: 12\n\x00\xff" * 500), NOT_SQLITE),
     "truncated": (truncated, CORRUPT),
     "future-schema": (
-        edited("UPDATE meta SET value = '2' WHERE key = 'schema_version'"),
+        edited("UPDATE meta SET value = '3' WHERE key = 'schema_version'"),
         UNKNOWN_SCHEMA,
     ),
     "other-database": (foreign, FOREIGN),
@@ -513,7 +524,48 @@ UNUSABLE: dict[str, tuple[Callable[[Path], None], str]] = {
     ),
     "totals-bad-flag": (edited("UPDATE totals SET has_baseline = 'yes'"), BAD_TOTALS),
     "session-fingerprint": (edited("UPDATE sessions SET fingerprint = 'x'"), BAD_SESSIONS),
+    "session-flags": (edited("UPDATE sessions SET flags = 3"), BAD_SESSIONS),
+    "session-tokens-text": (edited("UPDATE sessions SET input_tokens = 'x'"), BAD_SESSIONS),
+    "session-turns-negative": (edited("UPDATE sessions SET turns = -1"), BAD_SESSIONS),
+    "session-duration-infinite": (edited("UPDATE sessions SET duration_ms = 9e999"), BAD_SESSIONS),
 }
+
+
+def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
+    """Counters and fingerprints of a file written before contributions were saved carry on."""
+    path = tmp_path / "s.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute(
+            "CREATE TABLE totals (project_id TEXT PRIMARY KEY, data TEXT NOT NULL,"
+            " has_baseline INTEGER NOT NULL)"
+        )
+        db.execute(
+            "CREATE TABLE sessions (project_id TEXT NOT NULL, session_id TEXT NOT NULL,"
+            " fingerprint INTEGER NOT NULL, PRIMARY KEY (project_id, session_id)) WITHOUT ROWID"
+        )
+        db.executemany(
+            "INSERT INTO meta VALUES (?, ?)",
+            [("schema_version", "1"), ("fingerprint_probe", str(fingerprint_probe()))],
+        )
+        db.execute("INSERT INTO totals VALUES ('p', ?, 1)", (totals_data(runs=7),))
+        first = SessionTracker()
+        aggregate([[session("a"), session("gone")]], first)
+        db.executemany("INSERT INTO sessions VALUES ('p', ?, ?)", list(first.fingerprints()))
+    db.close()
+    with StateFile(path) as state:
+        assert state.moved_aside is None
+        saved = state.load(["p"])["p"]
+        assert saved.totals.runs == 7
+        tracker = SessionTracker(saved.sessions, saved.listing)
+        result = aggregate([[session("a"), session("new", turns=4)]], tracker)
+        # a is unchanged (no run), "gone" was absent once already, "new" is a new session.
+        assert (result.new_runs.runs, result.new_runs.sessions_created) == (1, 1)
+        assert result.removed == ("gone",)
+        assert result.snapshot.sessions == 2
+        state.save("p", saved.totals + result.new_runs, result, tracker)
+    with StateFile(path) as state:
+        assert sorted(state.load(["p"])["p"].sessions or []) == sorted(tracker.rows())
 
 
 @pytest.mark.parametrize("kind", list(UNUSABLE))
@@ -548,7 +600,7 @@ def test_an_unusable_file_is_moved_aside_and_a_fresh_state_starts(
     with StateFile(path) as state:
         assert state.moved_aside is None
         saved = state.load(["p"])["p"]
-    assert (saved.totals, saved.sessions) == (totals, dict(tracker.fingerprints()))
+    assert (saved.totals, sorted(saved.sessions or [])) == (totals, sorted(tracker.rows()))
 
 
 def test_moving_aside_twice_keeps_both_files(tmp_path: Path) -> None:
