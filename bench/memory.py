@@ -34,7 +34,7 @@ def _feed(tracker: Any, sessions: int, changed_share: float) -> Any:
 
 
 def _getsizeof_estimate(tracker: Any) -> float | None:
-    """sys.getsizeof of the tracker's index (dict, keys, values) and per-slot arrays, per session."""
+    """sys.getsizeof of the index (dict, keys, values) and the per-slot arrays, per session."""
     index = getattr(tracker, "_index", None)
     if not isinstance(index, dict) or not index:
         return None
@@ -42,8 +42,9 @@ def _getsizeof_estimate(tracker: Any) -> float | None:
     size = getsizeof(index)
     for sid, value in index.items():
         size += getsizeof(sid) + getsizeof(value)
-    for name in ("_flags", "_input", "_output", "_turns", "_duration", "_free"):
-        size += getsizeof(getattr(tracker, name))
+    size += getsizeof(tracker._flags) + getsizeof(tracker._free) + getsizeof(tracker._runs.big)
+    size += sum(getsizeof(column) for column in tracker._runs.columns)
+    size += getsizeof(tracker._runs.duration)
     return size / len(index)
 
 

@@ -14,6 +14,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from itertools import chain
 from typing import Any
 
 # OpenTelemetry GenAI semantic conventions: durations double from 10 ms, tokens grow by four.
@@ -113,9 +114,27 @@ def read_run(job_metadata: Any) -> RunTuple:
         is_error = flag
     else:
         raise InvalidItem("is_error is not a boolean")
-    # Numbers hash the same in every process (strings do not: the error text goes through
-    # crc32), so fingerprints saved in a state file stay valid after a restart.
-    fingerprint = (
+    return is_error, d, i, o, t, fingerprint(job_metadata)
+
+
+def fingerprint(job_metadata: dict[str, Any]) -> int:
+    """A 28-bit digest of the run's fields (never 0, which means "never run").
+
+    Checks nothing: a listing compares it with the one it saved first, and reads the run
+    (:func:`read_run`) only when it differs. Raises TypeError for an unhashable value.
+    Numbers hash the same in every process (strings do not: the error text goes through
+    crc32), so fingerprints saved in a state file stay valid after a restart.
+    """
+    get = job_metadata.get
+    d = get("duration_ms")
+    i = get("total_input_tokens")
+    o = get("total_output_tokens")
+    t = get("turns")
+    flag = get("is_error")
+    error = get("error")
+    if type(error) is str:
+        error = zlib.crc32(error.encode("utf-8", "replace"))
+    return (
         hash(
             (
                 _NONE if d is None else d,
@@ -123,12 +142,11 @@ def read_run(job_metadata: Any) -> RunTuple:
                 _NONE if o is None else o,
                 _NONE if t is None else t,
                 _NONE if flag is None else flag,
-                _NONE if error is None else zlib.crc32(error.encode("utf-8", "replace")),
+                _NONE if error is None else error,
             )
         )
         & _FP_MASK
     ) or 1
-    return is_error, d, i, o, t, fingerprint
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,12 +354,71 @@ class ListingState:
     full_next: bool = False  # a full listing missed sessions: confirm with another
 
 
+_U32 = 2**32 - 1
+
+
+class _Runs:
+    """Per slot, the most recent run's input and output tokens, turns and duration (ms).
+
+    Counts go in arrays of unsigned 32-bit integers, which hold nearly every real count in
+    4 bytes; a slot with a count that is not such an integer (a fraction, or 2**32 and more)
+    keeps its three counts in a small dict instead, so every value stays exact. Durations
+    come with fractions: they go in an array of doubles, exact for every accepted value.
+    """
+
+    __slots__ = ("big", "columns", "duration")
+
+    def __init__(self) -> None:
+        self.columns = (array("I"), array("I"), array("I"))
+        self.duration = array("d")
+        self.big: dict[int, tuple[float, float, float]] = {}
+
+    def append(self) -> None:
+        for column in self.columns:
+            column.append(0)
+        self.duration.append(0.0)
+
+    def put(self, slot: int, i: Any, o: Any, t: Any, d: Any) -> None:
+        """Store one slot's values (numbers from 0 to below 2**53, or None for 0)."""
+        i, o, t = i or 0, o or 0, t or 0
+        self.duration[slot] = d or 0.0
+        ci, co, ct = self.columns
+        if type(i) is int and type(o) is int and type(t) is int and max(i, o, t) <= _U32:
+            ci[slot], co[slot], ct[slot] = i, o, t
+            if self.big:
+                self.big.pop(slot, None)
+        else:
+            ci[slot] = co[slot] = ct[slot] = 0
+            self.big[slot] = (float(i), float(o), float(t))
+
+    def get(self, slot: int) -> tuple[float, float, float, float]:
+        big = self.big.get(slot)
+        if big is not None:
+            return (*big, self.duration[slot])
+        ci, co, ct = self.columns
+        return ci[slot], co[slot], ct[slot], self.duration[slot]
+
+    def sums(self) -> tuple[float, float, float, float]:
+        """Exact sums (``math.fsum``): the same whatever order the values came in."""
+        extra = list(zip(*self.big.values(), strict=True)) or [(), (), ()]
+        i, o, t = (
+            math.fsum(chain(column, more)) for column, more in zip(self.columns, extra, strict=True)
+        )
+        return i, o, t, math.fsum(self.duration)
+
+    def clear(self) -> None:
+        for column in self.columns:
+            column[:] = array("I", bytes(4 * len(column)))
+        self.duration[:] = array("d", bytes(8 * len(self.duration)))
+        self.big.clear()
+
+
 class SessionTracker:
     """What each listed session contributes, per project, packed for memory.
 
     A dict maps each session id to ``fingerprint << 32 | slot``; per slot, a byte holds the
-    status and the missed flag and four arrays of doubles hold the most recent run's input
-    and output tokens, turns and duration. Gauges are exact sums over those arrays
+    status and the missed flag, and :class:`_Runs` the most recent run's input and output
+    tokens, turns and duration. Gauges are exact sums over those
     (``math.fsum``, so the order sessions were met in never changes a value), which lets a
     listing that reads only what changed give the same gauges as one that reads it all.
 
@@ -350,22 +427,19 @@ class SessionTracker:
     """
 
     __slots__ = (
-        "_duration",
         "_flags",
         "_free",
         "_has_baseline",
         "_index",
-        "_input",
         "_listing",
         "_missed",
-        "_output",
+        "_runs",
         "_saved_missed",
         "_saved_status",
         "_seen",
         "_seen_count",
         "_status",
         "_sums",
-        "_turns",
         "_undo",
         "state",
     )
@@ -380,10 +454,7 @@ class SessionTracker:
         as older versions did)."""
         self._index: dict[str, int] = {}
         self._flags = bytearray()
-        self._input = array("d")
-        self._output = array("d")
-        self._turns = array("d")
-        self._duration = array("d")
+        self._runs = _Runs()
         self._free: list[int] = []
         self._status = [0, 0, 0]
         self._missed = 0
@@ -406,10 +477,8 @@ class SessionTracker:
             slot = len(self._flags)
             self._index[sid] = ((fp & _FP_MASK) << _SLOT_BITS) | slot
             self._flags.append(flags & (_STATUS_MASK | MISSED))
-            self._input.append(i)
-            self._output.append(o)
-            self._turns.append(t)
-            self._duration.append(d)
+            self._runs.append()
+            self._runs.put(slot, i, o, t, d)
             self._status[flags & _STATUS_MASK] += 1
             if flags & MISSED:
                 self._missed += 1
@@ -423,8 +492,7 @@ class SessionTracker:
         return len(self._index)
 
     def _fsums(self) -> tuple[float, float, float, float]:
-        fsum = math.fsum
-        return fsum(self._input), fsum(self._output), fsum(self._turns), fsum(self._duration)
+        return self._runs.sums()
 
     def rows(self, names: Iterable[str] | None = None) -> Iterator[SavedSession]:
         """Saved form of every session, or of the named ones still tracked."""
@@ -435,15 +503,7 @@ class SessionTracker:
             items = ((sid, index[sid]) for sid in names if sid in index)
         for sid, value in items:
             slot = value & _SLOT_MASK
-            yield (
-                sid,
-                value >> _SLOT_BITS,
-                self._flags[slot],
-                self._input[slot],
-                self._output[slot],
-                self._turns[slot],
-                self._duration[slot],
-            )
+            yield (sid, value >> _SLOT_BITS, *self._slot(slot))
 
     def fingerprints(self) -> Iterator[tuple[str, int]]:
         for sid, value in self._index.items():
@@ -487,8 +547,7 @@ class SessionTracker:
             self._index.clear()
             self._free = list(range(len(self._flags)))
             self._flags[:] = bytes(len(self._flags))
-            for values in (self._input, self._output, self._turns, self._duration):
-                values[:] = array("d", bytes(8 * len(values)))
+            self._runs.clear()
             self._status = [0, 0, 0]
             self._missed = 0
             self._sums = (0.0, 0.0, 0.0, 0.0)
@@ -500,26 +559,19 @@ class SessionTracker:
             else:
                 self._index[sid] = old
             self._flags[slot] = flags
-            self._input[slot], self._output[slot] = i, o
-            self._turns[slot], self._duration[slot] = t, d
+            self._runs.put(slot, i, o, t, d)
         self._status = self._saved_status
         self._missed = self._saved_missed
 
     def _slot(self, slot: int) -> tuple[int, float, float, float, float]:
-        return (
-            self._flags[slot],
-            self._input[slot],
-            self._output[slot],
-            self._turns[slot],
-            self._duration[slot],
-        )
+        return (self._flags[slot], *self._runs.get(slot))
 
     def _remove(self, sid: str, value: int) -> None:
         slot = value & _SLOT_MASK
         del self._index[sid]
         self._status[self._flags[slot] & _STATUS_MASK] -= 1
         self._flags[slot] = 0
-        self._input[slot] = self._output[slot] = self._turns[slot] = self._duration[slot] = 0.0
+        self._runs.put(slot, 0, 0, 0, 0)
         self._free.append(slot)
 
 
@@ -542,8 +594,7 @@ class Listing:
         self._previous: datetime | None = None
         self._dirty = False
         self._changed_flags: list[str] = []
-        self._newest_naive: datetime | None = None
-        self._newest_aware: datetime | None = None
+        self._newest: datetime | None = None
         self._invalid = 0
         self._duplicates = 0
         self._runs = 0
@@ -564,22 +615,23 @@ class Listing:
     def add(self, items: Iterable[Any]) -> bool:
         """Fold one page in; True when an incremental listing should stop here.
 
-        Runs once per listed session: what does not change is only looked up.
+        Runs once per listed session, so it is written for speed: what did not change since
+        it was first read (same fingerprint) is only looked up, not checked again; the
+        newest timestamp is only compared where the order goes up (the first item, and any
+        newer than the one before it, hold the maximum).
         """
         tracker = self._tracker
         index = tracker._index
-        flags = tracker._flags
         seen = tracker._seen
-        undo = tracker._undo
-        counting = self._counting
         check_missed = tracker._missed > 0
-        newest_naive = self._newest_naive
-        newest_aware = self._newest_aware
+        newest = self._newest
         previous = self._previous
         cut_naive, cut_aware = self._cut_naive, self._cut_aware
         all_old = cut_aware is not None
         any_valid = False
-        invalid = 0
+        invalid = seen_count = 0
+        fromisoformat = datetime.fromisoformat
+        slot_bits, slot_mask = _SLOT_BITS, _SLOT_MASK
         for item in items:
             if type(item) is not dict:
                 invalid += 1
@@ -590,15 +642,28 @@ class Listing:
                 continue
             job = item.get("job_metadata")
             stamp = item.get("last_updated_at")
+            value = index.get(sid)
+            run: RunTuple | None = None
             try:
-                run = None if job is None else read_run(job)
+                if job is None:
+                    fp = NEVER_RUN
+                elif type(job) is not dict:
+                    raise InvalidItem("job_metadata is not an object")
+                else:
+                    # What is unchanged was checked when it was first read.
+                    fp = fingerprint(job)
+                    if value is None or value >> slot_bits != fp:
+                        run = read_run(job)
                 if stamp is None:
                     updated = None
                 elif type(stamp) is not str:
                     raise InvalidItem("last_updated_at is not a string")
                 else:
-                    updated = parse_datetime(stamp)
-            except InvalidItem:
+                    try:
+                        updated = fromisoformat(stamp)
+                    except ValueError:
+                        updated = _parse_timestamp_slow(stamp)
+            except (InvalidItem, TypeError):
                 invalid += 1
                 continue
             any_valid = True
@@ -606,55 +671,49 @@ class Listing:
                 self._unordered = self._broken = True
                 all_old = False
             else:
-                if previous is not None:
-                    try:
-                        newer = updated > previous
-                    except TypeError:  # naive against aware: both are UTC
-                        newer = utc_timestamp(updated) > utc_timestamp(previous)
-                    if newer:
-                        self._unordered = True
-                        if _gap(previous, updated) > self._overlap:
-                            self._broken = True
+                if previous is None:
+                    if newest is None or _later(updated, newest):
+                        newest = updated
+                elif (
+                    updated > previous
+                    if (updated.tzinfo is None) is (previous.tzinfo is None)
+                    else _later(updated, previous)
+                ):
+                    self._unordered = True
+                    if newest is None or _later(updated, newest):
+                        newest = updated
+                    if _gap(previous, updated) > self._overlap:
+                        self._broken = True
                 previous = updated
-                if updated.tzinfo is None:
-                    if newest_naive is None or updated > newest_naive:
-                        newest_naive = updated
-                    if all_old and updated >= cut_naive:  # type: ignore[operator]
-                        all_old = False
-                else:
-                    if newest_aware is None or updated > newest_aware:
-                        newest_aware = updated
-                    if all_old and updated >= cut_aware:  # type: ignore[operator]
-                        all_old = False
-            fp = NEVER_RUN if run is None else run[5]
-            value = index.get(sid)
+                if all_old and updated >= (cut_naive if updated.tzinfo is None else cut_aware):  # type: ignore[operator]
+                    all_old = False
             if value is None:
                 self._store(sid, None, fp, run)
-                if counting:
+                if self._counting:
                     self._created += 1
                     if run is not None:
                         self._count_run(run)
                 continue
-            slot = value & _SLOT_MASK
+            slot = value & slot_mask
             if seen[slot]:
                 self._duplicates += 1
                 continue
             seen[slot] = 1
-            tracker._seen_count += 1
-            if value >> _SLOT_BITS != fp:
+            seen_count += 1
+            if run is not None or value >> slot_bits != fp:
                 self._store(sid, value, fp, run)
-                if counting and run is not None:
+                if self._counting and run is not None:
                     self._count_run(run)
-            elif check_missed and flags[slot] & MISSED:
+            elif check_missed and tracker._flags[slot] & MISSED:
                 # Absent from the last full listing, back now: it moved while that one paged.
-                if undo is not None:
-                    undo.append((sid, value, slot, *tracker._slot(slot)))
-                flags[slot] &= ~MISSED
+                if tracker._undo is not None:
+                    tracker._undo.append((sid, value, slot, *tracker._slot(slot)))
+                tracker._flags[slot] &= ~MISSED
                 tracker._missed -= 1
                 self._changed_flags.append(sid)
+        tracker._seen_count += seen_count
         self._invalid += invalid
-        self._newest_naive = newest_naive
-        self._newest_aware = newest_aware
+        self._newest = newest
         self._previous = previous
         stop = all_old and any_valid and self.incremental
         self._stopped = self._stopped or stop
@@ -672,10 +731,7 @@ class Listing:
             else:
                 slot = len(flags)
                 flags.append(0)
-                tracker._input.append(0.0)
-                tracker._output.append(0.0)
-                tracker._turns.append(0.0)
-                tracker._duration.append(0.0)
+                tracker._runs.append()
                 tracker._seen.append(1)
             if tracker._undo is not None:
                 tracker._undo.append((sid, None, slot, 0, 0.0, 0.0, 0.0, 0.0))
@@ -690,16 +746,13 @@ class Listing:
         tracker._index[sid] = (fp << _SLOT_BITS) | slot
         if run is None:
             status = 0
-            i = o = t = d = 0.0
+            tracker._runs.put(slot, 0, 0, 0, 0)
         else:
             is_error, d, i, o, t, _ = run
             status = 2 if is_error else 1
+            tracker._runs.put(slot, i, o, t, d)
         flags[slot] = status
         tracker._status[status] += 1
-        tracker._input[slot] = i or 0.0
-        tracker._output[slot] = o or 0.0
-        tracker._turns[slot] = t or 0.0
-        tracker._duration[slot] = d or 0.0
         self._dirty = True
 
     def _count_run(self, run: RunTuple) -> None:
@@ -719,8 +772,7 @@ class Listing:
             self._duration_hist.observe(d / 1000.0)
 
     def _last_updated(self) -> float | None:
-        stamps = [utc_timestamp(dt) for dt in (self._newest_naive, self._newest_aware) if dt]
-        return max(stamps) if stamps else None
+        return None if self._newest is None else utc_timestamp(self._newest)
 
     def finish(self) -> PollResult:
         tracker = self._tracker
@@ -806,6 +858,14 @@ class Listing:
             missed=len(missed),
             order_change=change,
         )
+
+
+def _later(a: datetime, b: datetime) -> bool:
+    """a > b, where either may lack a zone (read as UTC)."""
+    try:
+        return a > b
+    except TypeError:  # naive against aware
+        return utc_timestamp(a) > utc_timestamp(b)
 
 
 def _gap(earlier: datetime, later: datetime) -> timedelta:

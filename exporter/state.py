@@ -78,9 +78,10 @@ _SCHEMA = (
     " project_id TEXT PRIMARY KEY, data TEXT NOT NULL, has_baseline INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS sessions ("
     " project_id TEXT NOT NULL, session_id TEXT NOT NULL, fingerprint INTEGER NOT NULL,"
-    " flags INTEGER NOT NULL DEFAULT 4, input_tokens REAL NOT NULL DEFAULT 0,"
-    " output_tokens REAL NOT NULL DEFAULT 0, turns REAL NOT NULL DEFAULT 0,"
-    " duration_ms REAL NOT NULL DEFAULT 0,"
+    # NUMERIC keeps whole numbers as integers and fractions as reals, as the API sent them.
+    " flags INTEGER NOT NULL DEFAULT 4, input_tokens NUMERIC NOT NULL DEFAULT 0,"
+    " output_tokens NUMERIC NOT NULL DEFAULT 0, turns NUMERIC NOT NULL DEFAULT 0,"
+    " duration_ms NUMERIC NOT NULL DEFAULT 0,"
     " PRIMARY KEY (project_id, session_id)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS listing (project_id TEXT PRIMARY KEY, data TEXT NOT NULL)",
 )
@@ -88,7 +89,7 @@ _SCHEMA = (
 # contribution, so the first listing after the upgrade rebuilds the gauges as before.
 _MIGRATE_V1 = (
     "ALTER TABLE sessions ADD COLUMN flags INTEGER NOT NULL DEFAULT 4",
-    *(f"ALTER TABLE sessions ADD COLUMN {c} REAL NOT NULL DEFAULT 0" for c in _RUN_COLUMNS),
+    *(f"ALTER TABLE sessions ADD COLUMN {c} NUMERIC NOT NULL DEFAULT 0" for c in _RUN_COLUMNS),
 )
 _SESSION_ROWS = "session_id, fingerprint, flags, " + ", ".join(_RUN_COLUMNS)
 _SQLITE_CORRUPT = 11
