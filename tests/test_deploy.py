@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from exporter import __version__
-from exporter.config import DEFAULT_LISTEN_ADDRESS
+from exporter.config import DEFAULT_LISTEN_ADDRESS, load_config
 from exporter.simulator import DEFAULT_API_KEY, Simulator
 from tests.conftest import free_port, tool
 
@@ -173,13 +173,13 @@ def test_every_alert_points_to_a_runbook_section() -> None:
             assert part in sections[anchor], f"RUNBOOK.md#{anchor} lacks '{part}'"
 
 
-def test_exporter_output_passes_promtool_check_metrics(tmp_path: Path) -> None:
-    """The exposition text lints clean: naming, units, HELP texts, counters ending in _total."""
-    promtool = tool("promtool")
+@pytest.fixture(scope="module")
+def exposition(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The exporter's exposition text after one poll of a simulated API (``--once``)."""
     sim = Simulator(projects=2, sessions_per_project=50, seed=1)
     base_url = sim.start()
     try:
-        config = tmp_path / "config.yaml"
+        config = tmp_path_factory.mktemp("exposition") / "config.yaml"
         config.write_text(
             yaml.safe_dump(
                 {
@@ -193,7 +193,21 @@ def test_exporter_output_passes_promtool_check_metrics(tmp_path: Path) -> None:
         sim.stop()
     assert once.returncode == 0, once.stderr
     assert "llamacloud_chat_sessions{" in once.stdout
-    lint = run(promtool, "check", "metrics", input=once.stdout)
+    return once.stdout
+
+
+def exposed_names(text: str) -> set[str]:
+    """Sample names in an exposition text (histograms as their _bucket, _sum and _count)."""
+    return {
+        re.split(r"[{ ]", line, maxsplit=1)[0]
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+
+
+def test_exporter_output_passes_promtool_check_metrics(exposition: str) -> None:
+    """The exposition text lints clean: naming, units, HELP texts, counters ending in _total."""
+    lint = run(tool("promtool"), "check", "metrics", input=exposition)
     assert lint.returncode == 0 and not (lint.stdout + lint.stderr).strip(), (
         lint.stdout + lint.stderr
     )
@@ -385,6 +399,29 @@ def test_compose_exporter_config_is_valid() -> None:
     assert named_volumes.get(str(state.parent)) in compose()["volumes"]
 
 
+COMMENTED_KEY = re.compile(r"^(?P<indent>\s*)# (?P<key>\w+): (?P<value>[^\s#]+)$")
+
+
+def test_compose_config_comments_show_real_keys_with_their_defaults(tmp_path: Path) -> None:
+    """Uncommenting the ``# key: value`` lines of deploy/config.yaml changes nothing."""
+    env = {
+        "LLAMA_CLOUD_API_KEY": "llx-test",
+        "LLAMA_CLOUD_PROJECT_ID": "00000000-0000-0000-0000-000000000001",
+    }
+    lines: list[str] = []
+    keys: list[str] = []
+    for line in (DEPLOY / "config.yaml").read_text().splitlines():
+        match = COMMENTED_KEY.match(line)
+        if match:
+            keys.append(match["key"])
+            line = f"{match['indent']}{match['key']}: {match['value']}"
+        lines.append(line)
+    assert {"listing", "full_listing_every", "incremental_overlap_seconds"} <= set(keys)
+    uncommented = tmp_path / "config.yaml"
+    uncommented.write_text("\n".join(lines) + "\n")
+    assert load_config(uncommented, env) == load_config(DEPLOY / "config.yaml", env)
+
+
 def test_compose_prometheus_scrapes_the_exporter_and_alertmanager() -> None:
     config = load_yaml(DEPLOY / "prometheus" / "prometheus.yml")
     targets = [
@@ -449,8 +486,15 @@ def test_dashboard_structure() -> None:
     assert "project_id" in project["definition"]
     ids = [panel["id"] for panel in board["panels"]]
     assert len(ids) == len(set(ids))
+    cells: dict[tuple[int, int], str] = {}
     for panel in board["panels"]:
         assert {"h", "w", "x", "y"} <= set(panel["gridPos"]), panel["title"]
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, panel["title"]
+        for y in range(grid["y"], grid["y"] + grid["h"]):
+            for x in range(grid["x"], grid["x"] + grid["w"]):
+                other = cells.setdefault((x, y), panel["title"])
+                assert other == panel["title"], f"{panel['title']} overlaps {other}"
         if panel["type"] == "row":
             continue
         assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
@@ -472,6 +516,8 @@ def test_dashboard_covers_the_issue() -> None:
         "histogram_quantile(0.99, sum by (le) (rate(llamacloud_chat_run_duration_seconds_bucket",
         "llamacloud_up",
         "llamacloud_poll_duration_seconds",
+        "max by (project_id) (llamacloud_poll_pages",
+        "max by (project_id) (llamacloud_poll_incremental",
         "sum by (code) (rate(llamacloud_api_requests_total",
     ):
         assert needle in exprs, needle
@@ -480,6 +526,33 @@ def test_dashboard_covers_the_issue() -> None:
     for expr in dashboard_exprs():
         if not any(name in expr for name in unlabelled):
             assert 'project_id=~"$project_id"' in expr, expr
+
+
+def test_dashboard_metrics_exist(exposition: str) -> None:
+    """Every metric a panel queries is one the exporter exposes (recording rules aside)."""
+    queried = {
+        name
+        for expr in dashboard_exprs()
+        for name in re.findall(r"(?<![\w:])llamacloud_\w+(?![\w:])", expr)
+    }
+    missing = queried - exposed_names(exposition)
+    assert queried and not missing, f"the dashboard queries metrics nobody exposes: {missing}"
+
+
+def test_dashboard_names_the_listing_mode() -> None:
+    """The listing-mode panel reads 1 as incremental and 0 as full, not as bare numbers."""
+    (panel,) = [
+        panel
+        for panel in dashboard()["panels"]
+        if any("llamacloud_poll_incremental" in t["expr"] for t in panel.get("targets", []))
+    ]
+    texts = {
+        value: option["text"]
+        for mapping in panel["fieldConfig"]["defaults"]["mappings"]
+        if mapping["type"] == "value"
+        for value, option in mapping["options"].items()
+    }
+    assert texts == {"1": "incremental", "0": "full"}, panel["title"]
 
 
 def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
