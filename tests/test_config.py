@@ -319,11 +319,37 @@ def test_a_key_that_cannot_go_in_a_header_is_a_config_error(key: str) -> None:
         ("timeout_seconds", 10**400, "greater than 0 and at most 600"),
         ("timeout_seconds", float("nan"), "greater than 0 and at most 600"),
         ("max_response_bytes", 10**12, "between 1024 and 1073741824"),
+        ("full_listing_every", 0, "between 1 and 1000000"),
+        ("full_listing_every", 2.5, "a whole number"),
+        ("incremental_overlap_seconds", -1, "between 0 and 86400"),
+        ("incremental_overlap_seconds", float("nan"), "between 0 and 86400"),
+        ("incremental_overlap_seconds", "5m", "a number"),
+        ("listing", "sometimes", "one of auto, full"),
     ],
 )
 def test_numbers_are_bounded(key: str, value: Any, problem: str) -> None:
     found = problems({"llamacloud": {key: value}, "projects": [{"id": "p", "api_key": "k"}]})
     assert found == [f"llamacloud.{key}: must be {problem}"]
+
+
+def test_listing_is_set_per_project_or_for_all() -> None:
+    raw = {
+        "llamacloud": {
+            "api_key": "k",
+            "listing": "full",
+            "full_listing_every": 3,
+            "incremental_overlap_seconds": 0,
+        },
+        "projects": [{"id": "a"}, {"id": "b", "listing": "auto"}, {"id": "c", "listing": 1}],
+    }
+    assert problems(raw) == ["projects[2].listing: must be one of auto, full"]
+    del raw["projects"][2]
+    config = parse_config(raw, {})
+    assert [p.listing for p in config.projects] == ["full", "auto"]
+    assert (config.full_listing_every, config.incremental_overlap_seconds) == (3, 0.0)
+    defaults = parse_config({"projects": [{"id": "a", "api_key": "k"}]}, {})
+    assert defaults.projects[0].listing == "auto"
+    assert (defaults.full_listing_every, defaults.incremental_overlap_seconds) == (10, 300.0)
 
 
 def test_poll_interval_is_bounded() -> None:

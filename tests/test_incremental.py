@@ -14,6 +14,7 @@ import copy
 import itertools
 import json
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -465,3 +466,51 @@ def test_an_order_broken_mid_run_goes_back_to_full_listings_once(
     # In order again: incremental once more.
     newest_sim.set_sessions(pid, list(reversed(items)))
     exp.wait_metric("llamacloud_poll_incremental", {"project_id": pid}, lambda v: v == 1)
+
+
+def test_a_restart_continues_incrementally_and_exactly(
+    newest_sim: Simulator, tmp_path: Path, start_exporter: Callable[..., Exporter]
+) -> None:
+    pid = newest_sim.project_ids[0]
+    config = write_config(
+        tmp_path / "c.yaml", newest_sim.base_url, [pid], state={"path": str(tmp_path / "s.db")}
+    )
+    exp = start_exporter(config)
+    exp.wait_metric("llamacloud_poll_incremental", {"project_id": pid}, lambda v: v == 1)
+    ids = [item["session_id"] for item in newest_sim.sessions(pid)]
+    newest_sim.rerun(pid, ids[3])
+    exp.wait_metric("llamacloud_chat_runs_total", {"project_id": pid}, lambda v: v == 1)
+    exp.proc.send_signal(signal.SIGTERM)
+    assert exp.proc.wait(timeout=30) == 0
+    newest_sim.rerun(pid, ids[1000])
+    newest_sim.rerun(pid, ids[1999])
+
+    again = start_exporter(config)
+    m = again.wait_metric("llamacloud_chat_runs_total", {"project_id": pid}, lambda v: v == 3)
+    first = poll_events(again)[0]
+    assert first["incremental"] and first["pages"] <= 3 and not first["baseline"]
+    assert sessions_listed(m, pid) == SESSIONS
+    assert value(m, "llamacloud_chat_sessions_created_total", project_id=pid) == 0
+    # The gauges moved by exactly what the two re-runs changed: a full listing agrees.
+    fresh = start_exporter(write_config(tmp_path / "full.yaml", newest_sim.base_url, [pid]))
+    f = fresh.wait_metric("llamacloud_up", {"project_id": pid}, lambda v: v == 1)
+    for name, labels in (
+        ("llamacloud_chat_session_tokens", {"token_type": "input"}),
+        ("llamacloud_chat_session_duration_seconds", {}),
+        ("llamacloud_chat_session_turns", {}),
+    ):
+        assert value(m, name, project_id=pid, **labels) == value(f, name, project_id=pid, **labels)
+
+
+def test_a_reload_to_listing_full_reads_every_page(
+    newest_sim: Simulator, tmp_path: Path, start_exporter: Callable[..., Exporter]
+) -> None:
+    pid = newest_sim.project_ids[0]
+    path = tmp_path / "c.yaml"
+    exp = start_exporter(write_config(path, newest_sim.base_url, [pid]))
+    exp.wait_metric("llamacloud_poll_incremental", {"project_id": pid}, lambda v: v == 1)
+    write_config(path, newest_sim.base_url, [pid], llamacloud={"listing": "full"})
+    exp.proc.send_signal(signal.SIGHUP)
+    m = exp.wait_metric("llamacloud_poll_incremental", {"project_id": pid}, lambda v: v == 0)
+    assert value(m, "llamacloud_poll_pages", project_id=pid) == SESSIONS // 100
+    assert value(m, "llamacloud_config_last_reload_successful") == 1
