@@ -188,11 +188,15 @@ def test_the_example_config_is_valid_and_complete() -> None:
     assert config.projects
     raw = yaml.safe_load(text)
     # Every key the contract names appears in the example.
-    for key in ("base_url", "api_key", "page_size", "timeout_seconds", "max_retries", "max_pages"):
+    for key in sorted(config_module._LLAMACLOUD_KEYS - {"api_key_file"}):
         assert key in raw["llamacloud"], key
+    defaults = parse_config({"projects": [{"id": "p", "api_key": "k"}]}, {})
+    assert config.full_listing_every == defaults.full_listing_every
+    assert config.incremental_overlap_seconds == defaults.incremental_overlap_seconds
+    assert config.projects[0].listing == defaults.projects[0].listing
     for key in ("poll_interval_seconds", "max_concurrency", "web", "state", "projects"):
         assert key in raw, key
-    for key in ("api_key_file", "organization_id", "name"):
+    for key in ("api_key_file", "organization_id", "name", "listing: full"):
         assert key in text, key
 
 
