@@ -1,4 +1,5 @@
-"""Benchmarks with numbers to beat: poll CPU, memory per session, scrape latency, idle CPU.
+"""Benchmarks with numbers to beat: poll CPU, memory per session, scrape latency, idle CPU,
+requests and wall time of incremental listings.
 
 Run from the repository root:
 
@@ -23,14 +24,15 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as ``python bench/run.py``
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import idle, memory, poll, scrape, soak
+from bench import idle, incremental, memory, poll, scrape, soak
 from bench.common import REPO_ROOT, BenchError, machine_lines, verdict
 
-BENCHMARKS = ("poll", "memory", "scrape", "idle")
+BENCHMARKS = ("poll", "memory", "scrape", "idle", "incremental")
 ON_REQUEST = ("soak",)  # long: run only when named with --only
 CHILDREN = {
     "memory": memory.child,
     "scrape": scrape.child,
+    "incremental": incremental.child,
 }
 
 
@@ -102,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 outcome += scrape.run(quick=args.quick, rounds=rounds, profile=args.profile)
             elif name == "soak":
                 outcome += soak.run(quick=args.quick)
+            elif name == "incremental":
+                outcome += incremental.run(quick=args.quick)
             else:
                 outcome += idle.run(quick=args.quick, rounds=rounds)
         except BenchError as exc:

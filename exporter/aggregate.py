@@ -14,7 +14,6 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from itertools import chain
 from typing import Any
 
 # OpenTelemetry GenAI semantic conventions: durations double from 10 ms, tokens grow by four.
@@ -357,21 +356,40 @@ class ListingState:
 _U32 = 2**32 - 1
 
 
+# Exact sums of doubles: every double below 2**53 is a whole multiple of 2**-1074.
+_SCALE = 1074
+
+
+def _scaled(value: float) -> int:
+    """``value * 2**_SCALE`` exactly."""
+    if type(value) is int:
+        return value << _SCALE
+    numerator, denominator = value.as_integer_ratio()
+    return numerator << (_SCALE + 1 - denominator.bit_length())
+
+
 class _Runs:
-    """Per slot, the most recent run's input and output tokens, turns and duration (ms).
+    """Per slot, the most recent run's input and output tokens, turns and duration (ms),
+    and their exact sums.
 
     Counts go in arrays of unsigned 32-bit integers, which hold nearly every real count in
     4 bytes; a slot with a count that is not such an integer (a fraction, or 2**32 and more)
     keeps its three counts in a small dict instead, so every value stays exact. Durations
     come with fractions: they go in an array of doubles, exact for every accepted value.
+
+    The sums are kept exactly as integers (whole counts as they are, everything else scaled
+    by 2**1074) and updated on every write, so a gauge costs nothing to read, whatever the
+    number of sessions, and is the correctly rounded sum whatever order values came in.
     """
 
-    __slots__ = ("big", "columns", "duration")
+    __slots__ = ("big", "columns", "duration", "exact", "whole")
 
     def __init__(self) -> None:
         self.columns = (array("I"), array("I"), array("I"))
         self.duration = array("d")
         self.big: dict[int, tuple[float, float, float]] = {}
+        self.whole = [0, 0, 0]  # sums of the counts in ``columns``
+        self.exact = [0, 0, 0, 0]  # scaled sums of the counts in ``big``, and of durations
 
     def append(self) -> None:
         for column in self.columns:
@@ -380,16 +398,33 @@ class _Runs:
 
     def put(self, slot: int, i: Any, o: Any, t: Any, d: Any) -> None:
         """Store one slot's values (numbers from 0 to below 2**53, or None for 0)."""
-        i, o, t = i or 0, o or 0, t or 0
-        self.duration[slot] = d or 0.0
+        i, o, t, d = i or 0, o or 0, t or 0, d or 0.0
         ci, co, ct = self.columns
+        whole, exact, big = self.whole, self.exact, self.big
+        old = big.pop(slot, None) if big else None
+        if old is None:
+            whole[0] -= ci[slot]
+            whole[1] -= co[slot]
+            whole[2] -= ct[slot]
+        else:
+            exact[0] -= _scaled(old[0])
+            exact[1] -= _scaled(old[1])
+            exact[2] -= _scaled(old[2])
+        previous = self.duration[slot]
+        if previous != d:
+            exact[3] += _scaled(d) - _scaled(previous)
+            self.duration[slot] = d
         if type(i) is int and type(o) is int and type(t) is int and max(i, o, t) <= _U32:
             ci[slot], co[slot], ct[slot] = i, o, t
-            if self.big:
-                self.big.pop(slot, None)
+            whole[0] += i
+            whole[1] += o
+            whole[2] += t
         else:
             ci[slot] = co[slot] = ct[slot] = 0
-            self.big[slot] = (float(i), float(o), float(t))
+            big[slot] = (float(i), float(o), float(t))
+            exact[0] += _scaled(i)
+            exact[1] += _scaled(o)
+            exact[2] += _scaled(t)
 
     def get(self, slot: int) -> tuple[float, float, float, float]:
         big = self.big.get(slot)
@@ -399,18 +434,23 @@ class _Runs:
         return ci[slot], co[slot], ct[slot], self.duration[slot]
 
     def sums(self) -> tuple[float, float, float, float]:
-        """Exact sums (``math.fsum``): the same whatever order the values came in."""
-        extra = list(zip(*self.big.values(), strict=True)) or [(), (), ()]
-        i, o, t = (
-            math.fsum(chain(column, more)) for column, more in zip(self.columns, extra, strict=True)
+        """The correctly rounded sums (int / int division rounds correctly)."""
+        unit = 1 << _SCALE
+        w, e = self.whole, self.exact
+        return (
+            ((w[0] << _SCALE) + e[0]) / unit,
+            ((w[1] << _SCALE) + e[1]) / unit,
+            ((w[2] << _SCALE) + e[2]) / unit,
+            e[3] / unit,
         )
-        return i, o, t, math.fsum(self.duration)
 
     def clear(self) -> None:
         for column in self.columns:
             column[:] = array("I", bytes(4 * len(column)))
         self.duration[:] = array("d", bytes(8 * len(self.duration)))
         self.big.clear()
+        self.whole = [0, 0, 0]
+        self.exact = [0, 0, 0, 0]
 
 
 class SessionTracker:
@@ -418,9 +458,9 @@ class SessionTracker:
 
     A dict maps each session id to ``fingerprint << 32 | slot``; per slot, a byte holds the
     status and the missed flag, and :class:`_Runs` the most recent run's input and output
-    tokens, turns and duration. Gauges are exact sums over those
-    (``math.fsum``, so the order sessions were met in never changes a value), which lets a
-    listing that reads only what changed give the same gauges as one that reads it all.
+    tokens, turns and duration. Gauges are exact sums over those (correctly rounded, so the
+    order sessions were met in never changes a value), which lets a listing that reads only
+    what changed give the same gauges as one that reads it all.
 
     Updated in place as pages arrive, with an undo log so a poll that fails half way
     leaves it as it was.
@@ -439,7 +479,6 @@ class SessionTracker:
         "_seen",
         "_seen_count",
         "_status",
-        "_sums",
         "_undo",
         "state",
     )
@@ -458,7 +497,6 @@ class SessionTracker:
         self._free: list[int] = []
         self._status = [0, 0, 0]
         self._missed = 0
-        self._sums = (0.0, 0.0, 0.0, 0.0)
         self._seen = bytearray()
         self._undo: list[_Undo] | None = None
         self._saved_status: list[int] = []
@@ -482,7 +520,6 @@ class SessionTracker:
             self._status[flags & _STATUS_MASK] += 1
             if flags & MISSED:
                 self._missed += 1
-        self._sums = self._fsums()
 
     @property
     def has_baseline(self) -> bool:
@@ -490,9 +527,6 @@ class SessionTracker:
 
     def __len__(self) -> int:
         return len(self._index)
-
-    def _fsums(self) -> tuple[float, float, float, float]:
-        return self._runs.sums()
 
     def rows(self, names: Iterable[str] | None = None) -> Iterator[SavedSession]:
         """Saved form of every session, or of the named ones still tracked."""
@@ -550,7 +584,6 @@ class SessionTracker:
             self._runs.clear()
             self._status = [0, 0, 0]
             self._missed = 0
-            self._sums = (0.0, 0.0, 0.0, 0.0)
             return
         for sid, old, slot, flags, i, o, t, d in reversed(undo):
             if old is None:
@@ -592,7 +625,6 @@ class Listing:
         self._unordered = False  # an item newer than the one before it, or without a stamp
         self._broken = False  # ... newer by more than the overlap, or without a stamp
         self._previous: datetime | None = None
-        self._dirty = False
         self._changed_flags: list[str] = []
         self._newest: datetime | None = None
         self._invalid = 0
@@ -753,7 +785,6 @@ class Listing:
             tracker._runs.put(slot, i, o, t, d)
         flags[slot] = status
         tracker._status[status] += 1
-        self._dirty = True
 
     def _count_run(self, run: RunTuple) -> None:
         is_error, d, i, o, t, _ = run
@@ -795,8 +826,6 @@ class Listing:
                     flags[slot] |= MISSED
                     tracker._missed += 1
                     missed.append(sid)
-        if self._dirty or removed or not tracker._has_baseline:
-            tracker._sums = tracker._fsums()
         old = tracker.state
         newest = self._last_updated()
         if full:
@@ -824,7 +853,7 @@ class Listing:
         tracker._undo = None
         tracker._listing = None
         never_run, ok, error = tracker._status
-        total_in, total_out, turns, duration_ms = tracker._sums
+        total_in, total_out, turns, duration_ms = tracker._runs.sums()
         snapshot = ProjectSnapshot(
             never_run=never_run,
             ok=ok,

@@ -330,3 +330,27 @@ def test_runs_counted_match_the_changes(
     # Absent sessions are kept once (they may have moved during the listing).
     assert len(tracker) == len(old.keys() | {item["session_id"] for item in after})
     assert result.snapshot.sessions == len(tracker)
+
+
+values = st.one_of(
+    st.none(),
+    st.integers(0, 2**53 - 1),
+    st.floats(0, 2**53, exclude_max=True, allow_nan=False, allow_subnormal=True),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 9), values, values, values, values), max_size=60))
+def test_gauge_sums_are_the_correctly_rounded_sums_of_what_is_stored(
+    writes: list[tuple[int, Any, Any, Any, Any]],
+) -> None:
+    """Overwrites subtract exactly what they replace: the sums never drift from fsum."""
+    from exporter.aggregate import _Runs
+
+    runs = _Runs()
+    for _ in range(10):
+        runs.append()
+    for slot, *fields in writes:
+        runs.put(slot, *fields)
+    stored = [runs.get(slot) for slot in range(10)]
+    assert runs.sums() == tuple(math.fsum(column) for column in zip(*stored, strict=True))

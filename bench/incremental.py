@@ -1,0 +1,857 @@
+"""Incremental listings: what a steady-state poll costs with ``listing: auto`` against ``full``.
+
+Two measurements, each running both modes in the same run against the same data:
+
+1. **Requests per poll, one project.** 20,000 sessions listed newest first, ``page_size`` 100
+   (a full listing is 200 requests). A baseline poll, then 10 steady-state polls; before each,
+   5 sessions picked at random from the whole project re-run and 2 are created. ``auto`` keeps
+   the default ``full_listing_every: 10``, so its steady-state polls are 9 incremental listings
+   and one periodic full listing. Reported: the requests of each poll (the exporter's own
+   request counter, ``Store.api_requests``), the incremental polls' figure and the average that
+   includes the periodic full listing. After every poll the two exporters' gauges (the project
+   snapshot) and counters (run totals) must be equal: no session is deleted, so an incremental
+   listing must see every change; the benchmark fails loudly if any differ.
+
+2. **One poll cycle of many projects with API latency.** Every request waits 50 ms in the
+   simulator (``latency``), as a remote API would; projects are polled as the daemon polls them
+   (``Poller.poll_all_once``: every project at once, ``max_concurrency`` at a time; 16 here, so a
+   full cycle ends in reasonable time, with the default ``page_size`` of 100). A baseline
+   cycle (full listings), a second cycle (``auto`` has seen the order and lists
+   incrementally), then the measured third cycle; before cycles 2 and 3 each project gets
+   5 re-runs and 2 new sessions. Reported per cycle: wall time, requests, listings by kind, the
+   exporter's CPU and the simulator's CPU, and whether both modes' gauges and counters agree.
+   The target size, 100 projects of 100,000 sessions, needs two simulators of about 4.5 GiB,
+   builds of about 5 minutes and full cycles of about 3: beyond a 5-minute benchmark. A full
+   run measures 20 projects of 100,000 sessions (the real project size, so every per-project
+   cost is the real one) and extrapolates to 100 projects: both cycles are CPU-bound on 2 cores
+   (one exporter process), so their time grows linearly with the number of projects, and each is
+   held to at least its latency floor. ``--quick`` measures 10 projects of 20,000 sessions and
+   extrapolates in both directions, roughly. Memory and build time at the target size are
+   extrapolated from what the run measured, so the output says whether this machine copes.
+
+How the numbers are kept apart and comparable:
+
+- Each simulator (``exporter.simulator.Simulator``, newest first, frozen clock) runs in its
+  own process, driven over a pipe (build, re-runs, creations); the exporter runs in another,
+  with the daemon's own wiring (``cli._components``: Store, ApiClient, Poller). The exporter's
+  CPU is ``time.process_time()`` in its process (every thread); the simulator's is read from
+  ``/proc/PID/stat``.
+- ``auto`` and ``full`` each get their own simulator, built from the same seed and changed by
+  the same commands, so both list identical data; their gauges after the baseline (both full
+  listings) are compared too, which would catch data that drifted apart.
+- The two modes poll one after the other, never at the same time; the two simulators of
+  measurement 2 are built in parallel (one core each), before anything is measured.
+
+Run with the other benchmarks (``python -m bench.run --only incremental [--quick]``) or on its
+own, at any size: ``python -m bench.incremental --projects 100 --sessions 100000`` measures the
+target size directly (about 14 GiB of memory and over 20 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import math
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as ``python bench/incremental.py``
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (
+    REPO_ROOT,
+    BenchError,
+    _Lines,
+    _tail,
+    load_average,
+    machine_lines,
+    peak_rss_bytes,
+    proc_cpu_seconds,
+    rss_bytes,
+    stop_process,
+    table,
+    verdict,
+)
+
+SEED = 20260101
+RERUNS = 5  # per project, before every steady-state poll or cycle
+CREATES = 2
+POOL = 100  # sessions per project that re-runs are drawn from (plus every one created)
+
+# Measurement 1: one project.
+ONE_SESSIONS = 20_000
+ONE_PAGE_SIZE = 100
+ONE_STEADY_POLLS = 10
+TARGET_REQUESTS = 2
+
+# Measurement 2: a poll cycle of many projects.
+CYCLE_PAGE_SIZE = 100
+CYCLE_CONCURRENCY = 16
+CYCLE_LATENCY = 0.05
+TARGET_PROJECTS = 100
+TARGET_SESSIONS = 100_000
+TARGET_RATIO = 50.0
+FULL_SIZE = (20, 100_000)  # the largest that fits in about 5 minutes on a 2-core machine
+QUICK_SIZE = (10, 20_000)
+# Resident bytes per session, from measured runs with margin: a simulator holds each session
+# as rendered JSON (about 400 B), the exporter's tracker under 200 B plus transient pages.
+SIM_BYTES_PER_SESSION = 500
+EXPORTER_BYTES_PER_SESSION = 300
+
+
+# ------------------------------------------------------------------ children
+
+
+def _reply(data: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(data) + "\n")
+    sys.stdout.flush()
+
+
+def _commands() -> Iterator[dict[str, Any]]:
+    for line in sys.stdin:
+        if line.strip():
+            yield json.loads(line)
+
+
+def _serve_simulator(params: dict[str, Any]) -> dict[str, Any]:
+    """A Simulator in this process, changed on command: one JSON line in, one out."""
+    from exporter.simulator import Simulator
+
+    rss_before = rss_bytes()
+    began = time.perf_counter()
+    sim = Simulator(
+        projects=params["projects"],
+        sessions_per_project=params["sessions"],
+        seed=params["seed"],
+        order="newest-first",
+    )
+    built = time.perf_counter() - began
+    picks = random.Random(f"{params['seed']}:picks")
+    pools: dict[str, list[str]] = {}
+    for pid in sim.project_ids:
+        if params["pool"] == "listing":  # any session of the project may re-run
+            ids = [item["session_id"] for item in sim.sessions(pid)]
+            pools[pid] = picks.sample(ids, min(POOL, len(ids)))
+        else:  # decoding millions of sessions to pick a few would take minutes
+            pools[pid] = sim.create_sessions(pid, POOL)
+    sim.latency = params["latency"]
+    url = sim.start()
+    _reply(
+        {
+            "base_url": url,
+            "project_ids": sim.project_ids,
+            "build_seconds": built,
+            "ready_seconds": time.perf_counter() - began,
+            "rss": rss_bytes(),
+            "rss_before": rss_before,
+        }
+    )
+    try:
+        for command in _commands():
+            if command["op"] != "advance":
+                raise ValueError(command)
+            for pid in sim.project_ids:
+                for sid in picks.sample(pools[pid], command["reruns"]):
+                    sim.rerun(pid, sid)
+                pools[pid].extend(sim.create_sessions(pid, command["creates"]))
+            _reply({"rss": rss_bytes(), "requests": sim.request_count})
+    finally:
+        sim.stop()
+    return {"requests": sim.request_count}
+
+
+async def _serve_exporter(params: dict[str, Any]) -> dict[str, Any]:
+    """The daemon's wiring over every project; a ``cycle`` command polls each once."""
+    from exporter.cli import _components
+    from exporter.config import Config, ProjectConfig
+    from exporter.logs import configure_logging
+    from exporter.secret import Secret
+    from exporter.simulator import DEFAULT_API_KEY
+
+    configure_logging("info", "json")  # as in production; the lines go to a temporary file
+    projects = tuple(
+        ProjectConfig(
+            id=pid,
+            name=f"bench-{n}",
+            organization_id="",
+            base_url=params["base_url"],
+            page_size=params["page_size"],
+            api_key=Secret(DEFAULT_API_KEY),
+            listing=params["mode"],
+        )
+        for n, pid in enumerate(params["project_ids"])
+    )
+    config = Config(projects=projects, max_pages=10**6, max_concurrency=params["max_concurrency"])
+    store, poller, client = _components(config, None)
+    loop = asyncio.get_running_loop()
+    _reply({"ready": True, "rss": rss_bytes()})
+    try:
+        while True:
+            line = await loop.run_in_executor(None, sys.stdin.readline)
+            if not line:
+                break
+            command = json.loads(line)
+            if command["op"] != "cycle":
+                raise ValueError(command)
+            before = store.api_requests()
+            wall0, cpu0 = time.perf_counter(), time.process_time()
+            ok = await poller.poll_all_once()
+            wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+            after = store.api_requests()
+            states = [store.get(p.id) for p in projects]
+            _reply(
+                {
+                    "ok": ok,
+                    "wall": wall,
+                    "cpu": cpu,
+                    "requests": sum(after.values()) - sum(before.values()),
+                    "codes": {
+                        k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)
+                    },
+                    "pages": [s.last_poll_pages for s in states],
+                    "incremental": [s.last_poll_incremental for s in states],
+                    "up": sum(s.up for s in states),
+                    "errors": sorted({s.last_error for s in states if s.last_error}),
+                    "state": {
+                        s.project_id: {
+                            "gauges": dataclasses.asdict(s.snapshot) if s.snapshot else None,
+                            "counters": dataclasses.asdict(s.totals),
+                        }
+                        for s in states
+                    },
+                    "rss": rss_bytes(),
+                    "peak_rss": peak_rss_bytes(),
+                }
+            )
+    finally:
+        client.close()
+    return {"peak_rss": peak_rss_bytes()}
+
+
+def child(params: dict[str, Any]) -> dict[str, Any]:
+    if params["role"] == "simulator":
+        return _serve_simulator(params)
+    if params["role"] == "exporter":
+        return asyncio.run(_serve_exporter(params))
+    raise ValueError(params["role"])
+
+
+# ------------------------------------------------------------------ driving the children
+
+
+class _Peer:
+    """A child (``bench.run --child incremental``) answering one JSON line per command."""
+
+    def __init__(self, name: str, params: dict[str, Any], stack: contextlib.ExitStack) -> None:
+        self.name = name
+        self.ready: dict[str, Any] = {}
+        log = stack.enter_context(tempfile.TemporaryFile())  # noqa: SIM115 (closed by stack)
+        cmd = [sys.executable, "-m", "bench.run", "--child", "incremental", json.dumps(params)]
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=REPO_ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            bufsize=1,
+        )
+        self._log = log
+        self._lines = _Lines(self.proc)
+        stack.callback(self._stop)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def send(self, **command: Any) -> None:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps(command) + "\n")
+            self.proc.stdin.flush()
+        except OSError:
+            raise BenchError(
+                f"{self.name} exited {self.proc.poll()}:\n{_tail(self._log)}"
+            ) from None
+
+    def receive(self, timeout: float) -> dict[str, Any]:
+        try:
+            text = self._lines.next(time.monotonic() + timeout)
+        except BenchError:
+            raise BenchError(
+                f"{self.name} did not answer within {timeout:.0f} s:\n{_tail(self._log)}"
+            ) from None
+        if text is None:
+            raise BenchError(f"{self.name} exited {self.proc.wait()}:\n{_tail(self._log)}")
+        result: dict[str, Any] = json.loads(text)
+        return result
+
+    def call(self, timeout: float, **command: Any) -> dict[str, Any]:
+        self.send(**command)
+        return self.receive(timeout)
+
+    def _stop(self) -> None:
+        """Close stdin (the child ends its loop and exits), then SIGTERM/SIGKILL if it lingers."""
+        with contextlib.suppress(OSError):
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=15)
+        stop_process(self.proc)
+
+
+def _simulators(
+    stack: contextlib.ExitStack,
+    projects: int,
+    sessions: int,
+    latency: float,
+    pool: str,
+    timeout: float,
+) -> dict[str, tuple[_Peer, dict[str, Any]]]:
+    """One simulator per mode, same seed, built in parallel; {mode: (peer, ready line)}."""
+    params = {
+        "role": "simulator",
+        "projects": projects,
+        "sessions": sessions,
+        "seed": SEED,
+        "latency": latency,
+        "pool": pool,
+    }
+    peers = {mode: _Peer(f"simulator ({mode})", params, stack) for mode in ("auto", "full")}
+    return {mode: (peer, peer.receive(timeout)) for mode, peer in peers.items()}
+
+
+def _exporter(
+    stack: contextlib.ExitStack,
+    mode: str,
+    ready: dict[str, Any],
+    page_size: int,
+    concurrency: int,
+) -> _Peer:
+    params = {
+        "role": "exporter",
+        "mode": mode,
+        "base_url": ready["base_url"],
+        "project_ids": ready["project_ids"],
+        "page_size": page_size,
+        "max_concurrency": concurrency,
+    }
+    peer = _Peer(f"exporter ({mode})", params, stack)
+    peer.ready = peer.receive(120)
+    return peer
+
+
+def _advance(sims: Sequence[_Peer], timeout: float) -> None:
+    """The same changes in every simulator (both at once: they run in their own processes)."""
+    for sim in sims:
+        sim.send(op="advance", reruns=RERUNS, creates=CREATES)
+    for sim in sims:
+        sim.receive(timeout)
+
+
+def _cycle(exporter: _Peer, sim_pid: int, timeout: float) -> dict[str, Any]:
+    """One poll of every project; fails unless every listing succeeded."""
+    sim_cpu = proc_cpu_seconds(sim_pid)
+    result = exporter.call(timeout, op="cycle")
+    result["sim_cpu"] = proc_cpu_seconds(sim_pid) - sim_cpu
+    if not result["ok"]:
+        raise BenchError(f"{exporter.name}: a poll failed: {', '.join(result['errors'])}")
+    retried = result["requests"] - sum(result["pages"])
+    if retried:  # every page is one request unless one was retried
+        print(
+            f"note: {exporter.name} made {retried} requests beyond one per page: {result['codes']}"
+        )
+    return result
+
+
+def _differences(auto: dict[str, Any], full: dict[str, Any]) -> list[str]:
+    """Where two exporters' gauges or counters differ, as ``project.field`` names."""
+    out = []
+    for pid, mine in auto["state"].items():
+        theirs = full["state"][pid]
+        for kind in ("gauges", "counters"):
+            a, b = mine[kind], theirs[kind]
+            if a is None or b is None:
+                if a != b:
+                    out.append(f"{pid[:8]}.{kind}")
+                continue
+            out.extend(f"{pid[:8]}.{key}" for key in a if a[key] != b[key])
+    return out
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def _mem_available() -> int:
+    with open("/proc/meminfo", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+# ------------------------------------------------------------------ measurement 1
+
+
+def _one_project() -> tuple[list[tuple[str, bool, str]], list[str]]:
+    print(
+        f"\n### 1. Requests per poll: one project of {ONE_SESSIONS:,} sessions, newest first, "
+        f"page_size {ONE_PAGE_SIZE}\n"
+    )
+    polls: dict[str, list[dict[str, Any]]] = {"auto": [], "full": []}
+    equal: list[list[str]] = []
+    with contextlib.ExitStack() as stack:
+        sims = _simulators(stack, 1, ONE_SESSIONS, 0.0, "listing", 300)
+        exporters = {mode: _exporter(stack, mode, sims[mode][1], ONE_PAGE_SIZE, 4) for mode in sims}
+        for n in range(1 + ONE_STEADY_POLLS):
+            if n:
+                _advance([peer for peer, _ in sims.values()], 120)
+            for mode in ("auto", "full"):
+                polls[mode].append(_cycle(exporters[mode], sims[mode][0].pid, 600))
+            equal.append(_differences(polls["auto"][-1], polls["full"][-1]))
+
+    rows = []
+    for n in range(1 + ONE_STEADY_POLLS):
+        auto, full = polls["auto"][n], polls["full"][n]
+        if n == 0:
+            kind = "full (baseline)"
+        elif auto["incremental"][0]:
+            kind = "incremental"
+        else:
+            kind = "full (every 10th)"
+        rows.append(
+            [
+                str(n + 1),
+                "none" if n == 0 else f"{RERUNS} re-runs, {CREATES} new",
+                kind,
+                str(auto["requests"]),
+                str(full["requests"]),
+                f"{auto['cpu'] * 1000:.0f}",
+                f"{full['cpu'] * 1000:.0f}",
+                "yes" if not equal[n] else "NO: " + ", ".join(equal[n][:4]),
+            ]
+        )
+    print(
+        table(
+            [
+                "poll",
+                "changes before it",
+                "auto: listing",
+                "auto: requests",
+                "full: requests",
+                "auto: CPU ms",
+                "full: CPU ms",
+                "gauges and counters equal",
+            ],
+            rows,
+        )
+    )
+    steady_auto = polls["auto"][1:]
+    steady_full = polls["full"][1:]
+    inc = [p["requests"] for p in steady_auto if p["incremental"][0]]
+    every = [p["requests"] for p in steady_auto]
+    full_req = [p["requests"] for p in steady_full]
+    mean_full = sum(full_req) / len(full_req)
+
+    def summary(label: str, values: list[int]) -> list[str]:
+        if not values:
+            return [label, "0", "-", "-", "-", "-"]
+        mean = sum(values) / len(values)
+        return [
+            label,
+            str(len(values)),
+            f"{mean:.1f}",
+            str(min(values)),
+            str(max(values)),
+            f"{mean_full / mean:.1f}x",
+        ]
+
+    print()
+    print(
+        table(
+            ["steady-state polls", "polls", "requests (mean)", "min", "max", "fewer than full"],
+            [
+                summary("auto: the incremental polls", inc),
+                summary("auto: all, with the periodic full listing", every),
+                summary("full: all", full_req),
+            ],
+        )
+    )
+    print(
+        f"\nauto uses the default full_listing_every 10 and incremental_overlap_seconds 300; "
+        f"before each steady-state poll {RERUNS} sessions drawn from the whole project re-run "
+        f"and {CREATES} are created, in both simulators alike."
+    )
+    outcome: list[tuple[str, bool, str]] = []
+    met = bool(inc) and max(inc) <= TARGET_REQUESTS
+    detail = (
+        f"{max(inc) if inc else 'no incremental poll'} at most, {sum(inc) / max(len(inc), 1):.1f} "
+        f"on average over {len(inc)} incremental polls; {sum(every) / len(every):.1f} with the "
+        f"periodic full listing; a full listing: {mean_full:.0f}"
+    )
+    outcome.append(
+        (
+            f"requests per steady-state incremental poll at most {TARGET_REQUESTS} "
+            f"({ONE_SESSIONS:,} sessions, page_size {ONE_PAGE_SIZE})",
+            met,
+            detail,
+        )
+    )
+    full_listings = [
+        n for n in range(1 + ONE_STEADY_POLLS) if not polls["auto"][n]["incremental"][0]
+    ]
+    failed = [f"poll {n + 1}: {', '.join(equal[n][:8])}" for n in range(len(equal)) if equal[n]]
+    same_after_full = all(not equal[n] for n in full_listings)
+    outcome.append(
+        (
+            "auto's gauges and counters equal full's after each full listing (and after every "
+            "incremental one)",
+            not failed,
+            f"checked after polls {', '.join(str(n + 1) for n in full_listings)} (auto listed "
+            f"in full) and after the {len(inc)} incremental polls: "
+            + ("all equal" if not failed else "; ".join(failed)),
+        )
+    )
+    problems = []
+    if not same_after_full:
+        problems.append("after a full listing auto's gauges differ from full's")
+    elif failed:
+        problems.append("after an incremental listing auto's gauges differ from full's")
+    return outcome, problems
+
+
+# ------------------------------------------------------------------ measurement 2
+
+
+def _many_projects(projects: int, sessions: int) -> list[tuple[str, bool, str]]:
+    total = projects * sessions
+    target_total = TARGET_PROJECTS * TARGET_SESSIONS
+    at_target = (projects, sessions) == (TARGET_PROJECTS, TARGET_SESSIONS)
+    size = f"{projects} x {sessions:,}"
+    target = f"{TARGET_PROJECTS} x {TARGET_SESSIONS:,}"
+    print(
+        f"\n### 2. One poll cycle: {size} sessions ({total:,} in all), "
+        f"{CYCLE_LATENCY * 1000:.0f} ms latency per request\n"
+    )
+    print(
+        f"page_size {CYCLE_PAGE_SIZE} (the default) and max_concurrency "
+        f"{CYCLE_CONCURRENCY}, so that a full cycle ends in reasonable time. "
+        f"Target size {target}: "
+        + ("measured directly." if at_target else f"this run measures {size} and extrapolates.")
+    )
+    need = total * (2 * SIM_BYTES_PER_SESSION + EXPORTER_BYTES_PER_SESSION)
+    available = _mem_available()
+    print(
+        f"Memory: two simulators and one exporter need about {_gib(need)}; "
+        f"{_gib(available)} available."
+    )
+    if available and need > available:
+        raise BenchError(f"not enough memory for {size} sessions")
+    sys.stdout.flush()
+    cycles: dict[str, list[dict[str, Any]]] = {"auto": [], "full": []}
+    differ: list[list[str]] = []
+    sim_rss = 0
+    began = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        build_timeout = 120 + total * 120e-6  # two builds, maybe sharing one core
+        sims = _simulators(stack, projects, sessions, CYCLE_LATENCY, "created", build_timeout)
+        ready = {mode: info for mode, (_, info) in sims.items()}
+        build = ready["auto"]["build_seconds"]
+        wall = max(r["ready_seconds"] for r in ready.values())
+        print(
+            f"Simulators built in parallel in {wall:.0f} s"
+            f" ({build * 1e6 / total:.1f} µs per session each), "
+            f"{_gib(ready['auto']['rss'])} resident each (load {load_average()})."
+        )
+        exporters = {
+            mode: _exporter(stack, mode, ready[mode], CYCLE_PAGE_SIZE, CYCLE_CONCURRENCY)
+            for mode in sims
+        }
+        exporter_base = {mode: peer.ready["rss"] for mode, peer in exporters.items()}
+        cycle_timeout = 300 + total * 200e-6
+        for n in range(3):
+            if n:
+                _advance([peer for peer, _ in sims.values()], 600)
+            for mode in ("auto", "full"):
+                cycles[mode].append(_cycle(exporters[mode], sims[mode][0].pid, cycle_timeout))
+            differ.append(_differences(cycles["auto"][-1], cycles["full"][-1]))
+            print(
+                f"cycle {n + 1}/3: auto {cycles['auto'][-1]['wall']:.1f} s, "
+                f"full {cycles['full'][-1]['wall']:.1f} s (load {load_average()})"
+            )
+            sys.stdout.flush()
+        sim_rss = _rss_of(sims["full"][0].pid)
+    elapsed = time.monotonic() - began
+
+    rows = []
+    for mode in ("auto", "full"):
+        for n, c in enumerate(cycles[mode]):
+            inc = sum(c["incremental"])
+            label = ("baseline", "steady state", "steady state, measured")[n]
+            rows.append(
+                [
+                    f"{mode}: cycle {n + 1} ({label})",
+                    f"{inc} / {len(c['incremental']) - inc}",
+                    f"{min(c['pages'])}-{max(c['pages'])}",
+                    f"{c['requests']:,}",
+                    f"{c['wall']:.2f}",
+                    f"{c['cpu']:.2f}",
+                    f"{c['sim_cpu']:.2f}",
+                    f"{c['up']}/{projects}",
+                ]
+            )
+    print()
+    print(
+        table(
+            [
+                "mode: cycle",
+                "listings incr. / full",
+                "pages per project",
+                "requests",
+                "wall s",
+                "exporter CPU s",
+                "simulator CPU s",
+                "projects up",
+            ],
+            rows,
+        )
+    )
+    bad = [f"cycle {n + 1}: {', '.join(d[:6])}" for n, d in enumerate(differ) if d]
+    print(
+        "\nauto's and full's gauges and counters after each cycle: "
+        + ("equal in every project, every cycle." if not bad else "DIFFER: " + "; ".join(bad))
+    )
+    if bad:
+        raise BenchError("auto's gauges or counters differ from full's: " + "; ".join(bad))
+
+    auto, full = cycles["auto"][-1], cycles["full"][-1]
+    # Extrapolation. A full cycle is linear in the sessions listed: pages are sessions over
+    # page_size, and it is CPU-bound (the exporter at about one core, the GIL). An incremental
+    # cycle reads two pages per project whatever their size: linear in projects. Neither can
+    # beat its latency floor: ceil(projects / max_concurrency) rounds of its pages in turn.
+    created = POOL + 2 * CREATES  # sessions created since the build: the same at any size
+    full_pages = math.ceil((TARGET_SESSIONS + created) / CYCLE_PAGE_SIZE)
+    auto_pages = max(auto["pages"])
+    rounds = math.ceil(TARGET_PROJECTS / CYCLE_CONCURRENCY)
+    grow_full = target_total / total
+    grow_auto = TARGET_PROJECTS / projects
+    ext = {
+        "full_requests": TARGET_PROJECTS * full_pages,
+        "auto_requests": auto["requests"] * grow_auto,
+        "full_wall": max(full["wall"] * grow_full, rounds * full_pages * CYCLE_LATENCY),
+        "auto_wall": max(auto["wall"] * grow_auto, rounds * auto_pages * CYCLE_LATENCY),
+        "full_cpu": full["cpu"] * grow_full,
+        "auto_cpu": auto["cpu"] * grow_auto,
+    }
+    if at_target:
+        ext = {
+            "full_requests": full["requests"],
+            "auto_requests": auto["requests"],
+            "full_wall": full["wall"],
+            "auto_wall": auto["wall"],
+            "full_cpu": full["cpu"],
+            "auto_cpu": auto["cpu"],
+        }
+    req_ratio = full["requests"] / auto["requests"]
+    wall_ratio = full["wall"] / auto["wall"]
+    ext_req_ratio = ext["full_requests"] / ext["auto_requests"]
+    ext_wall_ratio = ext["full_wall"] / ext["auto_wall"]
+    where = target + ("" if at_target else " (extrapolated)")
+    print()
+    print(
+        table(
+            ["cycle 3 (steady state)", f"measured, {size}", where],
+            [
+                ["full: requests", f"{full['requests']:,}", f"{ext['full_requests']:,.0f}"],
+                ["auto: requests", f"{auto['requests']:,}", f"{ext['auto_requests']:,.0f}"],
+                ["requests, full / auto", f"{req_ratio:.1f}x", f"{ext_req_ratio:.1f}x"],
+                ["full: wall s", f"{full['wall']:.2f}", f"{ext['full_wall']:.1f}"],
+                ["auto: wall s", f"{auto['wall']:.2f}", f"{ext['auto_wall']:.2f}"],
+                ["wall time, full / auto", f"{wall_ratio:.1f}x", f"{ext_wall_ratio:.1f}x"],
+                ["full: exporter CPU s", f"{full['cpu']:.2f}", f"{ext['full_cpu']:.1f}"],
+                ["auto: exporter CPU s", f"{auto['cpu']:.2f}", f"{ext['auto_cpu']:.2f}"],
+            ],
+        )
+    )
+    if not at_target:
+        print(
+            f"\nExtrapolated, not measured. Requests: full is {TARGET_PROJECTS} projects x "
+            f"{full_pages} pages ({TARGET_SESSIONS:,} + {created} sessions created by this run, "
+            f"page_size {CYCLE_PAGE_SIZE}); auto is the measured {auto_pages} pages per project "
+            f"x {TARGET_PROJECTS} (an incremental listing reads two pages whatever the project's "
+            "size: the first holds what changed and the sessions within the overlap of the last "
+            "poll's newest, the second is older throughout and ends the listing). Wall and CPU "
+            f"time: full's measured x {grow_full:g} (linear in sessions listed), auto's measured "
+            f"x {grow_auto:g} (linear in projects), each at least its latency floor "
+            f"({rounds} rounds of max_concurrency x pages x {CYCLE_LATENCY * 1000:.0f} ms: "
+            f"{rounds * full_pages * CYCLE_LATENCY:.1f} s full, "
+            f"{rounds * auto_pages * CYCLE_LATENCY:.1f} s auto)."
+            + (
+                ""
+                if sessions == TARGET_SESSIONS
+                else f" Rough: projects here hold {sessions:,} sessions, not {TARGET_SESSIONS:,}."
+            )
+        )
+    read_full = sessions + created
+    read_auto = min(auto_pages * CYCLE_PAGE_SIZE, read_full)
+    print(
+        f"\nA ceiling on the wall-time ratio: an incremental poll here reads {auto_pages} pages "
+        f"({read_auto:,} sessions) of a project, a full one all {read_full:,}; each listed "
+        "session costs the exporter about the same CPU in both, and both cycles are CPU-bound, "
+        f"so the ratio cannot pass about {read_full / read_auto:.0f}x at page_size "
+        f"{CYCLE_PAGE_SIZE}; the rest of what a poll costs lowers it further."
+    )
+    # Whether this machine copes with the target size, from what this run measured.
+    # Per session: what the build added; the pages the simulator caches while serving are
+    # bounded (PAGE_CACHE_BYTES), so what serving added is carried over as it is.
+    sim_base = ready["full"]["rss_before"] + max(sim_rss - ready["full"]["rss"], 0)
+    sim_per = (ready["full"]["rss"] - ready["full"]["rss_before"]) / total
+    peak = {mode: cycles[mode][-1]["peak_rss"] for mode in cycles}
+    exp_per = {mode: (peak[mode] - exporter_base[mode]) / total for mode in peak}
+    build_per = build / total
+    whole = build_per * target_total + 4 * ext["full_wall"] + 2 * ext["auto_wall"]
+    target_memory = (
+        2 * (sim_base + sim_per * target_total)
+        + exporter_base["full"]
+        + exp_per["full"] * target_total
+    )
+    print()
+    print(
+        table(
+            ["resource", f"measured, {size}", where],
+            [
+                [
+                    "simulator RSS, each of two",
+                    _gib(sim_rss),
+                    _gib(sim_base + sim_per * target_total),
+                ],
+                [
+                    "simulator build, each (two in parallel)",
+                    f"{build:.0f} s",
+                    f"{build_per * target_total:.0f} s",
+                ],
+                [
+                    "exporter peak RSS, full",
+                    _gib(peak["full"]),
+                    _gib(exporter_base["full"] + exp_per["full"] * target_total),
+                ],
+                [
+                    "exporter peak RSS, auto",
+                    _gib(peak["auto"]),
+                    _gib(exporter_base["auto"] + exp_per["auto"] * target_total),
+                ],
+                [
+                    "all three processes at their peak",
+                    _gib(2 * sim_rss + peak["full"]),
+                    _gib(target_memory) if not at_target else _gib(2 * sim_rss + peak["full"]),
+                ],
+                [
+                    "this measurement, start to end",
+                    f"{elapsed:.0f} s",
+                    f"{elapsed:.0f} s" if at_target else f"about {whole:.0f} s",
+                ],
+            ],
+        )
+    )
+    print(
+        f"\nIn the measured full cycle the exporter used {full['cpu'] / full['wall']:.0%} of a "
+        f"core and its simulator {full['sim_cpu'] / full['wall']:.0%}; {_gib(available)} of RAM "
+        "was available."
+        + (
+            ""
+            if at_target
+            else " At the target size memory fits, but two builds and four full cycles take "
+            "longer than this benchmark's five minutes: run it on request with "
+            f"python -m bench.incremental --projects {TARGET_PROJECTS} "
+            f"--sessions {TARGET_SESSIONS} (the build's time assumes both simulators get a core)."
+        )
+    )
+    how = "" if at_target else f", extrapolated from {size} measured ({{:.1f}}x there)"
+    return [
+        (
+            f"one steady-state cycle of {target} sessions: at least {TARGET_RATIO:g}x fewer "
+            "requests with auto",
+            ext_req_ratio >= TARGET_RATIO,
+            f"{ext_req_ratio:.1f}x ({ext['full_requests']:,.0f} against "
+            f"{ext['auto_requests']:,.0f}){how.format(req_ratio)}",
+        ),
+        (
+            f"one steady-state cycle of {target} sessions: at least {TARGET_RATIO:g}x less "
+            "wall time with auto",
+            ext_wall_ratio >= TARGET_RATIO,
+            f"{ext_wall_ratio:.1f}x ({ext['full_wall']:.1f} s against "
+            f"{ext['auto_wall']:.2f} s){how.format(wall_ratio)}",
+        ),
+    ]
+
+
+def _rss_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+# ------------------------------------------------------------------ orchestration
+
+
+def run(*, quick: bool, size: tuple[int, int] | None = None) -> list[tuple[str, bool, str]]:
+    projects, sessions = size or (QUICK_SIZE if quick else FULL_SIZE)
+    print(f"\n## Incremental listings: auto against full, {'quick' if quick else 'full'} size\n")
+    outcome, problems = _one_project()
+    for name, met, detail in outcome:
+        print(f"target: {name}: {verdict(met)}, {detail}")
+    if problems:
+        raise BenchError("; ".join(problems))
+    sys.stdout.flush()
+    more = _many_projects(projects, sessions)
+    for name, met, detail in more:
+        print(f"target: {name}: {verdict(met)}, {detail}")
+    return outcome + more
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.incremental",
+        description="Requests and wall time of steady-state polls, listing auto against full.",
+    )
+    parser.add_argument("--quick", action="store_true", help="the smoke size of bench.run --quick")
+    parser.add_argument("--projects", type=int, help="projects in the cycle measurement")
+    parser.add_argument(
+        "--sessions", type=int, help="sessions per project in the cycle measurement"
+    )
+    args = parser.parse_args(argv)
+    default = QUICK_SIZE if args.quick else FULL_SIZE
+    size = (args.projects or default[0], args.sessions or default[1])
+    if min(size) < 1:
+        parser.error("--projects and --sessions must be at least 1")
+    print("# llamacloud-exporter incremental listings")
+    print()
+    for line in machine_lines():
+        print(f"    {line}")
+    shown = list(argv) if argv is not None else sys.argv[1:]
+    print(f"    command:     python -m bench.incremental {' '.join(shown)}".rstrip())
+    try:
+        outcome = run(quick=args.quick, size=size)
+    except BenchError as exc:
+        print(f"\nincremental: could not run: {exc}", file=sys.stderr)
+        return 1
+    print("\n## Targets\n")
+    for target, met, detail in outcome:
+        print(f"- {verdict(met)}: {target}: {detail}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
