@@ -543,11 +543,16 @@ class SessionTracker:
         for sid, value in self._index.items():
             yield sid, value >> _SLOT_BITS
 
-    def plan(self, *, auto: bool, full_every: int, overlap: float) -> float | None:
+    def plan(
+        self, *, auto: bool, full_every: int, overlap: float, now: float | None = None
+    ) -> float | None:
         """The cutoff of the next listing, or None for a full one.
 
         Incremental only in ``auto``, after a full listing showed newest-first order, and
         never for the ``full_every``-th poll or right after a full listing missed sessions.
+        The cutoff is the last listing's newest ``last_updated_at`` less the overlap, or
+        ``now`` less the overlap when that is earlier (a session stamped in the future must
+        not hide the changes after it).
         """
         state = self.state
         if (
@@ -559,7 +564,8 @@ class SessionTracker:
             or state.since_full + 1 >= full_every
         ):
             return None
-        return state.newest - overlap
+        newest = state.newest if now is None else min(state.newest, now)
+        return newest - overlap
 
     def begin(self, cutoff: float | None = None, overlap: float = 300.0) -> Listing:
         """Start a listing; with ``cutoff`` (Unix seconds) it is incremental: it stops after
@@ -614,12 +620,15 @@ class Listing:
     def __init__(self, tracker: SessionTracker, cutoff: float | None, overlap: float) -> None:
         self._tracker = tracker
         self._counting = tracker.has_baseline
+        self._cut_aware = self._cut_naive = None
+        if cutoff is not None:
+            try:
+                self._cut_aware = datetime.fromtimestamp(cutoff, timezone.utc)
+            except (OverflowError, OSError, ValueError):  # before year 1: read every page
+                cutoff = None
+            else:
+                self._cut_naive = self._cut_aware.replace(tzinfo=None)
         self._cutoff = cutoff
-        if cutoff is None:
-            self._cut_aware = self._cut_naive = None
-        else:
-            self._cut_aware = datetime.fromtimestamp(cutoff, timezone.utc)
-            self._cut_naive = self._cut_aware.replace(tzinfo=None)
         self._overlap = timedelta(seconds=overlap)
         self._stopped = False
         self._unordered = False  # an item newer than the one before it, or without a stamp

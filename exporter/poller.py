@@ -238,6 +238,7 @@ class Poller:
             auto=project.listing == "auto",
             full_every=config.full_listing_every,
             overlap=config.incremental_overlap_seconds,
+            now=self._clock(),
         )
         listing = tracker.begin(cutoff, config.incremental_overlap_seconds)
         pages = items = 0

@@ -514,3 +514,15 @@ def test_a_reload_to_listing_full_reads_every_page(
     m = exp.wait_metric("llamacloud_poll_incremental", {"project_id": pid}, lambda v: v == 0)
     assert value(m, "llamacloud_poll_pages", project_id=pid) == SESSIONS // 100
     assert value(m, "llamacloud_config_last_reload_successful") == 1
+
+
+def test_a_session_stamped_in_the_future_never_hides_later_changes() -> None:
+    tracker = SessionTracker()
+    items = [at("future", 10**8), *newest_first(300)]
+    aggregate([items[i : i + 100] for i in range(0, len(items), 100)], tracker)
+    zero = EPOCH.timestamp()
+    assert tracker.plan(auto=True, full_every=10, overlap=60) == zero + 10**8 - 60
+    # Against the clock the cutoff is now less the overlap, not the future stamp's.
+    assert tracker.plan(auto=True, full_every=10, overlap=60, now=zero + 250) == zero + 190
+    listing = tracker.begin(-1e20, 60)  # before year 1: a full listing, not a crash
+    assert not listing.incremental
