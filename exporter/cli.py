@@ -31,6 +31,7 @@ from .secret import Secret
 from .server import MetricsServer
 from .state import StateError, StateFile, check_state_path
 from .store import Store
+from .webconfig import WebConfig, WebConfigError, load_web_config
 
 log = structlog.get_logger("exporter")
 
@@ -50,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help=f"address to serve /metrics on (overrides web.listen_address; "
         f"default {DEFAULT_LISTEN_ADDRESS})",
+    )
+    parser.add_argument(
+        "--web.config.file",
+        dest="web_config",
+        metavar="PATH",
+        help="TLS and basic auth for every endpoint, in the Prometheus exporter-toolkit web "
+        "config format (re-read on reload)",
     )
     parser.add_argument(
         "--web.enable-lifecycle",
@@ -89,8 +97,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.log_level, args.log_format)
+    web: WebConfig | None = None
+    if args.web_config:
+        try:
+            web = load_web_config(args.web_config)
+        except WebConfigError as exc:
+            print(f"{args.web_config}: invalid web configuration", file=sys.stderr)
+            for problem in exc.problems:
+                print(f"  {problem}", file=sys.stderr)
+            return 2
     if args.demo:
-        return run_demo(args.listen_address)
+        if args.config:
+            print(
+                "llamacloud-exporter: error: --demo runs against a built-in simulator and "
+                "takes no --config; drop one of them",
+                file=sys.stderr,
+            )
+            return 2
+        return run_demo(args.listen_address, web)
     if not args.config:
         parser.print_usage(sys.stderr)
         print("llamacloud-exporter: error: --config PATH is required (or --demo)", file=sys.stderr)
@@ -111,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {state_problem}", file=sys.stderr)
             return 2
         print(f"{args.config}: configuration is valid ({len(config.projects)} projects)")
+        if web is not None:
+            print(f"{args.web_config}: web configuration is valid ({web.describe()})")
         return 0
     state: StateFile | None = None
     if config.state_path:
@@ -129,11 +155,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.once:
         return asyncio.run(run_once(config, state))
 
-    def reread() -> Config:
+    def reread() -> tuple[Config, WebConfig | None]:
         fresh = load_config(args.config)
-        return fresh.with_listen_address(args.listen_address) if args.listen_address else fresh
+        if args.listen_address:
+            fresh = fresh.with_listen_address(args.listen_address)
+        return fresh, load_web_config(args.web_config) if args.web_config else None
 
-    return run_daemon(config, state, reread=reread, http_reload=args.enable_lifecycle)
+    return run_daemon(config, state, reread=reread, http_reload=args.enable_lifecycle, web=web)
 
 
 def _components(config: Config, state: StateFile | None) -> tuple[Store, Poller, ApiClient]:
@@ -170,13 +198,14 @@ def run_daemon(
     config: Config,
     state: StateFile | None = None,
     on_ready: str | None = None,
-    reread: Callable[[], Config] | None = None,
+    reread: Callable[[], tuple[Config, WebConfig | None]] | None = None,
     http_reload: bool = False,
+    web: WebConfig | None = None,
 ) -> int:
     store, poller, client = _components(config, state)
     host, port = split_listen_address(config.listen_address)
     try:
-        server = MetricsServer(host, port, store, _registry(store))
+        server = MetricsServer(host, port, store, _registry(store), web=web)
     except OSError as exc:
         log.error("listen_failed", address=config.listen_address, error=str(exc))
         if state:
@@ -184,11 +213,12 @@ def run_daemon(
         return 1
     server.start()
     shown_host = "localhost" if host in ("0.0.0.0", "::", "") else host
-    url = f"http://{shown_host}:{server.port}/metrics"
+    url = f"{server.scheme}://{shown_host}:{server.port}/metrics"
     log.info(
         "exporter_started",
         version=__version__,
         listen_address=f"{host}:{server.port}",
+        web=web.describe() if web is not None else "plain HTTP, no auth",
         projects=len(config.projects),
         poll_interval_seconds=config.poll_interval_seconds,
         state_file=config.state_path,
@@ -197,7 +227,7 @@ def run_daemon(
         print(on_ready.format(url=url), flush=True)
     store.record_reload(True, time.time())
     try:
-        asyncio.run(_serve(poller, client, store, server if http_reload else None, reread))
+        asyncio.run(_serve(poller, client, store, server, reread, http_reload))
     finally:
         server.stop()
         if state:
@@ -210,8 +240,9 @@ async def _serve(
     poller: Poller,
     client: ApiClient,
     store: Store,
-    server: MetricsServer | None,
-    reread: Callable[[], Config] | None,
+    server: MetricsServer,
+    reread: Callable[[], tuple[Config, WebConfig | None]] | None,
+    http_reload: bool,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -219,7 +250,7 @@ async def _serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     if reread is not None:
-        reload = _reloader(poller, store, reread)
+        reload = _reloader(poller, store, server, reread)
         reloads: set[asyncio.Task[tuple[bool, str]]] = set()
 
         def on_sighup() -> None:
@@ -228,20 +259,23 @@ async def _serve(
             task.add_done_callback(reloads.discard)
 
         loop.add_signal_handler(signal.SIGHUP, on_sighup)
-        if server is not None:
+        if http_reload:
             server.reload = lambda: asyncio.run_coroutine_threadsafe(reload(), loop).result(60)
     try:
         await poller.run(stop)
     finally:
-        if server is not None:
-            server.reload = None
+        server.reload = None
         client.close()
 
 
 def _reloader(
-    poller: Poller, store: Store, reread: Callable[[], Config]
+    poller: Poller,
+    store: Store,
+    server: MetricsServer,
+    reread: Callable[[], tuple[Config, WebConfig | None]],
 ) -> Callable[[], Coroutine[Any, Any, tuple[bool, str]]]:
-    """SIGHUP and POST /-/reload: read the config again; a bad one changes nothing."""
+    """SIGHUP and POST /-/reload: read the config and the web config again (a renewed
+    certificate is picked up); a bad one of either changes nothing."""
     lock = asyncio.Lock()
 
     def failed(answer: str, **fields: Any) -> tuple[bool, str]:
@@ -253,10 +287,11 @@ def _reloader(
         async with lock:
             try:
                 # Off the event loop: a large file must not delay the polls' scheduling.
-                config = await in_thread(reread)
-            except ConfigError as exc:
+                config, web = await in_thread(reread)
+            except (ConfigError, WebConfigError) as exc:
+                what = "web configuration" if isinstance(exc, WebConfigError) else "configuration"
                 return failed(
-                    "invalid configuration, nothing changed:\n" + "\n".join(exc.problems),
+                    f"invalid {what}, nothing changed:\n" + "\n".join(exc.problems),
                     problems=exc.problems,
                 )
             except Exception as exc:  # whatever went wrong, the old config stays in force
@@ -267,8 +302,14 @@ def _reloader(
             except Exception as exc:
                 name = type(exc).__name__
                 return failed(f"reload failed half way ({name})", error=name, exc_info=exc)
+            server.web = web
             store.record_reload(True, time.time())
-            log.info("config_reloaded", projects=len(config.projects), needs_restart=restart)
+            log.info(
+                "config_reloaded",
+                projects=len(config.projects),
+                needs_restart=restart,
+                web=web.describe() if web is not None else "plain HTTP, no auth",
+            )
             message = f"configuration reloaded ({len(config.projects)} projects)"
             if restart:
                 message += "; restart to apply: " + ", ".join(restart)
@@ -288,7 +329,7 @@ def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) ->
     )
 
 
-def run_demo(listen_address: str | None) -> int:
+def run_demo(listen_address: str | None, web: WebConfig | None = None) -> int:
     from .simulator import DEFAULT_API_KEY, FaultConfig, Simulator
 
     sim = Simulator(
@@ -327,6 +368,7 @@ def run_demo(listen_address: str | None) -> int:
             None,
             on_ready="llamacloud-exporter demo: metrics at {url} (simulated LlamaCloud API; "
             "Ctrl-C to stop)",
+            web=web,
         )
     finally:
         sim.stop()

@@ -3,6 +3,7 @@
 :func:`make_app` is the WSGI app; :class:`MetricsServer` serves it on the bounded server of
 :mod:`exporter.web` (its own event-loop thread and a few worker threads), so a scrape never
 waits for the poller's event loop and no client can exhaust the process's threads or files.
+A web config (``--web.config.file``) adds TLS and basic auth in front of every endpoint.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from . import __version__
 from .collector import StoreCollector, TextExposition
 from .store import ProjectState, Store
 from .web import HttpServer, Limits
+from .webconfig import WebConfig
 
 StartResponse = Callable[..., Any]
 Environ = dict[str, Any]
@@ -93,7 +95,10 @@ ROUTES: dict[str, tuple[str, ...]] = {
 
 
 def make_app(
-    store: Store, registry: CollectorRegistry, reload: Callable[[], Reload | None] = lambda: None
+    store: Store,
+    registry: CollectorRegistry,
+    reload: Callable[[], Reload | None] = lambda: None,
+    web: Callable[[], WebConfig | None] = lambda: None,
 ) -> Callable[[Environ, StartResponse], Any]:
     # ?name[]= filtering goes through prometheus_client itself; everything else comes from
     # the per-project cache.
@@ -101,6 +106,26 @@ def make_app(
     exposition = TextExposition(StoreCollector(store), store)
     # One reload at a time holds a worker (up to a minute); more would starve the scrapes.
     reloading = threading.Lock()
+
+    def guarded(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        """Basic auth before anything else, and the web config's headers on every answer."""
+        config = web()
+        if config is None:
+            return app(environ, start_response)
+        extra = list(config.headers.items())
+
+        def respond(status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
+            return start_response(status, [*headers, *extra], *exc_info)
+
+        # Never logged, and a wrong password says no more than a missing one.
+        if not config.check_basic_auth(environ.get("HTTP_AUTHORIZATION")):
+            return _text(
+                respond,
+                "401 Unauthorized",
+                b"unauthorized\n",
+                [("WWW-Authenticate", 'Basic realm="llamacloud-exporter", charset="UTF-8"')],
+            )
+        return app(environ, respond)
 
     def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
@@ -171,7 +196,7 @@ def make_app(
         )
         return [body]
 
-    return app
+    return guarded
 
 
 def _text(
@@ -204,6 +229,20 @@ class MetricsServer(HttpServer):
         store: Store,
         registry: CollectorRegistry,
         limits: Limits | None = None,
+        web: WebConfig | None = None,
     ) -> None:
         self.reload: Reload | None = None  # set once the daemon can reload its config
-        super().__init__(host, port, make_app(store, registry, lambda: self.reload), limits)
+        # Replaced whole by a reload: new connections and requests see the new one.
+        self.web = web
+        super().__init__(
+            host,
+            port,
+            make_app(store, registry, lambda: self.reload, lambda: self.web),
+            limits,
+            tls=lambda: None if self.web is None else self.web.ssl_context(),
+            accept_peer=lambda cert: self.web is None or self.web.check_client_cert(cert),
+        )
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.web is not None and self.web.tls_enabled else "http"

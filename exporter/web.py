@@ -21,7 +21,10 @@ owns every socket:
 Request bodies come only with Content-Length and are small; every response carries a
 Content-Length (the app's output is collected first: the exporter builds bodies in memory).
 The listener is made in :func:`_listen` and each connection's streams in
-:meth:`HttpServer._connection`, the one place a TLS context would be applied.
+:meth:`HttpServer._connection`, where TLS is layered on when ``tls()`` gives a context. A TLS
+handshake runs in the connection's own task, with the request deadline, so a client that
+never finishes one holds a connection slot for at most that long and never the accept loop;
+connections still in their handshake count towards the cap and are evicted first.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import io
 import re
 import resource
 import socket
+import ssl
 import sys
 import threading
 from collections.abc import Callable, Iterable
@@ -252,6 +256,7 @@ class _Connection:
     reader: asyncio.StreamReader = field(repr=False)
     writer: asyncio.StreamWriter = field(repr=False)
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+    tls: bool = False
 
     def abort(self) -> None:
         """Close at once, dropping anything unsent: for evicted, timed-out or stopped ones."""
@@ -266,8 +271,21 @@ async def _discard(reader: asyncio.StreamReader) -> None:
 class HttpServer:
     """Serves ``app`` on host:port from one event-loop thread and a few app threads."""
 
-    def __init__(self, host: str, port: int, app: WsgiApp, limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        app: WsgiApp,
+        limits: Limits | None = None,
+        tls: Callable[[], ssl.SSLContext | None] = lambda: None,
+        accept_peer: Callable[[Any], bool] = lambda cert: True,
+    ) -> None:
+        """``tls`` gives the TLS context for each new connection (None: plain HTTP), so a
+        renewed certificate applies to the next connection; ``accept_peer`` is asked with
+        the client certificate (``getpeercert()``) after a TLS handshake."""
         self.app = app
+        self._tls = tls
+        self._accept_peer = accept_peer
         self.limits = limits or Limits()
         self.max_connections = connection_cap(self.limits.max_connections)
         self._host = host
@@ -279,6 +297,8 @@ class HttpServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._open: set[_Connection] = set()
+        # TLS handshakes under way, oldest first: counted in the cap, evicted before the rest.
+        self._handshakes: dict[asyncio.Task[None], socket.socket] = {}
         # Connections with no request in progress, longest-waiting first: eviction order.
         self._idle: dict[_Connection, None] = {}
         # Connections writing a response, and its size: what MAX_PENDING_BYTES bounds.
@@ -288,11 +308,6 @@ class HttpServer:
     @property
     def port(self) -> int:
         return self._port
-
-    @property
-    def connections(self) -> int:
-        """Client connections open now."""
-        return len(self._open)
 
     def start(self) -> None:
         self._thread.start()
@@ -325,6 +340,9 @@ class HttpServer:
             tasks = [conn.task for conn in self._open if conn.task is not None]
             for conn in list(self._open):
                 self._drop(conn)
+            tasks += self._handshakes
+            for task in list(self._handshakes):
+                task.cancel()
             await asyncio.gather(accepting, *tasks, return_exceptions=True)
 
     async def _accept_forever(self) -> None:
@@ -351,20 +369,57 @@ class HttpServer:
             if paused:
                 log.info("http_accept_resumed")
                 paused = False
-            if len(self._open) >= self.max_connections and not self._evict_idle():
+            if self.connections >= self.max_connections and not self._evict_idle():
                 sock.close()  # every connection is mid-request: refusing beats queueing
+                continue
+            context = self._tls()
+            if context is not None:
+                task = loop.create_task(self._handshake(sock, peer, context))
+                self._handshakes[task] = sock
                 continue
             try:
                 conn = await self._connection(sock, peer)
             except OSError:
                 sock.close()  # reset before it could be set up
                 continue
-            self._open.add(conn)
-            self._idle[conn] = None
-            conn.task = loop.create_task(self._serve(conn))
+            self._start(conn)
+
+    def _start(self, conn: _Connection, task: asyncio.Task[None] | None = None) -> None:
+        self._open.add(conn)
+        self._idle[conn] = None
+        conn.task = task or asyncio.get_running_loop().create_task(self._serve(conn))
+
+    async def _handshake(self, sock: socket.socket, peer: Any, context: ssl.SSLContext) -> None:
+        """A TLS connection's own task: the handshake, the peer check, then its requests."""
+        task = asyncio.current_task()
+        assert task is not None
+        try:
+            conn = await self._connection(sock, peer, context)
+        except (OSError, asyncio.TimeoutError, ssl.SSLError):
+            sock.close()  # a failed or too slow handshake: asyncio says why at debug level
+            return
+        finally:
+            self._handshakes.pop(task, None)
+        if not self._accept_peer(conn.writer.get_extra_info("peercert")):
+            conn.abort()  # a client certificate that is valid but not one of the allowed
+            return
+        self._start(conn, task)
+        await self._serve(conn)
+
+    @property
+    def connections(self) -> int:
+        """Client connections open now, TLS handshakes under way included."""
+        return len(self._open) + len(self._handshakes)
 
     def _evict_idle(self) -> bool:
-        """Close the connection that has waited longest with no request in progress."""
+        """Close the oldest TLS handshake under way, or else the connection that has waited
+        longest with no request in progress."""
+        for task, sock in self._handshakes.items():
+            task.cancel()
+            del self._handshakes[task]
+            with contextlib.suppress(OSError):
+                sock.close()
+            return True
         if not self._idle:
             return False
         self._drop(next(iter(self._idle)))
@@ -381,11 +436,13 @@ class HttpServer:
         self._open.discard(conn)
         self._idle.pop(conn, None)
 
-    async def _connection(self, sock: socket.socket, peer: Any) -> _Connection:
-        """Streams over an accepted socket; the one place TLS would be layered on.
+    async def _connection(
+        self, sock: socket.socket, peer: Any, context: ssl.SSLContext | None = None
+    ) -> _Connection:
+        """Streams over an accepted socket, over TLS with ``context``.
 
-        Set up before the connection is counted (it takes one loop pass), so eviction and
-        stop() always close it through its transport, never under it.
+        Set up before the connection is counted (without TLS it takes one loop pass), so
+        eviction and stop() always close it through its transport, never under it.
         """
         loop = asyncio.get_running_loop()
         # asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and an accepted
@@ -394,8 +451,17 @@ class HttpServer:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         reader = asyncio.StreamReader(limit=self.limits.max_head_bytes)
         protocol = asyncio.StreamReaderProtocol(reader)
-        transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
-        return _Connection(peer, reader, asyncio.StreamWriter(transport, protocol, reader, loop))
+        if context is None:
+            transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
+        else:
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol,
+                sock,
+                ssl=context,
+                ssl_handshake_timeout=self.limits.request_timeout,
+            )
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        return _Connection(peer, reader, writer, tls=context is not None)
 
     async def _serve(self, conn: _Connection) -> None:
         try:
@@ -431,7 +497,7 @@ class HttpServer:
                 await self._refuse(conn, reject.status, str(reject))
                 return
             self._idle.pop(conn, None)  # a whole request: not evictable until it is answered
-            status, headers, body = await self._call(request, conn.peer)
+            status, headers, body = await self._call(request, conn)
             head = _response_head(status, headers, len(body), request.keep_alive, request.version)
             send_body = request.method != "HEAD" and status[:3] not in _BODILESS
             if not await self._write(conn, [head, body] if send_body else [head]):
@@ -478,7 +544,7 @@ class HttpServer:
         except ValueError:  # a line longer than the reader's limit, which is the head limit
             raise _Reject("431 Request Header Fields Too Large", "request head too large") from None
 
-    def _environ(self, request: _Request, peer: Any) -> dict[str, Any]:
+    def _environ(self, request: _Request, conn: _Connection) -> dict[str, Any]:
         """The WSGI environ, as wsgiref builds it."""
         environ: dict[str, Any] = {
             "REQUEST_METHOD": request.method,
@@ -488,10 +554,10 @@ class HttpServer:
             "SERVER_NAME": self._host,
             "SERVER_PORT": str(self._port),
             "SERVER_PROTOCOL": request.version,
-            "REMOTE_ADDR": str(peer[0]),
-            "REMOTE_PORT": str(peer[1]),
+            "REMOTE_ADDR": str(conn.peer[0]),
+            "REMOTE_PORT": str(conn.peer[1]),
             "wsgi.version": (1, 0),
-            "wsgi.url_scheme": "http",
+            "wsgi.url_scheme": "https" if conn.tls else "http",
             "wsgi.input": io.BytesIO(request.body),
             "wsgi.errors": sys.stderr,
             "wsgi.multithread": True,
@@ -509,9 +575,9 @@ class HttpServer:
             environ["CONTENT_LENGTH"] = str(len(request.body))
         return environ
 
-    async def _call(self, request: _Request, peer: Any) -> tuple[str, Headers, bytes]:
+    async def _call(self, request: _Request, conn: _Connection) -> tuple[str, Headers, bytes]:
         """The app's response, computed on a worker thread; a failing app makes a 500."""
-        environ = self._environ(request, peer)
+        environ = self._environ(request, conn)
         try:
             return await asyncio.get_running_loop().run_in_executor(
                 self._pool, _run_app, self.app, environ

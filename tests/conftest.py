@@ -142,10 +142,11 @@ class Exporter:
     proc: subprocess.Popen[str]
     url: str
     log_path: Path
+    client: dict[str, Any] = field(default_factory=dict)  # httpx options: verify, auth, cert
     _metrics: list[str] = field(default_factory=list)
 
     def get(self, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.get(self.url + path, timeout=5, **kwargs)
+        return httpx.get(self.url + path, timeout=5, **{**self.client, **kwargs})
 
     def metrics(self) -> Samples:
         return parse_metrics(self.get("/metrics").text)
@@ -173,7 +174,8 @@ class Exporter:
 def start_exporter(tmp_path: Path) -> Iterator[Callable[..., Exporter]]:
     started: list[Exporter] = []
 
-    def start(config: Path, *extra: str, ready: bool = True) -> Exporter:
+    def start(config: Path, *extra: str, ready: bool = True, **client: Any) -> Exporter:
+        """``client``: httpx options for every request to it (``verify`` makes it https)."""
         port = free_port()
         log_path = tmp_path / f"exporter-{len(started)}.log"
         log_file = log_path.open("w")
@@ -197,7 +199,8 @@ def start_exporter(tmp_path: Path) -> Iterator[Callable[..., Exporter]]:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         log_file.close()
-        exporter = Exporter(proc, f"http://127.0.0.1:{port}", log_path)
+        scheme = "https" if "verify" in client else "http"
+        exporter = Exporter(proc, f"{scheme}://127.0.0.1:{port}", log_path, client)
         started.append(exporter)
         wait_for(lambda: exporter.get("/healthz").status_code == 200, 30, "/healthz")
         if ready:

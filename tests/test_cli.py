@@ -135,3 +135,10 @@ def test_an_unusable_state_file_is_moved_aside_and_said(sim: Simulator, tmp_path
     assert result.returncode == 0, result.stderr
     assert "was unusable (empty file (0 bytes)); moved to" in result.stderr
     assert [p.name for p in tmp_path.glob("state.db.unusable-*")]
+
+
+def test_demo_refuses_a_config_instead_of_ignoring_it(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yaml", "http://127.0.0.1:1", ["p"])
+    done = cli("--demo", "--config", str(config))
+    assert done.returncode == 2
+    assert "--demo" in done.stderr and "--config" in done.stderr
