@@ -79,11 +79,11 @@ _MAX = float(2**53)
 RunTuple = tuple[bool, Any, Any, Any, Any, int]
 
 
-def read_run(job_metadata: Any) -> RunTuple:
+def read_run(job_metadata: Any, fp: int | None = None) -> RunTuple:
     """Read a non-null ``job_metadata``, or raise :class:`InvalidItem`.
 
     Counts are numbers from 0 to below 2**53, or missing/null; ``error`` a string or null;
-    ``is_error`` a boolean or null.
+    ``is_error`` a boolean or null. ``fp``: its :func:`fingerprint`, when already known.
     """
     if type(job_metadata) is not dict:
         raise InvalidItem("job_metadata is not an object")
@@ -113,7 +113,7 @@ def read_run(job_metadata: Any) -> RunTuple:
         is_error = flag
     else:
         raise InvalidItem("is_error is not a boolean")
-    return is_error, d, i, o, t, fingerprint(job_metadata)
+    return is_error, d, i, o, t, fingerprint(job_metadata) if fp is None else fp
 
 
 def fingerprint(job_metadata: dict[str, Any]) -> int:
@@ -356,16 +356,39 @@ class ListingState:
 _U32 = 2**32 - 1
 
 
-# Exact sums of doubles: every double below 2**53 is a whole multiple of 2**-1074.
-_SCALE = 1074
+# Exact sums of doubles: every double is a whole multiple of 2**-1074. Values with at most 64
+# bits after the point (all but the tiniest) are summed scaled by 2**64, which keeps the
+# integers short; the others by 2**1074.
+_FINE = 64
+_TINY = 1074
 
 
-def _scaled(value: float) -> int:
-    """``value * 2**_SCALE`` exactly."""
-    if type(value) is int:
-        return value << _SCALE
-    numerator, denominator = value.as_integer_ratio()
-    return numerator << (_SCALE + 1 - denominator.bit_length())
+class _Exact:
+    """An exact sum of numbers, correctly rounded when read."""
+
+    __slots__ = ("fine", "tiny")
+
+    def __init__(self) -> None:
+        self.fine = 0
+        self.tiny = 0
+
+    def add(self, value: float, sign: int = 1) -> None:
+        if type(value) is int:
+            self.fine += sign * (value << _FINE)
+            return
+        numerator, denominator = value.as_integer_ratio()
+        bits = denominator.bit_length() - 1
+        if bits <= _FINE:
+            self.fine += sign * (numerator << (_FINE - bits))
+        else:
+            self.tiny += sign * (numerator << (_TINY - bits))
+
+    def value(self, whole: int = 0) -> float:
+        """The sum, plus ``whole``; int / int rounds correctly."""
+        fine = (whole << _FINE) + self.fine
+        if not self.tiny:
+            return fine / (1 << _FINE)
+        return ((fine << (_TINY - _FINE)) + self.tiny) / (1 << _TINY)
 
 
 class _Runs:
@@ -377,9 +400,9 @@ class _Runs:
     keeps its three counts in a small dict instead, so every value stays exact. Durations
     come with fractions: they go in an array of doubles, exact for every accepted value.
 
-    The sums are kept exactly as integers (whole counts as they are, everything else scaled
-    by 2**1074) and updated on every write, so a gauge costs nothing to read, whatever the
-    number of sessions, and is the correctly rounded sum whatever order values came in.
+    The sums are kept exactly (whole counts as Python integers, the rest in :class:`_Exact`)
+    and updated on every write, so a gauge costs nothing to read, whatever the number of
+    sessions, and is the correctly rounded sum whatever order values came in.
     """
 
     __slots__ = ("big", "columns", "duration", "exact", "whole")
@@ -389,32 +412,49 @@ class _Runs:
         self.duration = array("d")
         self.big: dict[int, tuple[float, float, float]] = {}
         self.whole = [0, 0, 0]  # sums of the counts in ``columns``
-        self.exact = [0, 0, 0, 0]  # scaled sums of the counts in ``big``, and of durations
+        self.exact = (_Exact(), _Exact(), _Exact(), _Exact())  # of ``big``, and durations
 
-    def append(self) -> None:
+    def grow(self, count: int) -> None:
+        """``count`` more slots, all zero."""
         for column in self.columns:
-            column.append(0)
-        self.duration.append(0.0)
+            column.extend(array("I", bytes(4 * count)))
+        self.duration.extend(array("d", bytes(8 * count)))
 
-    def put(self, slot: int, i: Any, o: Any, t: Any, d: Any) -> None:
-        """Store one slot's values (numbers from 0 to below 2**53, or None for 0)."""
-        i, o, t, d = i or 0, o or 0, t or 0, d or 0.0
+    def put(self, slot: int, i: Any, o: Any, t: Any, d: Any, fresh: bool = False) -> None:
+        """Store one slot's values (numbers from 0 to below 2**53, or None for 0);
+        ``fresh``: the slot holds zeros (a new session), nothing to take out first."""
+        i, o, t, d = i or 0, o or 0, t or 0, d or 0
         ci, co, ct = self.columns
         whole, exact, big = self.whole, self.exact, self.big
-        old = big.pop(slot, None) if big else None
-        if old is None:
-            whole[0] -= ci[slot]
-            whole[1] -= co[slot]
-            whole[2] -= ct[slot]
+        if fresh:
+            if d:
+                exact[3].add(d)
+                self.duration[slot] = d
         else:
-            exact[0] -= _scaled(old[0])
-            exact[1] -= _scaled(old[1])
-            exact[2] -= _scaled(old[2])
-        previous = self.duration[slot]
-        if previous != d:
-            exact[3] += _scaled(d) - _scaled(previous)
-            self.duration[slot] = d
-        if type(i) is int and type(o) is int and type(t) is int and max(i, o, t) <= _U32:
+            old = big.pop(slot, None) if big else None
+            if old is None:
+                whole[0] -= ci[slot]
+                whole[1] -= co[slot]
+                whole[2] -= ct[slot]
+            else:
+                exact[0].add(old[0], -1)
+                exact[1].add(old[1], -1)
+                exact[2].add(old[2], -1)
+            previous = self.duration[slot]
+            if previous != d:
+                if previous:
+                    exact[3].add(previous, -1)
+                if d:
+                    exact[3].add(d)
+                self.duration[slot] = d
+        if (
+            type(i) is int
+            and type(o) is int
+            and type(t) is int
+            and i <= _U32
+            and o <= _U32
+            and t <= _U32
+        ):
             ci[slot], co[slot], ct[slot] = i, o, t
             whole[0] += i
             whole[1] += o
@@ -422,9 +462,9 @@ class _Runs:
         else:
             ci[slot] = co[slot] = ct[slot] = 0
             big[slot] = (float(i), float(o), float(t))
-            exact[0] += _scaled(i)
-            exact[1] += _scaled(o)
-            exact[2] += _scaled(t)
+            exact[0].add(i)
+            exact[1].add(o)
+            exact[2].add(t)
 
     def get(self, slot: int) -> tuple[float, float, float, float]:
         big = self.big.get(slot)
@@ -434,15 +474,9 @@ class _Runs:
         return ci[slot], co[slot], ct[slot], self.duration[slot]
 
     def sums(self) -> tuple[float, float, float, float]:
-        """The correctly rounded sums (int / int division rounds correctly)."""
-        unit = 1 << _SCALE
+        """The correctly rounded sums."""
         w, e = self.whole, self.exact
-        return (
-            ((w[0] << _SCALE) + e[0]) / unit,
-            ((w[1] << _SCALE) + e[1]) / unit,
-            ((w[2] << _SCALE) + e[2]) / unit,
-            e[3] / unit,
-        )
+        return e[0].value(w[0]), e[1].value(w[1]), e[2].value(w[2]), e[3].value()
 
     def clear(self) -> None:
         for column in self.columns:
@@ -450,7 +484,7 @@ class _Runs:
         self.duration[:] = array("d", bytes(8 * len(self.duration)))
         self.big.clear()
         self.whole = [0, 0, 0]
-        self.exact = [0, 0, 0, 0]
+        self.exact = (_Exact(), _Exact(), _Exact(), _Exact())
 
 
 class SessionTracker:
@@ -479,6 +513,7 @@ class SessionTracker:
         "_seen",
         "_seen_count",
         "_status",
+        "_top",
         "_undo",
         "state",
     )
@@ -495,6 +530,7 @@ class SessionTracker:
         self._flags = bytearray()
         self._runs = _Runs()
         self._free: list[int] = []
+        self._top = 0  # slots below it have been used; the rest of the capacity never was
         self._status = [0, 0, 0]
         self._missed = 0
         self._seen = bytearray()
@@ -512,14 +548,23 @@ class SessionTracker:
         else:
             rows = sessions or ()
         for sid, fp, flags, i, o, t, d in rows:
-            slot = len(self._flags)
+            slot = self._new_slot()
             self._index[sid] = ((fp & _FP_MASK) << _SLOT_BITS) | slot
-            self._flags.append(flags & (_STATUS_MASK | MISSED))
-            self._runs.append()
-            self._runs.put(slot, i, o, t, d)
+            self._flags[slot] = flags & (_STATUS_MASK | MISSED)
+            self._runs.put(slot, i, o, t, d, fresh=True)
             self._status[flags & _STATUS_MASK] += 1
             if flags & MISSED:
                 self._missed += 1
+
+    def _new_slot(self) -> int:
+        """A slot never used yet; capacity grows by an eighth at a time, not slot by slot."""
+        if self._top == len(self._flags):
+            more = max(64, self._top // 8)
+            self._flags.extend(bytes(more))
+            self._seen.extend(bytes(more))
+            self._runs.grow(more)
+        self._top += 1
+        return self._top - 1
 
     @property
     def has_baseline(self) -> bool:
@@ -585,7 +630,8 @@ class SessionTracker:
         self._listing = None
         if undo is None:  # a failed baseline poll: start afresh
             self._index.clear()
-            self._free = list(range(len(self._flags)))
+            self._free = []
+            self._top = 0
             self._flags[:] = bytes(len(self._flags))
             self._runs.clear()
             self._status = [0, 0, 0]
@@ -694,7 +740,7 @@ class Listing:
                     # What is unchanged was checked when it was first read.
                     fp = fingerprint(job)
                     if value is None or value >> slot_bits != fp:
-                        run = read_run(job)
+                        run = read_run(job, fp)
                 if stamp is None:
                     updated = None
                 elif type(stamp) is not str:
@@ -766,14 +812,8 @@ class Listing:
         flags = tracker._flags
         if old is None:
             tracker._seen_count += 1
-            if tracker._free:
-                slot = tracker._free.pop()
-                tracker._seen[slot] = 1
-            else:
-                slot = len(flags)
-                flags.append(0)
-                tracker._runs.append()
-                tracker._seen.append(1)
+            slot = tracker._free.pop() if tracker._free else tracker._new_slot()
+            tracker._seen[slot] = 1
             if tracker._undo is not None:
                 tracker._undo.append((sid, None, slot, 0, 0.0, 0.0, 0.0, 0.0))
         else:
@@ -785,13 +825,15 @@ class Listing:
                 tracker._missed -= 1
                 self._changed_flags.append(sid)
         tracker._index[sid] = (fp << _SLOT_BITS) | slot
+        fresh = old is None
         if run is None:
             status = 0
-            tracker._runs.put(slot, 0, 0, 0, 0)
+            if not fresh:
+                tracker._runs.put(slot, 0, 0, 0, 0)
         else:
             is_error, d, i, o, t, _ = run
             status = 2 if is_error else 1
-            tracker._runs.put(slot, i, o, t, d)
+            tracker._runs.put(slot, i, o, t, d, fresh)
         flags[slot] = status
         tracker._status[status] += 1
 

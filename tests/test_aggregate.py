@@ -348,8 +348,7 @@ def test_gauge_sums_are_the_correctly_rounded_sums_of_what_is_stored(
     from exporter.aggregate import _Runs
 
     runs = _Runs()
-    for _ in range(10):
-        runs.append()
+    runs.grow(10)
     for slot, *fields in writes:
         runs.put(slot, *fields)
     stored = [runs.get(slot) for slot in range(10)]
