@@ -55,9 +55,10 @@ WORKDIR /var/lib/llamacloud-exporter
 EXPOSE 9877
 
 # slim images ship no curl; the standard library is enough. Override the URL when the
-# exporter listens on another port (--web.listen-address).
+# exporter listens on another port (--web.listen-address), or with https:// behind a web
+# config with TLS (basic auth needs nothing: a 401 is an answer).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ['LLAMACLOUD_EXPORTER_HEALTHCHECK_URL'], timeout=4)"]
+    CMD ["python", "-m", "exporter.healthcheck"]
 
 ENTRYPOINT ["llamacloud-exporter"]
 CMD ["--config", "/etc/llamacloud-exporter/config.yaml"]
