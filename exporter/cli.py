@@ -261,6 +261,10 @@ async def _serve(
         loop.add_signal_handler(signal.SIGHUP, on_sighup)
         if http_reload:
             server.reload = lambda: asyncio.run_coroutine_threadsafe(reload(), loop).result(60)
+    else:  # --demo: nothing to read again, and SIGHUP must not end the process
+        loop.add_signal_handler(
+            signal.SIGHUP, lambda: log.warning("config_reload_unavailable", reason="--demo")
+        )
     try:
         await poller.run(stop)
     finally:

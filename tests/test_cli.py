@@ -142,3 +142,38 @@ def test_demo_refuses_a_config_instead_of_ignoring_it(tmp_path: Path) -> None:
     done = cli("--demo", "--config", str(config))
     assert done.returncode == 2
     assert "--demo" in done.stderr and "--config" in done.stderr
+
+
+def test_sighup_never_ends_the_demo(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    import httpx
+
+    from tests.conftest import free_port, wait_for
+
+    port = free_port()
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "--demo", "--web.listen-address", f"127.0.0.1:{port}"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/healthz"
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(url, timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(healthy, 30, "the demo")
+        demo.send_signal(signal.SIGHUP)
+        time.sleep(0.5)  # a signal's default action would have ended it by now
+        assert demo.poll() is None
+        assert healthy()
+    finally:
+        demo.terminate()
+        demo.wait(15)
