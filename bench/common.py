@@ -391,7 +391,7 @@ def synthetic_pages(
                 {
                     "session_id": sid,
                     "last_updated_at": stamp,
-                    "shared_access": pick < 0.1,
+                    "shared_access": "read_only" if pick < 0.1 else "query",
                     "generated_title": _TITLES[int(rand() * len(_TITLES))] if job else None,
                     "index_ids": None if pick < 0.3 else [_INDEXES[int(rand() * 3)]],
                     "job_metadata": job,

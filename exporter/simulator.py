@@ -7,6 +7,10 @@ stalls, truncated bodies, malformed items, endless listings) can be injected onc
 recur at configured rates (:class:`FaultConfig`, also on the command line), drawn from a seeded RNG
 so that retries, timeouts and hostile pagination can be exercised end to end and reproduced.
 
+Timestamps follow a simulated clock that starts at the wall clock's time (or ``clock_start``)
+and moves by ``STEP_SECONDS`` per ``step()``. Items match the models of the official SDK
+(``llama-cloud``), strict response validation included, unless malformed items are injected.
+
 Listings come in creation order or newest first by ``last_updated_at`` (``order=``). With offset
 page tokens the latter makes sessions move between pages while a client pages through, which
 ``rerun``, ``touch``, ``create_sessions``, ``delete_session`` and ``page_hook`` can reproduce.
@@ -45,6 +49,7 @@ __all__ = [
     "DEFAULT_API_KEY",
     "MALFORMED_KINDS",
     "ORDERS",
+    "SHARED_ACCESS",
     "FaultConfig",
     "RequestRecord",
     "Simulator",
@@ -60,13 +65,13 @@ REQUEST_LOG_SIZE = 10_000
 # Rendered pages are kept up to this many bytes in total; a 200,000-session listing at
 # page_size 100 needs roughly 70 MB, so a full benchmark pass is served from the cache.
 PAGE_CACHE_BYTES = 128 * 1024 * 1024
-CLOCK_START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 STEP_SECONDS = 60
 # Initial sessions are spread over this many days before the clock starts.
 HISTORY_DAYS = 30
+# The values of a session's ``shared_access`` (what its share link grants), the common one first.
+SHARED_ACCESS = ("query", "read_only")
 
 _EPOCH = datetime(1970, 1, 1)
-_CLOCK_START_US = int((CLOCK_START - _EPOCH.replace(tzinfo=timezone.utc)).total_seconds()) * 10**6
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
 _log = logging.getLogger(__name__)
 
@@ -99,6 +104,7 @@ _ERRORS = (
 )
 _TITLES_JSON = tuple(_ENCODER.encode(title) for title in _TITLES)
 _ERRORS_JSON = {error: _ENCODER.encode(error) for error in _ERRORS}
+_SHARED_ACCESS_JSON = tuple(_ENCODER.encode(value) for value in SHARED_ACCESS)
 # The statuses a random server error is drawn from, with their FastAPI-style details.
 _SERVER_ERRORS = (
     (500, "Internal Server Error"),
@@ -304,6 +310,18 @@ def _parse_us(value: object) -> int | None:
     return (parsed - _EPOCH) // timedelta(microseconds=1)
 
 
+def _clock_start_us(start: datetime | None) -> int:
+    """The simulated clock's start in microseconds since the epoch.
+
+    None means now, rounded down to the second; a naive datetime is taken as UTC.
+    """
+    if start is None:
+        start = datetime.now(timezone.utc).replace(microsecond=0)
+    if start.tzinfo is not None:
+        start = start.astimezone(timezone.utc).replace(tzinfo=None)
+    return (start - _EPOCH) // timedelta(microseconds=1)
+
+
 def _encode_token(tag: str, kind: str, number: int) -> str:
     raw = f"{kind}.{tag}.{number}".encode()
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
@@ -335,6 +353,12 @@ class Simulator:
     new session goes to the front). ``page_hook``, if set, is called as
     ``hook(project_id, offset, page_size)`` after each 200 chat page is rendered and before it
     is sent, outside the lock, so a test can change data in the middle of a listing.
+
+    ``clock_start`` is when the simulated clock starts (a naive datetime is UTC); None, the
+    default, takes the wall clock at construction, rounded down to the second, so a demo's
+    sessions are recent. The initial history lies in the ``HISTORY_DAYS`` before it. The data
+    is the same for a seed whatever the start, only shifted in time; pass a fixed start where
+    the exact timestamps matter.
     """
 
     def __init__(
@@ -350,6 +374,7 @@ class Simulator:
         api_key: str = DEFAULT_API_KEY,
         faults: FaultConfig | None = None,
         order: str = "created",
+        clock_start: datetime | None = None,
     ) -> None:
         if projects < 0 or sessions_per_project < 0:
             raise ValueError("projects and sessions_per_project must not be negative")
@@ -378,7 +403,7 @@ class Simulator:
         self._request_count = 0
         self._stalled = 0
         self._cache_total = 0
-        self._clock_us = _CLOCK_START_US
+        self._clock_us = _clock_start_us(clock_start)
         self._fresh_us = 0  # the last timestamp a test hook handed out
         self._server: _Server | None = None
         self._serve_thread: threading.Thread | None = None
@@ -436,9 +461,11 @@ class Simulator:
 
     @property
     def clock(self) -> datetime:
-        """The simulated time, which only ``step()`` advances (data never reads the wall clock)."""
+        """The simulated time: ``clock_start`` (the wall clock at construction by default) plus
+        ``STEP_SECONDS`` per ``step()``; nothing else moves it (after construction, nothing reads
+        the wall clock)."""
         with self._lock:
-            return CLOCK_START + timedelta(microseconds=self._clock_us - _CLOCK_START_US)
+            return (_EPOCH + timedelta(microseconds=self._clock_us)).replace(tzinfo=timezone.utc)
 
     def set_sessions(self, project_id: str, items: list[Any]) -> None:
         """Serve exactly these items (any JSON values, malformed ones included) for golden tests.
@@ -491,12 +518,13 @@ class Simulator:
         with self._lock:
             self._project(project_id).repeat_token = repeat
 
-    def step(self, n: int = 1) -> None:
-        """Advance the simulated clock ``n`` times, evolving every project once per tick."""
+    def step(self, n: int = 1, seconds: float = STEP_SECONDS) -> None:
+        """Advance the simulated clock ``n`` ticks of ``seconds``, evolving every project once
+        per tick."""
         with self._lock:
             for _ in range(n):
                 start = self._clock_us
-                self._clock_us += STEP_SECONDS * 10**6
+                self._clock_us += round(seconds * 10**6)
                 for project in self._projects.values():
                     self._evolve(project, start, self._clock_us)
 
@@ -736,6 +764,7 @@ class Simulator:
         span = end_us - start_us
         error_share = self.error_share
         n_titles = len(_TITLES_JSON)
+        shared_json = _SHARED_ACCESS_JSON
         out: list[bytes] = []
         append = out.append
         stamps: list[int] = []
@@ -754,7 +783,7 @@ class Simulator:
                 us = first_us + n
             stamp(us)
             timestamp = _format_ts(us, rand())
-            shared = "true" if rand() < 0.1 else "false"
+            shared = shared_json[1] if rand() < 0.1 else shared_json[0]
             if ran:
                 title = _TITLES_JSON[int(rand() * n_titles)]
                 run = _render_run(*_run_values(rng, error_share))
@@ -934,8 +963,9 @@ class Simulator:
         return out
 
     def _evolve_loop(self, every: float, stopping: threading.Event) -> None:
+        # Ticks as long as the wait: simulated time keeps to the real clock it started from.
         while not stopping.wait(every):
-            self.step()
+            self.step(seconds=every)
 
     def _handle(
         self, method: str, target: str, authorization: str | None, stopping: threading.Event

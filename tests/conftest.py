@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 SESSION = {
     "last_updated_at": "2026-04-22T12:34:41.342245",
     "session_id": "ses-abc123",
-    "shared_access": False,
+    "shared_access": "query",
     "generated_title": "What were the main findings in Q3?...",
     "index_ids": ["idx-abc123", "idx-def456"],
     "job_metadata": {

@@ -30,6 +30,7 @@ from exporter.simulator import (
     CHAT_PATH,
     DEFAULT_API_KEY,
     MALFORMED_KINDS,
+    SHARED_ACCESS,
     FaultConfig,
     RequestRecord,
     Simulator,
@@ -166,7 +167,7 @@ def test_item_shape(sim: Simulator) -> None:
     assert statuses == {"never_run", "ok", "error"}
     for item in items:
         assert item["session_id"].startswith("ses-")
-        assert isinstance(item["shared_access"], bool)
+        assert item["shared_access"] in SHARED_ACCESS
         assert item["index_ids"] is None or all(i.startswith("idx-") for i in item["index_ids"])
         meta = item["job_metadata"]
         if meta is not None:
@@ -177,8 +178,20 @@ def test_item_shape(sim: Simulator) -> None:
             assert meta["export_config_ids"] == []
 
 
+def test_shared_access_is_mostly_query() -> None:
+    sim = Simulator(projects=1, sessions_per_project=1000, seed=3)
+    values = [item["shared_access"] for item in sim.sessions(sim.project_ids[0])]
+    assert set(values) == set(SHARED_ACCESS)
+    assert 50 <= values.count("read_only") <= 150  # about one in ten
+
+
 def test_timestamps_come_in_several_iso_styles() -> None:
+    before = datetime.now(timezone.utc)
     sim = Simulator(projects=1, sessions_per_project=300, seed=3)
+    # The clock starts at the wall clock's time, to the second, so a demo's data is recent.
+    assert before - timedelta(seconds=1) < sim.clock <= datetime.now(timezone.utc)
+    assert sim.clock.microsecond == 0
+    history = sim.clock - timedelta(days=simulator_module.HISTORY_DAYS)
     stamps = [item["last_updated_at"] for item in sim.sessions(sim.project_ids[0])]
     assert any(s.endswith("Z") for s in stamps)
     assert any(s.endswith("+00:00") for s in stamps)
@@ -186,8 +199,36 @@ def test_timestamps_come_in_several_iso_styles() -> None:
     for stamp in stamps:
         parsed = datetime.fromisoformat(stamp.removesuffix("Z"))
         assert parsed.tzinfo in (None, timezone.utc)
-        # Synthetic history lies before the simulated clock's start; never the wall clock.
-        assert parsed.replace(tzinfo=timezone.utc) <= sim.clock
+        # Synthetic history lies in the HISTORY_DAYS before the simulated clock's start.
+        assert history < parsed.replace(tzinfo=timezone.utc) <= sim.clock
+
+
+def test_clock_start_shifts_the_data_and_nothing_else() -> None:
+    start = datetime(2025, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
+    fixed = Simulator(projects=2, sessions_per_project=80, seed=6, clock_start=start)
+    naive = Simulator(
+        projects=2, sessions_per_project=80, seed=6, clock_start=start.replace(tzinfo=None)
+    )
+    later = Simulator(
+        projects=2,
+        sessions_per_project=80,
+        seed=6,
+        clock_start=start + timedelta(days=400, microseconds=5),
+    )
+    assert fixed.clock == naive.clock == start
+    assert later.clock == start + timedelta(days=400, microseconds=5)
+    for simulator in (fixed, naive, later):
+        simulator.step(4)
+    assert fixed.clock == start + timedelta(seconds=4 * simulator_module.STEP_SECONDS)
+    for project_id in fixed.project_ids:
+        one, other = fixed.sessions(project_id), later.sessions(project_id)
+        assert naive.sessions(project_id) == one
+        assert len(one) == len(other)
+        for a, b in zip(one, other, strict=True):
+            assert stamp(b) - stamp(a) == timedelta(days=400, microseconds=5)
+            assert style(a) == style(b)
+            del a["last_updated_at"], b["last_updated_at"]
+        assert one == other
 
 
 def test_keep_alive_connection_is_reused(sim: Simulator) -> None:
@@ -404,7 +445,13 @@ def all_pages_bytes(sim: Simulator) -> list[bytes]:
 
 
 def test_same_seed_serves_identical_bytes() -> None:
-    with Simulator(seed=42) as one, Simulator(seed=42) as two, Simulator(seed=43) as other:
+    # The same clock_start too: by default each starts at the wall clock's second.
+    start = datetime(2026, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
+    with (
+        Simulator(seed=42, clock_start=start) as one,
+        Simulator(seed=42, clock_start=start) as two,
+        Simulator(seed=43, clock_start=start) as other,
+    ):
         assert one.project_ids == two.project_ids
         assert all_pages_bytes(one) == all_pages_bytes(two)
         assert other.project_ids != one.project_ids
@@ -438,7 +485,7 @@ def test_step_creates_reruns_and_deletes(sim: Simulator) -> None:
     ]
     assert created and deleted and rerun
     for sid in rerun:
-        assert after[sid]["last_updated_at"][:19] >= "2026-01-01T00:00:00"
+        assert stamp(after[sid]) > start
         assert after[sid]["last_updated_at"] != before[sid]["last_updated_at"]
 
 
@@ -721,7 +768,13 @@ def test_hooks_work_on_golden_data_and_keep_its_order(any_order: Simulator) -> N
 
 def test_hook_stamps_are_repeatable_and_keep_step_sorted() -> None:
     def play() -> list[Any]:
-        sim = Simulator(projects=1, sessions_per_project=50, seed=1, order="newest-first")
+        sim = Simulator(
+            projects=1,
+            sessions_per_project=50,
+            seed=1,
+            order="newest-first",
+            clock_start=datetime(2026, 2, 3, tzinfo=timezone.utc),
+        )
         project_id = sim.project_ids[0]
         for item in sim.sessions(project_id)[10:40]:
             sim.rerun(project_id, item["session_id"])
