@@ -27,9 +27,11 @@ CHANGED_SHARE = 0.02
 
 
 def _feed(tracker: Any, sessions: int, changed_share: float) -> Any:
+    """One listing, each page remembered under a key as the poller remembers page bodies
+    (so what the tracker keeps to take an unchanged page unread is counted too)."""
     listing = tracker.begin()
-    for page in synthetic_pages(sessions, changed_share=changed_share):
-        listing.add(page)
+    for number, page in enumerate(synthetic_pages(sessions, changed_share=changed_share)):
+        listing.add(page, (number, changed_share), None)
     return listing.finish()
 
 
@@ -44,7 +46,9 @@ def _getsizeof_estimate(tracker: Any) -> float | None:
         size += getsizeof(sid) + getsizeof(value)
     size += getsizeof(tracker._flags) + getsizeof(tracker._free) + getsizeof(tracker._runs.big)
     size += sum(getsizeof(column) for column in tracker._runs.columns)
-    size += getsizeof(tracker._runs.duration)
+    size += getsizeof(tracker._runs.duration) + getsizeof(tracker._fps)
+    for page in tracker._pages.values():
+        size += getsizeof(page) + getsizeof(page.slots)
     return size / len(index)
 
 

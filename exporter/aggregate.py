@@ -11,7 +11,7 @@ import math
 import zlib
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -487,6 +487,59 @@ class _Runs:
         self.exact = (_Exact(), _Exact(), _Exact(), _Exact())
 
 
+def _packed(slots: list[int]) -> range | array[int]:
+    """Slots as a range when they are consecutive (a page of sessions first seen together),
+    else as an array of 4 bytes each."""
+    if (
+        slots
+        and slots[-1] - slots[0] == len(slots) - 1
+        and slots == list(range(slots[0], slots[-1] + 1))
+    ):
+        return range(slots[0], slots[-1] + 1)
+    return array("I", slots)
+
+
+class _PageSummary:
+    """What one page body gave a listing, so the same body can be taken again unread: its
+    sessions (their slots, a range when they are consecutive as they mostly are, and a hash
+    of their fingerprints), counts and what it says about order and time."""
+
+    __slots__ = (
+        "broken",
+        "first",
+        "fps",
+        "invalid",
+        "last",
+        "missing",
+        "newest",
+        "nonempty",
+        "slots",
+        "token",
+        "unordered",
+        "valid",
+    )
+
+    def __init__(
+        self,
+        token: str | None,
+        nonempty: bool,
+        valid: bool,
+        slots: range | array[int],
+        fps: int,
+        invalid: int,
+        first: datetime | None,
+        last: datetime | None,
+        newest: datetime | None,
+        unordered: bool,
+        broken: bool,
+        missing: bool,
+    ) -> None:
+        self.token, self.nonempty, self.valid = token, nonempty, valid
+        self.slots, self.fps, self.invalid = slots, fps, invalid
+        self.first, self.last, self.newest = first, last, newest
+        self.unordered, self.broken, self.missing = unordered, broken, missing
+
+
 class SessionTracker:
     """What each listed session contributes, per project, packed for memory.
 
@@ -502,11 +555,13 @@ class SessionTracker:
 
     __slots__ = (
         "_flags",
+        "_fps",
         "_free",
         "_has_baseline",
         "_index",
         "_listing",
         "_missed",
+        "_pages",
         "_runs",
         "_saved_missed",
         "_saved_status",
@@ -528,7 +583,10 @@ class SessionTracker:
         as older versions did)."""
         self._index: dict[str, int] = {}
         self._flags = bytearray()
+        self._fps = array("I")  # each slot's fingerprint, to check a remembered page
         self._runs = _Runs()
+        # Page bodies read whole by the last listings, by key: what reading one again gives.
+        self._pages: dict[Hashable, _PageSummary] = {}
         self._free: list[int] = []
         self._top = 0  # slots below it have been used; the rest of the capacity never was
         self._status = [0, 0, 0]
@@ -551,16 +609,18 @@ class SessionTracker:
             slot = self._new_slot()
             self._index[sid] = ((fp & _FP_MASK) << _SLOT_BITS) | slot
             self._flags[slot] = flags & (_STATUS_MASK | MISSED)
+            self._fps[slot] = fp & _FP_MASK
             self._runs.put(slot, i, o, t, d, fresh=True)
             self._status[flags & _STATUS_MASK] += 1
             if flags & MISSED:
                 self._missed += 1
 
     def _new_slot(self) -> int:
-        """A slot never used yet; capacity grows by an eighth at a time, not slot by slot."""
+        """A slot never used yet; capacity grows by a sixteenth at a time, not slot by slot."""
         if self._top == len(self._flags):
-            more = max(64, self._top // 8)
+            more = max(64, self._top // 16)
             self._flags.extend(bytes(more))
+            self._fps.extend(array("I", bytes(4 * more)))
             self._seen.extend(bytes(more))
             self._runs.grow(more)
         self._top += 1
@@ -633,6 +693,8 @@ class SessionTracker:
             self._free = []
             self._top = 0
             self._flags[:] = bytes(len(self._flags))
+            self._fps[:] = array("I", bytes(4 * len(self._fps)))
+            self._pages = {}
             self._runs.clear()
             self._status = [0, 0, 0]
             self._missed = 0
@@ -641,8 +703,10 @@ class SessionTracker:
             if old is None:
                 del self._index[sid]
                 self._free.append(slot)
+                self._fps[slot] = 0
             else:
                 self._index[sid] = old
+                self._fps[slot] = old >> _SLOT_BITS
             self._flags[slot] = flags
             self._runs.put(slot, i, o, t, d)
         self._status = self._saved_status
@@ -656,6 +720,7 @@ class SessionTracker:
         del self._index[sid]
         self._status[self._flags[slot] & _STATUS_MASK] -= 1
         self._flags[slot] = 0
+        self._fps[slot] = 0
         self._runs.put(slot, 0, 0, 0, 0)
         self._free.append(slot)
 
@@ -681,6 +746,7 @@ class Listing:
         self._broken = False  # ... newer by more than the overlap, or without a stamp
         self._previous: datetime | None = None
         self._changed_flags: list[str] = []
+        self._pages: dict[Hashable, _PageSummary] = {}  # read whole by this listing
         self._newest: datetime | None = None
         self._invalid = 0
         self._duplicates = 0
@@ -699,24 +765,38 @@ class Listing:
         """Still reading up to a cutoff (an order break turns a listing into a full one)."""
         return self._cutoff is not None and not self._broken
 
-    def add(self, items: Iterable[Any]) -> bool:
+    def add(
+        self, items: Iterable[Any], key: Hashable | None = None, token: str | None = None
+    ) -> bool:
         """Fold one page in; True when an incremental listing should stop here.
 
         Runs once per listed session, so it is written for speed: what did not change since
         it was first read (same fingerprint) is only looked up, not checked again; the
         newest timestamp is only compared where the order goes up (the first item, and any
-        newer than the one before it, hold the maximum).
+        newer than the one before it, hold the maximum). With ``key`` (the page body's
+        identity) and ``token`` (its next page token), the page is remembered so that the
+        same body in the next listing costs a lookup per session (:meth:`reuse`).
         """
         tracker = self._tracker
         index = tracker._index
         seen = tracker._seen
         check_missed = tracker._missed > 0
         newest = self._newest
-        previous = self._previous
+        entry = self._previous
+        entry_unordered, entry_broken = self._unordered, self._broken
+        # Order within the page first, then against the page before: what a page says about
+        # order is a property of its body alone, and is remembered with it.
+        self._unordered = self._broken = False
+        previous: datetime | None = None
+        first = page_newest = None
         cut_naive, cut_aware = self._cut_naive, self._cut_aware
         all_old = cut_aware is not None
-        any_valid = False
+        any_valid = missing = False
         invalid = seen_count = 0
+        remember = key is not None
+        nonempty = bool(items)
+        slots: list[int] = []
+        fps: list[int] = []
         fromisoformat = datetime.fromisoformat
         slot_bits, slot_mask = _SLOT_BITS, _SLOT_MASK
         for item in items:
@@ -755,58 +835,134 @@ class Listing:
                 continue
             any_valid = True
             if updated is None:
-                self._unordered = self._broken = True
+                self._unordered = self._broken = missing = True
                 all_old = False
             else:
                 if previous is None:
-                    if newest is None or _later(updated, newest):
-                        newest = updated
+                    first = updated
+                    if page_newest is None or _later(updated, page_newest):
+                        page_newest = updated
                 elif (
                     updated > previous
                     if (updated.tzinfo is None) is (previous.tzinfo is None)
                     else _later(updated, previous)
                 ):
                     self._unordered = True
-                    if newest is None or _later(updated, newest):
-                        newest = updated
+                    if page_newest is None or _later(updated, page_newest):
+                        page_newest = updated
                     if _gap(previous, updated) > self._overlap:
                         self._broken = True
                 previous = updated
                 if all_old and updated >= (cut_naive if updated.tzinfo is None else cut_aware):  # type: ignore[operator]
                     all_old = False
             if value is None:
-                self._store(sid, None, fp, run)
+                slot = self._store(sid, None, fp, run)
                 if self._counting:
                     self._created += 1
                     if run is not None:
                         self._count_run(run)
-                continue
-            slot = value & slot_mask
-            if seen[slot]:
-                self._duplicates += 1
-                continue
-            seen[slot] = 1
-            seen_count += 1
-            if run is not None or value >> slot_bits != fp:
-                self._store(sid, value, fp, run)
-                if self._counting and run is not None:
-                    self._count_run(run)
-            elif check_missed and tracker._flags[slot] & MISSED:
-                # Absent from the last full listing, back now: it moved while that one paged.
-                if tracker._undo is not None:
-                    tracker._undo.append((sid, value, slot, *tracker._slot(slot)))
-                tracker._flags[slot] &= ~MISSED
-                tracker._missed -= 1
-                self._changed_flags.append(sid)
+            else:
+                slot = value & slot_mask
+                if seen[slot]:
+                    self._duplicates += 1
+                    remember = False  # what a duplicate means depends on the pages before
+                    continue
+                seen[slot] = 1
+                seen_count += 1
+                if run is not None or value >> slot_bits != fp:
+                    self._store(sid, value, fp, run)
+                    if self._counting and run is not None:
+                        self._count_run(run)
+                elif check_missed and tracker._flags[slot] & MISSED:
+                    # Absent from the last full listing, back now: it moved while that one
+                    # paged.
+                    if tracker._undo is not None:
+                        tracker._undo.append((sid, value, slot, *tracker._slot(slot)))
+                    tracker._flags[slot] &= ~MISSED
+                    tracker._missed -= 1
+                    self._changed_flags.append(sid)
+            if remember:
+                slots.append(slot)
+                fps.append(fp)
         tracker._seen_count += seen_count
         self._invalid += invalid
+        summary = _PageSummary(
+            token,
+            nonempty,
+            any_valid,
+            _packed(slots),
+            hash(array("I", fps).tobytes()),
+            invalid,
+            first,
+            previous,
+            page_newest,
+            self._unordered,
+            self._broken,
+            missing,
+        )
+        if remember:
+            self._pages[key] = summary
+        return self._join(summary, entry, entry_unordered, entry_broken, all_old, newest)
+
+    def _join(
+        self,
+        page: _PageSummary,
+        entry: datetime | None,
+        entry_unordered: bool,
+        entry_broken: bool,
+        all_old: bool,
+        newest: datetime | None,
+    ) -> bool:
+        """Fold a page's order and newest timestamp into the listing's; True: stop here."""
+        unordered = entry_unordered or page.unordered
+        broken = entry_broken or page.broken
+        if entry is not None and page.first is not None and _later(page.first, entry):
+            unordered = True
+            broken = broken or _gap(entry, page.first) > self._overlap
+        self._unordered, self._broken = unordered, broken
+        if page.newest is not None and (newest is None or _later(page.newest, newest)):
+            newest = page.newest
         self._newest = newest
-        self._previous = previous
-        stop = all_old and any_valid and self.incremental
+        if page.last is not None:
+            self._previous = page.last
+        stop = all_old and page.valid and self.incremental
         self._stopped = self._stopped or stop
         return stop
 
-    def _store(self, sid: str, old: int | None, fp: int, run: RunTuple | None) -> None:
+    def reuse(self, key: Hashable) -> tuple[str | None, bool, bool] | None:
+        """Take a page body the last listing read whole, unparsed: (its next page token,
+        whether it had no items, whether to stop here), or None to have it parsed.
+
+        Taken only when each of its sessions is tracked with the fingerprint it had on the
+        page and not yet seen by this listing, and none is flagged missed: then reading it
+        again would change nothing but the marks this makes.
+        """
+        page = self._tracker._pages.get(key)
+        if page is None:
+            return None
+        tracker = self._tracker
+        seen, flags = tracker._seen, tracker._flags
+        slots = page.slots
+        if hash(array("I", map(tracker._fps.__getitem__, slots)).tobytes()) != page.fps:
+            return None
+        for slot in slots:
+            if seen[slot] or flags[slot] & MISSED:
+                return None
+        for slot in slots:
+            seen[slot] = 1
+        tracker._seen_count += len(slots)
+        self._invalid += page.invalid
+        self._pages[key] = page
+        all_old = self._cut_aware is not None and not page.missing
+        if all_old and page.newest is not None:
+            cut = self._cut_naive if page.newest.tzinfo is None else self._cut_aware
+            all_old = page.newest < cut  # type: ignore[operator]
+        stop = self._join(
+            page, self._previous, self._unordered, self._broken, all_old, self._newest
+        )
+        return page.token, not page.nonempty, stop
+
+    def _store(self, sid: str, old: int | None, fp: int, run: RunTuple | None) -> int:
         """Write a session's new fingerprint and contribution, logging the old for undo."""
         tracker = self._tracker
         flags = tracker._flags
@@ -835,7 +991,9 @@ class Listing:
             status = 2 if is_error else 1
             tracker._runs.put(slot, i, o, t, d, fresh)
         flags[slot] = status
+        tracker._fps[slot] = fp
         tracker._status[status] += 1
+        return slot
 
     def _count_run(self, run: RunTuple) -> None:
         is_error, d, i, o, t, _ = run
@@ -877,6 +1035,12 @@ class Listing:
                     flags[slot] |= MISSED
                     tracker._missed += 1
                     missed.append(sid)
+        if removed:
+            tracker._pages = {}  # freed slots may be taken by other sessions
+        elif full:
+            tracker._pages = self._pages
+        else:
+            tracker._pages.update(self._pages)
         old = tracker.state
         newest = self._last_updated()
         if full:
@@ -903,6 +1067,7 @@ class Listing:
         tracker._has_baseline = True
         tracker._undo = None
         tracker._listing = None
+        tracker._seen = bytearray()  # a byte per session, needed only while a listing runs
         never_run, ok, error = tracker._status
         total_in, total_out, turns, duration_ms = tracker._runs.sums()
         snapshot = ProjectSnapshot(

@@ -355,6 +355,7 @@ def run_demo(listen_address: str | None, web: WebConfig | None = None) -> int:
                 base_url=base_url,
                 page_size=100,
                 api_key=Secret(DEFAULT_API_KEY),
+                key_source="the demo's built-in key",
             )
             for pid, name in zip(sim.project_ids, DEMO_PROJECTS, strict=True)
         )

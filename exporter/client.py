@@ -16,15 +16,18 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlencode
 
 import httpx
+import structlog
 
 from . import __version__
 from .config import DEFAULT_MAX_RESPONSE_BYTES, ProjectConfig
 from .reading import is_text
 from .secret import Secret, redact
+
+log = structlog.get_logger("exporter.client")
 
 try:
     import orjson
@@ -42,6 +45,20 @@ INITIAL_RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 8.0
 MAX_RETRY_AFTER = 60.0
 RETRY_STATUSES = frozenset({408, 409, 429})
+
+
+# A page body's identity: its length and hash. Equal keys are taken for equal bodies (a
+# 64-bit hash and the length must both collide to mistake one page for another).
+PageKey = tuple[int, int]
+
+
+class Page(NamedTuple):
+    """One page of a listing: its items (None when ``reuse`` took the body unparsed)."""
+
+    items: list[Any] | None
+    key: PageKey
+    token: str | None  # the next page's token, None on the last page
+    stop: bool  # ``reuse`` said the listing should stop here
 
 
 class PollError(Exception):
@@ -219,6 +236,64 @@ def parse_body(body: bytes) -> tuple[Any, bool]:
         return json.loads(body), True
     except (ValueError, RecursionError):
         raise PollError("invalid_response", "response body is not JSON") from None
+
+
+def _host(url: str) -> str:
+    """host:port of a URL, for messages (the query, with the project id, is left out)."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError):
+        return "the API"
+    return f"{parsed.host}:{parsed.port}" if parsed.port else parsed.host
+
+
+def _cause(failure: BaseException | None) -> str:
+    """What went wrong with a connection, in the words a user can act on."""
+    seen: set[int] = set()
+    error: BaseException | None = failure
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, socket.gaierror):
+            return "name resolution failed (check base_url and DNS)"
+        if isinstance(error, ConnectionRefusedError):
+            return "connection refused (check base_url and that the API is reachable)"
+        if isinstance(error, ssl.SSLCertVerificationError):
+            return f"TLS certificate not trusted ({error.verify_message})"
+        if isinstance(error, ssl.SSLError):
+            return f"TLS handshake failed ({error.reason or type(error).__name__})"
+        if isinstance(error, (ConnectionResetError, BrokenPipeError)):
+            return "connection reset by the server"
+        if isinstance(error, httpx.TimeoutException):
+            return "timed out"
+        error = error.__cause__ or error.__context__
+    text = str(failure or "").lower()
+    if "name or service not known" in text or "nodename nor servname" in text:
+        return "name resolution failed (check base_url and DNS)"
+    if "connection refused" in text:
+        return "connection refused (check base_url and that the API is reachable)"
+    if "certificate" in text:
+        return "TLS certificate not trusted"
+    return f"connection failed ({type(failure).__name__ if failure else 'no answer'})"
+
+
+def _checked_page(raw: bytes, page: int) -> tuple[list[Any], str | None]:
+    """A page body's items and next page token, or PollError for a body of the wrong shape."""
+    body, lenient = parse_body(raw)
+    if not isinstance(body, dict):
+        raise PollError("invalid_response", f"page {page} is not a JSON object")
+    items = body.get("items")
+    if not isinstance(items, list):
+        raise PollError("invalid_response", f"page {page} has no items list")
+    token = body.get("next_page_token")
+    if token is not None and not isinstance(token, str):
+        raise PollError("invalid_response", f"page {page} has a non-string page token")
+    if token and (len(token) > MAX_PAGE_TOKEN or not is_text(token)):
+        raise PollError(
+            "invalid_response",
+            f"page {page} has a page token longer than {MAX_PAGE_TOKEN} characters "
+            "or not valid text",
+        )
+    return (_clean_items(items) if lenient else items), token or None
 
 
 def _clean_items(items: list[Any]) -> list[Any]:
@@ -482,9 +557,20 @@ class ApiClient:
             raise Stopped()
 
     def pages(
-        self, project: ProjectConfig, max_pages: int, max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
-    ) -> Generator[list[Any], None, None]:
-        """Yield the ``items`` of each page until the listing ends."""
+        self,
+        project: ProjectConfig,
+        max_pages: int,
+        max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        reuse: Callable[[PageKey], tuple[str | None, bool, bool] | None] | None = None,
+    ) -> Generator[Page, None, None]:
+        """Yield each page until the listing ends.
+
+        ``reuse`` is asked first with each body's :data:`PageKey`: when it takes a body it
+        has seen before, it answers (the page token the body had, whether it had no items,
+        whether to stop there); the body is not parsed and the page comes with ``items``
+        None. A page that is parsed carries its key and token, so
+        the caller can remember it.
+        """
         http, connection = self._client(project.id)
         auth = _BearerAuth(project.api_key)
         params: dict[str, str | int] = {"project_id": project.id, "page_size": project.page_size}
@@ -498,24 +584,22 @@ class ApiClient:
         while True:
             if self._stop.is_set():
                 raise Stopped()
-            body, lenient = self._get(http, connection, page_url, auth, max_bytes)
+            raw = self._get(http, connection, page_url, auth, max_bytes)
             page += 1
-            if not isinstance(body, dict):
-                raise PollError("invalid_response", f"page {page} is not a JSON object")
-            items = body.get("items")
-            if not isinstance(items, list):
-                raise PollError("invalid_response", f"page {page} has no items list")
-            token = body.get("next_page_token")
-            if token is not None and not isinstance(token, str):
-                raise PollError("invalid_response", f"page {page} has a non-string page token")
-            if token and (len(token) > MAX_PAGE_TOKEN or not is_text(token)):
-                raise PollError(
-                    "invalid_response",
-                    f"page {page} has a page token longer than {MAX_PAGE_TOKEN} characters "
-                    "or not valid text",
-                )
-            yield _clean_items(items) if lenient else items
-            if not items or not token:
+            key = (len(raw), hash(raw))
+            reused = reuse(key) if reuse is not None else None
+            if reused is not None:
+                del raw
+                token, empty, stop = reused
+                yield Page(None, key, token, stop)
+                if stop:
+                    return
+            else:
+                items, token = _checked_page(raw, page)
+                del raw  # only the parsed items stay in memory
+                empty = not items
+                yield Page(items, key, token, False)
+            if empty or not token:
                 return
             if token in used:
                 raise PollError("pagination_loop", f"page {page} repeats an earlier page token")
@@ -533,8 +617,8 @@ class ApiClient:
         url: str,
         auth: httpx.Auth,
         max_bytes: int,
-    ) -> tuple[Any, bool]:
-        """One page, retried as the SDK does; (parsed body, parsed by the lenient parser)."""
+    ) -> bytes:
+        """One page's body, retried as the SDK does."""
         retries_done = 0
         while True:
             if self._limiter is not None:
@@ -558,13 +642,18 @@ class ApiClient:
                 # A cut can also look like the end of a body sent without Content-Length.
                 timed_out = deadline.expired or isinstance(failure, httpx.TimeoutException)
                 reason = "timeout" if timed_out else "connection"
+                cause = "timed out" if timed_out else _cause(failure)
+                where = _host(url)
                 if retries_done >= self._max_retries:
-                    raise PollError(reason, f"{reason} after {retries_done} retries")
+                    raise PollError(
+                        reason, f"{where}: {cause} (gave up after {retries_done} retries)"
+                    )
+                log.debug("request_retry", host=where, cause=cause, retry=retries_done + 1)
                 self._sleep(backoff_seconds(retries_done, None, self._rand))
                 retries_done += 1
                 continue
             if status == 200:
-                return parse_body(body)
+                return body
             if (
                 status < 400
                 or retries_done >= self._max_retries

@@ -52,6 +52,9 @@ class ProjectConfig:
     page_size: int
     api_key: Secret = field(repr=False)
     listing: str = "auto"  # "auto": incremental once the API shows newest-first; "full"
+    # Where the key came from, for messages: "projects[0].api_key", "llamacloud.api_key_file",
+    # "the LLAMA_CLOUD_API_KEY environment variable" (never the key).
+    key_source: str = ""
 
 
 @dataclass(frozen=True)
@@ -196,7 +199,9 @@ def _parse(
     if default_base is None:
         default_base = _base_url(env.get(BASE_URL_ENV), BASE_URL_ENV, problems) or NA_BASE_URL
     default_key = _api_key(lc, "llamacloud", base_dir, problems, secrets)
+    default_source = _key_source(lc, "llamacloud")
     if default_key is None and env.get(API_KEY_ENV):
+        default_source = f"the {API_KEY_ENV} environment variable"
         default_key = env[API_KEY_ENV].strip()
         secrets.append(default_key)
         if not _key_ok(default_key):
@@ -249,6 +254,7 @@ def _parse(
         raw.get("projects"),
         default_base,
         default_key,
+        default_source,
         default_page_size,
         default_listing,
         base_dir,
@@ -275,6 +281,7 @@ def _projects(
     value: Any,
     default_base: str,
     default_key: str | None,
+    default_source: str,
     default_page_size: int,
     default_listing: str,
     base_dir: Path | None,
@@ -310,8 +317,9 @@ def _projects(
         base = _base_url(item.get("base_url"), f"{where}.base_url", problems) or default_base
         known = len(problems)
         key = _api_key(item, where, base_dir, problems, secrets)
+        source = _key_source(item, where)
         if key is None and len(problems) == known:  # a key that was set but is bad is said
-            key = default_key
+            key, source = default_key, default_source
             if not key:
                 problems.append(
                     f"{where}.api_key: no API key (set {where}.api_key, llamacloud.api_key "
@@ -327,6 +335,7 @@ def _projects(
                 page_size=page_size,
                 api_key=Secret(key or ""),
                 listing=_listing(item, where + ".", default_listing, problems),
+                key_source=source,
             )
         )
     return out
@@ -463,6 +472,13 @@ _BAD_KEY = "an API key is printable ASCII without spaces (LlamaCloud keys look l
 
 def _key_ok(key: str) -> bool:
     return key.isascii() and key.isprintable() and not any(c.isspace() for c in key)
+
+
+def _key_source(d: dict[str, Any], where: str) -> str:
+    """Which key of the config holds the key, as said in messages."""
+    if d.get("api_key") not in (None, ""):
+        return f"{where}.api_key in the config"
+    return f"{where}.api_key_file in the config"
 
 
 def _api_key(

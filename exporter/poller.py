@@ -242,12 +242,18 @@ class Poller:
         )
         listing = tracker.begin(cutoff, config.incremental_overlap_seconds)
         pages = items = 0
-        listed = self._client.pages(project, config.max_pages, config.max_response_bytes)
+        listed = self._client.pages(
+            project, config.max_pages, config.max_response_bytes, reuse=listing.reuse
+        )
         try:
             for page in listed:
                 pages += 1
-                items += len(page)
-                if listing.add(page):
+                if page.items is None:  # the same body as in the last listing: taken unread
+                    if page.stop:
+                        break
+                    continue
+                items += len(page.items)
+                if listing.add(page.items, page.key, page.token):
                     break  # an incremental listing reached what the last poll saw
             return listing.finish(), pages, items
         except PollError as exc:
@@ -290,8 +296,8 @@ class Poller:
         if status in (401, 403):
             log.error(
                 "poll_failed_config",
-                hint="the API key is invalid or not allowed for this project: "
-                "check this project's api_key in the config",
+                hint="the API key is invalid or not allowed for this project: check "
+                + (project.key_source or "this project's api_key in the config"),
                 status=status,
                 **fields,
             )

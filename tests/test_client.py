@@ -68,7 +68,7 @@ class Harness:
 
     def list(self, max_pages: int = 100) -> list[list[Any]]:
         try:
-            return list(self.client.pages(PROJECT, max_pages))
+            return [page.items for page in self.client.pages(PROJECT, max_pages)]
         finally:
             self.client.close()
 
@@ -298,7 +298,7 @@ def test_max_requests_per_second_spaces_the_pages() -> None:
         clock=lambda: 5.0,  # no time passes: every request after the first waits its turn
     )
     try:
-        assert list(client.pages(PROJECT, 10)) == [[1], [2], [3]]
+        assert [p.items for p in client.pages(PROJECT, 10)] == [[1], [2], [3]]
     finally:
         client.close()
     assert sleeps == pytest.approx([0.1, 0.2])
@@ -306,7 +306,7 @@ def test_max_requests_per_second_spaces_the_pages() -> None:
 
 def test_forget_closes_a_project_connection() -> None:
     h = Harness(pages_handler({None: {"items": [1]}}))
-    assert list(h.client.pages(PROJECT, 10)) == [[1]]
+    assert [p.items for p in h.client.pages(PROJECT, 10)] == [[1]]
     first, _ = h.client._client(PROJECT.id)
     h.client.forget(PROJECT.id)
     assert first.is_closed
@@ -435,7 +435,7 @@ def test_numbers_too_large_and_lone_surrogates_fail_the_item_not_the_page(
     hostile.behaviour = lambda request: answer(200, raw)
     client = ApiClient(max_retries=0)
     try:
-        result = aggregate(client.pages(hostile_project(hostile.url), 10))
+        result = aggregate(p.items or [] for p in client.pages(hostile_project(hostile.url), 10))
     finally:
         client.close()
     snap = result.snapshot
@@ -516,3 +516,21 @@ def test_the_watchdog_holds_nothing_between_requests(hostile: Hostile) -> None:
         assert client._watchdog._active == set()
     finally:
         client.close()
+
+
+def test_a_connection_failure_names_the_host_and_the_cause(hostile: Hostile) -> None:
+    """A wrong base_url or no network: the message says where and why, not only "connection"."""
+    from tests.conftest import free_port
+
+    port = free_port()  # nothing listens there
+    refused = listing(ApiClient(max_retries=1), hostile_project(f"http://127.0.0.1:{port}"))
+    assert refused.reason == "connection"
+    assert f"127.0.0.1:{port}" in str(refused) and "connection refused" in str(refused)
+    assert "after 1 retries" in str(refused)
+
+    unknown = listing(ApiClient(max_retries=0), hostile_project("http://no-such-host.invalid"))
+    assert "no-such-host.invalid" in str(unknown) and "name resolution" in str(unknown)
+
+    # A plain HTTP server spoken to over https: the TLS handshake fails.
+    tls = listing(ApiClient(max_retries=0), hostile_project(hostile.url.replace("http", "https")))
+    assert "TLS" in str(tls), str(tls)

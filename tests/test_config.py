@@ -450,3 +450,17 @@ def test_any_yaml_text_is_a_config_or_a_config_error(text: str) -> None:
         parse_config(raw, {"LLAMA_CLOUD_API_KEY": "llx-env"})
     except ConfigError as exc:
         assert exc.problems
+
+
+def test_messages_say_where_each_key_came_from(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("llx-from-file\n")
+    raw = {
+        "llamacloud": {"api_key_file": str(key_file)},
+        "projects": [{"id": "a"}, {"id": "b", "api_key": "llx-own"}],
+    }
+    a, b = parse_config(raw, {}).projects
+    assert a.key_source == "llamacloud.api_key_file in the config"
+    assert b.key_source == "projects[1].api_key in the config"
+    (env,) = parse_config({"projects": [{"id": "c"}]}, {"LLAMA_CLOUD_API_KEY": "llx-e"}).projects
+    assert env.key_source == "the LLAMA_CLOUD_API_KEY environment variable"

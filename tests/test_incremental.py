@@ -97,8 +97,13 @@ def list_once(
     page_size: int,
     cutoff: float | None,
     overlap: float,
+    remember: bool = True,
 ) -> tuple[PollResult, int]:
-    """One listing; ``events[k]`` happen after page k is read (0: before the first)."""
+    """One listing; ``events[k]`` happen after page k is read (0: before the first).
+
+    With ``remember``, pages are keyed by their body as the poller does, so a body the last
+    listing read whole is taken unread (:meth:`Listing.reuse`).
+    """
     listing = tracker.begin(cutoff, overlap)
     for event in events.get(0, ()):
         api.apply(event)
@@ -107,7 +112,15 @@ def list_once(
     while offset is not None:
         items, offset = api.page(offset, page_size)
         pages += 1
-        stop = listing.add(items)
+        body = json.dumps([items, offset])
+        key = (len(body), hash(body)) if remember else None
+        reused = listing.reuse(key) if key is not None else None
+        if reused is not None:
+            observe("a page taken unread")
+            _token, empty, stop = reused
+            assert empty == (not items)
+        else:
+            stop = listing.add(items, key, None)
         for event in events.get(pages, ()):
             api.apply(event)
         if stop or not items:
@@ -187,8 +200,9 @@ def test_auto_equals_full_after_every_full_listing(
     for event in start:
         full_api.apply(event)
     auto_api = copy.deepcopy(full_api)
-    full, auto = SessionTracker(), SessionTracker()
-    full_totals, auto_totals = RunTotals(), RunTotals()
+    full, auto, plain = SessionTracker(), SessionTracker(), SessionTracker()
+    full_totals, auto_totals, plain_totals = RunTotals(), RunTotals(), RunTotals()
+    plain_api = copy.deepcopy(full_api)
     full_pages = auto_pages = 0
     compared = 0
     previous_full = True
@@ -200,6 +214,16 @@ def test_auto_equals_full_after_every_full_listing(
         a, n = list_once(full_api, full, events, page_size, None, overlap)
         full_totals += a.new_runs
         full_pages += n
+        # Pages taken unread because their body did not change give what reading them gives.
+        c, _ = list_once(plain_api, plain, events, page_size, None, overlap, remember=False)
+        plain_totals += c.new_runs
+        assert (gauges(a), full_totals, len(full), a.missed, a.removed) == (
+            gauges(c),
+            plain_totals,
+            len(plain),
+            c.missed,
+            c.removed,
+        )
         cutoff = auto.plan(auto=True, full_every=full_every, overlap=overlap)
         if cutoff is not None and not auto_api.newest_first():
             # Exact only while the API lists newest first: a created-order list can look
@@ -526,3 +550,25 @@ def test_a_session_stamped_in_the_future_never_hides_later_changes() -> None:
     assert tracker.plan(auto=True, full_every=10, overlap=60, now=zero + 250) == zero + 190
     listing = tracker.begin(-1e20, 60)  # before year 1: a full listing, not a crash
     assert not listing.incremental
+
+
+def test_a_full_listing_parses_only_the_pages_that_changed(
+    tmp_path: Path, start_exporter: Callable[..., Exporter]
+) -> None:
+    """Creation order: a re-run changes its own page only; the others are taken unread."""
+    simulator = Simulator(projects=1, sessions_per_project=1000, seed=5, order="created")
+    simulator.start()
+    try:
+        pid = simulator.project_ids[0]
+        exp = start_exporter(write_config(tmp_path / "c.yaml", simulator.base_url, [pid]))
+        wait_for(lambda: len(poll_events(exp)) >= 2, what="two polls")
+        steady = poll_events(exp)[-1]
+        assert (steady["pages"], steady["items"], steady["incremental"]) == (10, 0, False)
+        sid = simulator.sessions(pid)[450]["session_id"]
+        simulator.rerun(pid, sid)  # stays on page 5 in creation order
+        m = exp.wait_metric("llamacloud_chat_runs_total", {"project_id": pid}, lambda v: v == 1)
+        assert sessions_listed(m, pid) == 1000
+        changed = next(e for e in poll_events(exp) if e["new_runs"] == 1)
+        assert (changed["pages"], changed["items"]) == (10, 100)
+    finally:
+        simulator.stop()

@@ -129,7 +129,7 @@ def test_401_is_a_config_problem_named_in_the_log(
     events = [json.loads(line) for line in exp.logs().splitlines() if line.startswith("{")]
     auth = [e for e in events if e.get("event") == "poll_failed_config"]
     assert auth[0]["project_id"] == "locked"
-    assert "api_key" in auth[0]["hint"]
+    assert "projects[1].api_key in the config" in auth[0]["hint"]
     # 401 is not retried: one request per poll.
     assert polls <= len(auth) + 1  # +1: a poll may be under way
     page = exp.get("/").text
