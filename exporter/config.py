@@ -6,7 +6,6 @@ Every problem is collected with its key path (``projects[1].id: required``) so t
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Mapping
@@ -25,6 +24,8 @@ from .reading import (
     is_text,
     load_yaml,
     read_bounded,
+    section,
+    unknown_keys,
 )
 from .secret import Secret, redact
 
@@ -189,11 +190,11 @@ def _parse(
     if not isinstance(raw, dict):
         raise ConfigError(["config: must be a mapping of keys to values"])
     raw = _expand(raw, env, "", problems)
-    _unknown(raw, _TOP_KEYS, "", problems)
+    unknown_keys(raw, _TOP_KEYS, "", problems)
 
-    lc = _section(raw, "llamacloud", _LLAMACLOUD_KEYS, problems)
-    web = _section(raw, "web", _WEB_KEYS, problems)
-    state = _section(raw, "state", _STATE_KEYS, problems)
+    lc = section(raw, "llamacloud", _LLAMACLOUD_KEYS, problems)
+    web = section(raw, "web", _WEB_KEYS, problems)
+    state = section(raw, "state", _STATE_KEYS, problems)
 
     default_base = _base_url(lc.get("base_url"), "llamacloud.base_url", problems)
     if default_base is None:
@@ -301,7 +302,7 @@ def _projects(
         if not isinstance(item, dict):
             problems.append(f"{where}: must be a mapping with at least an id")
             continue
-        _unknown(item, _PROJECT_KEYS, where + ".", problems)
+        unknown_keys(item, _PROJECT_KEYS, where + ".", problems)
         pid = item.get("id")
         if pid is None or pid == "":
             problems.append(f"{where}.id: required")
@@ -371,30 +372,6 @@ def _expand(value: Any, env: Mapping[str, str], path: str, problems: list[str]) 
             problems.append(f"{path}: not valid Unicode text (an unpaired surrogate)")
             return value.encode("utf-8", "replace").decode("utf-8")
     return value
-
-
-def _section(raw: dict[str, Any], key: str, known: set[str], problems: list[str]) -> dict[str, Any]:
-    value = raw.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        problems.append(f"{key}: must be a mapping")
-        return {}
-    _unknown(value, known, key + ".", problems)
-    return value
-
-
-def _unknown(value: dict[Any, Any], known: set[str], prefix: str, problems: list[str]) -> None:
-    for k in value:
-        if k not in known:
-            hint = _closest(str(k), known)
-            extra = f" (did you mean {hint}?)" if hint else ""
-            problems.append(f"{prefix}{k}: unknown key{extra}")
-
-
-def _closest(key: str, known: set[str]) -> str | None:
-    match = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
-    return match[0] if match else None
 
 
 def _opt_str(item: dict[str, Any], key: str, where: str, problems: list[str]) -> str:

@@ -8,6 +8,7 @@ quote a path or the contents: the caller knows which file it asked for.
 
 from __future__ import annotations
 
+import difflib
 import os
 import stat
 from pathlib import Path
@@ -133,3 +134,36 @@ def is_text(value: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+# ------------------------------------------------------------- keys of a config mapping
+
+
+def section(raw: dict[Any, Any], key: str, known: set[str], problems: list[str]) -> dict[Any, Any]:
+    """The mapping under ``key`` ({} when absent), its unknown keys reported by path."""
+    value = raw.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        problems.append(f"{key}: must be a mapping")
+        return {}
+    unknown_keys(value, known, key + ".", problems)
+    return value
+
+
+def unknown_keys(value: dict[Any, Any], known: set[str], prefix: str, problems: list[str]) -> None:
+    """A problem for each key not in ``known``, with the nearest known one as a hint."""
+    for k in value:
+        if k not in known:
+            problems.append(f"{prefix}{k}: unknown key{did_you_mean(str(k), known)}")
+
+
+def did_you_mean(key: str, known: set[str] | tuple[str, ...]) -> str:
+    """`` (did you mean X?)`` for a near miss (the same word in another case included)."""
+    by_case = {k.lower(): k for k in known}
+    if key.lower() in by_case:
+        match: str | None = by_case[key.lower()]
+    else:
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
+        match = close[0] if close else None
+    return f" (did you mean {match}?)" if match else ""

@@ -71,7 +71,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import difflib
 import hashlib
 import ipaddress
 import os
@@ -95,9 +94,12 @@ from .reading import (
     MAX_KEY_FILE_BYTES,
     FileProblem,
     YamlProblem,
+    did_you_mean,
     is_text,
     load_yaml,
     read_bounded,
+    section,
+    unknown_keys,
 )
 
 MAX_CERT_FILE_BYTES = 1024 * 1024  # a certificate chain or a CA bundle
@@ -482,9 +484,11 @@ def _parse(raw: Any, base_dir: Path | None, path: Path | None, problems: list[st
     for key in raw:
         if key in _NOT_SUPPORTED_TOP:
             problems.append(f"{key}: not supported by this exporter")
-    _unknown({k: v for k, v in raw.items() if k not in _NOT_SUPPORTED_TOP}, _TOP_KEYS, "", problems)
-    tls = _section(raw, "tls_server_config", _TLS_KEYS, problems)
-    http = _section(raw, "http_server_config", _HTTP_KEYS, problems)
+    unknown_keys(
+        {k: v for k, v in raw.items() if k not in _NOT_SUPPORTED_TOP}, _TOP_KEYS, "", problems
+    )
+    tls = section(raw, "tls_server_config", _TLS_KEYS, problems)
+    http = section(raw, "http_server_config", _HTTP_KEYS, problems)
     headers = _http(http, problems)
     users = _users(raw.get("basic_auth_users"), problems)
     context, client_auth, sans = _tls(tls, base_dir, problems)
@@ -496,38 +500,6 @@ def _parse(raw: Any, base_dir: Path | None, path: Path | None, problems: list[st
         users=users,
         headers=headers,
     )
-
-
-def _section(raw: dict[Any, Any], key: str, known: set[str], problems: list[str]) -> dict[Any, Any]:
-    value = raw.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        problems.append(f"{key}: must be a mapping")
-        return {}
-    _unknown(value, known, key + ".", problems)
-    return value
-
-
-def _unknown(value: dict[Any, Any], known: set[str], prefix: str, problems: list[str]) -> None:
-    for k in value:
-        if k not in known:
-            extra = _hint(str(k), known)
-            problems.append(f"{prefix}{k}: unknown key{extra}")
-
-
-def _hint(key: str, known: set[str] | tuple[str, ...]) -> str:
-    """`` (did you mean X?)`` for a near miss, else nothing."""
-    match = _closest(key, known)
-    return f" (did you mean {match}?)" if match else ""
-
-
-def _closest(key: str, known: set[str] | tuple[str, ...]) -> str | None:
-    by_case = {k.lower(): k for k in known}
-    if key.lower() in by_case:
-        return by_case[key.lower()]
-    match = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
-    return match[0] if match else None
 
 
 def _is_set(value: Any) -> bool:
@@ -553,7 +525,7 @@ def _http(http: dict[Any, Any], problems: list[str]) -> dict[str, str]:
     for name, value in raw.items():
         where = f"http_server_config.headers.{name}"
         if name not in HEADERS:
-            extra = _hint(str(name), tuple(HEADERS))
+            extra = did_you_mean(str(name), tuple(HEADERS))
             problems.append(
                 f"{where}: this header cannot be set{extra}; allowed: {', '.join(HEADERS)}"
             )
@@ -702,7 +674,7 @@ def _client_auth(value: Any, problems: list[str]) -> str | None:
         name = _CLIENT_AUTH_ALIASES.get(value, value)
         if name in CLIENT_AUTH_TYPES:
             return name
-    extra = _hint(value, CLIENT_AUTH_TYPES) if isinstance(value, str) else ""
+    extra = did_you_mean(value, CLIENT_AUTH_TYPES) if isinstance(value, str) else ""
     problems.append(
         f"tls_server_config.client_auth_type: must be one of {', '.join(CLIENT_AUTH_TYPES)}{extra}"
     )
@@ -718,7 +690,7 @@ def _version(tls: dict[Any, Any], key: str, default: str, problems: list[str]) -
             problems.append(f"tls_server_config.{key}: this OpenSSL has no TLS 1.3")
             return None
         return value
-    extra = _hint(value, tuple(TLS_VERSIONS)) if isinstance(value, str) else ""
+    extra = did_you_mean(value, tuple(TLS_VERSIONS)) if isinstance(value, str) else ""
     problems.append(f"tls_server_config.{key}: must be one of {', '.join(TLS_VERSIONS)}{extra}")
     return None
 
@@ -739,7 +711,7 @@ def _names(value: Any, key: str, known: tuple[str, ...], problems: list[str]) ->
         return []
     for i, name in enumerate(names):
         if name not in known:
-            extra = _hint(name, known)
+            extra = did_you_mean(name, known)
             problems.append(f"{where}[{i}]: unknown name{extra}; known: {', '.join(known)}")
     return names
 

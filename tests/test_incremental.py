@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from exporter.aggregate import ListingState, PollResult, RunTotals, SessionTracker, aggregate
 from exporter.simulator import Simulator
 from tests.conftest import Exporter, Samples, session, value, wait_for, write_config
+from tests.test_aggregate import jobs  # every shape of job_metadata the API may send
 
 EPOCH = datetime(2026, 11, 1, tzinfo=timezone.utc)
 
@@ -144,21 +145,6 @@ def gauges(result: PollResult) -> tuple[Any, ...]:
     )
 
 
-counts = st.one_of(st.none(), st.integers(0, 10**6), st.floats(0, 1e6, allow_nan=False))
-jobs = st.one_of(
-    st.none(),
-    st.fixed_dictionaries(
-        {},
-        optional={
-            "duration_ms": counts,
-            "total_input_tokens": counts,
-            "total_output_tokens": counts,
-            "turns": counts,
-            "is_error": st.one_of(st.none(), st.booleans()),
-            "error": st.one_of(st.none(), st.sampled_from(["", "timeout", "boom"])),
-        },
-    ),
-)
 changes = st.tuples(
     st.sampled_from(["rerun", "rerun", "touch", "create", "create", "delete"]),
     st.integers(0, 1000),

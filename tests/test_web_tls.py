@@ -52,6 +52,13 @@ def web_config(path: Path, **content: Any) -> Path:
     return path
 
 
+def tls_web_config(ca: trustme.CA, directory: Path, **more: Any) -> Path:
+    """A web config serving a fresh certificate of ``ca`` (and ``more`` top-level keys)."""
+    cert, key = server_files(ca, directory)
+    tls = {"cert_file": str(cert), "key_file": str(key)}
+    return web_config(directory / "web.yml", tls_server_config=tls, **more)
+
+
 def served_certificate(port: int, context: ssl.SSLContext) -> bytes:
     with (
         socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
@@ -69,10 +76,7 @@ def port_of(exp: Exporter) -> int:
 def test_metrics_over_tls_with_a_real_handshake(
     sim: Any, tmp_path: Path, start_exporter: Callable[..., Exporter], ca: trustme.CA
 ) -> None:
-    cert, key = server_files(ca, tmp_path)
-    web = web_config(
-        tmp_path / "web.yml", tls_server_config={"cert_file": str(cert), "key_file": str(key)}
-    )
+    web = tls_web_config(ca, tmp_path)
     config = write_config(tmp_path / "c.yaml", sim.base_url, ["p"])
     sim.set_sessions("p", [])
     exp = start_exporter(config, "--web.config.file", str(web), verify=trust(ca))
@@ -145,10 +149,7 @@ def test_basic_auth_guards_every_endpoint_and_is_never_logged(
 def test_a_reload_picks_up_a_renewed_certificate_and_keeps_the_old_web_config_if_broken(
     sim: Any, tmp_path: Path, start_exporter: Callable[..., Exporter], ca: trustme.CA
 ) -> None:
-    cert, key = server_files(ca, tmp_path)
-    web = web_config(
-        tmp_path / "web.yml", tls_server_config={"cert_file": str(cert), "key_file": str(key)}
-    )
+    web = tls_web_config(ca, tmp_path)
     sim.set_sessions("p", [])
     exp = start_exporter(
         write_config(tmp_path / "c.yaml", sim.base_url, ["p"]),
@@ -267,12 +268,7 @@ def test_clients_that_never_finish_a_handshake_cannot_starve_the_others(
 def test_the_container_health_check_passes_behind_tls_and_basic_auth(
     sim: Any, tmp_path: Path, start_exporter: Callable[..., Exporter], ca: trustme.CA
 ) -> None:
-    cert, key = server_files(ca, tmp_path)
-    web = web_config(
-        tmp_path / "web.yml",
-        tls_server_config={"cert_file": str(cert), "key_file": str(key)},
-        basic_auth_users={USER: password_hash()},
-    )
+    web = tls_web_config(ca, tmp_path, basic_auth_users={USER: password_hash()})
     sim.set_sessions("p", [])
     exp = start_exporter(
         write_config(tmp_path / "c.yaml", sim.base_url, ["p"]),
