@@ -28,6 +28,7 @@ _FP_MASK = (1 << _FP_BITS) - 1
 _GEN_BITS = 32
 _GEN_MASK = (1 << _GEN_BITS) - 1
 _NONE = -7  # stands for a missing or null field inside a fingerprint
+_BOOL = -8  # marks a boolean where a count belongs
 
 
 class InvalidItem(ValueError):
@@ -133,6 +134,10 @@ def fingerprint(job_metadata: dict[str, Any]) -> int:
     error = get("error")
     if type(error) is str:
         error = zlib.crc32(error.encode("utf-8", "replace"))
+    # A boolean hashes as 0 or 1: where a count belongs it must not pass for one (a run
+    # whose fingerprint did not change is not checked again).
+    if type(d) is bool or type(i) is bool or type(o) is bool or type(t) is bool:
+        d, i, o, t = ((_BOOL, x) if type(x) is bool else x for x in (d, i, o, t))
     return (
         hash(
             (
@@ -341,6 +346,10 @@ _SLOT_BITS = 32
 _SLOT_MASK = (1 << _SLOT_BITS) - 1
 _STATUS_MASK = 3  # flags: 0 never_run, 1 ok, 2 error ...
 MISSED = 4  # ... and absent from the last full listing (kept until absent from two)
+# ... and its run not read yet (a state file from before contributions were saved): the
+# next listing reads it even with an unchanged fingerprint, and counts nothing for it.
+UNREAD = 8
+_FLAG_BITS = _STATUS_MASK | MISSED | UNREAD
 
 
 @dataclass(frozen=True, slots=True)
@@ -601,14 +610,14 @@ class SessionTracker:
         self.state = state if state is not None and self._has_baseline else ListingState()
         if isinstance(sessions, dict):
             rows: Iterable[SavedSession] = (
-                (sid, fp, MISSED, 0.0, 0.0, 0.0, 0.0) for sid, fp in sessions.items()
+                (sid, fp, MISSED | UNREAD, 0.0, 0.0, 0.0, 0.0) for sid, fp in sessions.items()
             )
         else:
             rows = sessions or ()
         for sid, fp, flags, i, o, t, d in rows:
             slot = self._new_slot()
             self._index[sid] = ((fp & _FP_MASK) << _SLOT_BITS) | slot
-            self._flags[slot] = flags & (_STATUS_MASK | MISSED)
+            self._flags[slot] = flags & _FLAG_BITS
             self._fps[slot] = fp & _FP_MASK
             self._runs.put(slot, i, o, t, d, fresh=True)
             self._status[flags & _STATUS_MASK] += 1
@@ -873,6 +882,13 @@ class Listing:
                     self._store(sid, value, fp, run)
                     if self._counting and run is not None:
                         self._count_run(run)
+                elif check_missed and tracker._flags[slot] & UNREAD:
+                    # Saved by an older version without its run: read it now, count nothing.
+                    try:
+                        self._store(sid, value, fp, None if job is None else read_run(job, fp))
+                    except InvalidItem:
+                        invalid += 1
+                        continue
                 elif check_missed and tracker._flags[slot] & MISSED:
                     # Absent from the last full listing, back now: it moved while that one
                     # paged.

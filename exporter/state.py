@@ -79,16 +79,17 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS sessions ("
     " project_id TEXT NOT NULL, session_id TEXT NOT NULL, fingerprint INTEGER NOT NULL,"
     # NUMERIC keeps whole numbers as integers and fractions as reals, as the API sent them.
-    " flags INTEGER NOT NULL DEFAULT 4, input_tokens NUMERIC NOT NULL DEFAULT 0,"
+    " flags INTEGER NOT NULL DEFAULT 12, input_tokens NUMERIC NOT NULL DEFAULT 0,"
     " output_tokens NUMERIC NOT NULL DEFAULT 0, turns NUMERIC NOT NULL DEFAULT 0,"
     " duration_ms NUMERIC NOT NULL DEFAULT 0,"
     " PRIMARY KEY (project_id, session_id)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS listing (project_id TEXT PRIMARY KEY, data TEXT NOT NULL)",
 )
-# A version 1 file gains the new columns; its sessions count as missed once (flags 4) with no
-# contribution, so the first listing after the upgrade rebuilds the gauges as before.
+# A version 1 file gains the new columns; its sessions are flagged missed once and their run
+# not read yet (flags 12), so the first listing after the upgrade reads each run it lists
+# (counting nothing) and drops, as before, the sessions it does not list.
 _MIGRATE_V1 = (
-    "ALTER TABLE sessions ADD COLUMN flags INTEGER NOT NULL DEFAULT 4",
+    "ALTER TABLE sessions ADD COLUMN flags INTEGER NOT NULL DEFAULT 12",
     *(f"ALTER TABLE sessions ADD COLUMN {c} NUMERIC NOT NULL DEFAULT 0" for c in _RUN_COLUMNS),
 )
 _SESSION_ROWS = "session_id, fingerprint, flags, " + ", ".join(_RUN_COLUMNS)
@@ -323,7 +324,7 @@ class StateFile:
                 )
                 bad = db.execute(
                     "SELECT 1 FROM sessions WHERE typeof(flags) != 'integer' OR flags < 0"
-                    f" OR flags > 6 OR (flags & 3) = 3 OR {amounts} LIMIT 1"
+                    f" OR flags > 14 OR (flags & 3) = 3 OR {amounts} LIMIT 1"
                 ).fetchone()
                 if bad is not None:
                     return BAD_SESSIONS
@@ -589,7 +590,7 @@ def _parse_listing(data: object) -> ListingState | None:
         and type(state.full_next) is bool
         and type(state.since_full) is int
         and state.since_full >= 0
-        and (state.newest is None or (type(state.newest) in (int, float) and state.newest >= 0))
+        and (state.newest is None or type(state.newest) in (int, float))
     ):
         return None
     if state.newest is not None and not math.isfinite(state.newest):

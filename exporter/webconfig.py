@@ -404,11 +404,17 @@ class WebConfig:
         return f"<WebConfig{where}: {self.describe()}>"
 
     def _bcrypt(self, password: bytes, hashed: bytes) -> bool:
-        with self._bcrypt_lock:
-            try:
-                return bcrypt.checkpw(password[:BCRYPT_MAX_PASSWORD_BYTES], hashed)
-            except ValueError:
-                return False
+        """One bcrypt check at a time, and none waits for another: while one runs, the next
+        fails at once. Wrong passwords sent in a flood then hold one app worker, never all
+        of them, so scrapes with a password already checked (cached) are still answered."""
+        if not self._bcrypt_lock.acquire(blocking=False):
+            return False
+        try:
+            return bcrypt.checkpw(password[:BCRYPT_MAX_PASSWORD_BYTES], hashed)
+        except ValueError:
+            return False
+        finally:
+            self._bcrypt_lock.release()
 
 
 class _AuthCache:

@@ -353,3 +353,10 @@ def test_gauge_sums_are_the_correctly_rounded_sums_of_what_is_stored(
         runs.put(slot, *fields)
     stored = [runs.get(slot) for slot in range(10)]
     assert runs.sums() == tuple(math.fsum(column) for column in zip(*stored, strict=True))
+
+
+def test_a_boolean_where_a_count_belongs_is_never_taken_for_an_unchanged_run() -> None:
+    tracker = SessionTracker()
+    aggregate([[session("a", turns=1)]], tracker)
+    result = aggregate([[session("a", turns=True)]], tracker)
+    assert result.snapshot.invalid_items == 1

@@ -153,7 +153,13 @@ changes = st.tuples(
 )
 # Per poll: the changes and after which page each happens (0: before the listing).
 polls = st.lists(
-    st.lists(st.tuples(st.integers(0, 6), changes), max_size=5),
+    st.lists(
+        st.tuples(st.integers(0, 6), changes).map(
+            # Most deletions between listings: one during a listing ends the comparison.
+            lambda p: (0, p[1]) if p[1][0] == "delete" and p[1][1] % 4 else p
+        ),
+        max_size=5,
+    ),
     min_size=2,
     max_size=14,
 )
@@ -222,6 +228,14 @@ def test_auto_equals_full_after_every_full_listing(
         auto_pages += n
         assert auto_api.items == full_api.items  # the same history for both
         live = {item["session_id"] for item in full_api.items}
+        shifted = any(e[0] == "delete" for k, evs in events.items() if k > 0 for e in evs)
+        if shifted and live - {sid for sid, _ in full.fingerprints()}:
+            # A deletion while the listing paged shifted a session past it. Full listings
+            # count it at the next poll; an incremental one only at the next full listing,
+            # so a run it had in between is missed: the limit of offset tokens the README
+            # states. Stop comparing here.
+            observe("a listing skipped a session (a deletion shifted the pages)")
+            break
         if live & {*a.removed, *b.removed}:
             # A session that moved during two listings in a row was missed by both and
             # dropped: it will count as created again. Full listings share that limit of

@@ -563,6 +563,21 @@ def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
         assert (result.new_runs.runs, result.new_runs.sessions_created) == (1, 1)
         assert result.removed == ("gone",)
         assert result.snapshot.sessions == 2
+        # The gauges are read from the listing, as a fresh start would give them.
+        fresh = aggregate([[session("a"), session("new", turns=4)]]).snapshot
+        assert (
+            result.snapshot.by_status()
+            == fresh.by_status()
+            == {
+                "never_run": 0,
+                "ok": 2,
+                "error": 0,
+            }
+        )
+        assert (result.snapshot.input_tokens, result.snapshot.turns) == (
+            fresh.input_tokens,
+            fresh.turns,
+        )
         state.save("p", saved.totals + result.new_runs, result, tracker)
     with StateFile(path) as state:
         assert sorted(state.load(["p"])["p"].sessions or []) == sorted(tracker.rows())
