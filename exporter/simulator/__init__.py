@@ -1,0 +1,55 @@
+"""A simulated LlamaCloud chat API, served over real HTTP on loopback.
+
+It answers ``GET /api/v1/chat`` the way LlamaCloud does (bearer keys scoped to projects, opaque page
+tokens, FastAPI-style error bodies), so the exporter can be demonstrated, tested and benchmarked
+without an account. Data is synthetic and deterministic for a seed. Faults (rate limits, 5xx bursts,
+stalls, truncated bodies, malformed items, endless listings) can be injected once on demand or
+recur at configured rates (:class:`FaultConfig`, also on the command line), drawn from a seeded RNG
+so that retries, timeouts and hostile pagination can be exercised end to end and reproduced.
+
+Timestamps follow a simulated clock that starts at the wall clock's time (or ``clock_start``)
+and moves by ``STEP_SECONDS`` per ``step()``. Items match the models of the official SDK
+(``llama-cloud``), strict response validation included, unless malformed items are injected.
+
+Listings come in creation order or newest first by ``last_updated_at`` (``order=``). With offset
+page tokens the latter makes sessions move between pages while a client pages through, which
+``rerun``, ``touch``, ``create_sessions``, ``delete_session`` and ``page_hook`` can reproduce.
+
+Run ``python -m exporter.simulator --help`` for the command line.
+
+The package, by job:
+
+- ``core``: ``Simulator``, one lock over projects, the clock, test hooks, fault state and listing.
+- ``model``: the synthetic data: ``_Project``, session and run generation, timestamps.
+- ``faults``: ``FaultConfig``, one-shot ``_Fault``, a request's ``_Decision``, malformed items.
+- ``paging``: page tokens, ``page_size`` parsing, the page size default and page cache budget.
+- ``server``: the HTTP face: path, bearer auth, FastAPI-style errors, handler and server.
+- ``cli``: ``main``, the command line; ``__main__`` runs it.
+
+Everything other code uses is imported from here, ``exporter.simulator``.
+"""
+
+from __future__ import annotations
+
+from .cli import main
+from .core import ORDERS, Simulator
+from .core import REQUEST_LOG_SIZE as REQUEST_LOG_SIZE
+from .faults import MALFORMED_KINDS, FaultConfig
+from .model import HISTORY_DAYS as HISTORY_DAYS
+from .model import SHARED_ACCESS
+from .model import STEP_SECONDS as STEP_SECONDS
+from .paging import DEFAULT_PAGE_SIZE as DEFAULT_PAGE_SIZE
+from .paging import PAGE_CACHE_BYTES as PAGE_CACHE_BYTES
+from .server import CHAT_PATH, DEFAULT_API_KEY, RequestRecord
+
+__all__ = [
+    "CHAT_PATH",
+    "DEFAULT_API_KEY",
+    "MALFORMED_KINDS",
+    "ORDERS",
+    "SHARED_ACCESS",
+    "FaultConfig",
+    "RequestRecord",
+    "Simulator",
+    "main",
+]

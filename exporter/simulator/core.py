@@ -1,0 +1,785 @@
+"""The ``Simulator``: projects, the simulated clock, test hooks, fault state and the
+listing logic (auth, access, pages and their cache), behind one lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from .faults import _SERVER_ERRORS, FaultConfig, _Decision, _Fault, _malformed_item
+from .model import (
+    _ENCODER,
+    _EPOCH,
+    _TITLES,
+    HISTORY_DAYS,
+    STEP_SECONDS,
+    _clock_start_us,
+    _find,
+    _format_ts,
+    _new_sessions,
+    _parse_us,
+    _Project,
+    _run_dict,
+    _run_values,
+    _ts_style,
+)
+from .paging import PAGE_CACHE_BYTES, _decode_token, _encode_token, _page_size
+from .server import (
+    CHAT_PATH,
+    DEFAULT_API_KEY,
+    RequestRecord,
+    _ApiError,
+    _bearer,
+    _detail_body,
+    _Handler,
+    _missing,
+    _Server,
+    _Server6,
+)
+
+# Listing orders: ``Simulator(order=...)`` and ``--order``.
+ORDERS = ("newest-first", "created")
+REQUEST_LOG_SIZE = 10_000
+# The package's name, which callers configure logging by (as before it was split up).
+_log = logging.getLogger("exporter.simulator")
+
+
+class Simulator:
+    """A LlamaCloud chat API with synthetic, evolving projects and injectable faults.
+
+    Faults come two ways: one-shot calls (``fail_next``, ``hang_next``, ``truncate_next``) for
+    tests that need one exact failure, and a recurring :class:`FaultConfig` (``faults=`` or the
+    ``faults`` attribute) for soak runs, demos and benchmarks. Every public method is
+    thread-safe: one lock guards the data, the faults and the log.
+
+    ``order`` is ``"created"`` (items in creation order; a re-run stays in place) or
+    ``"newest-first"`` (by ``last_updated_at`` descending, ties in a stable order; a re-run or a
+    new session goes to the front). ``page_hook``, if set, is called as
+    ``hook(project_id, offset, page_size)`` after each 200 chat page is rendered and before it
+    is sent, outside the lock, so a test can change data in the middle of a listing.
+
+    ``clock_start`` is when the simulated clock starts (a naive datetime is UTC); None, the
+    default, takes the wall clock at construction, rounded down to the second, so a demo's
+    sessions are recent. The initial history lies in the ``HISTORY_DAYS`` before it. The data
+    is the same for a seed whatever the start, only shifted in time; pass a fixed start where
+    the exact timestamps matter.
+    """
+
+    def __init__(
+        self,
+        *,
+        projects: int = 3,
+        sessions_per_project: int = 50,
+        seed: int = 0,
+        api_keys: dict[str, str] | None = None,
+        error_share: float = 0.1,
+        max_page_size: int = 1000,
+        evolve_every: float | None = None,
+        api_key: str = DEFAULT_API_KEY,
+        faults: FaultConfig | None = None,
+        order: str = "created",
+        clock_start: datetime | None = None,
+    ) -> None:
+        if projects < 0 or sessions_per_project < 0:
+            raise ValueError("projects and sessions_per_project must not be negative")
+        if not 0.0 <= error_share <= 1.0:
+            raise ValueError("error_share must be between 0 and 1")
+        if max_page_size < 1:
+            raise ValueError("max_page_size must be at least 1")
+        if evolve_every is not None and evolve_every <= 0:
+            raise ValueError("evolve_every must be positive (or None to disable)")
+        if not api_key:
+            raise ValueError("api_key must not be empty")
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
+        self.seed = seed
+        self._order = order
+        self.page_hook: Callable[[str, int, int], None] | None = None
+        self.error_share = error_share
+        self.max_page_size = max_page_size
+        self.evolve_every = evolve_every
+        self.latency = 0.0
+        self.api_key = api_key
+        self._lock = threading.RLock()
+        self._projects: dict[str, _Project] = {}
+        self._faults: list[_Fault] = []
+        self._requests: deque[RequestRecord] = deque(maxlen=REQUEST_LOG_SIZE)
+        self._request_count = 0
+        self._stalled = 0
+        self._cache_total = 0
+        self._clock_us = _clock_start_us(clock_start)
+        self._fresh_us = 0  # the last timestamp a test hook handed out
+        self._server: _Server | None = None
+        self._serve_thread: threading.Thread | None = None
+        self._evolve_thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._base_url: str | None = None
+        self._fault_config = FaultConfig()
+        self._fault_rng = random.Random()
+        self._fault_requests = 0
+        self.faults = FaultConfig() if faults is None else faults
+
+        keys = dict(api_keys or {})
+        master = random.Random(seed)
+        for _ in range(projects):
+            project_id = str(uuid.UUID(int=master.getrandbits(128), version=4))
+            self._create(project_id, keys.pop(project_id, None), None, sessions_per_project)
+        for project_id, key in keys.items():
+            self._create(project_id, key, None, sessions_per_project)
+
+    # ----------------------------------------------------------------- data
+
+    @property
+    def order(self) -> str:
+        """The listing order: ``"created"`` or ``"newest-first"``."""
+        return self._order
+
+    @property
+    def project_ids(self) -> list[str]:
+        """Project ids in creation order."""
+        with self._lock:
+            return list(self._projects)
+
+    @property
+    def stalled(self) -> int:
+        """Requests held by a hang or timeout fault right now (not yet answered or logged)."""
+        with self._lock:
+            return self._stalled
+
+    @property
+    def request_count(self) -> int:
+        """Every request answered since construction (the log itself keeps only the latest)."""
+        with self._lock:
+            return self._request_count
+
+    @property
+    def requests(self) -> list[RequestRecord]:
+        """A copy of the last ``REQUEST_LOG_SIZE`` requests, oldest first."""
+        with self._lock:
+            return list(self._requests)
+
+    def clear_requests(self) -> None:
+        """Forget the request log, so a test can look at its own requests only."""
+        with self._lock:
+            self._requests.clear()
+
+    @property
+    def clock(self) -> datetime:
+        """The simulated time: ``clock_start`` (the wall clock at construction by default) plus
+        ``STEP_SECONDS`` per ``step()``; nothing else moves it (after construction, nothing reads
+        the wall clock)."""
+        with self._lock:
+            return (_EPOCH + timedelta(microseconds=self._clock_us)).replace(tzinfo=timezone.utc)
+
+    def set_sessions(self, project_id: str, items: list[Any]) -> None:
+        """Serve exactly these items (any JSON values, malformed ones included) for golden tests.
+
+        They are listed in the order given, in either listing order; later changes follow it.
+        """
+        encoded = [_ENCODER.encode(item).encode() for item in items]
+        stamps = [
+            _parse_us(item.get("last_updated_at")) if isinstance(item, dict) else None
+            for item in items
+        ]
+        newest = max((us for us in stamps if us is not None), default=0)
+        with self._lock:
+            project = self._projects.get(project_id)
+            if project is None:
+                project = self._create(project_id, None, None, 0)
+            project.items = encoded
+            project.newest_us = newest
+            self._bump(project)
+
+    def sessions(self, project_id: str) -> list[Any]:
+        """A deep copy of the project's current items, in listing order."""
+        with self._lock:
+            items = list(self._project(project_id).items)
+        return [json.loads(item) for item in items]
+
+    def add_project(
+        self,
+        project_id: str,
+        *,
+        api_key: str | None = None,
+        organization_id: str | None = None,
+        sessions: int = 0,
+    ) -> None:
+        """Add a project (``api_key=None``: the shared key works); ValueError if it exists."""
+        if sessions < 0:
+            raise ValueError("sessions must not be negative")
+        with self._lock:
+            if project_id in self._projects:
+                raise ValueError(f"project {project_id!r} already exists")
+            self._create(project_id, api_key, organization_id, sessions)
+
+    def set_endless(self, project_id: str, endless: bool = True) -> None:
+        """Make every page repeat the first page's items with a fresh next_page_token, forever."""
+        with self._lock:
+            self._project(project_id).endless = endless
+
+    def set_repeat_token(self, project_id: str, repeat: bool = True) -> None:
+        """Make every page carry the same next_page_token, so a naive client loops."""
+        with self._lock:
+            self._project(project_id).repeat_token = repeat
+
+    def step(self, n: int = 1, seconds: float = STEP_SECONDS) -> None:
+        """Advance the simulated clock ``n`` ticks of ``seconds``, evolving every project once
+        per tick."""
+        with self._lock:
+            for _ in range(n):
+                start = self._clock_us
+                self._clock_us += round(seconds * 10**6)
+                for project in self._projects.values():
+                    self._evolve(project, start, self._clock_us)
+
+    # ---------------------------------------------------------- test hooks
+
+    def rerun(self, project_id: str, session_id: str) -> None:
+        """Give a session a new run and the project's newest ``last_updated_at``.
+
+        KeyError for an unknown project or session. Newest first, the session moves to the front.
+        """
+        with self._lock:
+            project = self._project(project_id)
+            index, item = _find(project, session_id)
+            rng = self._hook_rng(project)
+            item["job_metadata"] = _run_dict(*_run_values(rng, self.error_share))
+            if not item.get("generated_title"):
+                item["generated_title"] = _TITLES[int(rng.random() * len(_TITLES))]
+            self._refresh(project, index, item)
+
+    def touch(self, project_id: str, session_id: str) -> None:
+        """Give a session the project's newest ``last_updated_at`` and change nothing else.
+
+        KeyError for an unknown project or session. Newest first, the session moves to the front.
+        """
+        with self._lock:
+            project = self._project(project_id)
+            index, item = _find(project, session_id)
+            self._refresh(project, index, item)
+
+    def delete_session(self, project_id: str, session_id: str) -> None:
+        """Remove a session; KeyError for an unknown project or session."""
+        with self._lock:
+            project = self._project(project_id)
+            index, _ = _find(project, session_id)
+            del project.items[index]
+            self._bump(project)
+
+    def create_sessions(self, project_id: str, count: int = 1) -> list[str]:
+        """Add ``count`` sessions with the project's newest timestamps; returns their ids.
+
+        Newest first they go to the front (the last created first), otherwise to the end.
+        KeyError for an unknown project, ValueError for a negative count.
+        """
+        if count < 0:
+            raise ValueError("count must not be negative")
+        with self._lock:
+            project = self._project(project_id)
+            if not count:
+                return []
+            first = self._next_us(project, count)
+            rng = self._hook_rng(project)
+            items, _ = _new_sessions(
+                project, count, 0, 0, 0.7, error_share=self.error_share, rng=rng, first_us=first
+            )
+            if self._order == "newest-first":
+                project.items[:0] = reversed(items)
+            else:
+                project.items.extend(items)
+            self._bump(project)
+        return [json.loads(item)["session_id"] for item in items]
+
+    def on_page(
+        self, callback: Callable[[str, int, int], None] | None
+    ) -> Callable[[str, int, int], None] | None:
+        """Set ``page_hook`` (None clears it); returns ``callback``, so it works as a decorator."""
+        self.page_hook = callback
+        return callback
+
+    # -------------------------------------------------------------- faults
+
+    def fail_next(
+        self,
+        count: int = 1,
+        *,
+        status: int = 503,
+        project_id: str | None = None,
+        retry_after: str | None = None,
+        detail: str = "Service Unavailable",
+    ) -> None:
+        """Answer the next ``count`` chat requests with ``status`` and ``{"detail": detail}``."""
+        self._add_fault(
+            _Fault("fail", count, project_id, status=status, retry_after=retry_after, detail=detail)
+        )
+
+    def hang_next(
+        self, count: int = 1, *, seconds: float = 5.0, project_id: str | None = None
+    ) -> None:
+        """Delay the next ``count`` chat requests by ``seconds`` (then answer normally)."""
+        self._add_fault(_Fault("hang", count, project_id, seconds=seconds))
+
+    def truncate_next(self, count: int = 1, *, project_id: str | None = None) -> None:
+        """Cut the body of the next ``count`` chat answers in half (Content-Length matches)."""
+        self._add_fault(_Fault("truncate", count, project_id))
+
+    def clear_faults(self) -> None:
+        """Drop every pending one-shot fault (``faults = FaultConfig()`` ends recurring ones)."""
+        with self._lock:
+            self._faults.clear()
+
+    @property
+    def faults(self) -> FaultConfig:
+        """The recurring faults in force; ``FaultConfig()`` (the default) injects none."""
+        with self._lock:
+            return self._fault_config
+
+    @faults.setter
+    def faults(self, config: FaultConfig) -> None:
+        """Replace the recurring faults and restart their draws.
+
+        The fault RNG and the request count that bursts are measured from start afresh, so what
+        follows depends only on the seed, the config and the requests from here on.
+        """
+        if not isinstance(config, FaultConfig):
+            raise TypeError("faults must be a FaultConfig")
+        with self._lock:
+            self._fault_config = config
+            self._fault_rng = random.Random(f"faults:{self.seed}")
+            self._fault_requests = 0
+            for project in self._projects.values():
+                self._drop_pages(project)  # malformed items are decided when a page is rendered
+
+    # -------------------------------------------------------------- server
+
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Bind and serve in a daemon thread; returns the base URL (port 0 picks a free one)."""
+        with self._lock:
+            if self._server is not None:
+                raise RuntimeError("simulator already started")
+            self._stopping = threading.Event()
+            server_cls = _Server6 if ":" in host else _Server
+            server = server_cls((host, port), _Handler, self, self._stopping)
+            self._server = server
+            bound_host = host
+            if host in ("", "0.0.0.0"):
+                bound_host = "127.0.0.1"
+            elif host == "::":
+                bound_host = "::1"
+            if ":" in bound_host:
+                bound_host = f"[{bound_host}]"
+            self._base_url = f"http://{bound_host}:{server.server_address[1]}"
+            self._serve_thread = threading.Thread(
+                target=server.serve_forever,
+                kwargs={"poll_interval": 0.1},
+                name="simulator-http",
+                daemon=True,
+            )
+            self._serve_thread.start()
+            if self.evolve_every is not None:
+                self._evolve_thread = threading.Thread(
+                    target=self._evolve_loop,
+                    args=(self.evolve_every, self._stopping),
+                    name="simulator-evolve",
+                    daemon=True,
+                )
+                self._evolve_thread.start()
+            return self._base_url
+
+    def stop(self) -> None:
+        """Stop serving, close open keep-alive connections and join the threads; idempotent."""
+        with self._lock:
+            server, self._server = self._server, None
+            serve_thread, self._serve_thread = self._serve_thread, None
+            evolve_thread, self._evolve_thread = self._evolve_thread, None
+            self._stopping.set()
+        if server is not None:
+            server.shutdown()
+            server.close_connections()
+            server.server_close()
+        for thread in (serve_thread, evolve_thread):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout=10)
+
+    @property
+    def base_url(self) -> str:
+        """``http://host:port`` of the running server."""
+        if self._base_url is None:
+            raise RuntimeError("simulator not started")
+        return self._base_url
+
+    def __enter__(self) -> Simulator:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------ internals
+
+    def _project(self, project_id: str) -> _Project:
+        try:
+            return self._projects[project_id]
+        except KeyError:
+            raise KeyError(f"unknown project {project_id!r}") from None
+
+    def _create(
+        self, project_id: str, api_key: str | None, organization_id: str | None, sessions: int
+    ) -> _Project:
+        rng = random.Random(f"{self.seed}:{project_id}")
+        pool = tuple(f"idx-{rng.getrandbits(48):012x}" for _ in range(4))
+        project = _Project(project_id, api_key, organization_id, rng, pool, target=sessions)
+        self._projects[project_id] = project
+        if sessions:
+            start = self._clock_us - HISTORY_DAYS * 86_400 * 10**6
+            items, stamps = _new_sessions(
+                project, sessions, start, self._clock_us, 0.85, error_share=self.error_share
+            )
+            if self._order == "newest-first":
+                ranks = sorted(range(len(items)), key=stamps.__getitem__, reverse=True)
+                items = [items[i] for i in ranks]
+            project.items = items
+            project.newest_us = max(stamps)
+        return project
+
+    def _evolve(self, project: _Project, start_us: int, end_us: int) -> None:
+        """One tick: some sessions re-run, some are deleted, some appear (a few never run).
+
+        Newest first, re-run and new sessions go to the front, newest first among themselves;
+        their timestamps then also lie after every timestamp the project has (test hooks may
+        have handed out ones after ``start_us``), so the listing stays sorted.
+        """
+        rng = project.rng
+        items = project.items
+        size = len(items)
+        span = end_us - start_us
+        newest_first = self._order == "newest-first"
+        if newest_first:
+            start_us = max(start_us, project.newest_us)
+        moved: list[tuple[int, bytes]] = []  # (timestamp, item) of re-runs, in listing order
+        if size:
+            # Means: about 2% of sessions deleted and 2% re-run per tick, at least a few.
+            deletes = min(size, rng.randint(0, max(1, round(size * 0.04))))
+            reruns = min(size - deletes, 1 + rng.randint(0, max(2, round(size * 0.04))))
+            chosen = rng.sample(range(size), deletes + reruns)
+            gone = set(chosen[:deletes])
+            rerun_stamps: dict[int, int] = {}
+            for index in chosen[deletes:]:
+                item = json.loads(items[index])
+                if not isinstance(item, dict):
+                    continue  # malformed golden data stays as it is
+                # Keep the session's timestamp style: naive, "+00:00" or "Z".
+                style = _ts_style(item.get("last_updated_at"))
+                us = start_us + 1 + int(rng.random() * span)
+                item["last_updated_at"] = _format_ts(us, style)
+                item["job_metadata"] = _run_dict(*_run_values(rng, self.error_share))
+                if not item.get("generated_title"):
+                    item["generated_title"] = _TITLES[int(rng.random() * len(_TITLES))]
+                items[index] = _ENCODER.encode(item).encode()
+                rerun_stamps[index] = us
+            if rerun_stamps:
+                project.newest_us = max(project.newest_us, *rerun_stamps.values())
+            if newest_first:
+                moved = [(rerun_stamps[i], items[i]) for i in sorted(rerun_stamps)]
+                gone.update(rerun_stamps)
+            items = [item for i, item in enumerate(items) if i not in gone]
+        # Creation balances deletion around the initial size, so a long demo neither empties
+        # nor explodes.
+        created = rng.randint(0, max(1, round(project.target * 0.04)))
+        new_items, stamps = _new_sessions(
+            project, created, start_us, start_us + span, 0.7, error_share=self.error_share
+        )
+        if stamps:
+            project.newest_us = max(project.newest_us, *stamps)
+        if newest_first:
+            moved.extend(zip(stamps, new_items, strict=True))
+            moved.sort(key=lambda pair: pair[0], reverse=True)  # stable, so ties keep their order
+            items[:0] = [item for _, item in moved]
+        else:
+            items.extend(new_items)
+        project.items = items
+        self._bump(project)
+
+    def _hook_rng(self, project: _Project) -> random.Random:
+        if project.hook_rng is None:
+            project.hook_rng = random.Random(f"{self.seed}:{project.project_id}:hooks")
+        return project.hook_rng
+
+    def _next_us(self, project: _Project, count: int = 1) -> int:
+        """The first of ``count`` fresh timestamps (microseconds) for a test hook.
+
+        They follow the clock, every stamp handed out before and the project's newest, so they
+        increase strictly from call to call without reading the wall clock.
+        """
+        first = max(self._clock_us, self._fresh_us, project.newest_us) + 1
+        self._fresh_us = first + count - 1
+        project.newest_us = max(project.newest_us, self._fresh_us)
+        return first
+
+    def _refresh(self, project: _Project, index: int, item: dict[str, Any]) -> None:
+        """Store ``item`` with a fresh newest ``last_updated_at`` (to the front, newest first)."""
+        style = _ts_style(item.get("last_updated_at"))
+        item["last_updated_at"] = _format_ts(self._next_us(project), style)
+        encoded = _ENCODER.encode(item).encode()
+        if self._order == "newest-first":
+            del project.items[index]
+            project.items.insert(0, encoded)
+        else:
+            project.items[index] = encoded
+        self._bump(project)
+
+    def _bump(self, project: _Project) -> None:
+        """Invalidate the project's rendered pages after its data changed."""
+        project.version += 1
+        self._drop_pages(project)
+
+    def _drop_pages(self, project: _Project) -> None:
+        self._cache_total -= project.cache_bytes
+        project.cache.clear()
+        project.cache_bytes = 0
+
+    def _add_fault(self, fault: _Fault) -> None:
+        if fault.remaining < 1:
+            raise ValueError("count must be at least 1")
+        with self._lock:
+            self._faults.append(fault)
+
+    def _take_fault(self, kind: str, project_id: str | None) -> _Fault | None:
+        for i, fault in enumerate(self._faults):
+            if fault.kind == kind and fault.project_id in (None, project_id):
+                fault.remaining -= 1
+                if fault.remaining <= 0:
+                    del self._faults[i]
+                return fault
+        return None
+
+    def _decide(self) -> _Decision | None:
+        """Draw the recurring faults for one chat request; call with the lock held.
+
+        Every request draws the same five numbers whichever faults are on, so changing one
+        share does not reshuffle when the others strike.
+        """
+        config = self._fault_config
+        if not config.per_request:
+            return None
+        self._fault_requests += 1
+        number = self._fault_requests
+        rand = self._fault_rng.random
+        stall_draw = rand()
+        limit_draw = rand()
+        error_draw = rand()
+        kind_draw = rand()
+        cut_draw = rand()
+        every = config.server_error_burst_every
+        error: tuple[int, str, tuple[tuple[str, str], ...]] | None = None
+        if every and number >= every and number % every < config.server_error_burst_length:
+            error = (503, "Service Unavailable", ())
+        elif limit_draw < config.rate_limit_share:
+            retry_after = (("Retry-After", str(config.rate_limit_retry_after)),)
+            error = (429, "Too Many Requests", retry_after)
+        elif error_draw < config.server_error_share:
+            status, detail = _SERVER_ERRORS[int(kind_draw * len(_SERVER_ERRORS))]
+            error = (status, detail, ())
+        stall = config.timeout_seconds if stall_draw < config.timeout_share else 0.0
+        return _Decision(stall, error, cut_draw < config.truncate_share)
+
+    def _malform(self, project: _Project, items: list[bytes]) -> list[bytes]:
+        """Replace ``malformed_share`` of ``items`` by broken ones; call with the lock held.
+
+        The choice hashes the seed, the project and the item's bytes, so it does not depend on
+        request order or page size, and a page rendered again comes out the same.
+        """
+        share = self._fault_config.malformed_share
+        key = hashlib.blake2b(f"{self.seed}:{project.project_id}".encode(), digest_size=32).digest()
+        out: list[bytes] = []
+        for item in items:
+            digest = hashlib.blake2b(item, digest_size=8, key=key).digest()
+            bits = int.from_bytes(digest, "big")
+            if (bits >> 11) / 2**53 < share:
+                item = _malformed_item(item, bits & 0x7FF)
+            out.append(item)
+        return out
+
+    def _evolve_loop(self, every: float, stopping: threading.Event) -> None:
+        # Ticks as long as the wait: simulated time keeps to the real clock it started from.
+        while not stopping.wait(every):
+            self.step(seconds=every)
+
+    def _handle(
+        self, method: str, target: str, authorization: str | None, stopping: threading.Event
+    ) -> tuple[int, bytes, tuple[tuple[str, str], ...]]:
+        """Answer one request: (status, body, extra headers). Sleeps happen outside the lock."""
+        split = urlsplit(target)
+        path = split.path
+        query = dict(parse_qsl(split.query, keep_blank_values=True))
+        project_id = query.get("project_id")
+        latency = self.latency
+        if latency > 0:
+            stopping.wait(latency)
+        is_chat = path == CHAT_PATH
+        decision: _Decision | None = None
+        if is_chat:
+            with self._lock:
+                hang = self._take_fault("hang", project_id)
+                if method == "GET":
+                    decision = self._decide()
+            stall = hang.seconds if hang is not None else decision.stall if decision else 0.0
+            if stall > 0:
+                with self._lock:
+                    self._stalled += 1
+                try:
+                    stopping.wait(stall)
+                finally:
+                    with self._lock:
+                        self._stalled -= 1
+        with self._lock:
+            status, body, headers, listed = self._answer(
+                method, path, is_chat, query, authorization, decision
+            )
+            if (
+                is_chat
+                and status == 200
+                and (
+                    self._take_fault("truncate", project_id) is not None
+                    or (decision is not None and decision.truncate)
+                )
+            ):
+                body = body[: len(body) // 2]
+            self._request_count += 1
+            self._requests.append(RequestRecord(path, query, authorization, status, method))
+        hook = self.page_hook
+        if hook is not None and listed is not None:
+            try:
+                hook(*listed)
+            except Exception:
+                _log.exception("page_hook failed for %s", target)
+        return status, body, headers
+
+    def _answer(
+        self,
+        method: str,
+        path: str,
+        is_chat: bool,
+        query: dict[str, str],
+        authorization: str | None,
+        decision: _Decision | None = None,
+    ) -> tuple[int, bytes, tuple[tuple[str, str], ...], tuple[str, int, int] | None]:
+        """(status, body, headers, listed): ``listed`` is (project_id, offset, page_size) of a
+        rendered chat page, else None."""
+        if not is_chat:
+            return 404, _detail_body("Not Found"), (), None
+        if method != "GET":
+            return 405, _detail_body("Method Not Allowed"), (("Allow", "GET"),), None
+        fault = self._take_fault("fail", query.get("project_id"))
+        if fault is not None:
+            headers = (("Retry-After", fault.retry_after),) if fault.retry_after else ()
+            return fault.status, _detail_body(fault.detail), headers, None
+        if decision is not None and decision.error is not None:
+            status, detail, extra = decision.error
+            return status, _detail_body(detail), extra, None
+        try:
+            body, listed = self._list(query, authorization)
+        except _ApiError as err:
+            return err.status, _detail_body(err.detail), err.headers, None
+        return 200, body, (), listed
+
+    def _list(
+        self, query: dict[str, str], authorization: str | None
+    ) -> tuple[bytes, tuple[str, int, int]]:
+        """The chat listing, checked in the order the real service does: auth, input, access.
+
+        Returns the page and (project_id, offset, page_size); an endless page's offset is 0.
+        """
+        key = _bearer(authorization)
+        known = key == self.api_key or any(p.api_key == key for p in self._projects.values())
+        if not known:
+            raise _ApiError(401, "Invalid API key", (("WWW-Authenticate", "Bearer"),))
+        project_id = query.get("project_id")
+        if project_id is None:
+            raise _ApiError(422, _missing("project_id"))
+        page_size = _page_size(query.get("page_size"), self.max_page_size)
+        project = self._projects.get(project_id)
+        if project is None:
+            raise _ApiError(404, f"Project {project_id} not found")
+        if key != (project.api_key or self.api_key):
+            raise _ApiError(403, "API key does not have access to this project")
+        organization_id = query.get("organization_id")
+        if project.organization_id and organization_id not in (None, project.organization_id):
+            raise _ApiError(404, f"Project {project_id} not found in organization")
+        token = query.get("page_token") or None
+        kind, number = ("o", 0) if token is None else _decode_token(token, project.tag)
+        if project.endless or project_id in self._fault_config.endless_projects:
+            counter = number + 1 if kind == "e" else 1
+            return self._endless_page(project, page_size, counter), (project_id, 0, page_size)
+        if kind != "o":
+            raise _ApiError(400, "Invalid page_token")
+        return self._page(project, page_size, number), (project_id, number, page_size)
+
+    def _page(self, project: _Project, page_size: int, offset: int) -> bytes:
+        mode = "repeat" if project.repeat_token else "normal"
+        cache_key = (mode, page_size, offset)
+        page = project.cache.get(cache_key)
+        if page is not None:
+            project.cache.move_to_end(cache_key)
+            return page
+        end = offset + page_size
+        chunk = project.items[offset:end]
+        if self._fault_config.malformed_share:
+            chunk = self._malform(project, chunk)
+        parts = [b'{"items":[', b",".join(chunk), b"]"]
+        if project.repeat_token:
+            next_token: str | None = _encode_token(project.tag, "o", page_size)
+        elif end < len(project.items):
+            next_token = _encode_token(project.tag, "o", end)
+        else:
+            next_token = None
+        if next_token is not None:
+            parts.append(b',"next_page_token":"' + next_token.encode() + b'"')
+        parts.append(b"}")
+        page = b"".join(parts)
+        self._remember(project, cache_key, page)
+        return page
+
+    def _endless_page(self, project: _Project, page_size: int, counter: int) -> bytes:
+        cache_key = ("endless", page_size, 0)
+        prefix = project.cache.get(cache_key)
+        if prefix is None:
+            chunk = project.items[:page_size]
+            if self._fault_config.malformed_share:
+                chunk = self._malform(project, chunk)
+            prefix = b'{"items":[' + b",".join(chunk) + b"]"
+            self._remember(project, cache_key, prefix)
+        token = _encode_token(project.tag, "e", counter).encode()
+        return prefix + b',"next_page_token":"' + token + b'"}'
+
+    def _remember(self, project: _Project, key: tuple[str, int, int], page: bytes) -> None:
+        """Cache a rendered page, evicting least recently used pages beyond the byte budget."""
+        if len(page) > PAGE_CACHE_BYTES:
+            return
+        project.cache[key] = page
+        project.cache_bytes += len(page)
+        self._cache_total += len(page)
+        if self._cache_total <= PAGE_CACHE_BYTES:
+            return
+        victims = [project, *(p for p in self._projects.values() if p is not project)]
+        for victim in victims:
+            while self._cache_total > PAGE_CACHE_BYTES and victim.cache:
+                _, dropped = victim.cache.popitem(last=False)
+                victim.cache_bytes -= len(dropped)
+                self._cache_total -= len(dropped)

@@ -1,0 +1,163 @@
+"""The HTTP face: the path, bearer auth, FastAPI-style errors and a threaded server.
+
+``_Handler`` only parses and writes HTTP; every answer is decided by ``Simulator._handle``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import sys
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any, cast
+
+from .model import _ENCODER
+
+if TYPE_CHECKING:
+    from .core import Simulator
+
+CHAT_PATH = "/api/v1/chat"
+DEFAULT_API_KEY = "llx-demo-key"
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request as the server saw it, so tests can assert what the client sent."""
+
+    path: str
+    query: dict[str, str]
+    authorization: str | None
+    status: int
+    method: str = "GET"
+
+
+class _ApiError(Exception):
+    """An HTTP error answer with a FastAPI-style ``{"detail": ...}`` body."""
+
+    def __init__(self, status: int, detail: Any, headers: Iterable[tuple[str, str]] = ()) -> None:
+        super().__init__(status, detail)
+        self.status = status
+        self.detail = detail
+        self.headers = tuple(headers)
+
+
+def _detail_body(detail: Any) -> bytes:
+    return _ENCODER.encode({"detail": detail}).encode()
+
+
+def _missing(name: str) -> list[dict[str, Any]]:
+    """The 422 detail FastAPI gives for a missing required query parameter."""
+    return [{"type": "missing", "loc": ["query", name], "msg": "Field required", "input": None}]
+
+
+def _bearer(authorization: str | None) -> str:
+    if not authorization:
+        raise _ApiError(401, "Not authenticated", (("WWW-Authenticate", "Bearer"),))
+    scheme, _, key = authorization.partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
+        raise _ApiError(401, "Invalid authentication scheme", (("WWW-Authenticate", "Bearer"),))
+    return key
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Thin HTTP layer: all decisions are made by ``Simulator._handle``."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server_version = "llamacloud-simulator"
+    sys_version = ""
+
+    def setup(self) -> None:
+        super().setup()
+        cast("_Server", self.server).track(self.connection, add=True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            cast("_Server", self.server).track(self.connection, add=False)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silenced: a benchmark would otherwise spend its time writing to stderr."""
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def _dispatch(self, method: str) -> None:
+        server = cast("_Server", self.server)
+        length = self.headers.get("Content-Length")
+        if length and length.isdigit():
+            self.rfile.read(int(length))  # drain, so the connection can be reused
+        status, body, headers = server.simulator._handle(
+            method, self.path, self.headers.get("Authorization"), server.stopping
+        )
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            for name, value in headers:
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:
+            self.close_connection = True  # the client gave up (e.g. after its timeout)
+
+
+class _Server(ThreadingHTTPServer):
+    """Threaded server that remembers open connections so ``stop()`` can close keep-alives."""
+
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        simulator: Simulator,
+        stopping: threading.Event,
+    ) -> None:
+        self.simulator = simulator
+        self.stopping = stopping
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(address, handler)
+
+    def track(self, connection: socket.socket, *, add: bool) -> None:
+        with self._connections_lock:
+            if add:
+                self._connections.add(connection)
+            else:
+                self._connections.discard(connection)
+
+    def close_connections(self) -> None:
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients dropping connections is normal here; anything else is still reported."""
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        super().handle_error(request, client_address)
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
