@@ -256,7 +256,11 @@ class _Connection:
     reader: asyncio.StreamReader = field(repr=False)
     writer: asyncio.StreamWriter = field(repr=False)
     task: asyncio.Task[None] | None = field(default=None, repr=False)
-    tls: bool = False
+    context: ssl.SSLContext | None = field(default=None, repr=False)  # None: plain HTTP
+
+    @property
+    def tls(self) -> bool:
+        return self.context is not None
 
     def abort(self) -> None:
         """Close at once, dropping anything unsent: for evicted, timed-out or stopped ones."""
@@ -461,7 +465,7 @@ class HttpServer:
                 ssl_handshake_timeout=self.limits.request_timeout,
             )
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-        return _Connection(peer, reader, writer, tls=context is not None)
+        return _Connection(peer, reader, writer, context=context)
 
     async def _serve(self, conn: _Connection) -> None:
         try:
@@ -498,11 +502,14 @@ class HttpServer:
                 return
             self._idle.pop(conn, None)  # a whole request: not evictable until it is answered
             status, headers, body = await self._call(request, conn)
-            head = _response_head(status, headers, len(body), request.keep_alive, request.version)
+            # A reload that changed TLS (a renewed certificate, TLS turned on or off) ends
+            # connections set up under the old one after this answer: the next is set up anew.
+            keep_alive = request.keep_alive and self._tls() is conn.context
+            head = _response_head(status, headers, len(body), keep_alive, request.version)
             send_body = request.method != "HEAD" and status[:3] not in _BODILESS
             if not await self._write(conn, [head, body] if send_body else [head]):
                 return
-            if not request.keep_alive:
+            if not keep_alive:
                 await self._linger(conn)
                 return
             self._idle[conn] = None

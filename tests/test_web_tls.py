@@ -286,3 +286,28 @@ def test_the_container_health_check_passes_behind_tls_and_basic_auth(
     assert health(exp.url + "/healthz") == 0
     assert health(f"https://127.0.0.1:{free_port()}/healthz") == 1  # nobody there
     assert health(exp.url.replace("https", "http") + "/healthz") == 1  # not an HTTP answer
+
+
+def test_a_reload_that_turns_tls_on_ends_plain_keep_alive_connections(
+    tmp_path: Path, ca: trustme.CA
+) -> None:
+    from prometheus_client.registry import CollectorRegistry
+
+    from exporter.server import MetricsServer
+    from exporter.store import Store
+    from exporter.webconfig import load_web_config
+
+    server = MetricsServer("127.0.0.1", 0, Store(), CollectorRegistry(auto_describe=False))
+    server.start()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=5) as client:
+            assert client.get("/healthz").headers.get("connection") != "close"
+            server.web = load_web_config(tls_web_config(ca, tmp_path))  # what a reload does
+            last = client.get("/healthz")  # answered on the old connection, which then ends
+            assert last.status_code == 200 and last.headers["connection"] == "close"
+            with pytest.raises(httpx.HTTPError):
+                client.get("/healthz")  # plain HTTP to a TLS server: no answer
+        https = f"https://127.0.0.1:{server.port}/healthz"
+        assert httpx.get(https, timeout=5, verify=trust(ca)).status_code == 200
+    finally:
+        server.stop()
