@@ -15,7 +15,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -173,6 +173,34 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def verdict(met: bool) -> str:
     return "MET" if met else "NOT MET"
+
+
+Outcome = list[tuple[str, bool, str]]
+
+
+def print_targets(outcome: Outcome) -> None:
+    print("\n## Targets\n")
+    for target, met, detail in outcome:
+        print(f"- {verdict(met)}: {target}: {detail}")
+
+
+def standalone(
+    name: str, title: str, argv: Sequence[str] | None, measure: Callable[[], Outcome]
+) -> int:
+    """A benchmark run as ``python -m bench.NAME``: the machine, the command, its targets."""
+    print(f"# llamacloud-exporter {title}")
+    print()
+    for line in machine_lines():
+        print(f"    {line}")
+    shown = list(argv) if argv is not None else sys.argv[1:]
+    print(f"    command:     python -m bench.{name} {' '.join(shown)}".rstrip())
+    try:
+        outcome = measure()
+    except BenchError as exc:
+        print(f"\n{name}: could not run: {exc}", file=sys.stderr)
+        return 1
+    print_targets(outcome)
+    return 0
 
 
 # ------------------------------------------------------------------ child processes

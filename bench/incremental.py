@@ -73,10 +73,10 @@ from bench.common import (
     _Lines,
     _tail,
     load_average,
-    machine_lines,
     peak_rss_bytes,
     proc_cpu_seconds,
     rss_bytes,
+    standalone,
     stop_process,
     table,
     verdict,
@@ -836,21 +836,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     size = (args.projects or default[0], args.sessions or default[1])
     if min(size) < 1:
         parser.error("--projects and --sessions must be at least 1")
-    print("# llamacloud-exporter incremental listings")
-    print()
-    for line in machine_lines():
-        print(f"    {line}")
-    shown = list(argv) if argv is not None else sys.argv[1:]
-    print(f"    command:     python -m bench.incremental {' '.join(shown)}".rstrip())
-    try:
-        outcome = run(quick=args.quick, size=size)
-    except BenchError as exc:
-        print(f"\nincremental: could not run: {exc}", file=sys.stderr)
-        return 1
-    print("\n## Targets\n")
-    for target, met, detail in outcome:
-        print(f"- {verdict(met)}: {target}: {detail}")
-    return 0
+    return standalone(
+        "incremental", "incremental listings", argv, lambda: run(quick=args.quick, size=size)
+    )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # run as ``python bench/run.py``
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import idle, incremental, memory, poll, scrape, soak
-from bench.common import REPO_ROOT, BenchError, machine_lines, verdict
+from bench.common import REPO_ROOT, BenchError, machine_lines, print_targets
 
 BENCHMARKS = ("poll", "memory", "scrape", "idle", "incremental")
 ON_REQUEST = ("soak",)  # long: run only when named with --only
@@ -114,9 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"({name} took {time.monotonic() - began:.0f} s)")
         sys.stdout.flush()
 
-    print("\n## Targets\n")
-    for target, met, detail in outcome:
-        print(f"- {verdict(met)}: {target}: {detail}")
+    print_targets(outcome)
     for name in failed:
         print(f"- FAILED TO RUN: {name}")
     print(f"\nTotal {time.monotonic() - started:.0f} s.")

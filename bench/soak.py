@@ -56,10 +56,10 @@ from bench.common import (
     BenchError,
     free_port,
     load_average,
-    machine_lines,
     median,
     percentile,
     simulator_process,
+    standalone,
     stop_process,
     table,
     verdict,
@@ -1093,21 +1093,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.minutes * 60 < CYCLE * 10:
         parser.error(f"--minutes must give at least {CYCLE * 10:.0f} s")
-    print("# llamacloud-exporter soak")
-    print()
-    for line in machine_lines():
-        print(f"    {line}")
-    shown = list(argv) if argv is not None else sys.argv[1:]
-    print(f"    command:     python -m bench.soak {' '.join(shown)}".rstrip())
-    try:
-        outcome = run(quick=False, minutes=args.minutes, keep_log=args.keep_log)
-    except BenchError as exc:
-        print(f"\nsoak: could not run: {exc}", file=sys.stderr)
-        return 1
-    print("\n## Targets\n")
-    for target, met, detail in outcome:
-        print(f"- {verdict(met)}: {target}: {detail}")
-    return 0
+    return standalone(
+        "soak", "soak", argv, lambda: run(quick=False, minutes=args.minutes, keep_log=args.keep_log)
+    )
 
 
 if __name__ == "__main__":
