@@ -568,7 +568,6 @@ class SessionTracker:
         "_free",
         "_has_baseline",
         "_index",
-        "_listing",
         "_missed",
         "_pages",
         "_runs",
@@ -605,7 +604,6 @@ class SessionTracker:
         self._saved_status: list[int] = []
         self._saved_missed = 0
         self._seen_count = 0
-        self._listing: Listing | None = None
         self._has_baseline = sessions is not None
         self.state = state if state is not None and self._has_baseline else ListingState()
         if isinstance(sessions, dict):
@@ -689,14 +687,12 @@ class SessionTracker:
         self._undo = [] if self._has_baseline else None
         self._saved_status = list(self._status)
         self._saved_missed = self._missed
-        self._listing = Listing(self, cutoff, overlap)
-        return self._listing
+        return Listing(self, cutoff, overlap)
 
     def rollback(self) -> None:
         """Undo the listing under way: a failed poll changes nothing."""
         undo = self._undo
         self._undo = None
-        self._listing = None
         if undo is None:  # a failed baseline poll: start afresh
             self._index.clear()
             self._free = []
@@ -906,8 +902,8 @@ class Listing:
             token,
             nonempty,
             any_valid,
-            _packed(slots),
-            hash(array("I", fps).tobytes()),
+            _packed(slots) if remember else range(0),  # what is not kept is not packed
+            hash(array("I", fps).tobytes()) if remember else 0,
             invalid,
             first,
             previous,
@@ -1082,7 +1078,6 @@ class Listing:
             changed = tuple(sid for sid in names if sid in tracker._index)
         tracker._has_baseline = True
         tracker._undo = None
-        tracker._listing = None
         tracker._seen = bytearray()  # a byte per session, needed only while a listing runs
         never_run, ok, error = tracker._status
         total_in, total_out, turns, duration_ms = tracker._runs.sums()
