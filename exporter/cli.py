@@ -292,7 +292,7 @@ def _reloader(
             try:
                 # Off the event loop: a large file must not delay the polls' scheduling.
                 config, web = await in_thread(reread)
-            except (ConfigError, WebConfigError) as exc:
+            except ConfigError as exc:  # a WebConfigError too
                 what = "web configuration" if isinstance(exc, WebConfigError) else "configuration"
                 return failed(
                     f"invalid {what}, nothing changed:\n" + "\n".join(exc.problems),

@@ -88,6 +88,7 @@ from typing import Any
 
 import bcrypt
 
+from .config import ConfigError
 from .reading import (
     MAX_CONFIG_BYTES,
     MAX_CONFIG_DEPTH,
@@ -192,15 +193,10 @@ _PEM_CERT = "-----BEGIN CERTIFICATE-----"
 _PEM_KEY = re.compile(r"-----BEGIN ([A-Z]+ )?PRIVATE KEY-----")
 
 
-class WebConfigError(Exception):
+class WebConfigError(ConfigError):
     """Raised with every problem found, each starting with its key path
     (``tls_server_config.key_file: ...``, ``basic_auth_users.alice: ...``) or ``web config:``.
     """
-
-    def __init__(self, problems: list[str]) -> None:
-        problems = [p.encode("utf-8", "backslashreplace").decode("utf-8") for p in problems]
-        super().__init__("; ".join(problems))
-        self.problems = problems
 
 
 def load_web_config(path: str | Path) -> WebConfig:
