@@ -107,12 +107,8 @@ def value(samples: Samples, metric: str, /, **labels: str) -> float | None:
 
 @pytest.fixture
 def sim() -> Iterator[Simulator]:
-    simulator = Simulator(projects=0, seed=7)
-    simulator.start()
-    try:
+    with Simulator(projects=0, seed=7) as simulator:
         yield simulator
-    finally:
-        simulator.stop()
 
 
 def write_config(path: Path, base_url: str, project_ids: list[str], **top: Any) -> Path:

@@ -343,12 +343,10 @@ SESSIONS = 2000  # 20 pages of 100
 
 @pytest.fixture
 def newest_sim() -> Iterator[Simulator]:
-    simulator = Simulator(projects=1, sessions_per_project=SESSIONS, seed=11, order="newest-first")
-    simulator.start()
-    try:
+    with Simulator(
+        projects=1, sessions_per_project=SESSIONS, seed=11, order="newest-first"
+    ) as simulator:
         yield simulator
-    finally:
-        simulator.stop()
 
 
 def poll_events(exp: Exporter) -> list[dict[str, Any]]:
@@ -556,9 +554,7 @@ def test_a_full_listing_parses_only_the_pages_that_changed(
     tmp_path: Path, start_exporter: Callable[..., Exporter]
 ) -> None:
     """Creation order: a re-run changes its own page only; the others are taken unread."""
-    simulator = Simulator(projects=1, sessions_per_project=1000, seed=5, order="created")
-    simulator.start()
-    try:
+    with Simulator(projects=1, sessions_per_project=1000, seed=5, order="created") as simulator:
         pid = simulator.project_ids[0]
         exp = start_exporter(write_config(tmp_path / "c.yaml", simulator.base_url, [pid]))
         wait_for(lambda: len(poll_events(exp)) >= 2, what="two polls")
@@ -570,5 +566,3 @@ def test_a_full_listing_parses_only_the_pages_that_changed(
         assert sessions_listed(m, pid) == 1000
         changed = next(e for e in poll_events(exp) if e["new_runs"] == 1)
         assert (changed["pages"], changed["items"]) == (10, 100)
-    finally:
-        simulator.stop()

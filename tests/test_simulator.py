@@ -55,12 +55,8 @@ FAULT_FLAGS = (
 
 @pytest.fixture
 def sim() -> Iterator[Simulator]:
-    simulator = Simulator(projects=2, sessions_per_project=120, seed=7)
-    simulator.start()
-    try:
+    with Simulator(projects=2, sessions_per_project=120, seed=7) as simulator:
         yield simulator
-    finally:
-        simulator.stop()
 
 
 @pytest.fixture
@@ -564,12 +560,8 @@ def ids(items: list[dict[str, Any]]) -> list[str]:
 
 @pytest.fixture(params=["created", "newest-first"])
 def any_order(request: pytest.FixtureRequest) -> Iterator[Simulator]:
-    simulator = Simulator(projects=1, sessions_per_project=120, seed=7, order=request.param)
-    simulator.start()
-    try:
+    with Simulator(projects=1, sessions_per_project=120, seed=7, order=request.param) as simulator:
         yield simulator
-    finally:
-        simulator.stop()
 
 
 @pytest.fixture
@@ -581,12 +573,8 @@ def any_client(any_order: Simulator) -> Iterator[httpx.Client]:
 @pytest.fixture
 def small() -> Iterator[Simulator]:
     """30 sessions newest first, listed in 3 pages of 10 by the mid-listing tests."""
-    simulator = Simulator(projects=1, sessions_per_project=30, seed=9, order="newest-first")
-    simulator.start()
-    try:
+    with Simulator(projects=1, sessions_per_project=30, seed=9, order="newest-first") as simulator:
         yield simulator
-    finally:
-        simulator.stop()
 
 
 def test_order_is_validated_and_read_only() -> None:
