@@ -8,6 +8,7 @@ back, an exception message): defence in depth behind "never put it there".
 
 from __future__ import annotations
 
+import itertools
 import threading
 import weakref
 
@@ -19,17 +20,28 @@ FRAGMENT = 8
 # one-letter "key" in a test would otherwise blank every occurrence of that letter).
 MIN_SECRET = 4
 
-# Every live Secret by identity (two equal Secrets are two entries: one may die while the
-# other is still in use), and the index built from their values, dropped on any change.
+# Every live Secret by a number of its own (two equal Secrets are two entries: one may die
+# while the other is still in use), and the index built from their values, dropped on any
+# change. Numbers are never reused, as ``id()`` values are.
 _live: dict[int, str] = {}
+_numbers = itertools.count()
 _lock = threading.Lock()
 _index: tuple[frozenset[str], tuple[str, ...]] | None = None  # cached (fragments, short keys)
+# Numbers of the Secrets collected since, taken out under the lock by the next user. A
+# finalizer runs wherever the garbage collector does, which may be inside a section holding
+# the lock on the same thread: taking the lock there would freeze the process.
+_dead: list[int] = []
 
 
-def _forget(ident: int) -> None:
+def _forget(number: int) -> None:
+    _dead.append(number)  # atomic: no lock
+
+
+def _drop_dead() -> None:
+    """Forget collected Secrets; call with the lock held."""
     global _index
-    with _lock:
-        _live.pop(ident, None)
+    while _dead:
+        _live.pop(_dead.pop(), None)
         _index = None
 
 
@@ -41,10 +53,12 @@ class Secret:
     def __init__(self, value: str) -> None:
         self._value = value
         global _index
+        number = next(_numbers)
         with _lock:
-            _live[id(self)] = value
+            _drop_dead()
+            _live[number] = value
             _index = None
-        weakref.finalize(self, _forget, id(self))
+        weakref.finalize(self, _forget, number)
 
     def get(self) -> str:
         return self._value
@@ -80,6 +94,7 @@ def _build(values: set[str]) -> tuple[frozenset[str], tuple[str, ...]]:
 def _live_index() -> tuple[frozenset[str], tuple[str, ...]]:
     global _index
     with _lock:
+        _drop_dead()
         if _index is None:
             _index = _build(set(_live.values()))
         return _index

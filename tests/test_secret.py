@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import gc
 import pickle
+import threading
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from exporter import secret
 from exporter.secret import BLANK, Secret, redact
 
 KEY = "llx-Hk3vR9wq2LmZ8pXc5Tn7Bd1Gf4Js6Ya0Ue"
@@ -63,3 +65,35 @@ def test_a_key_stays_blanked_while_any_secret_holds_it() -> None:
     del second
     gc.collect()
     assert redact(f"echo {value}") == f"echo {value}"  # no longer a key of this process
+
+
+def test_a_secret_collected_while_the_index_is_built_never_freezes_the_process() -> None:
+    """The garbage collector runs finalizers wherever it strikes, also while this thread
+    holds the lock of the live secrets (building their index): a finalizer that took that
+    lock waited for itself forever, and the exporter froze."""
+    value = "llx-Qw8eR7tY6uI5oP4aS3dF2gH1jK0lZ9xC"
+    frozen = threading.Event()
+
+    def collect_inside_the_lock() -> None:
+        cycle: list[object] = [Secret(value)]
+        cycle.append(cycle)  # only the cyclic collector frees it
+        del cycle
+        with secret._lock:
+            gc.collect()  # runs the Secret's finalizer here, lock held
+        frozen.set()
+
+    worker = threading.Thread(target=collect_inside_the_lock, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert frozen.is_set(), "a finalizer waited for a lock its own thread held"
+    assert redact(f"echo {value}") == f"echo {value}"  # and the dead key was forgotten
+
+
+def test_a_new_secret_is_never_forgotten_for_a_dead_one() -> None:
+    """Secrets are numbered, not known by id(): a new one at a dead one's address stays."""
+    for _ in range(200):
+        dead = Secret("llx-dead-0000000000000000")
+        del dead  # freed at once; its number goes to the dead list
+        alive = Secret("llx-alive-111111111111111")
+        assert redact("x llx-alive-111111111111111") == f"x {BLANK}"
+        del alive
