@@ -3,8 +3,9 @@
 ``llama-cloud`` (pinned in the test extra) is generated from LlamaCloud's OpenAPI spec. With
 ``_strict_response_validation=True`` it validates each page against its models
 (``ChatListResponse`` in a ``SyncPaginatedCursor``) and raises instead of accepting a field of
-the wrong type, so these tests catch the simulator drifting from the real API's shapes. The
-exporter itself never imports the SDK.
+the wrong type, so these tests catch the simulator drifting from the real API's shapes. The same
+goes for ``GET /api/v2/projects`` (``V2ProjectListResponse``), which project discovery pages
+through. The exporter itself never imports the SDK.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from typing import Any
 
 import pytest
 
-from exporter.simulator import CHAT_PATH, DEFAULT_API_KEY, SHARED_ACCESS, Simulator
+from exporter.simulator import (
+    CHAT_PATH,
+    DEFAULT_API_KEY,
+    PROJECTS_PATH,
+    SHARED_ACCESS,
+    Simulator,
+)
 
 try:
     import llama_cloud
@@ -37,6 +44,9 @@ STEPS = 12
 ORGANIZATION = "org-fidelity"
 # What the SDK's chat.list may send (ChatListParams); anything else would be a surprise.
 LIST_PARAMS = {"organization_id", "page_size", "page_token", "project_id"}
+# What v2_projects.list may send (V2ProjectListParams).
+PROJECT_LIST_PARAMS = {"name", "organization_id", "page_size", "page_token"}
+PROJECT_PAGE_SIZE = 3
 
 
 def client(sim: Simulator, api_key: str = DEFAULT_API_KEY) -> LlamaCloud:
@@ -147,3 +157,82 @@ def test_strict_validation_has_teeth(sim: Simulator, change: dict[str, Any]) -> 
     with client(sim) as sdk, pytest.raises(APIResponseValidationError):
         list(sdk.chat.list(project_id="loose", page_size=2))
     assert len(sim.requests) == 2  # the first page passed
+
+
+def test_strict_validation_accepts_every_projects_page() -> None:
+    """Discovery's listing: every page of every organization, through the SDK's own pager."""
+    keys = {"scoped-project": "llx-scoped"}
+    with Simulator(projects=11, sessions_per_project=0, seed=17, api_keys=keys) as sim:
+        sim.remove_project(sim.project_ids[2])
+        sim.add_project(name="scratch-late")
+        sim.add_project(organization_id=ORGANIZATION, name="elsewhere")
+        sim.add_project(organization_id=ORGANIZATION)
+        with client(sim) as sdk:
+            for organization_id in (sim.organization_id, ORGANIZATION):
+                expected = sim.projects(organization_id)
+                sim.clear_requests()
+                pager = sdk.v2_projects.list(
+                    organization_id=organization_id, page_size=PROJECT_PAGE_SIZE
+                )
+                pages = list(pager.iter_pages())
+                listed = [item for page in pages for item in page.items]
+                assert len(pages) == math.ceil(len(expected) / PROJECT_PAGE_SIZE)
+                assert [(item.id, item.name) for item in listed] == [
+                    (project["id"], project["name"]) for project in expected
+                ]
+                assert all(item.organization_id == organization_id for item in listed)
+                assert [item.is_default for item in listed] == [True] + [False] * (len(listed) - 1)
+                assert all(item.created_at and item.created_at.tzinfo for item in listed)
+                # Every field round-trips: what the SDK parsed is what the simulator holds.
+                assert [item.to_dict(mode="json") for item in listed] == expected
+                assert pages[-1].next_page_token is None
+                requests = sim.requests
+                assert len(requests) == len(pages)
+                assert all(r.path == PROJECTS_PATH and r.status == 200 for r in requests)
+                assert all(set(r.query) <= PROJECT_LIST_PARAMS for r in requests)
+                assert all("page_token" in r.query for r in requests[1:])
+            ours = [item.name for item in sdk.v2_projects.list(organization_id=sim.organization_id)]
+            assert len(ours) == 12 > PROJECT_PAGE_SIZE * 3
+            assert any(name.startswith("scratch-") for name in ours)
+            named = sdk.v2_projects.list(organization_id=sim.organization_id, name="scratch-late")
+            assert [item.name for item in named] == ["scratch-late"]
+        # A project-scoped key needs no organization_id: it lists its own project.
+        with client(sim, "llx-scoped") as scoped:
+            assert [item.id for item in scoped.v2_projects.list()] == ["scoped-project"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"name": None},
+        {"organization_id": None},
+        {"id": 7},
+        {"is_default": "sometimes"},
+        {"created_at": "yesterday"},
+    ],
+)
+def test_strict_projects_validation_has_teeth(
+    monkeypatch: pytest.MonkeyPatch, change: dict[str, Any]
+) -> None:
+    """The projects checks above mean something: a required field missing or of the wrong
+    type fails the listing."""
+    from exporter.simulator import projects as projects_module
+
+    render = projects_module._project_dict
+
+    def broken(*args: Any) -> dict[str, Any]:
+        item = render(*args)
+        for key, value in change.items():
+            if value is None:
+                del item[key]
+            else:
+                item[key] = value
+        return item
+
+    monkeypatch.setattr(projects_module, "_project_dict", broken)
+    with (
+        Simulator(projects=2, sessions_per_project=0) as sim,
+        client(sim) as sdk,
+        pytest.raises(APIResponseValidationError),
+    ):
+        list(sdk.v2_projects.list(organization_id=sim.organization_id))

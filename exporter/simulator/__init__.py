@@ -1,11 +1,13 @@
 """A simulated LlamaCloud chat API, served over real HTTP on loopback.
 
 It answers ``GET /api/v1/chat`` the way LlamaCloud does (bearer keys scoped to projects, opaque page
-tokens, FastAPI-style error bodies), so the exporter can be demonstrated, tested and benchmarked
-without an account. Data is synthetic and deterministic for a seed. Faults (rate limits, 5xx bursts,
-stalls, truncated bodies, malformed items, endless listings) can be injected once on demand or
-recur at configured rates (:class:`FaultConfig`, also on the command line), drawn from a seeded RNG
-so that retries, timeouts and hostile pagination can be exercised end to end and reproduced.
+tokens, FastAPI-style error bodies), and ``GET /api/v2/projects`` for the projects of its
+organization (``ORGANIZATION_ID``), which tests add and remove while it serves, so the exporter can
+be demonstrated, tested and benchmarked without an account. Data is synthetic and deterministic
+for a seed. Faults (rate limits, 5xx bursts, stalls, truncated bodies, malformed items, endless
+listings) can be injected once on demand or recur at configured rates (:class:`FaultConfig`, also on
+the command line), aimed at either endpoint and drawn from a seeded RNG, so that retries, timeouts
+and hostile pagination can be exercised end to end and reproduced.
 
 Timestamps follow a simulated clock that starts at the wall clock's time (or ``clock_start``)
 and moves by ``STEP_SECONDS`` per ``step()``. Items match the models of the official SDK
@@ -20,10 +22,13 @@ Run ``python -m exporter.simulator --help`` for the command line.
 The package, by job:
 
 - ``core``: ``Simulator``, one lock over projects, the clock, test hooks, fault state and listing.
-- ``model``: the synthetic data: ``_Project``, session and run generation, timestamps.
+- ``projects``: ``GET /api/v2/projects``, project names, and the project registry ``Simulator``
+  mixes in (``add_project``, ``remove_project``, ``projects()``).
+- ``model``: the synthetic data: ``_Project``, session and run generation and evolution, timestamps.
 - ``faults``: ``FaultConfig``, one-shot ``_Fault``, a request's ``_Decision``, malformed items.
-- ``paging``: page tokens, ``page_size`` parsing, the page size default and page cache budget.
-- ``server``: the HTTP face: path, bearer auth, FastAPI-style errors, handler and server.
+- ``paging``: page tokens, ``page_size`` parsing, rendering pages, the page size default and page
+  cache budget.
+- ``server``: the HTTP face: paths, bearer auth, FastAPI-style errors, handler and server.
 - ``cli``: ``main``, the command line; ``__main__`` runs it.
 
 Everything other code uses is imported from here, ``exporter.simulator``.
@@ -40,13 +45,17 @@ from .model import SHARED_ACCESS
 from .model import STEP_SECONDS as STEP_SECONDS
 from .paging import DEFAULT_PAGE_SIZE as DEFAULT_PAGE_SIZE
 from .paging import PAGE_CACHE_BYTES as PAGE_CACHE_BYTES
-from .server import CHAT_PATH, DEFAULT_API_KEY, RequestRecord
+from .projects import ORGANIZATION_ID
+from .server import CHAT_PATH, DEFAULT_API_KEY, ENDPOINTS, PROJECTS_PATH, RequestRecord
 
 __all__ = [
     "CHAT_PATH",
     "DEFAULT_API_KEY",
+    "ENDPOINTS",
     "MALFORMED_KINDS",
     "ORDERS",
+    "ORGANIZATION_ID",
+    "PROJECTS_PATH",
     "SHARED_ACCESS",
     "FaultConfig",
     "RequestRecord",

@@ -14,7 +14,8 @@ from typing import Any
 
 from .core import ORDERS
 from .faults import FaultConfig
-from .server import DEFAULT_API_KEY
+from .projects import ORGANIZATION_ID
+from .server import DEFAULT_API_KEY, ENDPOINTS
 
 
 def _parse_listen(value: str) -> tuple[str, int]:
@@ -64,9 +65,10 @@ def _add_fault_options(parser: argparse.ArgumentParser) -> None:
     defaults = FaultConfig()
     group = parser.add_argument_group(
         "recurring faults",
-        "Injected into GET /api/v1/chat, drawn from an RNG seeded by --seed, so the same seed "
-        "and request order give the same faults. All are off by default. Per request they are "
-        "checked in this order: a burst 503, a 429, a random 5xx.",
+        "Injected into GET /api/v1/chat (and GET /api/v2/projects with --fault-endpoint), drawn "
+        "from an RNG seeded by --seed, so the same seed and request order give the same faults. "
+        "All are off by default. Per request they are checked in this order: a burst 503, a 429, "
+        "a random 5xx.",
     )
     group.add_argument(
         "--rate-limit-share",
@@ -143,6 +145,15 @@ def _add_fault_options(parser: argparse.ArgumentParser) -> None:
         help="make this project's listing never end; repeatable. Project ids are fixed by "
         "--seed and --projects and printed at start",
     )
+    group.add_argument(
+        "--fault-endpoint",
+        action="append",
+        choices=ENDPOINTS,
+        default=None,
+        metavar="NAME",
+        help="an endpoint the request-level faults above strike: chat (GET /api/v1/chat) or "
+        "projects (GET /api/v2/projects); repeatable (default: chat)",
+    )
 
 
 def _fault_config(args: argparse.Namespace) -> FaultConfig:
@@ -157,6 +168,7 @@ def _fault_config(args: argparse.Namespace) -> FaultConfig:
         truncate_share=args.truncate_share,
         malformed_share=args.malformed_share,
         endless_projects=tuple(args.endless_project),
+        endpoints=tuple(args.fault_endpoint or ("chat",)),
     )
 
 
@@ -170,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m exporter.simulator",
         description=(
             "Serve a simulated LlamaCloud chat API (GET /api/v1/chat) with synthetic, evolving "
-            "projects. Prints 'simulator listening on URL' and one 'project ID' line per project, "
-            "then serves until interrupted."
+            "projects, listed by GET /api/v2/projects?organization_id=" + ORGANIZATION_ID + ". "
+            "Prints 'simulator listening on URL', one 'project ID' line per project and "
+            "'organization ID', then serves until interrupted."
         ),
     )
     parser.add_argument(
@@ -264,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"simulator listening on {url}")
         for project_id in simulator.project_ids:
             print(f"project {project_id}")
+        print(f"organization {simulator.organization_id}")
         sys.stdout.flush()
         while not done.wait(1.0):
             pass

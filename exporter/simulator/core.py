@@ -1,15 +1,14 @@
-"""The ``Simulator``: projects, the simulated clock, test hooks, fault state and the
-listing logic (auth, access, pages and their cache), behind one lock.
+"""The ``Simulator``: projects (their registry mixed in from ``projects``), the simulated
+clock, test hooks, fault state and the listing logic (auth, access, pages and their cache),
+behind one lock.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
 import threading
-import uuid
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -17,14 +16,14 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from .faults import _SERVER_ERRORS, FaultConfig, _Decision, _Fault, _malformed_item
+from .faults import FaultConfig, _Decision, _draw_decision, _Fault, _malform
 from .model import (
     _ENCODER,
     _EPOCH,
     _TITLES,
-    HISTORY_DAYS,
     STEP_SECONDS,
     _clock_start_us,
+    _evolve,
     _find,
     _format_ts,
     _new_sessions,
@@ -34,10 +33,12 @@ from .model import (
     _run_values,
     _ts_style,
 )
-from .paging import PAGE_CACHE_BYTES, _decode_token, _encode_token, _page_size
+from .paging import PAGE_CACHE_BYTES, _decode_token, _encode_token, _page_size, _render_page
+from .projects import ORGANIZATION_ID, _list_projects, _Projects
 from .server import (
-    CHAT_PATH,
+    _PATH_ENDPOINTS,
     DEFAULT_API_KEY,
+    ENDPOINTS,
     RequestRecord,
     _ApiError,
     _bearer,
@@ -55,8 +56,14 @@ REQUEST_LOG_SIZE = 10_000
 _log = logging.getLogger("exporter.simulator")
 
 
-class Simulator:
+class Simulator(_Projects):
     """A LlamaCloud chat API with synthetic, evolving projects and injectable faults.
+
+    ``GET /api/v1/chat`` lists a project's sessions; ``GET /api/v2/projects`` lists the
+    projects of an organization (the ``projects`` module says who may list which). Projects
+    belong to ``organization_id`` unless added with another one, carry generated names
+    (``projects()``) and can be added and removed while serving (``add_project``,
+    ``remove_project``).
 
     Faults come two ways: one-shot calls (``fail_next``, ``hang_next``, ``truncate_next``) for
     tests that need one exact failure, and a recurring :class:`FaultConfig` (``faults=`` or the
@@ -90,6 +97,7 @@ class Simulator:
         faults: FaultConfig | None = None,
         order: str = "created",
         clock_start: datetime | None = None,
+        organization_id: str = ORGANIZATION_ID,
     ) -> None:
         if projects < 0 or sessions_per_project < 0:
             raise ValueError("projects and sessions_per_project must not be negative")
@@ -112,7 +120,7 @@ class Simulator:
         self.latency = 0.0
         self.api_key = api_key
         self._lock = threading.RLock()
-        self._projects: dict[str, _Project] = {}
+        self._init_projects(organization_id, seed)
         self._faults: list[_Fault] = []
         self._requests: deque[RequestRecord] = deque(maxlen=REQUEST_LOG_SIZE)
         self._request_count = 0
@@ -130,13 +138,7 @@ class Simulator:
         self._fault_requests = 0
         self.faults = FaultConfig() if faults is None else faults
 
-        keys = dict(api_keys or {})
-        master = random.Random(seed)
-        for _ in range(projects):
-            project_id = str(uuid.UUID(int=master.getrandbits(128), version=4))
-            self._create(project_id, keys.pop(project_id, None), None, sessions_per_project)
-        for project_id, key in keys.items():
-            self._create(project_id, key, None, sessions_per_project)
+        self._seed_projects(projects, dict(api_keys or {}), sessions_per_project)
 
     # ----------------------------------------------------------------- data
 
@@ -144,12 +146,6 @@ class Simulator:
     def order(self) -> str:
         """The listing order: ``"created"`` or ``"newest-first"``."""
         return self._order
-
-    @property
-    def project_ids(self) -> list[str]:
-        """Project ids in creation order."""
-        with self._lock:
-            return list(self._projects)
 
     @property
     def stalled(self) -> int:
@@ -196,7 +192,7 @@ class Simulator:
         with self._lock:
             project = self._projects.get(project_id)
             if project is None:
-                project = self._create(project_id, None, None, 0)
+                project = self._create(project_id, None, None, 0, self._clock_us)
             project.items = encoded
             project.newest_us = newest
             self._bump(project)
@@ -206,22 +202,6 @@ class Simulator:
         with self._lock:
             items = list(self._project(project_id).items)
         return [json.loads(item) for item in items]
-
-    def add_project(
-        self,
-        project_id: str,
-        *,
-        api_key: str | None = None,
-        organization_id: str | None = None,
-        sessions: int = 0,
-    ) -> None:
-        """Add a project (``api_key=None``: the shared key works); ValueError if it exists."""
-        if sessions < 0:
-            raise ValueError("sessions must not be negative")
-        with self._lock:
-            if project_id in self._projects:
-                raise ValueError(f"project {project_id!r} already exists")
-            self._create(project_id, api_key, organization_id, sessions)
 
     def set_endless(self, project_id: str, endless: bool = True) -> None:
         """Make every page repeat the first page's items with a fresh next_page_token, forever."""
@@ -236,12 +216,14 @@ class Simulator:
     def step(self, n: int = 1, seconds: float = STEP_SECONDS) -> None:
         """Advance the simulated clock ``n`` ticks of ``seconds``, evolving every project once
         per tick."""
+        newest_first = self._order == "newest-first"
         with self._lock:
             for _ in range(n):
                 start = self._clock_us
                 self._clock_us += round(seconds * 10**6)
                 for project in self._projects.values():
-                    self._evolve(project, start, self._clock_us)
+                    _evolve(project, start, self._clock_us, newest_first, self.error_share)
+                    self._bump(project)
 
     # ---------------------------------------------------------- test hooks
 
@@ -310,6 +292,10 @@ class Simulator:
 
     # -------------------------------------------------------------- faults
 
+    # A one-shot fault strikes the requests of its ``endpoint``: ``"chat"`` (the default;
+    # ``project_id`` narrows it to one project's), ``"projects"`` (``GET /api/v2/projects``), or
+    # None: either.
+
     def fail_next(
         self,
         count: int = 1,
@@ -318,26 +304,41 @@ class Simulator:
         project_id: str | None = None,
         retry_after: str | None = None,
         detail: str = "Service Unavailable",
+        endpoint: str | None = "chat",
     ) -> None:
-        """Answer the next ``count`` chat requests with ``status`` and ``{"detail": detail}``."""
+        """Answer the next ``count`` requests with ``status`` and ``{"detail": detail}``.
+
+        ``fail_next(10**6, endpoint="projects")`` is a project discovery outage;
+        ``clear_faults(endpoint="projects")`` ends it.
+        """
         self._add_fault(
-            _Fault("fail", count, project_id, status=status, retry_after=retry_after, detail=detail)
+            _Fault(
+                "fail", count, project_id, endpoint, status, retry_after=retry_after, detail=detail
+            )
         )
 
     def hang_next(
-        self, count: int = 1, *, seconds: float = 5.0, project_id: str | None = None
+        self,
+        count: int = 1,
+        *,
+        seconds: float = 5.0,
+        project_id: str | None = None,
+        endpoint: str | None = "chat",
     ) -> None:
-        """Delay the next ``count`` chat requests by ``seconds`` (then answer normally)."""
-        self._add_fault(_Fault("hang", count, project_id, seconds=seconds))
+        """Delay the next ``count`` requests by ``seconds`` (then answer normally)."""
+        self._add_fault(_Fault("hang", count, project_id, endpoint, seconds=seconds))
 
-    def truncate_next(self, count: int = 1, *, project_id: str | None = None) -> None:
-        """Cut the body of the next ``count`` chat answers in half (Content-Length matches)."""
-        self._add_fault(_Fault("truncate", count, project_id))
+    def truncate_next(
+        self, count: int = 1, *, project_id: str | None = None, endpoint: str | None = "chat"
+    ) -> None:
+        """Cut the body of the next ``count`` 200 answers in half (Content-Length matches)."""
+        self._add_fault(_Fault("truncate", count, project_id, endpoint))
 
-    def clear_faults(self) -> None:
-        """Drop every pending one-shot fault (``faults = FaultConfig()`` ends recurring ones)."""
+    def clear_faults(self, endpoint: str | None = None) -> None:
+        """Drop the pending one-shot faults, or those aimed at ``endpoint`` only
+        (``faults = FaultConfig()`` ends recurring ones)."""
         with self._lock:
-            self._faults.clear()
+            self._faults[:] = [f for f in self._faults if endpoint not in (None, f.endpoint)]
 
     @property
     def faults(self) -> FaultConfig:
@@ -433,89 +434,6 @@ class Simulator:
 
     # ------------------------------------------------------------ internals
 
-    def _project(self, project_id: str) -> _Project:
-        try:
-            return self._projects[project_id]
-        except KeyError:
-            raise KeyError(f"unknown project {project_id!r}") from None
-
-    def _create(
-        self, project_id: str, api_key: str | None, organization_id: str | None, sessions: int
-    ) -> _Project:
-        rng = random.Random(f"{self.seed}:{project_id}")
-        pool = tuple(f"idx-{rng.getrandbits(48):012x}" for _ in range(4))
-        project = _Project(project_id, api_key, organization_id, rng, pool, target=sessions)
-        self._projects[project_id] = project
-        if sessions:
-            start = self._clock_us - HISTORY_DAYS * 86_400 * 10**6
-            items, stamps = _new_sessions(
-                project, sessions, start, self._clock_us, 0.85, error_share=self.error_share
-            )
-            if self._order == "newest-first":
-                ranks = sorted(range(len(items)), key=stamps.__getitem__, reverse=True)
-                items = [items[i] for i in ranks]
-            project.items = items
-            project.newest_us = max(stamps)
-        return project
-
-    def _evolve(self, project: _Project, start_us: int, end_us: int) -> None:
-        """One tick: some sessions re-run, some are deleted, some appear (a few never run).
-
-        Newest first, re-run and new sessions go to the front, newest first among themselves;
-        their timestamps then also lie after every timestamp the project has (test hooks may
-        have handed out ones after ``start_us``), so the listing stays sorted.
-        """
-        rng = project.rng
-        items = project.items
-        size = len(items)
-        span = end_us - start_us
-        newest_first = self._order == "newest-first"
-        if newest_first:
-            start_us = max(start_us, project.newest_us)
-        moved: list[tuple[int, bytes]] = []  # (timestamp, item) of re-runs, in listing order
-        if size:
-            # Means: about 2% of sessions deleted and 2% re-run per tick, at least a few.
-            deletes = min(size, rng.randint(0, max(1, round(size * 0.04))))
-            reruns = min(size - deletes, 1 + rng.randint(0, max(2, round(size * 0.04))))
-            chosen = rng.sample(range(size), deletes + reruns)
-            gone = set(chosen[:deletes])
-            rerun_stamps: dict[int, int] = {}
-            for index in chosen[deletes:]:
-                item = json.loads(items[index])
-                if not isinstance(item, dict):
-                    continue  # malformed golden data stays as it is
-                # Keep the session's timestamp style: naive, "+00:00" or "Z".
-                style = _ts_style(item.get("last_updated_at"))
-                us = start_us + 1 + int(rng.random() * span)
-                item["last_updated_at"] = _format_ts(us, style)
-                item["job_metadata"] = _run_dict(*_run_values(rng, self.error_share))
-                if not item.get("generated_title"):
-                    item["generated_title"] = _TITLES[int(rng.random() * len(_TITLES))]
-                items[index] = _ENCODER.encode(item).encode()
-                rerun_stamps[index] = us
-            if rerun_stamps:
-                project.newest_us = max(project.newest_us, *rerun_stamps.values())
-            if newest_first:
-                moved = [(rerun_stamps[i], items[i]) for i in sorted(rerun_stamps)]
-                gone.update(rerun_stamps)
-            items = [item for i, item in enumerate(items) if i not in gone]
-        # Creation balances deletion around the initial size, so a long demo neither empties
-        # nor explodes.
-        created = rng.randint(0, max(1, round(project.target * 0.04)))
-        new_items, stamps = _new_sessions(
-            project, created, start_us, start_us + span, 0.7, error_share=self.error_share
-        )
-        if stamps:
-            project.newest_us = max(project.newest_us, *stamps)
-        if newest_first:
-            moved.extend(zip(stamps, new_items, strict=True))
-            moved.sort(key=lambda pair: pair[0], reverse=True)  # stable, so ties keep their order
-            items[:0] = [item for _, item in moved]
-        else:
-            items.extend(new_items)
-        project.items = items
-        self._bump(project)
-
     def _hook_rng(self, project: _Project) -> random.Random:
         if project.hook_rng is None:
             project.hook_rng = random.Random(f"{self.seed}:{project.project_id}:hooks")
@@ -557,64 +475,39 @@ class Simulator:
     def _add_fault(self, fault: _Fault) -> None:
         if fault.remaining < 1:
             raise ValueError("count must be at least 1")
+        if fault.endpoint is not None and fault.endpoint not in ENDPOINTS:
+            raise ValueError(f"endpoint must be one of {', '.join(ENDPOINTS)} or None")
+        if fault.endpoint == "projects" and fault.project_id is not None:
+            raise ValueError("project_id narrows chat faults only")
         with self._lock:
             self._faults.append(fault)
 
-    def _take_fault(self, kind: str, project_id: str | None) -> _Fault | None:
+    def _take_fault(self, kind: str, endpoint: str, project_id: str | None) -> _Fault | None:
+        """The first pending fault of ``kind`` for a request (counted down), or None."""
         for i, fault in enumerate(self._faults):
-            if fault.kind == kind and fault.project_id in (None, project_id):
+            if (
+                fault.kind == kind
+                and fault.endpoint in (None, endpoint)
+                and fault.project_id in (None, project_id)
+            ):
                 fault.remaining -= 1
                 if fault.remaining <= 0:
                     del self._faults[i]
                 return fault
         return None
 
-    def _decide(self) -> _Decision | None:
-        """Draw the recurring faults for one chat request; call with the lock held.
-
-        Every request draws the same five numbers whichever faults are on, so changing one
-        share does not reshuffle when the others strike.
-        """
+    def _decide(self, endpoint: str) -> _Decision | None:
+        """Draw the recurring faults for one GET request; call with the lock held."""
         config = self._fault_config
-        if not config.per_request:
+        if not config.per_request or endpoint not in config.endpoints:
             return None
         self._fault_requests += 1
-        number = self._fault_requests
-        rand = self._fault_rng.random
-        stall_draw = rand()
-        limit_draw = rand()
-        error_draw = rand()
-        kind_draw = rand()
-        cut_draw = rand()
-        every = config.server_error_burst_every
-        error: tuple[int, str, tuple[tuple[str, str], ...]] | None = None
-        if every and number >= every and number % every < config.server_error_burst_length:
-            error = (503, "Service Unavailable", ())
-        elif limit_draw < config.rate_limit_share:
-            retry_after = (("Retry-After", str(config.rate_limit_retry_after)),)
-            error = (429, "Too Many Requests", retry_after)
-        elif error_draw < config.server_error_share:
-            status, detail = _SERVER_ERRORS[int(kind_draw * len(_SERVER_ERRORS))]
-            error = (status, detail, ())
-        stall = config.timeout_seconds if stall_draw < config.timeout_share else 0.0
-        return _Decision(stall, error, cut_draw < config.truncate_share)
+        return _draw_decision(config, self._fault_rng, self._fault_requests)
 
     def _malform(self, project: _Project, items: list[bytes]) -> list[bytes]:
-        """Replace ``malformed_share`` of ``items`` by broken ones; call with the lock held.
-
-        The choice hashes the seed, the project and the item's bytes, so it does not depend on
-        request order or page size, and a page rendered again comes out the same.
-        """
+        """Replace ``malformed_share`` of ``items`` by broken ones; call with the lock held."""
         share = self._fault_config.malformed_share
-        key = hashlib.blake2b(f"{self.seed}:{project.project_id}".encode(), digest_size=32).digest()
-        out: list[bytes] = []
-        for item in items:
-            digest = hashlib.blake2b(item, digest_size=8, key=key).digest()
-            bits = int.from_bytes(digest, "big")
-            if (bits >> 11) / 2**53 < share:
-                item = _malformed_item(item, bits & 0x7FF)
-            out.append(item)
-        return out
+        return _malform(self.seed, project.project_id, share, items)
 
     def _evolve_loop(self, every: float, stopping: threading.Event) -> None:
         # Ticks as long as the wait: simulated time keeps to the real clock it started from.
@@ -628,17 +521,18 @@ class Simulator:
         split = urlsplit(target)
         path = split.path
         query = dict(parse_qsl(split.query, keep_blank_values=True))
-        project_id = query.get("project_id")
+        endpoint = _PATH_ENDPOINTS.get(path)
+        # Faults aimed at one project strike its chat listing only.
+        project_id = query.get("project_id") if endpoint == "chat" else None
         latency = self.latency
         if latency > 0:
             stopping.wait(latency)
-        is_chat = path == CHAT_PATH
         decision: _Decision | None = None
-        if is_chat:
+        if endpoint is not None:
             with self._lock:
-                hang = self._take_fault("hang", project_id)
+                hang = self._take_fault("hang", endpoint, project_id)
                 if method == "GET":
-                    decision = self._decide()
+                    decision = self._decide(endpoint)
             stall = hang.seconds if hang is not None else decision.stall if decision else 0.0
             if stall > 0:
                 with self._lock:
@@ -650,13 +544,13 @@ class Simulator:
                         self._stalled -= 1
         with self._lock:
             status, body, headers, listed = self._answer(
-                method, path, is_chat, query, authorization, decision
+                method, endpoint, project_id, query, authorization, decision
             )
             if (
-                is_chat
+                endpoint is not None
                 and status == 200
                 and (
-                    self._take_fault("truncate", project_id) is not None
+                    self._take_fault("truncate", endpoint, project_id) is not None
                     or (decision is not None and decision.truncate)
                 )
             ):
@@ -674,27 +568,39 @@ class Simulator:
     def _answer(
         self,
         method: str,
-        path: str,
-        is_chat: bool,
+        endpoint: str | None,
+        project_id: str | None,
         query: dict[str, str],
         authorization: str | None,
         decision: _Decision | None = None,
     ) -> tuple[int, bytes, tuple[tuple[str, str], ...], tuple[str, int, int] | None]:
         """(status, body, headers, listed): ``listed`` is (project_id, offset, page_size) of a
         rendered chat page, else None."""
-        if not is_chat:
+        if endpoint is None:
             return 404, _detail_body("Not Found"), (), None
         if method != "GET":
             return 405, _detail_body("Method Not Allowed"), (("Allow", "GET"),), None
-        fault = self._take_fault("fail", query.get("project_id"))
+        fault = self._take_fault("fail", endpoint, project_id)
         if fault is not None:
             headers = (("Retry-After", fault.retry_after),) if fault.retry_after else ()
             return fault.status, _detail_body(fault.detail), headers, None
         if decision is not None and decision.error is not None:
             status, detail, extra = decision.error
             return status, _detail_body(detail), extra, None
+        listed: tuple[str, int, int] | None = None
         try:
-            body, listed = self._list(query, authorization)
+            if endpoint == "chat":
+                body, listed = self._list(query, authorization)
+            else:
+                body = _list_projects(
+                    self._projects.values(),
+                    query,
+                    authorization,
+                    shared_key=self.api_key,
+                    organization_id=self._organization_id,
+                    organizations=self._organizations,
+                    max_page_size=self.max_page_size,
+                )
         except _ApiError as err:
             return err.status, _detail_body(err.detail), err.headers, None
         return 200, body, (), listed
@@ -742,17 +648,13 @@ class Simulator:
         chunk = project.items[offset:end]
         if self._fault_config.malformed_share:
             chunk = self._malform(project, chunk)
-        parts = [b'{"items":[', b",".join(chunk), b"]"]
         if project.repeat_token:
             next_token: str | None = _encode_token(project.tag, "o", page_size)
         elif end < len(project.items):
             next_token = _encode_token(project.tag, "o", end)
         else:
             next_token = None
-        if next_token is not None:
-            parts.append(b',"next_page_token":"' + next_token.encode() + b'"')
-        parts.append(b"}")
-        page = b"".join(parts)
+        page = _render_page(chunk, next_token)
         self._remember(project, cache_key, page)
         return page
 

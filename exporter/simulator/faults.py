@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import random
 from dataclasses import dataclass
 from typing import Any
 
 from .model import _ENCODER, _run_dict
+from .server import ENDPOINTS
 
 # The statuses a random server error is drawn from, with their FastAPI-style details.
 _SERVER_ERRORS = (
@@ -29,10 +32,12 @@ MALFORMED_KINDS = (
 class FaultConfig:
     """Recurring faults, drawn from a seeded RNG so a given seed and request order repeat exactly.
 
-    Every field defaults to "off". The request-level faults apply to ``GET /api/v1/chat`` only
-    and are checked in this order: a burst 503, a 429, a random 5xx; a timeout delays the answer
-    without changing it, and truncation applies to 200 answers. One-shot faults queued with
-    ``fail_next``, ``hang_next`` and ``truncate_next`` take precedence over these.
+    Every field defaults to "off". The request-level faults apply to the GET requests of the
+    ``endpoints`` (``GET /api/v1/chat`` only by default) and are checked in this order: a burst
+    503, a 429, a random 5xx; a timeout delays the answer without changing it, and truncation
+    applies to 200 answers. Malformed items and endless listings concern chat listings only.
+    One-shot faults queued with ``fail_next``, ``hang_next`` and ``truncate_next`` take
+    precedence over these.
     """
 
     rate_limit_share: float = 0.0
@@ -55,6 +60,10 @@ class FaultConfig:
     """Share of listed items replaced by a malformed one when a page is rendered."""
     endless_projects: tuple[str, ...] = ()
     """Projects whose listing never ends (as ``set_endless``)."""
+    endpoints: tuple[str, ...] = ("chat",)
+    """The endpoints whose GET requests the request-level faults strike, by name: ``"chat"``
+    (``GET /api/v1/chat``) and ``"projects"`` (``GET /api/v2/projects``). Requests to an
+    endpoint not named draw nothing, so they do not shift the faults of the others."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -84,6 +93,13 @@ class FaultConfig:
         if not all(isinstance(project_id, str) for project_id in endless):
             raise ValueError("endless_projects must hold project ids (strings)")
         object.__setattr__(self, "endless_projects", endless)
+        if isinstance(self.endpoints, str):
+            raise ValueError("endpoints must be a sequence of endpoint names, not one string")
+        endpoints = tuple(self.endpoints)
+        unknown = [name for name in endpoints if name not in ENDPOINTS]
+        if unknown:
+            raise ValueError(f"endpoints must be among {', '.join(ENDPOINTS)}, got {unknown!r}")
+        object.__setattr__(self, "endpoints", endpoints)
 
     @property
     def per_request(self) -> bool:
@@ -108,6 +124,8 @@ class _Fault:
     kind: str
     remaining: int
     project_id: str | None
+    endpoint: str | None = "chat"
+    """The endpoint's name (``ENDPOINTS``) whose requests it strikes; None strikes any."""
     status: int = 503
     retry_after: str | None = None
     detail: str = "Service Unavailable"
@@ -121,6 +139,49 @@ class _Decision:
     stall: float
     error: tuple[int, str, tuple[tuple[str, str], ...]] | None
     truncate: bool
+
+
+def _draw_decision(config: FaultConfig, rng: random.Random, number: int) -> _Decision:
+    """Draw the recurring faults for the ``number``-th request they apply to (counted from 1).
+
+    Every request draws the same five numbers whichever faults are on, so changing one
+    share does not reshuffle when the others strike.
+    """
+    rand = rng.random
+    stall_draw = rand()
+    limit_draw = rand()
+    error_draw = rand()
+    kind_draw = rand()
+    cut_draw = rand()
+    every = config.server_error_burst_every
+    error: tuple[int, str, tuple[tuple[str, str], ...]] | None = None
+    if every and number >= every and number % every < config.server_error_burst_length:
+        error = (503, "Service Unavailable", ())
+    elif limit_draw < config.rate_limit_share:
+        retry_after = (("Retry-After", str(config.rate_limit_retry_after)),)
+        error = (429, "Too Many Requests", retry_after)
+    elif error_draw < config.server_error_share:
+        status, detail = _SERVER_ERRORS[int(kind_draw * len(_SERVER_ERRORS))]
+        error = (status, detail, ())
+    stall = config.timeout_seconds if stall_draw < config.timeout_share else 0.0
+    return _Decision(stall, error, cut_draw < config.truncate_share)
+
+
+def _malform(seed: int, project_id: str, share: float, items: list[bytes]) -> list[bytes]:
+    """Replace ``share`` of ``items`` by broken ones.
+
+    The choice hashes the seed, the project and the item's bytes, so it does not depend on
+    request order or page size, and a page rendered again comes out the same.
+    """
+    key = hashlib.blake2b(f"{seed}:{project_id}".encode(), digest_size=32).digest()
+    out: list[bytes] = []
+    for item in items:
+        digest = hashlib.blake2b(item, digest_size=8, key=key).digest()
+        bits = int.from_bytes(digest, "big")
+        if (bits >> 11) / 2**53 < share:
+            item = _malformed_item(item, bits & 0x7FF)
+        out.append(item)
+    return out
 
 
 def _malformed_item(item: bytes, bits: int) -> bytes:

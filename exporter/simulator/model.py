@@ -64,6 +64,7 @@ class _Project:
     project_id: str
     api_key: str | None
     organization_id: str | None
+    """None: the simulator's organization, and chat requests may name any organization."""
     rng: random.Random
     index_pool: tuple[str, ...]
     target: int
@@ -78,6 +79,12 @@ class _Project:
     """An upper bound of the items' ``last_updated_at``, in microseconds since the epoch."""
     hook_rng: random.Random | None = None
     """Draws for the test hooks, apart from ``rng`` so that they leave ``step()``'s draws alone."""
+    name: str = ""
+    """The display name that ``GET /api/v2/projects`` lists."""
+    created_us: int = 0
+    """``created_at`` (and ``updated_at``) in microseconds since the epoch."""
+    is_default: bool = False
+    """Whether it was the first project of its organization (its default project)."""
 
     def __post_init__(self) -> None:
         # Binds page tokens to their project, so a token replayed elsewhere is rejected.
@@ -259,3 +266,63 @@ def _find(project: _Project, session_id: str) -> tuple[int, dict[str, Any]]:
             if isinstance(value, dict) and value.get("session_id") == session_id:
                 return index, value
     raise KeyError(f"unknown session {session_id!r} in project {project.project_id!r}")
+
+
+def _evolve(
+    project: _Project, start_us: int, end_us: int, newest_first: bool, error_share: float
+) -> None:
+    """One tick: some sessions re-run, some are deleted, some appear (a few never run).
+
+    Newest first, re-run and new sessions go to the front, newest first among themselves;
+    their timestamps then also lie after every timestamp the project has (test hooks may
+    have handed out ones after ``start_us``), so the listing stays sorted. The caller
+    invalidates the project's rendered pages.
+    """
+    rng = project.rng
+    items = project.items
+    size = len(items)
+    span = end_us - start_us
+    if newest_first:
+        start_us = max(start_us, project.newest_us)
+    moved: list[tuple[int, bytes]] = []  # (timestamp, item) of re-runs, in listing order
+    if size:
+        # Means: about 2% of sessions deleted and 2% re-run per tick, at least a few.
+        deletes = min(size, rng.randint(0, max(1, round(size * 0.04))))
+        reruns = min(size - deletes, 1 + rng.randint(0, max(2, round(size * 0.04))))
+        chosen = rng.sample(range(size), deletes + reruns)
+        gone = set(chosen[:deletes])
+        rerun_stamps: dict[int, int] = {}
+        for index in chosen[deletes:]:
+            item = json.loads(items[index])
+            if not isinstance(item, dict):
+                continue  # malformed golden data stays as it is
+            # Keep the session's timestamp style: naive, "+00:00" or "Z".
+            style = _ts_style(item.get("last_updated_at"))
+            us = start_us + 1 + int(rng.random() * span)
+            item["last_updated_at"] = _format_ts(us, style)
+            item["job_metadata"] = _run_dict(*_run_values(rng, error_share))
+            if not item.get("generated_title"):
+                item["generated_title"] = _TITLES[int(rng.random() * len(_TITLES))]
+            items[index] = _ENCODER.encode(item).encode()
+            rerun_stamps[index] = us
+        if rerun_stamps:
+            project.newest_us = max(project.newest_us, *rerun_stamps.values())
+        if newest_first:
+            moved = [(rerun_stamps[i], items[i]) for i in sorted(rerun_stamps)]
+            gone.update(rerun_stamps)
+        items = [item for i, item in enumerate(items) if i not in gone]
+    # Creation balances deletion around the initial size, so a long demo neither empties
+    # nor explodes.
+    created = rng.randint(0, max(1, round(project.target * 0.04)))
+    new_items, stamps = _new_sessions(
+        project, created, start_us, start_us + span, 0.7, error_share=error_share
+    )
+    if stamps:
+        project.newest_us = max(project.newest_us, *stamps)
+    if newest_first:
+        moved.extend(zip(stamps, new_items, strict=True))
+        moved.sort(key=lambda pair: pair[0], reverse=True)  # stable, so ties keep their order
+        items[:0] = [item for _, item in moved]
+    else:
+        items.extend(new_items)
+    project.items = items

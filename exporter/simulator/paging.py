@@ -1,9 +1,11 @@
-"""Paging: opaque page tokens bound to their project, and ``page_size`` as FastAPI parses it."""
+"""Paging: opaque page tokens bound to their listing, ``page_size`` as FastAPI parses it, and
+pages rendered as the API renders them."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Sequence
 
 from .server import _ApiError
 
@@ -63,3 +65,26 @@ def _page_size(raw: str | None, maximum: int) -> int:
             ],
         )
     return min(value, maximum)
+
+
+def _render_page(items: Sequence[bytes], next_token: str | None) -> bytes:
+    """``{"items":[...],"next_page_token":"..."}`` from encoded items; the last page omits the
+    token."""
+    parts = [b'{"items":[', b",".join(items), b"]"]
+    if next_token is not None:
+        parts.append(b',"next_page_token":"' + next_token.encode() + b'"')
+    parts.append(b"}")
+    return b"".join(parts)
+
+
+def _offset_page(items: Sequence[bytes], tag: str, token: str | None, page_size: int) -> bytes:
+    """The page of ``items`` that ``token`` (None: the first page) points at, with offset tokens
+    bound to ``tag``; 400 for a token this listing did not issue. Past the end, a page is empty."""
+    offset = 0
+    if token is not None:
+        kind, offset = _decode_token(token, tag)
+        if kind != "o":
+            raise _ApiError(400, "Invalid page_token")
+    end = offset + page_size
+    next_token = _encode_token(tag, "o", end) if end < len(items) else None
+    return _render_page(items[offset:end], next_token)

@@ -1,4 +1,4 @@
-"""The HTTP face: the path, bearer auth, FastAPI-style errors and a threaded server.
+"""The HTTP face: the paths, bearer auth, FastAPI-style errors and a threaded server.
 
 ``_Handler`` only parses and writes HTTP; every answer is decided by ``Simulator._handle``.
 """
@@ -20,6 +20,12 @@ if TYPE_CHECKING:
     from .core import Simulator
 
 CHAT_PATH = "/api/v1/chat"
+PROJECTS_PATH = "/api/v2/projects"
+# The endpoints by the name faults target them with (``fail_next(endpoint=...)``,
+# ``FaultConfig.endpoints``), and the path each name stands for.
+_ENDPOINT_PATHS = {"chat": CHAT_PATH, "projects": PROJECTS_PATH}
+ENDPOINTS = tuple(_ENDPOINT_PATHS)
+_PATH_ENDPOINTS = {path: name for name, path in _ENDPOINT_PATHS.items()}
 DEFAULT_API_KEY = "llx-demo-key"
 
 
