@@ -12,9 +12,11 @@ import zlib
 from array import array
 from bisect import bisect_left
 from collections.abc import Hashable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
+
+from .detail import Detail, IndexSets, InvalidIndexIds, index_series, pick_indexes
 
 # OpenTelemetry GenAI semantic conventions: durations double from 10 ms, tokens grow by four.
 DURATION_BUCKETS: tuple[float, ...] = tuple(round(0.01 * 2**i, 2) for i in range(14))
@@ -186,13 +188,50 @@ def run_status(run: Run | None) -> str:
     return "error" if run.is_error else "ok"
 
 
+# The latest run a counter or a bucket counted: its session, the value it added and when it
+# ran (its last_updated_at in Unix seconds; None when it has none). Shown as an OpenMetrics
+# exemplar, so a spike on a dashboard leads to a session.
+Exemplar = tuple[str, float, float | None]
+
+
+def latest(current: Exemplar | None, candidate: Exemplar | None) -> Exemplar | None:
+    """The later of two exemplars: a stamped one beats one without; a tie goes to the
+    candidate (counted after)."""
+    if candidate is None:
+        return current
+    if current is None:
+        return candidate
+    if candidate[2] is None:
+        return candidate if current[2] is None else current
+    return candidate if current[2] is None or candidate[2] >= current[2] else current
+
+
+def read_exemplar(value: Any) -> Exemplar | None:
+    """An exemplar from its saved form, or None for anything else: an exemplar is a pointer to
+    a session, and a bad one is dropped rather than costing the counters."""
+    if type(value) not in (list, tuple) or len(value) != 3:
+        return None
+    sid, amount, ts = value
+    if (
+        type(sid) is not str
+        or not sid
+        or type(amount) not in (int, float)
+        or not math.isfinite(amount)
+        or (ts is not None and (type(ts) not in (int, float) or not math.isfinite(ts)))
+    ):
+        return None
+    return sid, float(amount), None if ts is None else float(ts)
+
+
 @dataclass(frozen=True, slots=True)
 class Histogram:
-    """Bucket counts (not cumulative; the last one is +Inf), their sum and count."""
+    """Bucket counts (not cumulative; the last one is +Inf), their sum and count, and per
+    bucket the latest observation's exemplar (empty when none was kept)."""
 
     bounds: tuple[float, ...]
     counts: tuple[int, ...]
     total: float = 0.0
+    exemplars: tuple[Exemplar | None, ...] = ()
 
     @classmethod
     def empty(cls, bounds: tuple[float, ...]) -> Histogram:
@@ -210,27 +249,39 @@ class Histogram:
             yield bound, running
 
     def __add__(self, other: Histogram) -> Histogram:
+        if not other.exemplars or not self.exemplars:
+            exemplars = other.exemplars or self.exemplars
+        else:
+            exemplars = tuple(map(latest, self.exemplars, other.exemplars))
         return Histogram(
             self.bounds,
             tuple(a + b for a, b in zip(self.counts, other.counts, strict=True)),
             self.total + other.total,
+            exemplars,
         )
 
 
 class _HistogramBuilder:
-    __slots__ = ("bounds", "counts", "total")
+    __slots__ = ("bounds", "counts", "exemplars", "total")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)
         self.total = 0.0
+        self.exemplars: list[Exemplar | None] = []
 
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
+    def observe(self, value: float, sid: str | None = None, ts: float | None = None) -> None:
+        """Count ``value``; with ``sid``, keep it as its bucket's exemplar if it is the latest."""
+        bucket = bisect_left(self.bounds, value)
+        self.counts[bucket] += 1
         self.total += value
+        if sid is not None:
+            if not self.exemplars:
+                self.exemplars = [None] * len(self.counts)
+            self.exemplars[bucket] = latest(self.exemplars[bucket], (sid, value, ts))
 
     def build(self) -> Histogram:
-        return Histogram(self.bounds, tuple(self.counts), self.total)
+        return Histogram(self.bounds, tuple(self.counts), self.total, tuple(self.exemplars))
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +297,10 @@ class RunTotals:
     duration: Histogram = field(default_factory=lambda: Histogram.empty(DURATION_BUCKETS))
     input_usage: Histogram = field(default_factory=lambda: Histogram.empty(TOKEN_BUCKETS))
     output_usage: Histogram = field(default_factory=lambda: Histogram.empty(TOKEN_BUCKETS))
+    # Failed runs by ``detail.error_classes`` name (``other`` for no match), sorted by name.
+    errors_by_class: tuple[tuple[str, int], ...] = ()
+    runs_exemplar: Exemplar | None = None
+    errors_exemplar: Exemplar | None = None
 
     def __add__(self, other: RunTotals) -> RunTotals:
         return RunTotals(
@@ -258,6 +313,9 @@ class RunTotals:
             duration=self.duration + other.duration,
             input_usage=self.input_usage + other.input_usage,
             output_usage=self.output_usage + other.output_usage,
+            errors_by_class=_add_counts(self.errors_by_class, other.errors_by_class),
+            runs_exemplar=latest(self.runs_exemplar, other.runs_exemplar),
+            errors_exemplar=latest(self.errors_exemplar, other.errors_exemplar),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -272,6 +330,12 @@ class RunTotals:
             "duration": [list(self.duration.counts), self.duration.total],
             "input_usage": [list(self.input_usage.counts), self.input_usage.total],
             "output_usage": [list(self.output_usage.counts), self.output_usage.total],
+            "errors_by_class": dict(self.errors_by_class),
+            "exemplars": {
+                "runs": self.runs_exemplar,
+                "errors": self.errors_exemplar,
+                "duration": list(self.duration.exemplars),
+            },
         }
 
     @classmethod
@@ -282,7 +346,7 @@ class RunTotals:
                 raise ValueError(f"{key}: bucket layout changed")
             return Histogram(bounds, tuple(int(c) for c in counts), float(total))
 
-        return cls(
+        totals = cls(
             runs=int(data["runs"]),
             errors=int(data["errors"]),
             input_tokens=float(data["input_tokens"]),
@@ -292,7 +356,38 @@ class RunTotals:
             duration=hist("duration", DURATION_BUCKETS),
             input_usage=hist("input_usage", TOKEN_BUCKETS),
             output_usage=hist("output_usage", TOKEN_BUCKETS),
+            errors_by_class=tuple(sorted(data.get("errors_by_class", {}).items())),
         )
+        return totals.with_saved_exemplars(data.get("exemplars"))
+
+    def with_saved_exemplars(self, saved: Any) -> RunTotals:
+        """These totals with the exemplars of their saved form; what is not a valid exemplar
+        is left out (each is read by :func:`read_exemplar`)."""
+        if type(saved) is not dict:
+            return self
+        runs, errors, duration = saved.get("runs"), saved.get("errors"), saved.get("duration")
+        exemplars: tuple[Exemplar | None, ...] = ()
+        if isinstance(duration, (list, tuple)) and len(duration) == len(self.duration.counts):
+            exemplars = tuple(map(read_exemplar, duration))
+        return replace(
+            self,
+            runs_exemplar=read_exemplar(runs),
+            errors_exemplar=read_exemplar(errors),
+            duration=replace(self.duration, exemplars=exemplars),
+        )
+
+
+def _add_counts(
+    a: tuple[tuple[str, int], ...], b: tuple[tuple[str, int], ...]
+) -> tuple[tuple[str, int], ...]:
+    if not b:
+        return a
+    if not a:
+        return b
+    sums = dict(a)
+    for name, n in b:
+        sums[name] = sums.get(name, 0) + n
+    return tuple(sorted(sums.items()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +404,9 @@ class ProjectSnapshot:
     last_updated: float | None = None
     invalid_items: int = 0
     duplicate_items: int = 0
+    # (index_id, sessions) of llamacloud_chat_sessions_by_index: the shown indexes, "other"
+    # and "none".
+    by_index: tuple[tuple[str, int], ...] = ()
 
     @property
     def sessions(self) -> int:
@@ -336,11 +434,12 @@ class PollResult:
 
 
 # A saved session: id, fingerprint, flags (status | missed), then its most recent run's
-# input tokens, output tokens, turns and duration in milliseconds.
-SavedSession = tuple[str, int, int, float, float, float, float]
+# input tokens, output tokens, turns and duration in milliseconds, and its bound indexes.
+SavedSession = tuple[str, int, int, float, float, float, float, tuple[str, ...]]
 
-# Undo log entry: session id, its old index value (None: new), slot, old flags and run.
-_Undo = tuple[str, int | None, int, int, float, float, float, float]
+# Undo log entry: session id, its old index value (None: new), slot, old flags and run, and
+# its old index set.
+_Undo = tuple[str, int | None, int, int, float, float, float, float, int]
 
 _SLOT_BITS = 32
 _SLOT_MASK = (1 << _SLOT_BITS) - 1
@@ -568,6 +667,7 @@ class SessionTracker:
         "_free",
         "_has_baseline",
         "_index",
+        "_indexes",
         "_missed",
         "_pages",
         "_runs",
@@ -575,6 +675,7 @@ class SessionTracker:
         "_saved_status",
         "_seen",
         "_seen_count",
+        "_shown",
         "_status",
         "_top",
         "_undo",
@@ -593,6 +694,8 @@ class SessionTracker:
         self._flags = bytearray()
         self._fps = array("I")  # each slot's fingerprint, to check a remembered page
         self._runs = _Runs()
+        self._indexes = IndexSets()
+        self._shown: tuple[str, ...] = ()  # indexes with their own series, most sessions first
         # Page bodies read whole by the last listings, by key: what reading one again gives.
         self._pages: dict[Hashable, _PageSummary] = {}
         self._free: list[int] = []
@@ -608,16 +711,21 @@ class SessionTracker:
         self.state = state if state is not None and self._has_baseline else ListingState()
         if isinstance(sessions, dict):
             rows: Iterable[SavedSession] = (
-                (sid, fp, MISSED | UNREAD, 0.0, 0.0, 0.0, 0.0) for sid, fp in sessions.items()
+                (sid, fp, MISSED | UNREAD, 0.0, 0.0, 0.0, 0.0, ()) for sid, fp in sessions.items()
             )
         else:
             rows = sessions or ()
-        for sid, fp, flags, i, o, t, d in rows:
+        for sid, fp, flags, i, o, t, d, *indexes in rows:
             slot = self._new_slot()
             self._index[sid] = ((fp & _FP_MASK) << _SLOT_BITS) | slot
             self._flags[slot] = flags & _FLAG_BITS
             self._fps[slot] = fp & _FP_MASK
             self._runs.put(slot, i, o, t, d, fresh=True)
+            try:
+                self._indexes.put(slot, indexes[0] if indexes else ())
+            except InvalidIndexIds:  # an edited file: the next listing reads every page
+                self._indexes.put(slot, ())
+                self.state = ListingState()
             self._status[flags & _STATUS_MASK] += 1
             if flags & MISSED:
                 self._missed += 1
@@ -630,6 +738,7 @@ class SessionTracker:
             self._fps.extend(array("I", bytes(4 * more)))
             self._seen.extend(bytes(more))
             self._runs.grow(more)
+            self._indexes.grow(more)
         self._top += 1
         return self._top - 1
 
@@ -647,9 +756,16 @@ class SessionTracker:
             items: Iterable[tuple[str, int]] = index.items()
         else:
             items = ((sid, index[sid]) for sid in names if sid in index)
+        indexes = self._indexes
         for sid, value in items:
             slot = value & _SLOT_MASK
-            yield (sid, value >> _SLOT_BITS, *self._slot(slot))
+            yield (
+                sid,
+                value >> _SLOT_BITS,
+                self._flags[slot],
+                *self._runs.get(slot),
+                indexes.sets[indexes.ids[slot]],
+            )
 
     def fingerprints(self) -> Iterator[tuple[str, int]]:
         for sid, value in self._index.items():
@@ -679,15 +795,18 @@ class SessionTracker:
         newest = state.newest if now is None else min(state.newest, now)
         return newest - overlap
 
-    def begin(self, cutoff: float | None = None, overlap: float = 300.0) -> Listing:
+    def begin(
+        self, cutoff: float | None = None, overlap: float = 300.0, detail: Detail | None = None
+    ) -> Listing:
         """Start a listing; with ``cutoff`` (Unix seconds) it is incremental: it stops after
-        a page whose sessions were all last updated before the cutoff."""
+        a page whose sessions were all last updated before the cutoff. ``detail``: how many
+        indexes keep their own series, and the error classes (the defaults when None)."""
         self._seen = bytearray(len(self._flags))
         self._seen_count = 0
         self._undo = [] if self._has_baseline else None
         self._saved_status = list(self._status)
         self._saved_missed = self._missed
-        return Listing(self, cutoff, overlap)
+        return Listing(self, cutoff, overlap, Detail() if detail is None else detail)
 
     def rollback(self) -> None:
         """Undo the listing under way: a failed poll changes nothing."""
@@ -701,24 +820,30 @@ class SessionTracker:
             self._fps[:] = array("I", bytes(4 * len(self._fps)))
             self._pages = {}
             self._runs.clear()
+            self._indexes.clear()
             self._status = [0, 0, 0]
             self._missed = 0
             return
-        for sid, old, slot, flags, i, o, t, d in reversed(undo):
+        indexes = self._indexes
+        for sid, old, slot, flags, i, o, t, d, index_set in reversed(undo):
             if old is None:
                 del self._index[sid]
                 self._free.append(slot)
                 self._fps[slot] = 0
+                indexes.counts[indexes.ids[slot]] -= 1
+                indexes.ids[slot] = 0
             else:
                 self._index[sid] = old
                 self._fps[slot] = old >> _SLOT_BITS
+                indexes.move(slot, index_set)
             self._flags[slot] = flags
             self._runs.put(slot, i, o, t, d)
         self._status = self._saved_status
         self._missed = self._saved_missed
 
-    def _slot(self, slot: int) -> tuple[int, float, float, float, float]:
-        return (self._flags[slot], *self._runs.get(slot))
+    def _slot(self, slot: int) -> tuple[int, float, float, float, float, int]:
+        """A slot's flags, run and index set, as the undo log keeps them."""
+        return (self._flags[slot], *self._runs.get(slot), self._indexes.ids[slot])
 
     def _remove(self, sid: str, value: int) -> None:
         slot = value & _SLOT_MASK
@@ -727,14 +852,19 @@ class SessionTracker:
         self._flags[slot] = 0
         self._fps[slot] = 0
         self._runs.put(slot, 0, 0, 0, 0)
+        self._indexes.counts[self._indexes.ids[slot]] -= 1
+        self._indexes.ids[slot] = 0
         self._free.append(slot)
 
 
 class Listing:
     """One poll's pass over the listed items: feed pages, then :meth:`finish`."""
 
-    def __init__(self, tracker: SessionTracker, cutoff: float | None, overlap: float) -> None:
+    def __init__(
+        self, tracker: SessionTracker, cutoff: float | None, overlap: float, detail: Detail
+    ) -> None:
         self._tracker = tracker
+        self._detail = detail
         self._counting = tracker.has_baseline
         self._cut_aware = self._cut_naive = None
         if cutoff is not None:
@@ -757,6 +887,9 @@ class Listing:
         self._duplicates = 0
         self._runs = 0
         self._errors = 0
+        self._error_classes: dict[str, int] = {}
+        self._runs_exemplar: Exemplar | None = None
+        self._errors_exemplar: Exemplar | None = None
         self._created = 0
         self._new_input = 0.0
         self._new_output = 0.0
@@ -801,7 +934,10 @@ class Listing:
         remember = key is not None
         nonempty = bool(items)
         slots: list[int] = []
-        fps: list[int] = []
+        fps: list[int] = []  # fingerprint and index set of each session, for the page memo
+        indexes = tracker._indexes
+        index_sets = indexes.ids
+        by_key, intern = indexes.by_key, indexes.intern
         fromisoformat = datetime.fromisoformat
         slot_bits, slot_mask = _SLOT_BITS, _SLOT_MASK
         for item in items:
@@ -835,7 +971,16 @@ class Listing:
                         updated = fromisoformat(stamp)
                     except ValueError:
                         updated = _parse_timestamp_slow(stamp)
-            except (InvalidItem, TypeError):
+                listed = item.get("index_ids")
+                if listed is None:
+                    index_set = 0
+                elif type(listed) is list:
+                    index_set = by_key.get(tuple(listed), -1) if listed else 0
+                    if index_set < 0:
+                        index_set = intern(listed)
+                else:
+                    raise InvalidItem("index_ids is not a list")
+            except (InvalidItem, InvalidIndexIds, TypeError):
                 invalid += 1
                 continue
             any_valid = True
@@ -861,11 +1006,11 @@ class Listing:
                 if all_old and updated >= (cut_naive if updated.tzinfo is None else cut_aware):  # type: ignore[operator]
                     all_old = False
             if value is None:
-                slot = self._store(sid, None, fp, run)
+                slot = self._store(sid, None, fp, run, index_set)
                 if self._counting:
                     self._created += 1
                     if run is not None:
-                        self._count_run(run)
+                        self._count_run(run, job, sid, updated)
             else:
                 slot = value & slot_mask
                 if seen[slot]:
@@ -875,16 +1020,17 @@ class Listing:
                 seen[slot] = 1
                 seen_count += 1
                 if run is not None or value >> slot_bits != fp:
-                    self._store(sid, value, fp, run)
+                    self._store(sid, value, fp, run, index_set)
                     if self._counting and run is not None:
-                        self._count_run(run)
+                        self._count_run(run, job, sid, updated)
                 elif check_missed and tracker._flags[slot] & UNREAD:
                     # Saved by an older version without its run: read it now, count nothing.
                     try:
-                        self._store(sid, value, fp, None if job is None else read_run(job, fp))
+                        run = None if job is None else read_run(job, fp)
                     except InvalidItem:
                         invalid += 1
                         continue
+                    self._store(sid, value, fp, run, index_set)
                 elif check_missed and tracker._flags[slot] & MISSED:
                     # Absent from the last full listing, back now: it moved while that one
                     # paged.
@@ -893,9 +1039,15 @@ class Listing:
                     tracker._flags[slot] &= ~MISSED
                     tracker._missed -= 1
                     self._changed_flags.append(sid)
+                    if index_sets[slot] != index_set:
+                        indexes.move(slot, index_set)
+                elif index_sets[slot] != index_set:  # bound to other indexes, run unchanged
+                    if tracker._undo is not None:
+                        tracker._undo.append((sid, value, slot, *tracker._slot(slot)))
+                    indexes.move(slot, index_set)
             if remember:
                 slots.append(slot)
-                fps.append(fp)
+                fps.append(fp | index_set << _FP_BITS)
         tracker._seen_count += seen_count
         self._invalid += invalid
         summary = _PageSummary(
@@ -903,7 +1055,7 @@ class Listing:
             nonempty,
             any_valid,
             _packed(slots) if remember else range(0),  # what is not kept is not packed
-            hash(array("I", fps).tobytes()) if remember else 0,
+            hash(array("Q", fps).tobytes()) if remember else 0,
             invalid,
             first,
             previous,
@@ -955,7 +1107,11 @@ class Listing:
         tracker = self._tracker
         seen, flags = tracker._seen, tracker._flags
         slots = page.slots
-        if hash(array("I", map(tracker._fps.__getitem__, slots)).tobytes()) != page.fps:
+        fps, index_sets = tracker._fps, tracker._indexes.ids
+        if (
+            hash(array("Q", [fps[s] | index_sets[s] << _FP_BITS for s in slots]).tobytes())
+            != page.fps
+        ):
             return None
         for slot in slots:
             if seen[slot] or flags[slot] & MISSED:
@@ -974,20 +1130,28 @@ class Listing:
         )
         return page.token, not page.nonempty, stop
 
-    def _store(self, sid: str, old: int | None, fp: int, run: RunTuple | None) -> int:
-        """Write a session's new fingerprint and contribution, logging the old for undo."""
+    def _store(
+        self, sid: str, old: int | None, fp: int, run: RunTuple | None, index_set: int
+    ) -> int:
+        """Write a session's new fingerprint, contribution and index set, logging the old
+        for undo."""
         tracker = self._tracker
         flags = tracker._flags
+        indexes = tracker._indexes
         if old is None:
             tracker._seen_count += 1
             slot = tracker._free.pop() if tracker._free else tracker._new_slot()
             tracker._seen[slot] = 1
             if tracker._undo is not None:
-                tracker._undo.append((sid, None, slot, 0, 0.0, 0.0, 0.0, 0.0))
+                tracker._undo.append((sid, None, slot, 0, 0.0, 0.0, 0.0, 0.0, 0))
+            indexes.ids[slot] = index_set
+            indexes.counts[index_set] += 1
         else:
             slot = old & _SLOT_MASK
             if tracker._undo is not None:
                 tracker._undo.append((sid, old, slot, *tracker._slot(slot)))
+            if indexes.ids[slot] != index_set:
+                indexes.move(slot, index_set)
             tracker._status[flags[slot] & _STATUS_MASK] -= 1
             if flags[slot] & MISSED:
                 tracker._missed -= 1
@@ -1007,11 +1171,16 @@ class Listing:
         tracker._status[status] += 1
         return slot
 
-    def _count_run(self, run: RunTuple) -> None:
+    def _count_run(self, run: RunTuple, job: Any, sid: str, updated: datetime | None) -> None:
         is_error, d, i, o, t, _ = run
+        ts = None if updated is None else utc_timestamp(updated)
         self._runs += 1
+        self._runs_exemplar = latest(self._runs_exemplar, (sid, 1.0, ts))
         if is_error:
             self._errors += 1
+            self._errors_exemplar = latest(self._errors_exemplar, (sid, 1.0, ts))
+            name = self._detail.classify(job.get("error"))
+            self._error_classes[name] = self._error_classes.get(name, 0) + 1
         if i is not None:
             self._new_input += i
             self._input_hist.observe(i)
@@ -1021,7 +1190,7 @@ class Listing:
         if t is not None:
             self._new_turns += t
         if d is not None:
-            self._duration_hist.observe(d / 1000.0)
+            self._duration_hist.observe(d / 1000.0, sid, ts)
 
     def _last_updated(self) -> float | None:
         return None if self._newest is None else utc_timestamp(self._newest)
@@ -1047,8 +1216,9 @@ class Listing:
                     flags[slot] |= MISSED
                     tracker._missed += 1
                     missed.append(sid)
-        if removed:
-            tracker._pages = {}  # freed slots may be taken by other sessions
+        if tracker._indexes.release() or removed:
+            # Freed slots and index sets may be taken by other sessions and sets.
+            tracker._pages = {}
         elif full:
             tracker._pages = self._pages
         else:
@@ -1081,6 +1251,8 @@ class Listing:
         tracker._seen = bytearray()  # a byte per session, needed only while a listing runs
         never_run, ok, error = tracker._status
         total_in, total_out, turns, duration_ms = tracker._runs.sums()
+        unbound, per_index = tracker._indexes.by_index()
+        tracker._shown = pick_indexes(per_index, tracker._shown, self._detail.max_index_series)
         snapshot = ProjectSnapshot(
             never_run=never_run,
             ok=ok,
@@ -1092,6 +1264,7 @@ class Listing:
             last_updated=newest,
             invalid_items=self._invalid,
             duplicate_items=self._duplicates,
+            by_index=index_series(unbound, per_index, tracker._shown),
         )
         new_runs = RunTotals(
             runs=self._runs,
@@ -1103,6 +1276,9 @@ class Listing:
             duration=self._duration_hist.build(),
             input_usage=self._input_hist.build(),
             output_usage=self._output_hist.build(),
+            errors_by_class=tuple(sorted(self._error_classes.items())),
+            runs_exemplar=self._runs_exemplar,
+            errors_exemplar=self._errors_exemplar,
         )
         return PollResult(
             snapshot,

@@ -11,6 +11,7 @@ import threading
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import generate_latest
 from prometheus_client.core import (
@@ -21,10 +22,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar as PromExemplar
 from prometheus_client.utils import floatToGoString
 
 from . import __version__
-from .aggregate import STATUSES, Histogram
+from .aggregate import STATUSES, Exemplar, Histogram
 from .store import ProjectState, Store
 
 # Fixed reason words of llamacloud_poll_errors_total; each starts at 0 for every project.
@@ -56,8 +58,30 @@ def _le(bound: float) -> str:
     return _go_float(bound)
 
 
-def _hist_buckets(hist: Histogram) -> list[tuple[str, float]]:
-    return [(_le(bound), float(count)) for bound, count in hist.cumulative()]
+# OpenMetrics caps an exemplar's label names and values at 128 characters together.
+_EXEMPLAR_LABEL_CHARS = 128 - len("session_id")
+
+
+def _exemplar(exemplar: Exemplar | None) -> PromExemplar | None:
+    """An exemplar as prometheus_client writes it; None when it has none, or its session id is
+    too long for one."""
+    if exemplar is None or len(exemplar[0]) > _EXEMPLAR_LABEL_CHARS:
+        return None
+    sid, value, ts = exemplar
+    return PromExemplar({"session_id": sid}, value, ts)
+
+
+def _hist_buckets(hist: Histogram) -> list[Any]:
+    """(le, cumulative count) per bucket, with the bucket's exemplar where it has one."""
+    buckets: list[Any] = []
+    exemplars = hist.exemplars or (None,) * len(hist.counts)
+    for (bound, count), exemplar in zip(hist.cumulative(), exemplars, strict=True):
+        shown = _exemplar(exemplar)
+        if shown is None:
+            buckets.append((_le(bound), float(count)))
+        else:
+            buckets.append((_le(bound), float(count), shown))
+    return buckets
 
 
 class StoreCollector(Collector):
@@ -141,6 +165,13 @@ class StoreCollector(Collector):
             f"Newest last_updated_at of the listed sessions, in Unix seconds, {_LAST}.",
             labels=["project_id"],
         )
+        by_index = GaugeMetricFamily(
+            "llamacloud_chat_sessions_by_index",
+            "Listed chat sessions bound to each index (a session bound to two counts in "
+            "both): the detail.max_index_series indexes with most sessions, the rest summed "
+            f'as index_id="other", sessions bound to none as index_id="none", {_LAST}.',
+            labels=["project_id", "index_id"],
+        )
         info = GaugeMetricFamily(
             "llamacloud_project_info",
             "Always 1; the configured name and organization of each project.",
@@ -161,7 +192,9 @@ class StoreCollector(Collector):
             duration.add_metric([pid], snap.duration_seconds)
             if snap.last_updated is not None:
                 updated.add_metric([pid], snap.last_updated)
-        yield from (sessions, tokens, turns, duration, updated, info)
+            for index_id, count in snap.by_index:
+                by_index.add_metric([pid, index_id], count)
+        yield from (sessions, tokens, turns, duration, updated, by_index, info)
 
     def _run_counters(self, projects: tuple[ProjectState, ...]) -> Iterator[Metric]:
         runs = CounterMetricFamily(
@@ -173,6 +206,12 @@ class StoreCollector(Collector):
             "llamacloud_chat_run_errors",
             f"Chat session runs whose status is error, {_SINCE}.",
             labels=["project_id"],
+        )
+        by_class = CounterMetricFamily(
+            "llamacloud_chat_run_errors_by_class",
+            "Failed chat session runs by the first detail.error_classes expression their "
+            f"error text matches (other: none), {_SINCE}.",
+            labels=["project_id", "error_class"],
         )
         tokens = CounterMetricFamily(
             "llamacloud_chat_tokens",
@@ -202,8 +241,11 @@ class StoreCollector(Collector):
         for p in projects:
             pid = p.project_id
             t = p.totals
-            runs.add_metric([pid], t.runs)
-            errors.add_metric([pid], t.errors)
+            runs.add_metric([pid], t.runs, exemplar=_exemplar(t.runs_exemplar))
+            errors.add_metric([pid], t.errors, exemplar=_exemplar(t.errors_exemplar))
+            counted = dict(t.errors_by_class)
+            for name in p.error_classes:
+                by_class.add_metric([pid, name], counted.get(name, 0))
             tokens.add_metric([pid, "input"], t.input_tokens)
             tokens.add_metric([pid, "output"], t.output_tokens)
             turns.add_metric([pid], t.turns)
@@ -211,7 +253,7 @@ class StoreCollector(Collector):
             duration.add_metric([pid], _hist_buckets(t.duration), t.duration.total)
             usage.add_metric([pid, "input"], _hist_buckets(t.input_usage), t.input_usage.total)
             usage.add_metric([pid, "output"], _hist_buckets(t.output_usage), t.output_usage.total)
-        yield from (runs, errors, tokens, turns, created, duration, usage)
+        yield from (runs, errors, by_class, tokens, turns, created, duration, usage)
 
     def _health(self, projects: tuple[ProjectState, ...]) -> Iterator[Metric]:
         up = GaugeMetricFamily(
@@ -288,16 +330,26 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _samples(metric: Metric) -> bytes:
-    """A family's sample lines as ``generate_latest`` writes them (a test holds it to that)."""
+def _labels(labels: dict[str, str]) -> str:
+    return ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
+
+
+def _samples(metric: Metric, openmetrics: bool = False) -> bytes:
+    """A family's sample lines as ``generate_latest`` writes them, or in OpenMetrics (which
+    adds the exemplars) as its ``generate_latest`` does: a test holds them to that."""
     lines = []
     for sample in metric.samples:
         value = _go_float(sample.value)
+        exemplar = ""
+        if openmetrics and sample.exemplar is not None:
+            ex = sample.exemplar
+            exemplar = f" # {{{_labels(ex.labels)}}} {_go_float(ex.value)}"
+            if ex.timestamp is not None:
+                exemplar += f" {ex.timestamp}"
         if sample.labels:
-            inner = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(sample.labels.items()))
-            lines.append(f"{sample.name}{{{inner}}} {value}\n")
+            lines.append(f"{sample.name}{{{_labels(sample.labels)}}} {value}{exemplar}\n")
         else:
-            lines.append(f"{sample.name} {value}\n")
+            lines.append(f"{sample.name} {value}{exemplar}\n")
     return "".join(lines).encode()
 
 
@@ -317,8 +369,11 @@ _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 @dataclass(frozen=True)
 class _Rendered:
     state: ProjectState
-    lines: list[bytes]  # one piece per family, in project_families order
-    deflated: list[bytes]  # the same pieces, each compressed on its own
+    # By format (OpenMetrics or not), one piece per family in project_families order, and
+    # the same pieces each compressed on its own. The formats share every piece but those
+    # with exemplars.
+    lines: dict[bool, list[bytes]]
+    deflated: dict[bool, list[bytes]]
 
 
 class TextExposition:
@@ -354,8 +409,15 @@ class TextExposition:
         cached = self._cache.get(state.project_id)
         if cached is not None and cached.state is state:
             return cached
-        lines = [_samples(m) for m in self._collector.project_families((state,))]
-        rendered = _Rendered(state, lines, [_deflate_piece(piece) for piece in lines])
+        families = list(self._collector.project_families((state,)))
+        text = [_samples(m) for m in families]
+        deflated = [_deflate_piece(piece) for piece in text]
+        om, om_deflated = list(text), list(deflated)
+        for i, family in enumerate(families):
+            if any(sample.exemplar is not None for sample in family.samples):
+                om[i] = _samples(family, openmetrics=True)
+                om_deflated[i] = _deflate_piece(om[i])
+        rendered = _Rendered(state, {False: text, True: om}, {False: deflated, True: om_deflated})
         self._cache[state.project_id] = rendered
         return rendered
 
@@ -384,12 +446,14 @@ class TextExposition:
         deflated_headers = self._deflated_headers[openmetrics]
         raw: list[bytes] = []
         deflated: list[bytes] = []
+        pieces = [p.lines[openmetrics] for p in per_project]
+        deflated_pieces = [p.deflated[openmetrics] for p in per_project]
         for i, header in enumerate(headers):
             raw.append(header)
-            raw.extend(p.lines[i] for p in per_project)
+            raw.extend(lines[i] for lines in pieces)
             if compressed:
                 deflated.append(deflated_headers[i])
-                deflated.extend(p.deflated[i] for p in per_project)
+                deflated.extend(piece[i] for piece in deflated_pieces)
         raw.append(tail)
         text = b"".join(raw)
         if not compressed:

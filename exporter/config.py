@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from .detail import DETAIL_KEYS, Detail, parse_detail
 from .reading import (
     MAX_CONFIG_BYTES,
     MAX_CONFIG_DEPTH,
@@ -72,6 +73,7 @@ class Config:
     max_concurrency: int = 4
     listen_address: str = DEFAULT_LISTEN_ADDRESS
     state_path: str | None = None
+    detail: Detail = field(default_factory=Detail)
 
     def with_listen_address(self, address: str) -> Config:
         problems: list[str] = []
@@ -101,6 +103,7 @@ _TOP_KEYS = {
     "max_concurrency",
     "web",
     "state",
+    "detail",
 }
 _LLAMACLOUD_KEYS = {
     "base_url",
@@ -195,6 +198,7 @@ def _parse(
     lc = section(raw, "llamacloud", _LLAMACLOUD_KEYS, problems)
     web = section(raw, "web", _WEB_KEYS, problems)
     state = section(raw, "state", _STATE_KEYS, problems)
+    detail = parse_detail(section(raw, "detail", DETAIL_KEYS, problems), problems)
 
     default_base = _base_url(lc.get("base_url"), "llamacloud.base_url", problems)
     if default_base is None:
@@ -275,6 +279,7 @@ def _parse(
         max_concurrency=concurrency,
         listen_address=listen,
         state_path=state_path,
+        detail=detail,
     )
 
 

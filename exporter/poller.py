@@ -49,6 +49,7 @@ class Poller:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stop: asyncio.Event | None = None
         self._lanes = _Lanes(config.max_concurrency)
+        store.set_error_classes(config.detail.class_names)
         saved = state.load(p.id for p in config.projects) if state is not None else {}
         for project in config.projects:
             entry = saved.get(project.id)
@@ -86,6 +87,7 @@ class Poller:
         Returns the keys that changed but only take effect after a restart.
         """
         old = self._config
+        self._store.set_error_classes(config.detail.class_names)
         wanted = {p.id: p for p in config.projects}
         for pid in [pid for pid in self._projects if pid not in wanted]:
             task = self._tasks.pop(pid, None)
@@ -240,7 +242,7 @@ class Poller:
             overlap=config.incremental_overlap_seconds,
             now=self._clock(),
         )
-        listing = tracker.begin(cutoff, config.incremental_overlap_seconds)
+        listing = tracker.begin(cutoff, config.incremental_overlap_seconds, config.detail)
         pages = items = 0
         listed = self._client.pages(
             project, config.max_pages, config.max_response_bytes, reuse=listing.reuse

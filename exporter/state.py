@@ -43,7 +43,8 @@ from .aggregate import (
 
 log = structlog.get_logger("exporter.state")
 
-SCHEMA_VERSION = 2  # 1: fingerprints only; 2 adds contributions and listing state
+# 1: fingerprints only; 2 adds contributions and listing state; 3 each session's indexes
+SCHEMA_VERSION = 3
 # How long a write waits for another process's lock on the database (a backup, an
 # ``sqlite3`` shell) before it fails; a short external lock is waited out.
 BUSY_TIMEOUT_SECONDS = 5.0
@@ -66,10 +67,11 @@ _SQLITE_HEADER = b"SQLite format 3\x00"
 _SIBLINGS = ("-wal", "-shm", "-journal")  # files SQLite keeps beside a database
 _V1_SESSIONS = ("project_id", "session_id", "fingerprint")
 _RUN_COLUMNS = ("input_tokens", "output_tokens", "turns", "duration_ms")
+_V2_SESSIONS = (*_V1_SESSIONS, "flags", *_RUN_COLUMNS)
 _COLUMNS = {
     "meta": ("key", "value"),
     "totals": ("project_id", "data", "has_baseline"),
-    "sessions": (*_V1_SESSIONS, "flags", *_RUN_COLUMNS),
+    "sessions": (*_V2_SESSIONS, "index_ids"),
     "listing": ("project_id", "data"),
 }
 _SCHEMA = (
@@ -82,6 +84,8 @@ _SCHEMA = (
     " flags INTEGER NOT NULL DEFAULT 12, input_tokens NUMERIC NOT NULL DEFAULT 0,"
     " output_tokens NUMERIC NOT NULL DEFAULT 0, turns NUMERIC NOT NULL DEFAULT 0,"
     " duration_ms NUMERIC NOT NULL DEFAULT 0,"
+    # The indexes it is bound to, one per line (index ids are printable); NULL for none.
+    " index_ids TEXT,"
     " PRIMARY KEY (project_id, session_id)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS listing (project_id TEXT PRIMARY KEY, data TEXT NOT NULL)",
 )
@@ -92,7 +96,7 @@ _MIGRATE_V1 = (
     "ALTER TABLE sessions ADD COLUMN flags INTEGER NOT NULL DEFAULT 12",
     *(f"ALTER TABLE sessions ADD COLUMN {c} NUMERIC NOT NULL DEFAULT 0" for c in _RUN_COLUMNS),
 )
-_SESSION_ROWS = "session_id, fingerprint, flags, " + ", ".join(_RUN_COLUMNS)
+_SESSION_ROWS = "session_id, fingerprint, flags, " + ", ".join(_RUN_COLUMNS) + ", index_ids"
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
 
@@ -290,11 +294,13 @@ class StateFile:
             return FOREIGN
         meta = dict(db.execute("SELECT key, value FROM meta"))
         version = meta.get("schema_version", str(SCHEMA_VERSION))
-        if version not in ("1", str(SCHEMA_VERSION)):
+        if version not in ("1", "2", str(SCHEMA_VERSION)):
             return UNKNOWN_SCHEMA
         expected = dict(_COLUMNS)
         if version == "1":
             expected["sessions"] = _V1_SESSIONS
+        elif version == "2":
+            expected["sessions"] = _V2_SESSIONS
         for table, columns in expected.items():
             if table in tables and _columns(db, table) != columns:
                 return FOREIGN
@@ -324,7 +330,9 @@ class StateFile:
                 )
                 bad = db.execute(
                     "SELECT 1 FROM sessions WHERE typeof(flags) != 'integer' OR flags < 0"
-                    f" OR flags > 14 OR (flags & 3) = 3 OR {amounts} LIMIT 1"
+                    f" OR flags > 14 OR (flags & 3) = 3 OR {amounts}"
+                    + (" OR typeof(index_ids) NOT IN ('null', 'text')" if version != "2" else "")
+                    + " LIMIT 1"
                 ).fetchone()
                 if bad is not None:
                     return BAD_SESSIONS
@@ -359,6 +367,12 @@ class StateFile:
                 if "sessions" in tables and _columns(db, "sessions") == _V1_SESSIONS:
                     for statement in _MIGRATE_V1:
                         db.execute(statement)
+                if "sessions" in tables and _columns(db, "sessions") == _V2_SESSIONS:
+                    # Which indexes its sessions are bound to is not known: drop the
+                    # listing state, so the first listing is a full one that reads them all.
+                    db.execute("ALTER TABLE sessions ADD COLUMN index_ids TEXT")
+                    if "listing" in tables:
+                        db.execute("DELETE FROM listing")
                 for statement in _SCHEMA:
                     db.execute(statement)
                 probe = str(fingerprint_probe())
@@ -401,9 +415,12 @@ class StateFile:
                 sessions: list[SavedSession] | None = None
                 listing = None
                 if has_baseline:
-                    sessions = self._db.execute(
-                        f"SELECT {_SESSION_ROWS} FROM sessions WHERE project_id = ?", (pid,)
-                    ).fetchall()
+                    sessions = [
+                        (*row[:-1], () if row[-1] is None else tuple(row[-1].split("\n")))
+                        for row in self._db.execute(
+                            f"SELECT {_SESSION_ROWS} FROM sessions WHERE project_id = ?", (pid,)
+                        )
+                    ]
                     row = self._db.execute(
                         "SELECT data FROM listing WHERE project_id = ?", (pid,)
                     ).fetchone()
@@ -441,8 +458,11 @@ class StateFile:
                     )
                 self._db.executemany(
                     f"INSERT OR REPLACE INTO sessions (project_id, {_SESSION_ROWS}) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    ((project_id, *row) for row in tracker.rows(changed)),
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        (project_id, *row[:-1], "\n".join(row[-1]) if row[-1] else None)
+                        for row in tracker.rows(changed)
+                    ),
                 )
         except BaseException:
             self._full_save.add(project_id)
@@ -638,7 +658,10 @@ def _parse_totals(data: object) -> RunTotals:
             raise ValueError(f"{key}: bucket layout changed")
         return Histogram(bounds, tuple(count(c) for c in counts), amount(total))
 
-    return RunTotals(
+    by_class = raw.get("errors_by_class", {})  # absent from files saved before classes
+    if type(by_class) is not dict or not all(type(k) is str for k in by_class):
+        raise ValueError("errors_by_class: not an object of counts")
+    totals = RunTotals(
         runs=count(field("runs")),
         errors=count(field("errors")),
         input_tokens=amount(field("input_tokens")),
@@ -648,4 +671,6 @@ def _parse_totals(data: object) -> RunTotals:
         duration=histogram("duration", DURATION_BUCKETS),
         input_usage=histogram("input_usage", TOKEN_BUCKETS),
         output_usage=histogram("output_usage", TOKEN_BUCKETS),
+        errors_by_class=tuple(sorted((k, count(v)) for k, v in by_class.items())),
     )
+    return totals.with_saved_exemplars(raw.get("exemplars"))

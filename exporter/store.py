@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 
 from .aggregate import PollResult, ProjectSnapshot, RunTotals
 from .config import ProjectConfig
+from .detail import OTHER
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class ProjectState:
     last_error: str | None = None  # a fixed reason word, never free text
     poll_errors: tuple[tuple[str, int], ...] = ()
     invalid_items_total: int = 0
+    # The error_class label values to show, each from 0: the configured classes and "other".
+    error_classes: tuple[str, ...] = (OTHER,)
 
 
 class Store:
@@ -46,11 +49,14 @@ class Store:
         self._listeners: list[Callable[[ProjectState], None]] = []
         self.reload_ok = True
         self.reload_success: float | None = None  # set when the daemon starts
+        self._error_classes: tuple[str, ...] = (OTHER,)
         for project in projects:
             self.add_project(project)
 
     def add_project(self, project: ProjectConfig, totals: RunTotals | None = None) -> None:
-        state = ProjectState(project.id, project.name, project.organization_id)
+        state = ProjectState(
+            project.id, project.name, project.organization_id, error_classes=self._error_classes
+        )
         if totals is not None:
             state = replace(state, totals=totals)
         with self._lock:
@@ -67,6 +73,17 @@ class Store:
             new = replace(old, name=project.name, organization_id=project.organization_id)
             self._projects[project.id] = new
         self._publish(new)
+
+    def set_error_classes(self, names: tuple[str, ...]) -> None:
+        """The error classes of a (re)loaded config; every project shows them from now on."""
+        with self._lock:
+            if names == self._error_classes:
+                return
+            self._error_classes = names
+            states = [replace(s, error_classes=names) for s in self._projects.values()]
+            self._projects.update((s.project_id, s) for s in states)
+        for state in states:
+            self._publish(state)
 
     def record_reload(self, ok: bool, when: float) -> None:
         with self._lock:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from exporter.aggregate import (
     DURATION_BUCKETS,
     TOKEN_BUCKETS,
+    RunTotals,
     SessionTracker,
     aggregate,
     parse_run,
@@ -360,3 +361,66 @@ def test_a_boolean_where_a_count_belongs_is_never_taken_for_an_unchanged_run() -
     aggregate([[session("a", turns=1)]], tracker)
     result = aggregate([[session("a", turns=True)]], tracker)
     assert result.snapshot.invalid_items == 1
+
+
+# Exemplars ------------------------------------------------------------------------------------
+
+
+def stamped(sid: str, when: str, **job: Any) -> dict[str, Any]:
+    return dict(session(sid, **job), last_updated_at=when)
+
+
+def test_exemplars_point_at_the_latest_run_counted() -> None:
+    tracker = SessionTracker()
+    aggregate([[session("old")]], tracker)
+    result = aggregate(
+        [
+            [
+                stamped("b", "2026-05-01T10:00:00Z", duration_ms=30, is_error=True),
+                stamped("a", "2026-05-01T12:00:00Z", duration_ms=35),  # later, listed after
+                stamped("c", "2026-05-01T09:00:00Z", duration_ms=5000, is_error=True),
+                stamped("d", "2026-05-01T11:00:00Z", duration_ms=None),  # no duration
+            ]
+        ],
+        tracker,
+    )
+    totals = result.new_runs
+    noon = parse_timestamp("2026-05-01T12:00:00Z")
+    assert totals.runs_exemplar == ("a", 1.0, noon)
+    assert totals.errors_exemplar == ("b", 1.0, parse_timestamp("2026-05-01T10:00:00Z"))
+    buckets = dict(zip((*DURATION_BUCKETS, math.inf), totals.duration.exemplars, strict=True))
+    assert buckets[0.04] == ("a", 0.035, noon)  # 30 ms and 35 ms share it: the later wins
+    assert buckets[5.12] == ("c", 5.0, parse_timestamp("2026-05-01T09:00:00Z"))
+    assert sum(e is not None for e in buckets.values()) == 2
+    # Added to the totals, a later poll's exemplars replace older ones, bucket by bucket.
+    later = aggregate([[stamped("a", "2026-05-02T00:00:00Z", duration_ms=5001)]], tracker)
+    merged = totals + later.new_runs
+    assert merged.runs_exemplar is not None and merged.runs_exemplar[0] == "a"
+    assert merged.errors_exemplar == totals.errors_exemplar
+    assert merged.duration.exemplars[DURATION_BUCKETS.index(5.12)][0] == "a"
+    assert merged.duration.exemplars[DURATION_BUCKETS.index(0.04)] == buckets[0.04]
+
+
+def test_a_stamped_run_is_later_than_one_without_a_stamp() -> None:
+    tracker = SessionTracker()
+    aggregate([[session("x")]], tracker)
+    item = session("a")
+    item["last_updated_at"] = None
+    result = aggregate([[stamped("b", "2026-05-01T10:00:00Z"), item]], tracker)
+    assert result.new_runs.runs_exemplar is not None
+    assert result.new_runs.runs_exemplar[0] == "b"
+
+
+def test_exemplars_survive_the_saved_form_and_bad_ones_are_dropped() -> None:
+    tracker = SessionTracker()
+    aggregate([[session("x")]], tracker)
+    totals = aggregate([[stamped("a", "2026-05-01T10:00:00Z", is_error=True)]], tracker).new_runs
+    data = totals.to_dict()
+    assert RunTotals.from_dict(data) == totals
+    data["exemplars"]["runs"] = ["a", float("nan"), 1.0]
+    data["exemplars"]["errors"] = [7, 1.0, None]
+    data["exemplars"]["duration"] = ["not", "a", "list", "of", "the", "right", "length"]
+    restored = RunTotals.from_dict(data)
+    assert (restored.runs_exemplar, restored.errors_exemplar) == (None, None)
+    assert restored.duration.exemplars == ()
+    assert restored.runs == totals.runs  # counters are kept whatever the exemplars were

@@ -124,6 +124,17 @@ def test_the_cached_text_format_equals_prometheus_client_byte_for_byte() -> None
     assert om == openmetrics_latest(registry)
     assert om.endswith(b"# EOF\n")
     assert b"# TYPE llamacloud_chat_runs counter\n" in om
+    # ... where counters and duration buckets carry the latest run's session as an exemplar,
+    # stamped with its last_updated_at; the text format has none.
+    stamp = 1776861281.342245  # SESSION's last_updated_at, read as UTC
+    assert (
+        f'llamacloud_chat_runs_total{{project_id="p1"}} 2.0 # {{session_id="c"}} 1.0 {stamp}\n'
+    ).encode() in om
+    assert (
+        'llamacloud_chat_run_duration_seconds_bucket{le="+Inf",project_id="p1"} 2.0 '
+        f'# {{session_id="a"}} 123.456 {stamp}\n'
+    ).encode() in om
+    assert b"# {" not in text
     assert gzip.decompress(exposition.render_gzip(openmetrics=True)) == om
 
     # A project that leaves the store leaves the cached text too.

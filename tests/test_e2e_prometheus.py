@@ -17,6 +17,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,6 +44,7 @@ GAUGES = (
     "llamacloud_chat_session_turns",
     "llamacloud_chat_session_duration_seconds",
     "llamacloud_chat_last_updated_timestamp_seconds",
+    "llamacloud_chat_sessions_by_index",
     "llamacloud_project_info",
     "llamacloud_up",
     "llamacloud_poll_duration_seconds",
@@ -51,6 +53,7 @@ GAUGES = (
 COUNTERS = (
     "llamacloud_chat_runs_total",
     "llamacloud_chat_run_errors_total",
+    "llamacloud_chat_run_errors_by_class_total",
     "llamacloud_chat_tokens_total",
     "llamacloud_chat_turns_total",
     "llamacloud_chat_sessions_created_total",
@@ -195,6 +198,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                     f"--config.file={prometheus_config}",
                     f"--storage.tsdb.path={tmp / 'data'}",
                     f"--web.listen-address=127.0.0.1:{prometheus_port}",
+                    "--enable-feature=exemplar-storage",  # scrapes OpenMetrics, keeps exemplars
                     "--log.level=warn",
                 ],
                 stdout=prometheus_log.open("wb"),
@@ -297,6 +301,43 @@ def test_live_metrics_pass_promtool_check_metrics(stack: Stack) -> None:
     )
     output = (lint.stdout + lint.stderr).decode()
     assert lint.returncode == 0 and not output.strip(), output
+
+
+def exemplars(stack: Stack, query: str) -> list[tuple[dict[str, str], dict[str, Any]]]:
+    """(series labels, exemplar) pairs Prometheus stored."""
+    # Stamped with the simulator's clock, which the steps below run ahead of the real one.
+    params = {"query": query, "start": "0", "end": str(stack.sim.clock.timestamp() + 60)}
+    found = stack.api("/api/v1/query_exemplars?" + urllib.parse.urlencode(params))
+    return [(series["seriesLabels"], ex) for series in found for ex in series["exemplars"]]
+
+
+def test_exemplars_lead_from_a_spike_to_its_session(stack: Stack) -> None:
+    """Counters and duration buckets carry the session of their latest run, which Prometheus
+    stores and returns: the session the simulator has, stamped when it ran."""
+    for query in ("llamacloud_chat_runs_total", "llamacloud_chat_run_duration_seconds_bucket"):
+        found = eventually(partial(exemplars, stack, query), f"exemplars of {query}")
+        known = {
+            item["session_id"]: item["last_updated_at"]
+            for pid in stack.project_ids
+            for item in stack.sim.sessions(pid)
+        }
+        matched = [
+            (labels, ex) for labels, ex in found if ex["labels"]["session_id"] in known
+        ]  # the rest ran again or were deleted since: their exemplar moved on
+        assert matched, found
+        for labels, ex in matched:
+            assert labels["project_id"] in stack.project_ids
+            assert set(ex["labels"]) == {"session_id"}
+            # The run's last_updated_at: at most the session's latest (it may be touched since).
+            latest = datetime.fromisoformat(known[ex["labels"]["session_id"]])
+            if latest.tzinfo is None:
+                latest = latest.replace(tzinfo=timezone.utc)
+            assert 1.7e9 < float(ex["timestamp"]) <= latest.timestamp() + 1e-3
+        if query.endswith("_bucket"):
+            for labels, ex in matched:  # each bucket's exemplar is a run of that bucket
+                assert float(ex["value"]) <= float(labels["le"])
+        else:
+            assert {float(ex["value"]) for _, ex in matched} == {1.0}
 
 
 def alert_states(stack: Stack, name: str) -> dict[str, str]:

@@ -92,6 +92,8 @@ def test_golden_exposition(sim: Simulator) -> None:
             session("a3", is_error=None, error="quota exceeded", total_input_tokens=3),
             session("a5", total_input_tokens=70, duration_ms=90),
             {"session_id": "a6", "job_metadata": {"total_input_tokens": "lots"}},
+            dict(session("a7", is_error=True, error="Request timed out"), index_ids=None),
+            dict(session("a8"), index_ids=["idx-abc123"]),
         ],
         "beta": [session("b1", job=None)],
     }

@@ -33,6 +33,8 @@ from tests.conftest import Exporter, Samples, session, value, wait_for, write_co
 from tests.test_aggregate import jobs  # every shape of job_metadata the API may send
 
 EPOCH = datetime(2026, 11, 1, tzinfo=timezone.utc)
+# What a session's index_ids may be: none in three spellings, one, two, repeats, reordered.
+BINDINGS: tuple[Any, ...] = (None, [], ["i1"], ["i1", "i2"], ["i2"], ["i2", "i1", "i1"], "gone")
 
 
 def stamp(seconds: float, naive: bool = False) -> str:
@@ -60,11 +62,13 @@ class Api:
 
     def _fresh(self, job: Any) -> dict[str, Any]:
         self.created += 1
-        return {
+        item = {
             "session_id": f"s{self.created}",
             "last_updated_at": stamp(self.clock, naive=self.created % 3 == 0),
             "job_metadata": copy.deepcopy(job),
         }
+        bind(item, self.created)
+        return item
 
     def apply(self, event: tuple[Any, ...]) -> None:
         kind, where, job, dt = event
@@ -87,8 +91,31 @@ class Api:
         item["last_updated_at"] = stamp(self.clock, naive=naive)
         if kind == "rerun":
             item["job_metadata"] = copy.deepcopy(job)
+        elif kind == "rebind":  # bound to other indexes (which updates it, as any change)
+            bind(item, where // 7)
         if self.order == "newest-first":
             self.items.insert(0, self.items.pop(index))
+
+
+def bind(item: dict[str, Any], choice: int) -> None:
+    binding = BINDINGS[choice % len(BINDINGS)]
+    if binding == "gone":
+        item.pop("index_ids", None)
+    else:
+        item["index_ids"] = copy.deepcopy(binding)
+
+
+def by_index(items: list[dict[str, Any]]) -> tuple[tuple[str, int], ...]:
+    """llamacloud_chat_sessions_by_index counted from scratch, every index shown."""
+    counts: dict[str, int] = {}
+    none = 0
+    for item in items:
+        indexes = set(item.get("index_ids") or ())
+        none += not indexes
+        for index_id in indexes:
+            counts[index_id] = counts.get(index_id, 0) + 1
+    shown = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return (*shown, ("other", 0), ("none", none))
 
 
 def list_once(
@@ -142,11 +169,12 @@ def gauges(result: PollResult) -> tuple[Any, ...]:
         s.turns,
         s.duration_seconds,
         s.last_updated,
+        s.by_index,
     )
 
 
 changes = st.tuples(
-    st.sampled_from(["rerun", "rerun", "touch", "create", "create", "delete"]),
+    st.sampled_from(["rerun", "rerun", "touch", "rebind", "create", "create", "delete"]),
     st.integers(0, 1000),
     jobs,
     st.floats(0, 20),
@@ -206,6 +234,9 @@ def test_auto_equals_full_after_every_full_listing(
         a, n = list_once(full_api, full, events, page_size, None, overlap)
         full_totals += a.new_runs
         full_pages += n
+        if list(events) == [0] and not a.missed and len(full) == len(full_api.items):
+            # Nothing moved while it paged: the gauges are the listed items' own.
+            assert a.snapshot.by_index == by_index(full_api.items)
         # Pages taken unread because their body did not change give what reading them gives.
         c, _ = list_once(plain_api, plain, events, page_size, None, overlap, remember=False)
         plain_totals += c.new_runs

@@ -494,7 +494,7 @@ UNUSABLE: dict[str, tuple[Callable[[Path], None], str]] = {
     "garbage": (lambda p: p.write_bytes(b"counters: 12\n\x00\xff" * 500), NOT_SQLITE),
     "truncated": (truncated, CORRUPT),
     "future-schema": (
-        edited("UPDATE meta SET value = '3' WHERE key = 'schema_version'"),
+        edited("UPDATE meta SET value = '4' WHERE key = 'schema_version'"),
         UNKNOWN_SCHEMA,
     ),
     "other-database": (foreign, FOREIGN),
@@ -523,12 +523,42 @@ UNUSABLE: dict[str, tuple[Callable[[Path], None], str]] = {
         BAD_TOTALS,
     ),
     "totals-bad-flag": (edited("UPDATE totals SET has_baseline = 'yes'"), BAD_TOTALS),
+    "totals-bad-error-class": (
+        edited("UPDATE totals SET data = ?", totals_data(errors_by_class={"timeout": -1})),
+        BAD_TOTALS,
+    ),
     "session-fingerprint": (edited("UPDATE sessions SET fingerprint = 'x'"), BAD_SESSIONS),
     "session-flags": (edited("UPDATE sessions SET flags = 3"), BAD_SESSIONS),
     "session-tokens-text": (edited("UPDATE sessions SET input_tokens = 'x'"), BAD_SESSIONS),
     "session-turns-negative": (edited("UPDATE sessions SET turns = -1"), BAD_SESSIONS),
     "session-duration-infinite": (edited("UPDATE sessions SET duration_ms = 9e999"), BAD_SESSIONS),
+    "session-index-ids-blob": (edited("UPDATE sessions SET index_ids = x'00'"), BAD_SESSIONS),
 }
+
+
+def test_a_version_2_file_is_upgraded_and_relists_every_page(tmp_path: Path) -> None:
+    """A file from before index sets were saved: counters, runs and fingerprints carry on, and
+    the first listing is a full one that learns which indexes each session is bound to."""
+    path = tmp_path / "s.db"
+    items = [dict(session(f"s{i}"), index_ids=[f"i{i % 2}"]) for i in range(4)]
+    with StateFile(path) as state:
+        tracker = SessionTracker()
+        totals = poll_and_save(state, tracker, RunTotals(), items)
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE sessions DROP COLUMN index_ids")
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+        db.execute("UPDATE listing SET data = ?", (json.dumps({"ordered": True, "newest": 1e9}),))
+    db.close()
+    with StateFile(path) as state:
+        assert state.moved_aside is None
+        saved = state.load(["p"])["p"]
+        assert saved.totals == totals
+        assert saved.listing is None  # no listing state: the next listing reads every page
+        restored = SessionTracker(saved.sessions, saved.listing)
+        assert restored.plan(auto=True, full_every=10, overlap=300) is None
+        result = aggregate([items], restored)
+        assert result.new_runs.runs == 0
+        assert result.snapshot.by_index == (("i0", 2), ("i1", 2), ("other", 0), ("none", 0))
 
 
 def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
