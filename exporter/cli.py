@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -29,8 +31,10 @@ from .logs import LEVELS, configure_logging
 from .poller import Poller, in_thread
 from .secret import Secret
 from .server import MetricsServer
+from .sharding import parse_shard, shard_from_hostname
 from .state import StateError, StateFile, check_state_path
 from .store import Store
+from .targets import Targets, replica_config
 from .webconfig import WebConfig, WebConfigError, load_web_config
 
 log = structlog.get_logger("exporter")
@@ -64,6 +68,27 @@ def build_parser() -> argparse.ArgumentParser:
         dest="enable_lifecycle",
         action="store_true",
         help="allow POST /-/reload to reload the config (SIGHUP always does)",
+    )
+    shard = parser.add_mutually_exclusive_group()
+    shard.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="poll only shard I of N (from 0): the projects rendezvous hashing gives it "
+        "(overrides sharding:)",
+    )
+    shard.add_argument(
+        "--shard.from-hostname",
+        dest="shard_from_hostname",
+        action="store_true",
+        help="take the shard index from the host name's StatefulSet ordinal "
+        "(llamacloud-exporter-2 is shard 2); the total from --shard.total or sharding.total",
+    )
+    parser.add_argument(
+        "--shard.total",
+        dest="shard_total",
+        type=int,
+        metavar="N",
+        help="how many shards there are, with --shard.from-hostname",
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
@@ -128,13 +153,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
+    try:
+        config = with_cli_shard(config, args)
+    except ValueError as exc:
+        print(f"llamacloud-exporter: error: {exc}", file=sys.stderr)
+        return 2
     if args.check_config:
         state_problem = check_state_path(config.state_path) if config.state_path else None
         if state_problem:
             print(f"{args.config}: invalid configuration", file=sys.stderr)
             print(f"  {state_problem}", file=sys.stderr)
             return 2
-        print(f"{args.config}: configuration is valid ({len(config.projects)} projects)")
+        print(f"{args.config}: configuration is valid ({_describe(config)})")
         if web is not None:
             print(f"{args.web_config}: web configuration is valid ({web.describe()})")
         return 0
@@ -159,12 +189,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         fresh = load_config(args.config)
         if args.listen_address:
             fresh = fresh.with_listen_address(args.listen_address)
+        try:
+            fresh = with_cli_shard(fresh, args)
+        except ValueError as exc:
+            raise ConfigError([str(exc)]) from None
         return fresh, load_web_config(args.web_config) if args.web_config else None
 
     return run_daemon(config, state, reread=reread, http_reload=args.enable_lifecycle, web=web)
 
 
-def _components(config: Config, state: StateFile | None) -> tuple[Store, Poller, ApiClient]:
+def with_cli_shard(config: Config, args: argparse.Namespace) -> Config:
+    """``config`` on the shard the command line names, if it names one; ValueError says
+    what is wrong with the flags."""
+    if args.shard_total is not None and not args.shard_from_hostname:
+        raise ValueError("--shard.total goes with --shard.from-hostname (or use --shard I/N)")
+    if args.shard:
+        return config.with_shard(parse_shard(args.shard))
+    if args.shard_from_hostname:
+        total = args.shard_total if args.shard_total is not None else config.shard.total
+        if args.shard_total is None and total == 1:
+            raise ValueError("--shard.from-hostname needs --shard.total N (or sharding.total)")
+        hostname = os.environ.get("HOSTNAME") or socket.gethostname()
+        return config.with_shard(shard_from_hostname(hostname, total))
+    return config
+
+
+def _describe(config: Config) -> str:
+    parts = [f"{len(config.projects)} projects"]
+    if config.discovery is not None:
+        parts.append("and discovery")
+    if config.shard.total > 1:
+        parts.append(f"shard {config.shard}")
+    return " ".join(parts)
+
+
+def _components(
+    config: Config, state: StateFile | None
+) -> tuple[Store, Poller, ApiClient, Targets]:
     store = Store()
     client = ApiClient(
         timeout=config.timeout_seconds,
@@ -172,7 +233,8 @@ def _components(config: Config, state: StateFile | None) -> tuple[Store, Poller,
         on_request=store.count_request,
         max_requests_per_second=config.max_requests_per_second,
     )
-    return store, Poller(config, store, client, state=state), client
+    poller = Poller(replica_config(config), store, client, state=state)
+    return store, poller, client, Targets.for_poller(config, store, client, poller)
 
 
 def _registry(store: Store) -> CollectorRegistry:
@@ -182,9 +244,10 @@ def _registry(store: Store) -> CollectorRegistry:
 
 
 async def run_once(config: Config, state: StateFile | None = None) -> int:
-    store, poller, client = _components(config, state)
+    store, poller, client, targets = _components(config, state)
     try:
-        ok = await poller.poll_all_once()
+        discovered = await targets.discover()
+        ok = await poller.poll_all_once() and discovered
     finally:
         client.close()
         if state:
@@ -202,7 +265,7 @@ def run_daemon(
     http_reload: bool = False,
     web: WebConfig | None = None,
 ) -> int:
-    store, poller, client = _components(config, state)
+    store, poller, client, targets = _components(config, state)
     host, port = split_listen_address(config.listen_address)
     try:
         server = MetricsServer(host, port, store, _registry(store), web=web)
@@ -220,6 +283,8 @@ def run_daemon(
         listen_address=f"{host}:{server.port}",
         web=web.describe() if web is not None else "plain HTTP, no auth",
         projects=len(config.projects),
+        discovery=config.discovery is not None,
+        shard=str(config.shard),
         poll_interval_seconds=config.poll_interval_seconds,
         state_file=config.state_path,
     )
@@ -227,7 +292,7 @@ def run_daemon(
         print(on_ready.format(url=url), flush=True)
     store.record_reload(True, time.time())
     try:
-        asyncio.run(_serve(poller, client, store, server, reread, http_reload))
+        asyncio.run(_serve(poller, targets, client, store, server, reread, http_reload))
     finally:
         server.stop()
         if state:
@@ -238,6 +303,7 @@ def run_daemon(
 
 async def _serve(
     poller: Poller,
+    targets: Targets,
     client: ApiClient,
     store: Store,
     server: MetricsServer,
@@ -250,7 +316,7 @@ async def _serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     if reread is not None:
-        reload = _reloader(poller, store, server, reread)
+        reload = _reloader(targets, store, server, reread)
         reloads: set[asyncio.Task[tuple[bool, str]]] = set()
 
         def on_sighup() -> None:
@@ -265,15 +331,18 @@ async def _serve(
         loop.add_signal_handler(
             signal.SIGHUP, lambda: log.warning("config_reload_unavailable", reason="--demo")
         )
+    discovering = asyncio.create_task(targets.run(stop))
     try:
         await poller.run(stop)
     finally:
         server.reload = None
         client.close()
+        discovering.cancel()
+        await asyncio.gather(discovering, return_exceptions=True)
 
 
 def _reloader(
-    poller: Poller,
+    targets: Targets,
     store: Store,
     server: MetricsServer,
     reread: Callable[[], tuple[Config, WebConfig | None]],
@@ -302,7 +371,7 @@ def _reloader(
                 name = type(exc).__name__
                 return failed(f"reload failed ({name}), nothing changed", error=name)
             try:
-                restart = await poller.apply(config)
+                restart = await targets.reload(config)
             except Exception as exc:
                 name = type(exc).__name__
                 return failed(f"reload failed half way ({name})", error=name, exc_info=exc)

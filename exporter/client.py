@@ -40,6 +40,9 @@ except ImportError:  # pragma: no cover - orjson is a dependency; stdlib json st
 
 USER_AGENT = f"llamacloud-exporter/{__version__}"
 CHAT_PATH = "/api/v1/chat"
+PROJECTS_PATH = "/api/v2/projects"
+# The connection that lists projects (discovery): no project id has a NUL.
+DISCOVERY = "\0discovery"
 
 INITIAL_RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 8.0
@@ -571,13 +574,43 @@ class ApiClient:
         None. A page that is parsed carries its key and token, so
         the caller can remember it.
         """
-        http, connection = self._client(project.id)
-        auth = _BearerAuth(project.api_key)
         params: dict[str, str | int] = {"project_id": project.id, "page_size": project.page_size}
         if project.organization_id:
             params["organization_id"] = project.organization_id
-        # One URL string per page: httpx merging a params dict into a URL parses it twice.
         url = f"{project.base_url}{CHAT_PATH}?{urlencode(params)}"
+        return self._listing(project.id, url, project.api_key, max_pages, max_bytes, reuse)
+
+    def projects(
+        self,
+        base_url: str,
+        api_key: Secret,
+        organization_id: str,
+        max_pages: int,
+        max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        page_size: int = 100,
+    ) -> Generator[list[Any], None, None]:
+        """Yield the items of each page of ``GET /api/v2/projects`` (discovery), with the same
+        retries and bounds as a chat listing."""
+        params: dict[str, str | int] = {"page_size": page_size}
+        if organization_id:
+            params["organization_id"] = organization_id
+        url = f"{base_url}{PROJECTS_PATH}?{urlencode(params)}"
+        for page in self._listing(DISCOVERY, url, api_key, max_pages, max_bytes, None):
+            yield page.items or []
+
+    def _listing(
+        self,
+        connection_key: str,
+        url: str,
+        api_key: Secret,
+        max_pages: int,
+        max_bytes: int,
+        reuse: Callable[[PageKey], tuple[str | None, bool, bool] | None] | None,
+    ) -> Generator[Page, None, None]:
+        """The pages of a cursor-paged list at ``url`` (which holds its query)."""
+        http, connection = self._client(connection_key)
+        auth = _BearerAuth(api_key)
+        # One URL string per page: httpx merging a params dict into a URL parses it twice.
         page_url = url
         used: set[str] = set()
         page = 0

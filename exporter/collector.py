@@ -126,6 +126,17 @@ class StoreCollector(Collector):
         )
         build.add_metric([__version__], 1)
         yield build
+        yield GaugeMetricFamily(
+            "llamacloud_shard_index",
+            "This replica's shard, from 0 (--shard, --shard.from-hostname or sharding.index).",
+            value=self._store.shard[0],
+        )
+        yield GaugeMetricFamily(
+            "llamacloud_shard_total",
+            "How many shards split the projects; 1 when not sharded.",
+            value=self._store.shard[1],
+        )
+        yield from self._discovery()
         reload_ok = GaugeMetricFamily(
             "llamacloud_config_last_reload_successful",
             "1 if the last configuration reload (SIGHUP or POST /-/reload) succeeded, else 0.",
@@ -137,6 +148,29 @@ class StoreCollector(Collector):
                 "llamacloud_config_last_reload_success_timestamp_seconds",
                 "When the configuration was last loaded successfully, in Unix seconds.",
                 value=self._store.reload_success,
+            )
+
+    def _discovery(self) -> Iterator[Metric]:
+        store = self._store
+        if not store.discovery:
+            return
+        if store.discovery_projects is not None:
+            yield GaugeMetricFamily(
+                "llamacloud_discovery_projects",
+                "Projects the last successful discovery listed (GET /api/v2/projects), after "
+                "discovery.include and exclude, before sharding.",
+                value=store.discovery_projects,
+            )
+        yield CounterMetricFamily(
+            "llamacloud_discovery_errors",
+            "Discoveries that failed; the last good project list stays in use.",
+            value=store.discovery_errors,
+        )
+        if store.discovery_success is not None:
+            yield GaugeMetricFamily(
+                "llamacloud_discovery_last_success_timestamp_seconds",
+                "When the last successful discovery finished, in Unix seconds.",
+                value=store.discovery_success,
             )
 
     def _session_gauges(self, projects: tuple[ProjectState, ...]) -> Iterator[Metric]:

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from .detail import DETAIL_KEYS, Detail, parse_detail
+from .discovery import DISCOVERY_KEYS, DiscoveryConfig, parse_discovery
 from .reading import (
     MAX_CONFIG_BYTES,
     MAX_CONFIG_DEPTH,
@@ -29,6 +30,7 @@ from .reading import (
     unknown_keys,
 )
 from .secret import Secret, redact
+from .sharding import UNSHARDED, Shard
 
 NA_BASE_URL = "https://api.cloud.llamaindex.ai"
 EU_BASE_URL = "https://api.cloud.eu.llamaindex.ai"
@@ -74,6 +76,12 @@ class Config:
     listen_address: str = DEFAULT_LISTEN_ADDRESS
     state_path: str | None = None
     detail: Detail = field(default_factory=Detail)
+    discovery: DiscoveryConfig | None = None
+    shard: Shard = UNSHARDED
+
+    def with_shard(self, shard: Shard) -> Config:
+        """This config on another shard (``--shard``, ``--shard.from-hostname``)."""
+        return replace(self, shard=shard)
 
     def with_listen_address(self, address: str) -> Config:
         problems: list[str] = []
@@ -104,6 +112,8 @@ _TOP_KEYS = {
     "web",
     "state",
     "detail",
+    "discovery",
+    "sharding",
 }
 _LLAMACLOUD_KEYS = {
     "base_url",
@@ -130,6 +140,8 @@ _PROJECT_KEYS = {
     "listing",
 }
 _WEB_KEYS = {"listen_address"}
+_SHARDING_KEYS = {"index", "total"}
+MAX_SHARDS = 10_000
 _STATE_KEYS = {"path"}
 
 
@@ -255,6 +267,28 @@ def _parse(
         problems.append("state.path: must be a file path")
         state_path = None
 
+    discovery = None
+    if raw.get("discovery") is not None:
+        before = len(problems)
+        section_raw = section(raw, "discovery", DISCOVERY_KEYS, problems)
+        if not default_key and len(problems) == before:
+            problems.append(
+                "discovery: lists projects with llamacloud.api_key (or api_key_file, or the "
+                f"{API_KEY_ENV} environment variable): set one"
+            )
+        template = ProjectConfig(
+            id="",
+            name="",
+            organization_id="",
+            base_url=default_base,
+            page_size=default_page_size,
+            api_key=Secret(default_key or ""),
+            listing=default_listing,
+            key_source=default_source,
+        )
+        discovery = parse_discovery(section_raw, template, problems)
+    shard = _sharding(section(raw, "sharding", _SHARDING_KEYS, problems), problems)
+
     projects = _projects(
         raw.get("projects"),
         default_base,
@@ -265,6 +299,7 @@ def _parse(
         base_dir,
         problems,
         secrets,
+        required=discovery is None,
     )
     return Config(
         projects=tuple(projects),
@@ -280,7 +315,18 @@ def _parse(
         listen_address=listen,
         state_path=state_path,
         detail=detail,
+        discovery=discovery,
+        shard=shard,
     )
+
+
+def _sharding(raw: dict[str, Any], problems: list[str]) -> Shard:
+    total = _int(raw, "total", "sharding.", 1, 1, MAX_SHARDS, problems)
+    index = _int(raw, "index", "sharding.", 0, 0, MAX_SHARDS - 1, problems)
+    if index >= total:
+        problems.append(f"sharding.index: must be below sharding.total ({total})")
+        return UNSHARDED
+    return Shard(index, total)
 
 
 def _projects(
@@ -293,9 +339,12 @@ def _projects(
     base_dir: Path | None,
     problems: list[str],
     secrets: list[str],
+    required: bool = True,
 ) -> list[ProjectConfig]:
-    if value is None:
-        problems.append("projects: required (a list with at least one project)")
+    """The static projects; optional with discovery (``required`` False)."""
+    if value is None or (value == [] and not required):
+        if required:
+            problems.append("projects: required (a list with at least one project, or discovery)")
         return []
     if not isinstance(value, list) or not value:
         problems.append("projects: must be a list with at least one project")

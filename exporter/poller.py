@@ -50,14 +50,26 @@ class Poller:
         self._stop: asyncio.Event | None = None
         self._lanes = _Lanes(config.max_concurrency)
         store.set_error_classes(config.detail.class_names)
-        saved = state.load(p.id for p in config.projects) if state is not None else {}
+        # With discovery, projects saved but not (yet) listed are kept until the first
+        # discovery says which remain: one that comes back takes its saved state.
+        ids = None if config.discovery is not None else (p.id for p in config.projects)
+        self._saved = state.load(ids) if state is not None else {}
         for project in config.projects:
-            entry = saved.get(project.id)
-            store.add_project(project, entry.totals if entry else None)
-            self._trackers[project.id] = (
-                SessionTracker(entry.sessions, entry.listing) if entry else SessionTracker()
-            )
-            self._projects[project.id] = project
+            self._add(project)
+
+    def _add(self, project: ProjectConfig) -> None:
+        entry = self._saved.pop(project.id, None)
+        self._store.add_project(project, entry.totals if entry else None)
+        self._trackers[project.id] = (
+            SessionTracker(entry.sessions, entry.listing) if entry else SessionTracker()
+        )
+        self._projects[project.id] = project
+
+    async def forget_unlisted(self) -> None:
+        """Drop the saved state of projects the first discovery did not list for this replica."""
+        unlisted, self._saved = list(self._saved), {}
+        for pid in unlisted:
+            await self._forget_saved(pid)
 
     async def poll_all_once(self) -> bool:
         """Poll every project once (``--once``); True when all of them succeeded."""
@@ -100,10 +112,9 @@ class Poller:
             await self._forget_saved(pid)
         for pid, project in wanted.items():
             if pid not in self._projects:
-                await self._forget_saved(pid)  # a project that left and came back starts anew
-                self._projects[pid] = project
-                self._trackers[pid] = SessionTracker()
-                self._store.add_project(project)
+                if pid not in self._saved:
+                    await self._forget_saved(pid)  # one that left and came back starts anew
+                self._add(project)
                 if self._stop is not None:
                     self._start(pid)
             elif project != self._projects[pid]:

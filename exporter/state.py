@@ -397,15 +397,16 @@ class StateFile:
             raise StateError(f"{self.path} is closed")
         return _Transaction(self._db, self._lock, self._lock_timeout, lambda: self._closed)
 
-    def load(self, project_ids: Iterable[str]) -> dict[str, SavedProject]:
-        """Saved counters and baselines of the configured projects; others are forgotten."""
-        wanted = set(project_ids)
+    def load(self, project_ids: Iterable[str] | None) -> dict[str, SavedProject]:
+        """Saved counters and baselines of the configured projects; others are forgotten.
+        None: every saved project, none forgotten (discovery has yet to say which remain)."""
+        wanted = None if project_ids is None else set(project_ids)
         out: dict[str, SavedProject] = {}
         with self._transaction():
             for pid, data, has_baseline in self._db.execute(
                 "SELECT project_id, data, has_baseline FROM totals"
             ).fetchall():
-                if pid not in wanted:
+                if wanted is not None and pid not in wanted:
                     self._delete(pid)
                     continue
                 try:

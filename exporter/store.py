@@ -50,6 +50,11 @@ class Store:
         self.reload_ok = True
         self.reload_success: float | None = None  # set when the daemon starts
         self._error_classes: tuple[str, ...] = (OTHER,)
+        self.shard = (0, 1)  # (index, total) of this replica
+        self.discovery = False  # discovery is configured
+        self.discovery_projects: int | None = None  # listed by the last good discovery
+        self.discovery_errors = 0
+        self.discovery_success: float | None = None
         for project in projects:
             self.add_project(project)
 
@@ -84,6 +89,15 @@ class Store:
             self._projects.update((s.project_id, s) for s in states)
         for state in states:
             self._publish(state)
+
+    def record_discovery(self, projects: int | None, when: float) -> None:
+        """A discovery ended: ``projects`` it listed (after include/exclude), None if it failed."""
+        with self._lock:
+            if projects is None:
+                self.discovery_errors += 1
+            else:
+                self.discovery_projects = projects
+                self.discovery_success = when
 
     def record_reload(self, ok: bool, when: float) -> None:
         with self._lock:

@@ -134,7 +134,7 @@ def test_every_problem_is_reported_with_its_key_path() -> None:
 
 
 def test_missing_projects_and_keys() -> None:
-    assert problems({}) == ["projects: required (a list with at least one project)"]
+    assert problems({}) == ["projects: required (a list with at least one project, or discovery)"]
     found = problems({"projects": [{"id": "p"}]})
     assert found == [
         "projects[0].api_key: no API key (set projects[0].api_key, llamacloud.api_key "

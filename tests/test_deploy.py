@@ -31,9 +31,10 @@ import yaml
 
 from exporter import __version__
 from exporter.config import DEFAULT_LISTEN_ADDRESS, load_config
+from exporter.sharding import Shard, shard_from_hostname
 from exporter.simulator import DEFAULT_API_KEY, Simulator
 from exporter.webconfig import WebConfig, load_web_config
-from tests.conftest import free_port, tool
+from tests.conftest import free_port, lint_problems, tool
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -54,6 +55,7 @@ NOT_CORE_KINDS = {"ServiceMonitor", "PrometheusRule", "Kustomization"}
 K8S_VERSIONS = ("1.29.0", "1.37.0")
 WEB_CONFIG_EXAMPLE = DEPLOY / "web-config.example.yml"
 WEB_COMPONENT = K8S / "tls-basic-auth"
+SHARDED_COMPONENT = K8S / "sharded"
 EXAMPLE_PASSWORD = "change-me"  # the placeholder the example hashes
 
 
@@ -81,6 +83,15 @@ def k8s_documents() -> list[tuple[Path, dict[str, Any]]]:
     for path in sorted(K8S.glob("*.yaml")):
         docs.extend((path, doc) for doc in yaml.safe_load_all(path.read_text()) if doc)
     return docs
+
+
+def k8s_objects() -> dict[str, dict[str, Any]]:
+    """The base kustomization's objects by ``name/Kind``."""
+    return {
+        f"{doc['metadata']['name']}/{doc['kind']}": doc
+        for _, doc in k8s_documents()
+        if doc["kind"] != "Kustomization"
+    }
 
 
 def k8s_object(kind: str) -> dict[str, Any]:
@@ -215,9 +226,7 @@ def exposed_names(text: str) -> set[str]:
 def test_exporter_output_passes_promtool_check_metrics(exposition: str) -> None:
     """The exposition text lints clean: naming, units, HELP texts, counters ending in _total."""
     lint = run(tool("promtool"), "check", "metrics", input=exposition)
-    assert lint.returncode == 0 and not (lint.stdout + lint.stderr).strip(), (
-        lint.stdout + lint.stderr
-    )
+    assert not lint_problems(lint.stdout + lint.stderr), lint.stdout + lint.stderr
 
 
 # --------------------------------------------------------------------------------- Kubernetes
@@ -252,8 +261,9 @@ def test_kustomization_lists_every_manifest() -> None:
     assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] in images
 
 
-def test_deployment_is_hardened_and_probed() -> None:
-    spec = k8s_object("Deployment")["spec"]["template"]["spec"]
+def assert_pod_is_hardened_and_probed(spec: dict[str, Any]) -> dict[str, Any]:
+    """The pod template's promises (Deployment and sharded StatefulSet alike); returns its
+    container and checks every mount but the state directory's source."""
     pod_security = spec["securityContext"]
     assert pod_security["runAsNonRoot"] is True
     assert pod_security["runAsUser"] != 0
@@ -284,8 +294,18 @@ def test_deployment_is_hardened_and_probed() -> None:
     )
     # A read-only root filesystem needs writable mounts where the process writes.
     assert {STATE_DIR, "/tmp"} <= set(mounts)
+    assert "emptyDir" in volumes[mounts["/tmp"]]
     secret_refs = [ref["secretRef"]["name"] for ref in container["envFrom"]]
     assert secret_refs == [k8s_object("Secret")["metadata"]["name"]]
+    return container
+
+
+def test_deployment_is_hardened_and_probed() -> None:
+    spec = k8s_object("Deployment")["spec"]["template"]["spec"]
+    container = assert_pod_is_hardened_and_probed(spec)
+    mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
+    volumes = {volume["name"]: volume for volume in spec["volumes"]}
+    assert "emptyDir" in volumes[mounts[STATE_DIR]]
 
 
 def test_kubernetes_config_is_valid_and_reads_keys_from_the_secret(tmp_path: Path) -> None:
@@ -464,6 +484,68 @@ def test_grafana_provisioning_matches_the_compose_mounts() -> None:
     home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert home == f"{mounts['./grafana/dashboards']}/{DASHBOARD.name}"
     assert mounts["./grafana/provisioning"] == "/etc/grafana/provisioning"
+
+
+def uncomment_ha_lines(text: str) -> str:
+    """Uncomment the HA pair in a compose or Prometheus file: each commented ``exporter-b``
+    block (its ``# exporter-b...:`` key and the commented lines indented under it) and the
+    ``# - exporter-b:PORT`` scrape target."""
+    start = re.compile(r"^(?P<indent>\s*)# (?P<yaml>exporter-b[\w-]*:|- exporter-b:\d+)$")
+    lines: list[str] = []
+    block: re.Pattern[str] | None = None
+    for line in text.splitlines():
+        body = block.match(line) if block else None
+        if body:
+            lines.append(body["indent"] + body["yaml"])
+            continue
+        block = None
+        match = start.match(line)
+        if match:
+            lines.append(match["indent"] + match["yaml"])
+            if match["yaml"].endswith(":"):
+                indent = re.escape(match["indent"])
+                block = re.compile(rf"^(?P<indent>{indent})# (?P<yaml>  +\S.*)$")
+            continue
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def test_compose_ha_pair_comments_fit_together(tmp_path: Path) -> None:
+    """Uncommenting ``exporter-b`` gives a second replica like the first, with its own state
+    volume and port, scraped in the same job; by default only one exporter runs."""
+    assert "exporter-b" not in compose()["services"]
+    assert "exporter-b-state" not in compose()["volumes"]
+
+    text = uncomment_ha_lines(COMPOSE.read_text())
+    assert text != COMPOSE.read_text()
+    data = yaml.safe_load(text)
+    services = data["services"]
+    first, second = services["exporter"], services["exporter-b"]
+    for key in set(first) | set(second):
+        if key not in {"volumes", "ports"}:
+            assert second.get(key) == first.get(key), f"exporter-b differs in {key}"
+    assert dict(bind_mounts(second)) == dict(bind_mounts(first))
+
+    def state_volume(service: dict[str, Any]) -> str:
+        (source,) = [v.split(":")[0] for v in service["volumes"] if v.split(":")[1] == STATE_DIR]
+        return source
+
+    assert state_volume(second) != state_volume(first), "each replica has its own state file"
+    assert state_volume(second) in data["volumes"]
+    host_ports = [s["ports"][0].rsplit(":", 1) for s in (first, second)]
+    assert host_ports[0][0] != host_ports[1][0]
+    assert host_ports[0][1] == host_ports[1][1] == str(DEFAULT_PORT)
+
+    # Prometheus scrapes both in one job, so the rules see replicas of one exporter.
+    config_text = uncomment_ha_lines((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    config = yaml.safe_load(config_text)
+    (job,) = [j for j in config["scrape_configs"] if f"exporter:{DEFAULT_PORT}" in str(j)]
+    targets = [t for static in job["static_configs"] for t in static["targets"]]
+    assert targets == [f"exporter:{DEFAULT_PORT}", f"exporter-b:{DEFAULT_PORT}"]
+    shutil.copytree(RULES_DIR, tmp_path / "rules")
+    (tmp_path / "prometheus.yml").write_text(config_text)
+    result = run(tool("promtool"), "check", "config", str(tmp_path / "prometheus.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 # ------------------------------------------------------------------------ TLS and basic auth
@@ -812,6 +894,184 @@ def test_kubernetes_web_component_builds_with_kustomize(tmp_path: Path) -> None:
             assert built[key]["stringData"] == doc["stringData"], key
 
 
+# Kubernetes: the sharded component, checked the same way (its patches applied here, and
+# kustomize when kubectl is installed).
+
+
+def sharded_component() -> dict[str, Any]:
+    data: dict[str, Any] = load_yaml(SHARDED_COMPONENT / "kustomization.yaml")
+    return data
+
+
+def with_component(directory: Path) -> dict[str, dict[str, Any]]:
+    """The base's objects with a component applied as kustomize applies it: resources added,
+    JSON patches applied to their targets, ``$patch: delete`` patches removing theirs."""
+    component: dict[str, Any] = load_yaml(directory / "kustomization.yaml")
+    objects = k8s_objects()
+    for resource in component.get("resources", []):
+        for doc in yaml.safe_load_all((directory / resource).read_text()):
+            key = doc["metadata"]["name"] + "/" + doc["kind"]
+            assert key not in objects, f"{resource} adds {key}, which the base has"
+            objects[key] = doc
+    for patch in component.get("patches", []):
+        if "target" in patch:
+            key = f"{patch['target']['name']}/{patch['target']['kind']}"
+            objects[key] = json_patch(objects[key], load_yaml(directory / patch["path"]))
+        else:
+            doc = load_yaml(directory / patch["path"])
+            assert doc.pop("$patch") == "delete", patch["path"]
+            key = f"{doc['metadata']['name']}/{doc['kind']}"
+            assert objects.pop(key, None), f"{patch['path']} deletes {key}, which is not there"
+    return objects
+
+
+def test_kubernetes_sharded_component_is_consistent() -> None:
+    component = sharded_component()
+    assert component["kind"] == "Component"
+    assert component["apiVersion"] == "kustomize.config.k8s.io/v1alpha1"
+    # Off by default: the base kustomization names it in a comment only.
+    base = (K8S / "kustomization.yaml").read_text()
+    assert "components" not in load_yaml(K8S / "kustomization.yaml")
+    assert re.search(r"^# components:\n(#   - [\w-]+\n)*#   - sharded$", base, re.M)
+
+    objects = with_component(SHARDED_COMPONENT)
+    try:
+        import kubernetes_validate
+    except ImportError:
+        tool("kubernetes-validate")
+        raise
+    checked = []
+    for key, doc in objects.items():
+        if doc["kind"] in NOT_CORE_KINDS:
+            continue
+        for version in K8S_VERSIONS:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{key} (Kubernetes {version}): {exc}")
+        checked.append(doc["kind"])
+    assert sorted(checked) == ["ConfigMap", "Secret", "Service", "ServiceAccount", "StatefulSet"]
+
+    (statefulset,) = [doc for doc in objects.values() if doc["kind"] == "StatefulSet"]
+    service = objects["llamacloud-exporter/Service"]
+    monitor = objects["llamacloud-exporter/ServiceMonitor"]
+    spec = statefulset["spec"]
+    pod = spec["template"]
+    # A headless Service names the pods; the ServiceMonitor scrapes each of them.
+    assert spec["serviceName"] == service["metadata"]["name"]
+    assert service["spec"]["clusterIP"] == "None"
+    assert spec["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {port["name"] for port in service["spec"]["ports"]}
+    assert {"sourceLabels": ["__meta_kubernetes_pod_name"], "targetLabel": "instance"}.items() <= (
+        endpoint["relabelings"][0].items()
+    )
+
+    container = assert_pod_is_hardened_and_probed(pod["spec"])
+    deployment = k8s_object("Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == deployment["image"]
+    # The Deployment's arguments, then the shard from the pod's hostname out of `replicas`.
+    replicas = spec["replicas"]
+    assert replicas > 1
+    assert container["args"] == [
+        *deployment["args"],
+        "--shard.from-hostname",
+        "--shard.total",
+        str(replicas),
+    ]
+    name = statefulset["metadata"]["name"]
+    for ordinal in range(replicas):
+        assert shard_from_hostname(f"{name}-{ordinal}", replicas) == Shard(ordinal, replicas)
+    with pytest.raises(ValueError, match=r"--shard\.total"):
+        shard_from_hostname(f"{name}-{replicas}", replicas)
+
+    # One claim per shard holds the state file; the pod has no other volume of that name.
+    mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
+    claims = {claim["metadata"]["name"]: claim for claim in spec["volumeClaimTemplates"]}
+    state = claims[mounts[STATE_DIR]]
+    assert mounts[STATE_DIR] not in {volume["name"] for volume in pod["spec"]["volumes"]}
+    assert state["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert state["spec"]["resources"]["requests"]["storage"]
+    config = yaml.safe_load(objects["llamacloud-exporter/ConfigMap"]["data"]["config.yaml"])
+    assert Path(config["state"]["path"]).parent == Path(STATE_DIR)
+
+
+def build_kustomization(tmp_path: Path, edit: Any) -> dict[str, dict[str, Any]]:
+    """``kubectl kustomize`` of a copy of deploy/kubernetes whose kustomization.yaml text
+    ``edit`` changed; the objects by ``name/Kind``."""
+    kubectl = shutil.which("kubectl")
+    if not kubectl:  # optional: CI checks the component through its patches alone
+        pytest.skip("kubectl is not installed")
+    copy_dir = tmp_path / "kubernetes"
+    shutil.copytree(K8S, copy_dir)
+    kustomization = copy_dir / "kustomization.yaml"
+    text = kustomization.read_text()
+    edited = edit(text)
+    assert edited != text
+    kustomization.write_text(edited)
+    result = run(kubectl, "kustomize", str(copy_dir))
+    assert result.returncode == 0, result.stderr
+    return {
+        f"{doc['metadata']['name']}/{doc['kind']}": doc
+        for doc in yaml.safe_load_all(result.stdout)
+        if doc
+    }
+
+
+def test_kubernetes_sharded_component_builds_with_kustomize(tmp_path: Path) -> None:
+    """``kubectl kustomize`` with the component enabled gives what the test above checked."""
+    built = build_kustomization(
+        tmp_path,
+        lambda text: re.sub(r"^# (components:|  - sharded)$", r"\1", text, flags=re.M),
+    )
+    expected = with_component(SHARDED_COMPONENT)
+    assert sorted(built) == sorted(expected)
+    statefulset = copy.deepcopy(expected["llamacloud-exporter/StatefulSet"]["spec"])
+    (image,) = load_yaml(K8S / "kustomization.yaml")["images"]
+    container = statefulset["template"]["spec"]["containers"][0]
+    container["image"] = f"{image['name']}:{image['newTag']}"
+    assert built["llamacloud-exporter/StatefulSet"]["spec"] == statefulset
+    for key in ("llamacloud-exporter/Service", "llamacloud-exporter/ServiceMonitor"):
+        assert built[key]["spec"] == expected[key]["spec"], key
+
+
+def readme_yaml_blocks() -> list[Any]:
+    text = (DEPLOY / "README.md").read_text()
+    return [
+        yaml.safe_load(block) for block in re.findall(r"^```yaml\n(.*?)^```$", text, re.M | re.S)
+    ]
+
+
+def test_kubernetes_sharded_component_with_tls_basic_auth_as_the_readme_says(
+    tmp_path: Path,
+) -> None:
+    """The README's lines for both components give a StatefulSet with TLS and basic auth."""
+    (both,) = [
+        block
+        for block in readme_yaml_blocks()
+        if {"tls-basic-auth", "sharded"} <= set(block.get("components", []))
+    ]
+
+    def enable(text: str) -> str:
+        lines = yaml.safe_dump(both, sort_keys=False)
+        return re.sub(r"^# components:\n(#   - [\w-]+\n)+", lambda _: lines, text, flags=re.M)
+
+    built = build_kustomization(tmp_path, enable)
+    assert "llamacloud-exporter/Deployment" not in built
+    pod = built["llamacloud-exporter/StatefulSet"]["spec"]["template"]["spec"]
+    web = web_component_objects()["llamacloud-exporter/Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert "--web.config.file" in container["args"] and "--shard.from-hostname" in container["args"]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe] == web["containers"][0][probe], probe
+    assert pod["volumes"][0] == web["volumes"][0]
+    assert built["llamacloud-exporter/ServiceMonitor"]["spec"]["endpoints"][0]["scheme"] == "https"
+
+
 # ---------------------------------------------------------------------------------- dashboard
 
 
@@ -861,12 +1121,13 @@ def test_dashboard_covers_the_issue() -> None:
     """Sessions by status, activity over time, run duration percentiles and exporter health."""
     exprs = "\n".join(dashboard_exprs())
     for needle in (
-        "sum by (status) (llamacloud_chat_sessions",
+        "sum by (status) (max by (project_id, status) (llamacloud_chat_sessions",
         "rate(llamacloud_chat_tokens_total",
         "rate(llamacloud_chat_turns_total",
         "rate(llamacloud_chat_runs_total",
         "rate(llamacloud_chat_run_errors_total",
-        "histogram_quantile(0.99, sum by (le) (rate(llamacloud_chat_run_duration_seconds_bucket",
+        "histogram_quantile(0.99, sum by (le) (max by (project_id, le) (rate(llamacloud_chat_run_"
+        "duration_seconds_bucket",
         "llamacloud_up",
         "llamacloud_poll_duration_seconds",
         "max by (project_id) (llamacloud_poll_pages",
@@ -879,6 +1140,21 @@ def test_dashboard_covers_the_issue() -> None:
     for expr in dashboard_exprs():
         if not any(name in expr for name in unlabelled):
             assert 'project_id=~"$project_id"' in expr, expr
+
+
+def test_dashboard_counts_each_project_once_with_an_ha_pair() -> None:
+    """An HA pair reports every project twice: a panel over the chat series takes the max per
+    project (as the recording rules do) before it sums, so it shows the same with one
+    replica or two."""
+    for expr in dashboard_exprs():
+        if "llamacloud_chat_" not in expr:
+            continue
+        for metric in re.findall(r"llamacloud_chat_\w+", expr):
+            # The innermost aggregation around each chat series is a max or a min (the same
+            # with a value reported twice), before any sum or count.
+            before = expr[: expr.index(metric)]
+            innermost = re.findall(r"(sum|max|min|count|avg)(?: by \([^)]*\))? ?\(", before)
+            assert innermost and innermost[-1] in ("max", "min"), expr
 
 
 def test_dashboard_metrics_exist(exposition: str) -> None:

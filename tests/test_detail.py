@@ -9,9 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from exporter.aggregate import RunTotals, SessionTracker, aggregate
-from exporter.config import ConfigError, parse_config
+from exporter.config import ConfigError, load_config, parse_config
 from exporter.detail import Detail, IndexSets, parse_detail, pick_indexes
-from tests.conftest import session
+from tests.conftest import REPO, session
 
 KEY = {"LLAMA_CLOUD_API_KEY": "llx-k"}
 
@@ -312,3 +312,11 @@ def test_errors_by_class_add_up_and_survive_the_state_file_form() -> None:
     older = total.to_dict()
     del older["errors_by_class"]  # saved before classes existed
     assert RunTotals.from_dict(older).errors_by_class == ()
+
+
+def test_the_example_config_spells_out_the_built_in_classes() -> None:
+    """config.example.yaml shows the classes a config without error_classes gets."""
+    example = load_config(REPO / "config.example.yaml", KEY)
+    shown = [(c.name, c.match.pattern) for c in example.detail.error_classes]
+    assert shown == [(c.name, c.match.pattern) for c in Detail().error_classes]
+    assert example.detail.max_index_series == Detail().max_index_series

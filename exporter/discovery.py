@@ -1,0 +1,133 @@
+"""Discovery: the projects an organisation lists, and which of all projects a replica polls.
+
+Pure: the ``discovery`` config section, reading ``GET /api/v2/projects`` items into projects,
+and the project list of a replica (static entries win, then its shard's share). The loop
+that lists and applies lives in :mod:`exporter.targets`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from .sharding import UNSHARDED, Shard
+
+if TYPE_CHECKING:
+    from .config import ProjectConfig
+
+DISCOVERY_KEYS = {"organization_id", "interval_seconds", "include", "exclude"}
+DEFAULT_INTERVAL_SECONDS = 600.0
+MIN_INTERVAL_SECONDS = 1.0
+MAX_INTERVAL_SECONDS = 86_400.0
+PAGE_SIZE = 100
+MAX_NAME_LENGTH = 1024  # a longer project name is not a name: the item is skipped
+_EVERYTHING = re.compile("")
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    # What a discovered project takes from the ``llamacloud`` section: base URL, key (also the
+    # one that lists the projects), page size and listing mode.
+    template: ProjectConfig = field(repr=False)
+    organization_id: str = ""
+    interval_seconds: float = DEFAULT_INTERVAL_SECONDS
+    include: re.Pattern[str] = _EVERYTHING
+    exclude: re.Pattern[str] | None = None
+
+    def wants(self, name: str) -> bool:
+        """``include`` matches somewhere in the name, and ``exclude`` does not."""
+        return bool(self.include.search(name)) and not (
+            self.exclude is not None and self.exclude.search(name)
+        )
+
+
+def parse_discovery(
+    raw: Mapping[str, Any], template: ProjectConfig, problems: list[str]
+) -> DiscoveryConfig:
+    """The ``discovery`` section (a mapping with known keys), problems by key path."""
+    org = raw.get("organization_id")
+    if org is None:
+        org = ""
+    elif not isinstance(org, str):
+        problems.append("discovery.organization_id: must be a string")
+        org = ""
+    interval = raw.get("interval_seconds", DEFAULT_INTERVAL_SECONDS)
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)):
+        problems.append("discovery.interval_seconds: must be a number")
+        interval = DEFAULT_INTERVAL_SECONDS
+    elif not MIN_INTERVAL_SECONDS <= interval <= MAX_INTERVAL_SECONDS:
+        problems.append(
+            f"discovery.interval_seconds: must be between {MIN_INTERVAL_SECONDS:g} and "
+            f"{MAX_INTERVAL_SECONDS:g}"
+        )
+        interval = DEFAULT_INTERVAL_SECONDS
+    include = _pattern(raw, "include", problems) or _EVERYTHING
+    exclude = _pattern(raw, "exclude", problems)
+    return DiscoveryConfig(template, org, float(interval), include, exclude)
+
+
+def _pattern(raw: Mapping[str, Any], key: str, problems: list[str]) -> re.Pattern[str] | None:
+    value = raw.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        problems.append(f"discovery.{key}: must be a regular expression (a string)")
+        return None
+    try:
+        return re.compile(value)
+    except re.error as exc:
+        problems.append(f"discovery.{key}: invalid regular expression: {exc}")
+        return None
+
+
+def read_projects(
+    items: Iterable[Any], discovery: DiscoveryConfig
+) -> tuple[list[ProjectConfig], int]:
+    """The listed projects that ``include``/``exclude`` keep, and how many items were skipped
+    for a bad shape (an id or name that is not a non-empty string, a repeated id)."""
+    out: list[ProjectConfig] = []
+    seen: set[str] = set()
+    invalid = 0
+    for item in items:
+        pid = item.get("id") if type(item) is dict else None
+        name = item.get("name") if type(item) is dict else None
+        org = item.get("organization_id") if type(item) is dict else None
+        if (
+            type(pid) is not str
+            or not pid
+            or not pid.isprintable()
+            or pid in seen
+            or type(name) is not str
+            or len(name) > MAX_NAME_LENGTH
+            or (org is not None and type(org) is not str)
+        ):
+            invalid += 1
+            continue
+        seen.add(pid)
+        if discovery.wants(name):
+            out.append(
+                replace(
+                    discovery.template,
+                    id=pid,
+                    name=name or pid,
+                    organization_id=org or discovery.organization_id,
+                )
+            )
+    return out, invalid
+
+
+def replica_projects(
+    static: Sequence[ProjectConfig],
+    discovered: Sequence[ProjectConfig] | None,
+    shard: Shard = UNSHARDED,
+) -> tuple[ProjectConfig, ...]:
+    """What one replica polls: the static projects, then the discovered ones the config does
+    not name (a static entry wins, so its own key and settings apply), each kept only by the
+    shard that owns it."""
+    named = {p.id for p in static}
+    merged = [*static, *(p for p in discovered or () if p.id not in named)]
+    if shard.total == 1:
+        return tuple(merged)
+    return tuple(p for p in merged if shard.owns(p.id))

@@ -1,0 +1,148 @@
+"""Discovery's pure parts: the config section, reading listed projects, a replica's share."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from exporter.config import ConfigError, parse_config
+from exporter.discovery import read_projects, replica_projects
+from exporter.sharding import Shard
+
+KEY = {"LLAMA_CLOUD_API_KEY": "llx-k"}
+
+
+def config(**top: Any) -> Any:
+    return parse_config(top, KEY)
+
+
+def problems(raw: dict[str, Any], env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, KEY if env is None else env)
+    return info.value.problems
+
+
+def test_discovery_alone_is_a_config() -> None:
+    c = config(discovery={"organization_id": "org-1"})
+    assert c.projects == ()
+    assert c.discovery is not None
+    assert (c.discovery.organization_id, c.discovery.interval_seconds) == ("org-1", 600.0)
+    assert c.discovery.wants("anything")
+    # Discovered projects take the llamacloud section's settings.
+    c = config(
+        llamacloud={"base_url": "http://127.0.0.1:1", "page_size": 7, "listing": "full"},
+        discovery={},
+    )
+    assert c.discovery is not None
+    t = c.discovery.template
+    assert (t.base_url, t.page_size, t.listing, t.api_key.get()) == (
+        "http://127.0.0.1:1",
+        7,
+        "full",
+        "llx-k",
+    )
+
+
+def test_include_and_exclude_search_the_name() -> None:
+    c = config(discovery={"include": "^prod|^staging", "exclude": "-old$"})
+    assert c.discovery is not None
+    wants = c.discovery.wants
+    assert wants("production") and wants("staging-eu")
+    assert not wants("research") and not wants("production-old")
+
+
+@pytest.mark.parametrize(
+    ("section", "problem"),
+    [
+        ({"include": "(unclosed"}, "discovery.include: invalid regular expression: missing )"),
+        ({"exclude": 5}, "discovery.exclude: must be a regular expression"),
+        ({"interval_seconds": 0}, "discovery.interval_seconds: must be between 1 and 86400"),
+        ({"interval_seconds": "10m"}, "discovery.interval_seconds: must be a number"),
+        ({"organization_id": 7}, "discovery.organization_id: must be a string"),
+        ({"organisation_id": "x"}, "discovery.organisation_id: unknown key"),
+    ],
+)
+def test_bad_discovery_names_the_key(section: dict[str, Any], problem: str) -> None:
+    found = problems({"discovery": section})
+    assert any(p.startswith(problem) for p in found), found
+
+
+def test_discovery_needs_a_key_of_its_own() -> None:
+    found = problems({"discovery": {}, "projects": [{"id": "p", "api_key": "llx-p"}]}, {})
+    assert found == [
+        "discovery: lists projects with llamacloud.api_key (or api_key_file, or the "
+        "LLAMA_CLOUD_API_KEY environment variable): set one"
+    ]
+
+
+def test_sharding_in_the_config() -> None:
+    assert config(projects=[{"id": "p"}], sharding={"index": 2, "total": 3}).shard == Shard(2, 3)
+    assert config(projects=[{"id": "p"}]).shard == Shard(0, 1)
+    assert problems({"projects": [{"id": "p"}], "sharding": {"index": 3, "total": 3}}) == [
+        "sharding.index: must be below sharding.total (3)"
+    ]
+    assert problems({"projects": [{"id": "p"}], "sharding": {"total": 0}}) == [
+        "sharding.total: must be between 1 and 10000"
+    ]
+
+
+def template() -> Any:
+    c = config(discovery={"exclude": "^scratch-"})
+    assert c.discovery is not None
+    return c.discovery
+
+
+def test_listed_projects_are_read_and_filtered() -> None:
+    discovery = template()
+    items = [
+        {"id": "p1", "name": "production", "organization_id": "org-1", "is_default": True},
+        {"id": "p2", "name": "scratch-2", "organization_id": "org-1"},  # excluded
+        {"id": "p3", "name": "", "organization_id": None},  # unnamed: its id is its name
+        {"id": "p1", "name": "again"},  # a repeated id
+        {"id": "", "name": "x"},
+        {"id": 5, "name": "x"},
+        {"id": "p4", "name": None},
+        {"id": "p5", "name": "x", "organization_id": 1},
+        "not an object",
+    ]
+    projects, invalid = read_projects(items, discovery)
+    assert [(p.id, p.name, p.organization_id) for p in projects] == [
+        ("p1", "production", "org-1"),
+        ("p3", "p3", ""),
+    ]
+    assert invalid == 6
+    assert projects[0].api_key == discovery.template.api_key
+
+
+def test_a_static_entry_wins_over_a_discovered_one() -> None:
+    c = config(projects=[{"id": "p1", "name": "mine", "api_key": "llx-own"}], discovery={})
+    assert c.discovery is not None
+    discovered, _ = read_projects(
+        [{"id": "p1", "name": "listed"}, {"id": "p2", "name": "other"}], c.discovery
+    )
+    merged = replica_projects(c.projects, discovered)
+    assert [(p.id, p.name, p.api_key.get()) for p in merged] == [
+        ("p1", "mine", "llx-own"),
+        ("p2", "other", "llx-k"),
+    ]
+
+
+def test_1000_projects_over_4_replicas_each_exactly_once() -> None:
+    discovery = template()
+    ids = [str(uuid.UUID(int=n * 7919 + 1)) for n in range(1000)]
+    listed, _ = read_projects(
+        [{"id": pid, "name": f"p{n}"} for n, pid in enumerate(ids)], discovery
+    )
+    static = listed[:10]  # static entries are sharded too
+    shares = [replica_projects(static, listed, Shard(i, 4)) for i in range(4)]
+    polled = [p.id for share in shares for p in share]
+    assert sorted(polled) == sorted(ids)  # every project, each on one replica
+    assert all(200 <= len(share) <= 300 for share in shares), [len(s) for s in shares]
+    grown = [replica_projects(static, listed, Shard(i, 5)) for i in range(5)]
+    before = {p.id: i for i, share in enumerate(shares) for p in share}
+    after = {p.id: i for i, share in enumerate(grown) for p in share}
+    moved = [pid for pid in ids if before[pid] != after[pid]]
+    assert len(moved) <= 250
+    assert all(after[pid] == 4 for pid in moved)  # only to the new replica
