@@ -195,8 +195,9 @@ Exemplar = tuple[str, float, float | None]
 
 
 def latest(current: Exemplar | None, candidate: Exemplar | None) -> Exemplar | None:
-    """The later of two exemplars: a stamped one beats one without; a tie goes to the
-    candidate (counted after)."""
+    """Within one listing, the later run of two: a stamped one beats one without; a tie goes
+    to the candidate (counted after). Across polls a newer poll's exemplar always wins
+    (:func:`newer`), so a run stamped in the future holds an exemplar for one poll only."""
     if candidate is None:
         return current
     if current is None:
@@ -206,21 +207,28 @@ def latest(current: Exemplar | None, candidate: Exemplar | None) -> Exemplar | N
     return candidate if current[2] is None or candidate[2] >= current[2] else current
 
 
+def newer(old: Exemplar | None, new: Exemplar | None) -> Exemplar | None:
+    """The exemplar of the later poll, when it has one."""
+    return old if new is None else new
+
+
 def read_exemplar(value: Any) -> Exemplar | None:
     """An exemplar from its saved form, or None for anything else: an exemplar is a pointer to
-    a session, and a bad one is dropped rather than costing the counters."""
+    a session, and a bad one is dropped rather than costing the counters (or a scrape)."""
     if type(value) not in (list, tuple) or len(value) != 3:
         return None
     sid, amount, ts = value
-    if (
-        type(sid) is not str
-        or not sid
-        or type(amount) not in (int, float)
-        or not math.isfinite(amount)
-        or (ts is not None and (type(ts) not in (int, float) or not math.isfinite(ts)))
-    ):
+    if type(sid) is not str or not sid:
         return None
-    return sid, float(amount), None if ts is None else float(ts)
+    try:
+        sid.encode("utf-8")  # an unpaired surrogate would break every scrape
+        amount = float(amount) if type(amount) in (int, float) else math.nan
+        ts = None if ts is None else float(ts) if type(ts) in (int, float) else math.nan
+    except (UnicodeEncodeError, OverflowError):  # OverflowError: an integer of 310 digits
+        return None
+    if not math.isfinite(amount) or (ts is not None and not math.isfinite(ts)):
+        return None
+    return sid, amount, ts
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +260,7 @@ class Histogram:
         if not other.exemplars or not self.exemplars:
             exemplars = other.exemplars or self.exemplars
         else:
-            exemplars = tuple(map(latest, self.exemplars, other.exemplars))
+            exemplars = tuple(map(newer, self.exemplars, other.exemplars))
         return Histogram(
             self.bounds,
             tuple(a + b for a, b in zip(self.counts, other.counts, strict=True)),
@@ -314,8 +322,8 @@ class RunTotals:
             input_usage=self.input_usage + other.input_usage,
             output_usage=self.output_usage + other.output_usage,
             errors_by_class=_add_counts(self.errors_by_class, other.errors_by_class),
-            runs_exemplar=latest(self.runs_exemplar, other.runs_exemplar),
-            errors_exemplar=latest(self.errors_exemplar, other.errors_exemplar),
+            runs_exemplar=newer(self.runs_exemplar, other.runs_exemplar),
+            errors_exemplar=newer(self.errors_exemplar, other.errors_exemplar),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -796,17 +804,23 @@ class SessionTracker:
         return newest - overlap
 
     def begin(
-        self, cutoff: float | None = None, overlap: float = 300.0, detail: Detail | None = None
+        self,
+        cutoff: float | None = None,
+        overlap: float = 300.0,
+        detail: Detail | None = None,
+        phase: int = 0,
     ) -> Listing:
         """Start a listing; with ``cutoff`` (Unix seconds) it is incremental: it stops after
         a page whose sessions were all last updated before the cutoff. ``detail``: how many
-        indexes keep their own series, and the error classes (the defaults when None)."""
+        indexes keep their own series, and the error classes (the defaults when None).
+        ``phase``: a baseline listing counts as that many polls since a full listing, so
+        projects that start together do not all list in full at the same later poll."""
         self._seen = bytearray(len(self._flags))
         self._seen_count = 0
         self._undo = [] if self._has_baseline else None
         self._saved_status = list(self._status)
         self._saved_missed = self._missed
-        return Listing(self, cutoff, overlap, Detail() if detail is None else detail)
+        return Listing(self, cutoff, overlap, Detail() if detail is None else detail, phase)
 
     def rollback(self) -> None:
         """Undo the listing under way: a failed poll changes nothing."""
@@ -861,10 +875,16 @@ class Listing:
     """One poll's pass over the listed items: feed pages, then :meth:`finish`."""
 
     def __init__(
-        self, tracker: SessionTracker, cutoff: float | None, overlap: float, detail: Detail
+        self,
+        tracker: SessionTracker,
+        cutoff: float | None,
+        overlap: float,
+        detail: Detail,
+        phase: int = 0,
     ) -> None:
         self._tracker = tracker
         self._detail = detail
+        self._phase = phase
         self._counting = tracker.has_baseline
         self._cut_aware = self._cut_naive = None
         if cutoff is not None:
@@ -935,8 +955,9 @@ class Listing:
         nonempty = bool(items)
         slots: list[int] = []
         fps: list[int] = []  # fingerprint and index set of each session, for the page memo
+        sets: list[int] = []
         indexes = tracker._indexes
-        index_sets = indexes.ids
+        index_sets, set_lists = indexes.ids, indexes.lists
         by_key, intern = indexes.by_key, indexes.intern
         fromisoformat = datetime.fromisoformat
         slot_bits, slot_mask = _SLOT_BITS, _SLOT_MASK
@@ -971,15 +992,20 @@ class Listing:
                         updated = fromisoformat(stamp)
                     except ValueError:
                         updated = _parse_timestamp_slow(stamp)
+                # A tracked session mostly lists what it listed last time: one list compare.
                 listed = item.get("index_ids")
                 if listed is None:
                     index_set = 0
-                elif type(listed) is list:
-                    index_set = by_key.get(tuple(listed), -1) if listed else 0
+                elif type(listed) is not list:
+                    raise InvalidItem("index_ids is not a list")
+                elif not listed:
+                    index_set = 0
+                elif value is not None and listed == set_lists[index_sets[value & slot_mask]]:
+                    index_set = index_sets[value & slot_mask]
+                else:
+                    index_set = by_key.get(tuple(listed), -1)
                     if index_set < 0:
                         index_set = intern(listed)
-                else:
-                    raise InvalidItem("index_ids is not a list")
             except (InvalidItem, InvalidIndexIds, TypeError):
                 invalid += 1
                 continue
@@ -1047,7 +1073,8 @@ class Listing:
                     indexes.move(slot, index_set)
             if remember:
                 slots.append(slot)
-                fps.append(fp | index_set << _FP_BITS)
+                fps.append(fp)
+                sets.append(index_set)
         tracker._seen_count += seen_count
         self._invalid += invalid
         summary = _PageSummary(
@@ -1055,7 +1082,7 @@ class Listing:
             nonempty,
             any_valid,
             _packed(slots) if remember else range(0),  # what is not kept is not packed
-            hash(array("Q", fps).tobytes()) if remember else 0,
+            _memo_hash(fps, sets) if remember else 0,
             invalid,
             first,
             previous,
@@ -1108,10 +1135,7 @@ class Listing:
         seen, flags = tracker._seen, tracker._flags
         slots = page.slots
         fps, index_sets = tracker._fps, tracker._indexes.ids
-        if (
-            hash(array("Q", [fps[s] | index_sets[s] << _FP_BITS for s in slots]).tobytes())
-            != page.fps
-        ):
+        if _memo_hash(map(fps.__getitem__, slots), map(index_sets.__getitem__, slots)) != page.fps:
             return None
         for slot in slots:
             if seen[slot] or flags[slot] & MISSED:
@@ -1216,9 +1240,15 @@ class Listing:
                     flags[slot] |= MISSED
                     tracker._missed += 1
                     missed.append(sid)
-        if tracker._indexes.release() or removed:
-            # Freed slots and index sets may be taken by other sessions and sets.
-            tracker._pages = {}
+        tracker._indexes.release()
+        if tracker._indexes.reused:
+            # An index set id freed before names another set now: a page remembered by an
+            # earlier listing that holds it would be taken for what it meant then. (This
+            # listing's pages are sound: a slot's set changes only as its item is read.)
+            tracker._pages = {} if removed else self._pages
+            tracker._indexes.reused = False
+        elif removed:
+            tracker._pages = {}  # freed slots may be taken by other sessions
         elif full:
             tracker._pages = self._pages
         else:
@@ -1230,7 +1260,7 @@ class Listing:
             # the overlap, so sessions that move while it pages do not turn it off.
             ordered = not self._unordered or (old.ordered and not self._broken)
             ordered = ordered and newest is not None
-            state = ListingState(ordered, newest, 0, bool(missed))
+            state = ListingState(ordered, newest, self._phase if baseline else 0, bool(missed))
         else:
             if newest is None or (old.newest is not None and old.newest > newest):
                 newest = old.newest
@@ -1290,6 +1320,12 @@ class Listing:
             missed=len(missed),
             order_change=change,
         )
+
+
+def _memo_hash(fps: Iterable[int], sets: Iterable[int]) -> int:
+    """What a remembered page's sessions must still hold for the page to be taken unread:
+    their fingerprints and index sets, in order."""
+    return hash((array("I", fps).tobytes(), array("I", sets).tobytes()))
 
 
 def _later(a: datetime, b: datetime) -> bool:

@@ -28,6 +28,7 @@ from .reading import (
     read_bounded,
     section,
     unknown_keys,
+    whole_number,
 )
 from .secret import Secret, redact
 from .sharding import UNSHARDED, Shard
@@ -223,16 +224,16 @@ def _parse(
         secrets.append(default_key)
         if not _key_ok(default_key):
             problems.append(f"{API_KEY_ENV}: {_BAD_KEY}")
-    default_page_size = _int(lc, "page_size", "llamacloud.", 100, 1, 1000, problems)
+    default_page_size = whole_number(lc, "page_size", "llamacloud.", 100, 1, 1000, problems)
 
     timeout = _number(lc, "timeout_seconds", "llamacloud.", 30.0, MAX_TIMEOUT_SECONDS, problems)
-    max_retries = _int(lc, "max_retries", "llamacloud.", 5, 0, 100, problems)
-    max_pages = _int(lc, "max_pages", "llamacloud.", 10000, 1, 10**9, problems)
-    max_bytes = _int(
+    max_retries = whole_number(lc, "max_retries", "llamacloud.", 5, 0, 100, problems)
+    max_pages = whole_number(lc, "max_pages", "llamacloud.", 10000, 1, 10**9, problems)
+    max_bytes = whole_number(
         lc, "max_response_bytes", "llamacloud.", DEFAULT_MAX_RESPONSE_BYTES, 1024, 2**30, problems
     )
     default_listing = _listing(lc, "llamacloud.", "auto", problems)
-    full_every = _int(lc, "full_listing_every", "llamacloud.", 10, 1, 1_000_000, problems)
+    full_every = whole_number(lc, "full_listing_every", "llamacloud.", 10, 1, 1_000_000, problems)
     overlap = lc.get("incremental_overlap_seconds", 300.0)
     if isinstance(overlap, bool) or not isinstance(overlap, (int, float)):
         problems.append("llamacloud.incremental_overlap_seconds: must be a number")
@@ -255,7 +256,7 @@ def _parse(
                 f"greater than 0 and at most {MAX_REQUESTS_PER_SECOND:g}"
             )
     interval = _number(raw, "poll_interval_seconds", "", 60.0, MAX_POLL_INTERVAL_SECONDS, problems)
-    concurrency = _int(raw, "max_concurrency", "", 4, 1, 1000, problems)
+    concurrency = whole_number(raw, "max_concurrency", "", 4, 1, 1000, problems)
 
     listen = web.get("listen_address", DEFAULT_LISTEN_ADDRESS)
     _listen_address(listen, "web.listen_address", problems)
@@ -321,8 +322,8 @@ def _parse(
 
 
 def _sharding(raw: dict[str, Any], problems: list[str]) -> Shard:
-    total = _int(raw, "total", "sharding.", 1, 1, MAX_SHARDS, problems)
-    index = _int(raw, "index", "sharding.", 0, 0, MAX_SHARDS - 1, problems)
+    total = whole_number(raw, "total", "sharding.", 1, 1, MAX_SHARDS, problems)
+    index = whole_number(raw, "index", "sharding.", 0, 0, MAX_SHARDS - 1, problems)
     if index >= total:
         problems.append(f"sharding.index: must be below sharding.total ({total})")
         return UNSHARDED
@@ -380,7 +381,9 @@ def _projects(
                     f"{where}.api_key: no API key (set {where}.api_key, llamacloud.api_key "
                     f"or the {API_KEY_ENV} environment variable)"
                 )
-        page_size = _int(item, "page_size", where + ".", default_page_size, 1, 1000, problems)
+        page_size = whole_number(
+            item, "page_size", where + ".", default_page_size, 1, 1000, problems
+        )
         out.append(
             ProjectConfig(
                 id=pid,
@@ -435,25 +438,6 @@ def _opt_str(item: dict[str, Any], key: str, where: str, problems: list[str]) ->
     if not isinstance(value, str):
         problems.append(f"{where}.{key}: must be a string")
         return ""
-    return value
-
-
-def _int(
-    d: dict[str, Any],
-    key: str,
-    prefix: str,
-    default: int,
-    low: int,
-    high: int,
-    problems: list[str],
-) -> int:
-    value = d.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        problems.append(f"{prefix}{key}: must be a whole number")
-        return default
-    if not low <= value <= high:
-        problems.append(f"{prefix}{key}: must be between {low} and {high}")
-        return default
     return value
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .reading import unknown_keys
+from .reading import unknown_keys, whole_number
 
 NONE = "none"  # sessions bound to no index
 OTHER = "other"  # indexes past the cap; errors that match no class
@@ -30,7 +30,7 @@ ERROR_TEXT_LIMIT = 4096
 SWAP_MARGIN = 0.1
 SWAP_MIN = 2
 _RESERVED = (OTHER, NONE)
-_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 
 
 @dataclass(frozen=True)
@@ -81,13 +81,9 @@ _CLASS_KEYS = {"name", "match"}
 def parse_detail(raw: Mapping[str, Any], problems: list[str]) -> Detail:
     """The ``detail`` section (already a mapping with known keys), problems by key path."""
     default = Detail()
-    limit = raw.get("max_index_series", DEFAULT_MAX_INDEX_SERIES)
-    if isinstance(limit, bool) or not isinstance(limit, int):
-        problems.append("detail.max_index_series: must be a whole number")
-        limit = default.max_index_series
-    elif not 0 <= limit <= MAX_INDEX_SERIES:
-        problems.append(f"detail.max_index_series: must be between 0 and {MAX_INDEX_SERIES}")
-        limit = default.max_index_series
+    limit = whole_number(
+        raw, "max_index_series", "detail.", DEFAULT_MAX_INDEX_SERIES, 0, MAX_INDEX_SERIES, problems
+    )
     if "error_classes" not in raw:
         return Detail(limit, default.error_classes)
     value = raw["error_classes"]
@@ -107,7 +103,7 @@ def parse_detail(raw: Mapping[str, Any], problems: list[str]) -> Detail:
             continue
         unknown_keys(item, _CLASS_KEYS, where + ".", problems)
         name, match = item.get("name"), item.get("match")
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
             problems.append(
                 f"{where}.name: must be a lowercase word (a-z, 0-9, _; starting with a letter)"
             )
@@ -146,14 +142,16 @@ class IndexSets:
     (as a tuple), so an unchanged session costs a dict lookup.
     """
 
-    __slots__ = ("by_key", "counts", "free", "ids", "sets")
+    __slots__ = ("by_key", "counts", "free", "ids", "lists", "reused", "sets")
 
     def __init__(self) -> None:
         self.ids = array("H")
         self.sets: list[tuple[str, ...]] = [()]  # by set id: its indexes, each once
+        self.lists: list[list[str]] = [[]]  # by set id: index_ids as listed when interned
         self.by_key: dict[tuple[Any, ...], int] = {}
         self.counts = [0]
         self.free: list[int] = []
+        self.reused = False  # a freed id was given to another set since this was cleared
 
     def grow(self, count: int) -> None:
         self.ids.extend(array(self.ids.typecode, bytes(self.ids.itemsize * count)))
@@ -173,9 +171,12 @@ class IndexSets:
         if self.free:
             set_id = self.free.pop()
             self.sets[set_id] = indexes
+            self.lists[set_id] = list(key)
+            self.reused = True
         else:
             set_id = len(self.sets)
             self.sets.append(indexes)
+            self.lists.append(list(key))
             self.counts.append(0)
             if set_id > 0xFFFF and self.ids.typecode == "H":
                 self.ids = array("I", self.ids)
@@ -202,8 +203,8 @@ class IndexSets:
         self.counts[set_id] += 1
 
     def release(self) -> bool:
-        """Forget sets no session holds any more; True when an id was freed (a page memo
-        that names set ids must then be dropped)."""
+        """Forget sets no session holds any more, their ids free for others (see ``reused``);
+        True when one was freed."""
         free = set(self.free)
         freed = [i for i in range(1, len(self.counts)) if not self.counts[i] and i not in free]
         if not freed:
@@ -212,12 +213,14 @@ class IndexSets:
         self.by_key = {key: i for key, i in self.by_key.items() if i not in gone}
         for set_id in freed:
             self.sets[set_id] = ()
+            self.lists[set_id] = []
         self.free.extend(freed)
         return True
 
     def clear(self) -> None:
         self.ids[:] = array(self.ids.typecode, bytes(self.ids.itemsize * len(self.ids)))
-        self.sets, self.by_key, self.counts, self.free = [()], {}, [0], []
+        self.sets, self.lists, self.by_key, self.counts, self.free = [()], [[]], {}, [0], []
+        self.reused = False
 
     def by_index(self) -> tuple[int, dict[str, int]]:
         """Sessions bound to no index, and per index the sessions bound to it."""
@@ -232,23 +235,27 @@ class IndexSets:
 
 def pick_indexes(counts: Mapping[str, int], shown: Iterable[str], limit: int) -> tuple[str, ...]:
     """The indexes that keep their own series: the ``limit`` with most sessions, except that
-    one already shown stays until another has more by the margin (so series do not flap)."""
+    one already shown stays until another has more by the margin (so series do not flap).
+
+    One sort each way, then a single pass: the strongest of the rest replaces the weakest
+    shown while it has the margin over it.
+    """
     kept = [i for i in shown if counts.get(i, 0) > 0 and i not in _RESERVED][:limit]
     taken = {*kept, *_RESERVED}  # an index named like a catch-all series stays in "other"
     rest = sorted((i for i in counts if i not in taken), key=lambda i: (-counts[i], i))
-    while rest and len(kept) < limit:
-        kept.append(rest.pop(0))
-    kept.sort(key=lambda i: (counts[i], i))  # smallest first
-    while rest and kept:
-        best, weakest = rest[0], kept[0]
-        need = counts[weakest] + max(SWAP_MIN, counts[weakest] * SWAP_MARGIN)
-        if counts[best] < need:
+    fill = max(0, limit - len(kept))
+    kept += rest[:fill]
+    rest = rest[fill:]
+    kept.sort(key=lambda i: (counts[i], i))  # weakest first
+    # Swapping the weakest shown for the strongest of the rest, again and again, is this pass:
+    # once one of the rest lacks the margin over the weakest left, no later one has it.
+    swaps = 0
+    while swaps < len(rest) and swaps < len(kept):
+        weakest, best = counts[kept[swaps]], counts[rest[swaps]]
+        if best < weakest + max(SWAP_MIN, weakest * SWAP_MARGIN):
             break
-        rest.pop(0)
-        kept[0] = best
-        rest.append(weakest)
-        rest.sort(key=lambda i: (-counts[i], i))
-        kept.sort(key=lambda i: (counts[i], i))
+        kept[swaps] = rest[swaps]
+        swaps += 1
     return tuple(sorted(kept, key=lambda i: (-counts[i], i)))
 
 

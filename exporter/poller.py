@@ -7,6 +7,7 @@ import contextlib
 import random
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -253,7 +254,10 @@ class Poller:
             overlap=config.incremental_overlap_seconds,
             now=self._clock(),
         )
-        listing = tracker.begin(cutoff, config.incremental_overlap_seconds, config.detail)
+        # Each project at its own point of the full-listing cycle: a thousand projects started
+        # together must not all read every page at the same poll.
+        phase = zlib.crc32(project.id.encode("utf-8", "replace")) % config.full_listing_every
+        listing = tracker.begin(cutoff, config.incremental_overlap_seconds, config.detail, phase)
         pages = items = 0
         listed = self._client.pages(
             project, config.max_pages, config.max_response_bytes, reuse=listing.reuse

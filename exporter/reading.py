@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 import stat
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -167,3 +168,24 @@ def did_you_mean(key: str, known: set[str] | tuple[str, ...]) -> str:
         close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
         match = close[0] if close else None
     return f" (did you mean {match}?)" if match else ""
+
+
+def whole_number(
+    d: Mapping[str, Any],
+    key: str,
+    prefix: str,
+    default: int,
+    low: int,
+    high: int,
+    problems: list[str],
+) -> int:
+    """``d[key]`` as a whole number from ``low`` to ``high`` (``default`` when absent); a
+    problem named ``prefix + key`` otherwise, and the default."""
+    value = d.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        problems.append(f"{prefix}{key}: must be a whole number")
+        return default
+    if not low <= value <= high:
+        problems.append(f"{prefix}{key}: must be between {low} and {high}")
+        return default
+    return value

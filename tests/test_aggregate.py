@@ -424,3 +424,30 @@ def test_exemplars_survive_the_saved_form_and_bad_ones_are_dropped() -> None:
     assert (restored.runs_exemplar, restored.errors_exemplar) == (None, None)
     assert restored.duration.exemplars == ()
     assert restored.runs == totals.runs  # counters are kept whatever the exemplars were
+
+
+def test_a_run_stamped_in_the_future_holds_the_exemplar_for_one_poll_only() -> None:
+    tracker = SessionTracker()
+    aggregate([[session("x")]], tracker)
+    first = aggregate([[stamped("a", "2030-01-01T00:00:00Z")]], tracker).new_runs
+    second = aggregate([[stamped("b", "2026-05-01T10:00:00Z")]], tracker).new_runs
+    totals = RunTotals() + first + second
+    assert totals.runs_exemplar is not None and totals.runs_exemplar[0] == "b"
+
+
+@pytest.mark.parametrize(
+    "saved",
+    [
+        ["s", 1.0, 10**400],  # float() overflows
+        ["s", 10**400, None],
+        ["\ud800", 1.0, None],  # cannot be encoded: would break every scrape
+        ["", 1.0, None],
+        ["s", "1", None],
+        ["s", 1.0, float("inf")],
+    ],
+)
+def test_a_bad_saved_exemplar_is_dropped(saved: list[Any]) -> None:
+    data = RunTotals(runs=3).to_dict()
+    data["exemplars"]["runs"] = saved
+    restored = RunTotals.from_dict(data)
+    assert restored.runs_exemplar is None and restored.runs == 3

@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -232,24 +232,37 @@ def test_exporter_output_passes_promtool_check_metrics(exposition: str) -> None:
 # --------------------------------------------------------------------------------- Kubernetes
 
 
-def test_kubernetes_manifests_validate_against_their_schemas() -> None:
-    """Strict validation (unknown fields are errors) with the schemas the package ships."""
+def validated_kinds(documents: Iterable[tuple[str, dict[str, Any]]]) -> list[str]:
+    """Validate each (name, manifest) strictly against every Kubernetes version's schema the
+    package ships (Operator kinds aside); the kinds checked, sorted."""
     try:
         import kubernetes_validate  # type: ignore[import-untyped]
     except ImportError:
         tool("kubernetes-validate")  # skips, or fails in CI, with the install hint
         raise
     checked = []
-    for path, doc in k8s_documents():
+    for name, doc in documents:
         if doc["kind"] in NOT_CORE_KINDS:
             continue
         for version in K8S_VERSIONS:
             try:
                 kubernetes_validate.validate(doc, version, strict=True)
             except kubernetes_validate.ValidationError as exc:
-                pytest.fail(f"{path.name} ({doc['kind']}, Kubernetes {version}): {exc}")
+                pytest.fail(f"{name} ({doc['kind']}, Kubernetes {version}): {exc}")
         checked.append(doc["kind"])
-    assert sorted(checked) == ["ConfigMap", "Deployment", "Secret", "Service", "ServiceAccount"]
+    return sorted(checked)
+
+
+def test_kubernetes_manifests_validate_against_their_schemas() -> None:
+    """Strict validation (unknown fields are errors) with the schemas the package ships."""
+    documents = ((path.name, doc) for path, doc in k8s_documents())
+    assert validated_kinds(documents) == [
+        "ConfigMap",
+        "Deployment",
+        "Secret",
+        "Service",
+        "ServiceAccount",
+    ]
 
 
 def test_kustomization_lists_every_manifest() -> None:
@@ -785,19 +798,7 @@ def test_kubernetes_web_component_is_consistent(
     )
 
     objects = web_component_objects()
-    try:
-        import kubernetes_validate
-    except ImportError:
-        tool("kubernetes-validate")
-        raise
-    for key, doc in objects.items():
-        if doc["kind"] in NOT_CORE_KINDS:
-            continue
-        for version in K8S_VERSIONS:
-            try:
-                kubernetes_validate.validate(doc, version, strict=True)
-            except kubernetes_validate.ValidationError as exc:
-                pytest.fail(f"{key} (Kubernetes {version}): {exc}")
+    validated_kinds(objects.items())
 
     spec = objects["llamacloud-exporter/Deployment"]["spec"]["template"]["spec"]
     (container,) = spec["containers"]
@@ -935,22 +936,13 @@ def test_kubernetes_sharded_component_is_consistent() -> None:
     assert re.search(r"^# components:\n(#   - [\w-]+\n)*#   - sharded$", base, re.M)
 
     objects = with_component(SHARDED_COMPONENT)
-    try:
-        import kubernetes_validate
-    except ImportError:
-        tool("kubernetes-validate")
-        raise
-    checked = []
-    for key, doc in objects.items():
-        if doc["kind"] in NOT_CORE_KINDS:
-            continue
-        for version in K8S_VERSIONS:
-            try:
-                kubernetes_validate.validate(doc, version, strict=True)
-            except kubernetes_validate.ValidationError as exc:
-                pytest.fail(f"{key} (Kubernetes {version}): {exc}")
-        checked.append(doc["kind"])
-    assert sorted(checked) == ["ConfigMap", "Secret", "Service", "ServiceAccount", "StatefulSet"]
+    assert validated_kinds(objects.items()) == [
+        "ConfigMap",
+        "Secret",
+        "Service",
+        "ServiceAccount",
+        "StatefulSet",
+    ]
 
     (statefulset,) = [doc for doc in objects.values() if doc["kind"] == "StatefulSet"]
     service = objects["llamacloud-exporter/Service"]

@@ -82,6 +82,10 @@ def test_only_the_start_of_a_long_error_is_matched() -> None:
         ),
         ({"error_classes": [{"name": "other", "match": "t"}]}, "name: other is reserved"),
         (
+            {"error_classes": [{"name": "other\n", "match": "t"}]},
+            "detail.error_classes[0].name: must be a lowercase word",
+        ),
+        (
             {"error_classes": [{"name": "a", "match": "x"}, {"name": "a", "match": "y"}]},
             "detail.error_classes[1].name: duplicate class a",
         ),
@@ -320,3 +324,60 @@ def test_the_example_config_spells_out_the_built_in_classes() -> None:
     shown = [(c.name, c.match.pattern) for c in example.detail.error_classes]
     assert shown == [(c.name, c.match.pattern) for c in Detail().error_classes]
     assert example.detail.max_index_series == Detail().max_index_series
+
+
+def swap_one_at_a_time(counts: dict[str, int], shown: list[str], limit: int) -> tuple[str, ...]:
+    """pick_indexes as its rule reads: swap the weakest shown for the strongest of the rest
+    while the margin holds, sorting again after each swap."""
+    kept = [i for i in shown if counts.get(i, 0) > 0][:limit]
+    rest = sorted((i for i in counts if i not in kept), key=lambda i: (-counts[i], i))
+    while rest and len(kept) < limit:
+        kept.append(rest.pop(0))
+    while rest and kept:
+        kept.sort(key=lambda i: (counts[i], i))
+        weakest = counts[kept[0]]
+        if counts[rest[0]] < weakest + max(2, weakest * 0.1):
+            break
+        kept[0], rest[0] = rest[0], kept[0]
+        rest.sort(key=lambda i: (-counts[i], i))
+    return tuple(sorted(kept, key=lambda i: (-counts[i], i)))
+
+
+@given(
+    st.dictionaries(st.sampled_from("abcdefghijklmnop"), st.integers(1, 40)),
+    st.lists(st.sampled_from("abcdefghijklmnopq"), unique=True),
+    st.integers(0, 8),
+)
+def test_one_pass_picks_what_swapping_one_at_a_time_picks(
+    counts: dict[str, int], shown: list[str], limit: int
+) -> None:
+    assert pick_indexes(counts, shown, limit) == swap_one_at_a_time(counts, shown, limit)
+
+
+def test_picking_among_many_indexes_takes_one_sort() -> None:
+    """50,000 indexes, 1,000 shown and all overtaken: the strongest 1,000 take their place."""
+    counts = {f"i{n}": n for n in range(50_000)}
+    shown = [f"i{n}" for n in range(1, 1001)]
+    picked = pick_indexes(counts, shown, 1000)
+    assert picked[0] == "i49999" and len(picked) == 1000
+
+
+def test_a_remembered_page_is_read_again_when_its_index_set_id_names_another_set() -> None:
+    """Set ids are reused once no session holds them: a page remembered with the old meaning
+    must not be taken unread for the new one."""
+    tracker = SessionTracker()
+    listing = tracker.begin()
+    listing.add([bound("s", "a")], key="page-p")  # s holds the first set id, for ("a",)
+    listing.add([bound("t", "z")], key="page-t")
+    listing.finish()
+    listing = tracker.begin(cutoff=4e9)  # incremental: page-p stays remembered
+    listing.add([bound("s", "b")], key="page-q")  # ("a",) is held by nobody now: freed
+    listing.finish()
+    listing = tracker.begin(cutoff=4e9)
+    listing.add([bound("s", "c")], key="page-r")  # ("c",) takes the freed id
+    listing.finish()
+    listing = tracker.begin()
+    assert listing.reuse("page-p") is None  # s's id is page-p's again, meaning ("c",) now
+    listing.add([bound("s", "a")], key="page-p")
+    result = listing.finish()
+    assert ("a", 1) in result.snapshot.by_index and ("c", 1) not in result.snapshot.by_index

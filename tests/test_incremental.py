@@ -597,3 +597,25 @@ def test_a_full_listing_parses_only_the_pages_that_changed(
         assert sessions_listed(m, pid) == 1000
         changed = next(e for e in poll_events(exp) if e["new_runs"] == 1)
         assert (changed["pages"], changed["items"]) == (10, 100)
+
+
+def test_projects_started_together_list_in_full_at_different_polls() -> None:
+    """The baseline counts as ``phase`` polls since a full listing: with full_listing_every
+    10, phase 3 lists in full again after 6 incremental polls, and every 10 polls after."""
+    items = newest_first(20)
+    pages = [items[i : i + 5] for i in range(0, 20, 5)]
+
+    def poll(cutoff: float | None) -> bool:
+        listing = tracker.begin(cutoff, 0.0, phase=3)
+        for page in pages:
+            if listing.add(page):
+                break
+        return listing.finish().incremental
+
+    tracker = SessionTracker()
+    poll(None)
+    fulls = []
+    for n in range(22):
+        if not poll(tracker.plan(auto=True, full_every=10, overlap=0.0)):
+            fulls.append(n)
+    assert fulls == [6, 16]

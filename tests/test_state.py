@@ -755,3 +755,14 @@ def test_check_state_path_rejects_a_read_only_mount() -> None:
     assert check_state_path("/proc/sys/llamacloud/s.db") == (
         "state.path: cannot create /proc/sys/llamacloud/s.db: directory /proc/sys is not writable"
     )
+
+
+def test_a_bad_saved_exemplar_costs_the_exemplar_not_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    exemplars = {"runs": ["s", 1.0, 10**400], "errors": ["\ud800", 1.0, None], "duration": 7}
+    edited("UPDATE totals SET data = ?", totals_data(runs=5, exemplars=exemplars))(path)
+    with StateFile(path) as state:
+        assert state.moved_aside is None
+        totals = state.load(["p"])["p"].totals
+    assert totals.runs == 5
+    assert (totals.runs_exemplar, totals.errors_exemplar) == (None, None)
