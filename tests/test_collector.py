@@ -22,13 +22,18 @@ EXPORTER = Path(__file__).resolve().parent.parent / "exporter"
 
 
 def imports(module: str) -> set[str]:
-    tree = ast.parse((EXPORTER / f"{module}.py").read_text())
+    """What a module imports; a package's modules, with their imports as seen from its
+    parent (``..client`` from inside the package is ``.client``)."""
+    package = EXPORTER / module
+    files = sorted(package.glob("*.py")) if package.is_dir() else [EXPORTER / f"{module}.py"]
     names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            names.add(("." * node.level) + (node.module or ""))
-        elif isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                level = node.level - 1 if package.is_dir() and node.level > 1 else node.level
+                names.add(("." * level) + (node.module or ""))
+            elif isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
     return names
 
 

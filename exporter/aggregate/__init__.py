@@ -1,0 +1,67 @@
+"""Pure aggregation: listed session items in, snapshot and new runs out.
+
+No I/O, no clock and no globals live here, so every rule of the metric contract can be
+tested with plain data. The one piece of memory, :class:`SessionTracker`, is a plain
+object owned by the caller. By job: :mod:`.runs` (one run, and what runs add up to),
+:mod:`.tracker` (what each session contributes, between listings) and :mod:`.listing` (one
+listing's pass over the pages).
+"""
+
+from .listing import Listing, aggregate
+from .runs import (
+    DURATION_BUCKETS,
+    NEVER_RUN,
+    STATUSES,
+    TOKEN_BUCKETS,
+    Exemplar,
+    Histogram,
+    InvalidItem,
+    PollResult,
+    ProjectSnapshot,
+    Run,
+    RunTotals,
+    RunTuple,
+    fingerprint,
+    latest,
+    newer,
+    parse_datetime,
+    parse_run,
+    parse_timestamp,
+    read_exemplar,
+    read_run,
+    run_status,
+    utc_timestamp,
+)
+from .tracker import MISSED, UNREAD, ListingState, SavedSession, SessionTracker
+
+__all__ = [
+    "DURATION_BUCKETS",
+    "MISSED",
+    "NEVER_RUN",
+    "STATUSES",
+    "TOKEN_BUCKETS",
+    "UNREAD",
+    "Exemplar",
+    "Histogram",
+    "InvalidItem",
+    "Listing",
+    "ListingState",
+    "PollResult",
+    "ProjectSnapshot",
+    "Run",
+    "RunTotals",
+    "RunTuple",
+    "SavedSession",
+    "SessionTracker",
+    "aggregate",
+    "fingerprint",
+    "latest",
+    "newer",
+    "parse_datetime",
+    "parse_run",
+    "parse_timestamp",
+    "read_exemplar",
+    "read_run",
+    "run_status",
+    "utc_timestamp",
+]

@@ -1,0 +1,453 @@
+"""What each tracked session contributes, packed for memory, between listings.
+
+:class:`SessionTracker` keeps, per project, each session's fingerprint, status and flags,
+its most recent run and its bound indexes, with exact running sums; it plans the next
+listing and undoes a failed one. A listing (:mod:`.listing`) reads pages into it.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Hashable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from ..detail import Detail, IndexSets, InvalidIndexIds
+from .runs import (
+    _FP_MASK,
+)
+
+if TYPE_CHECKING:
+    from .listing import Listing
+
+# A saved session: id, fingerprint, flags (status | missed), then its most recent run's
+# input tokens, output tokens, turns and duration in milliseconds, and its bound indexes.
+SavedSession = tuple[str, int, int, float, float, float, float, tuple[str, ...]]
+
+# Undo log entry: session id, its old index value (None: new), slot, old flags and run, and
+# its old index set.
+_Undo = tuple[str, int | None, int, int, float, float, float, float, int]
+
+_SLOT_BITS = 32
+_SLOT_MASK = (1 << _SLOT_BITS) - 1
+_STATUS_MASK = 3  # flags: 0 never_run, 1 ok, 2 error ...
+MISSED = 4  # ... and absent from the last full listing (kept until absent from two)
+# ... and its run not read yet (a state file from before contributions were saved): the
+# next listing reads it even with an unchanged fingerprint, and counts nothing for it.
+UNREAD = 8
+_FLAG_BITS = _STATUS_MASK | MISSED | UNREAD
+
+
+@dataclass(frozen=True, slots=True)
+class ListingState:
+    """What decides a project's next listing; kept in the state file."""
+
+    ordered: bool = False  # the last full listing was newest first: incremental allowed
+    newest: float | None = None  # newest last_updated_at of the last complete listing
+    since_full: int = 0  # incremental listings since the last full one
+    full_next: bool = False  # a full listing missed sessions: confirm with another
+
+
+_U32 = 2**32 - 1
+
+
+# Exact sums of doubles: every double is a whole multiple of 2**-1074. Values with at most 64
+# bits after the point (all but the tiniest) are summed scaled by 2**64, which keeps the
+# integers short; the others by 2**1074.
+_FINE = 64
+_TINY = 1074
+
+
+class _Exact:
+    """An exact sum of numbers, correctly rounded when read."""
+
+    __slots__ = ("fine", "tiny")
+
+    def __init__(self) -> None:
+        self.fine = 0
+        self.tiny = 0
+
+    def add(self, value: float, sign: int = 1) -> None:
+        if type(value) is int:
+            self.fine += sign * (value << _FINE)
+            return
+        numerator, denominator = value.as_integer_ratio()
+        bits = denominator.bit_length() - 1
+        if bits <= _FINE:
+            self.fine += sign * (numerator << (_FINE - bits))
+        else:
+            self.tiny += sign * (numerator << (_TINY - bits))
+
+    def value(self, whole: int = 0) -> float:
+        """The sum, plus ``whole``; int / int rounds correctly."""
+        fine = (whole << _FINE) + self.fine
+        if not self.tiny:
+            return fine / (1 << _FINE)
+        return ((fine << (_TINY - _FINE)) + self.tiny) / (1 << _TINY)
+
+
+class _Runs:
+    """Per slot, the most recent run's input and output tokens, turns and duration (ms),
+    and their exact sums.
+
+    Counts go in arrays of unsigned 32-bit integers, which hold nearly every real count in
+    4 bytes; a slot with a count that is not such an integer (a fraction, or 2**32 and more)
+    keeps its three counts in a small dict instead, so every value stays exact. Durations
+    come with fractions: they go in an array of doubles, exact for every accepted value.
+
+    The sums are kept exactly (whole counts as Python integers, the rest in :class:`_Exact`)
+    and updated on every write, so a gauge costs nothing to read, whatever the number of
+    sessions, and is the correctly rounded sum whatever order values came in.
+    """
+
+    __slots__ = ("big", "columns", "duration", "exact", "whole")
+
+    def __init__(self) -> None:
+        self.columns = (array("I"), array("I"), array("I"))
+        self.duration = array("d")
+        self.big: dict[int, tuple[float, float, float]] = {}
+        self.whole = [0, 0, 0]  # sums of the counts in ``columns``
+        self.exact = (_Exact(), _Exact(), _Exact(), _Exact())  # of ``big``, and durations
+
+    def grow(self, count: int) -> None:
+        """``count`` more slots, all zero."""
+        for column in self.columns:
+            column.extend(array("I", bytes(4 * count)))
+        self.duration.extend(array("d", bytes(8 * count)))
+
+    def put(self, slot: int, i: Any, o: Any, t: Any, d: Any, fresh: bool = False) -> None:
+        """Store one slot's values (numbers from 0 to below 2**53, or None for 0);
+        ``fresh``: the slot holds zeros (a new session), nothing to take out first."""
+        i, o, t, d = i or 0, o or 0, t or 0, d or 0
+        ci, co, ct = self.columns
+        whole, exact, big = self.whole, self.exact, self.big
+        if fresh:
+            if d:
+                exact[3].add(d)
+                self.duration[slot] = d
+        else:
+            old = big.pop(slot, None) if big else None
+            if old is None:
+                whole[0] -= ci[slot]
+                whole[1] -= co[slot]
+                whole[2] -= ct[slot]
+            else:
+                exact[0].add(old[0], -1)
+                exact[1].add(old[1], -1)
+                exact[2].add(old[2], -1)
+            previous = self.duration[slot]
+            if previous != d:
+                if previous:
+                    exact[3].add(previous, -1)
+                if d:
+                    exact[3].add(d)
+                self.duration[slot] = d
+        if (
+            type(i) is int
+            and type(o) is int
+            and type(t) is int
+            and i <= _U32
+            and o <= _U32
+            and t <= _U32
+        ):
+            ci[slot], co[slot], ct[slot] = i, o, t
+            whole[0] += i
+            whole[1] += o
+            whole[2] += t
+        else:
+            ci[slot] = co[slot] = ct[slot] = 0
+            big[slot] = (float(i), float(o), float(t))
+            exact[0].add(i)
+            exact[1].add(o)
+            exact[2].add(t)
+
+    def get(self, slot: int) -> tuple[float, float, float, float]:
+        big = self.big.get(slot)
+        if big is not None:
+            return (*big, self.duration[slot])
+        ci, co, ct = self.columns
+        return ci[slot], co[slot], ct[slot], self.duration[slot]
+
+    def sums(self) -> tuple[float, float, float, float]:
+        """The correctly rounded sums."""
+        w, e = self.whole, self.exact
+        return e[0].value(w[0]), e[1].value(w[1]), e[2].value(w[2]), e[3].value()
+
+    def clear(self) -> None:
+        for column in self.columns:
+            column[:] = array("I", bytes(4 * len(column)))
+        self.duration[:] = array("d", bytes(8 * len(self.duration)))
+        self.big.clear()
+        self.whole = [0, 0, 0]
+        self.exact = (_Exact(), _Exact(), _Exact(), _Exact())
+
+
+def _packed(slots: list[int]) -> range | array[int]:
+    """Slots as a range when they are consecutive (a page of sessions first seen together),
+    else as an array of 4 bytes each."""
+    if (
+        slots
+        and slots[-1] - slots[0] == len(slots) - 1
+        and slots == list(range(slots[0], slots[-1] + 1))
+    ):
+        return range(slots[0], slots[-1] + 1)
+    return array("I", slots)
+
+
+class _PageSummary:
+    """What one page body gave a listing, so the same body can be taken again unread: its
+    sessions (their slots, a range when they are consecutive as they mostly are, and a hash
+    of their fingerprints), counts and what it says about order and time."""
+
+    __slots__ = (
+        "broken",
+        "first",
+        "fps",
+        "invalid",
+        "last",
+        "missing",
+        "newest",
+        "nonempty",
+        "slots",
+        "token",
+        "unordered",
+        "valid",
+    )
+
+    def __init__(
+        self,
+        token: str | None,
+        nonempty: bool,
+        valid: bool,
+        slots: range | array[int],
+        fps: int,
+        invalid: int,
+        first: datetime | None,
+        last: datetime | None,
+        newest: datetime | None,
+        unordered: bool,
+        broken: bool,
+        missing: bool,
+    ) -> None:
+        self.token, self.nonempty, self.valid = token, nonempty, valid
+        self.slots, self.fps, self.invalid = slots, fps, invalid
+        self.first, self.last, self.newest = first, last, newest
+        self.unordered, self.broken, self.missing = unordered, broken, missing
+
+
+class SessionTracker:
+    """What each listed session contributes, per project, packed for memory.
+
+    A dict maps each session id to ``fingerprint << 32 | slot``; per slot, a byte holds the
+    status and the missed flag, and :class:`_Runs` the most recent run's input and output
+    tokens, turns and duration. Gauges are exact sums over those (correctly rounded, so the
+    order sessions were met in never changes a value), which lets a listing that reads only
+    what changed give the same gauges as one that reads it all.
+
+    Updated in place as pages arrive, with an undo log so a poll that fails half way
+    leaves it as it was.
+    """
+
+    __slots__ = (
+        "_flags",
+        "_fps",
+        "_free",
+        "_has_baseline",
+        "_index",
+        "_indexes",
+        "_missed",
+        "_pages",
+        "_runs",
+        "_saved_missed",
+        "_saved_status",
+        "_seen",
+        "_seen_count",
+        "_shown",
+        "_status",
+        "_top",
+        "_undo",
+        "state",
+    )
+
+    def __init__(
+        self,
+        sessions: Iterable[SavedSession] | dict[str, int] | None = None,
+        state: ListingState | None = None,
+    ) -> None:
+        """Restore a baseline from a state file: saved sessions, or bare fingerprints (an
+        older file: those count as missed once, so a first listing that misses one drops it
+        as older versions did)."""
+        self._index: dict[str, int] = {}
+        self._flags = bytearray()
+        self._fps = array("I")  # each slot's fingerprint, to check a remembered page
+        self._runs = _Runs()
+        self._indexes = IndexSets()
+        self._shown: tuple[str, ...] = ()  # indexes with their own series, most sessions first
+        # Page bodies read whole by the last listings, by key: what reading one again gives.
+        self._pages: dict[Hashable, _PageSummary] = {}
+        self._free: list[int] = []
+        self._top = 0  # slots below it have been used; the rest of the capacity never was
+        self._status = [0, 0, 0]
+        self._missed = 0
+        self._seen = bytearray()
+        self._undo: list[_Undo] | None = None
+        self._saved_status: list[int] = []
+        self._saved_missed = 0
+        self._seen_count = 0
+        self._has_baseline = sessions is not None
+        self.state = state if state is not None and self._has_baseline else ListingState()
+        if isinstance(sessions, dict):
+            rows: Iterable[SavedSession] = (
+                (sid, fp, MISSED | UNREAD, 0.0, 0.0, 0.0, 0.0, ()) for sid, fp in sessions.items()
+            )
+        else:
+            rows = sessions or ()
+        for sid, fp, flags, i, o, t, d, *indexes in rows:
+            slot = self._new_slot()
+            self._index[sid] = ((fp & _FP_MASK) << _SLOT_BITS) | slot
+            self._flags[slot] = flags & _FLAG_BITS
+            self._fps[slot] = fp & _FP_MASK
+            self._runs.put(slot, i, o, t, d, fresh=True)
+            try:
+                self._indexes.put(slot, indexes[0] if indexes else ())
+            except InvalidIndexIds:  # an edited file: the next listing reads every page
+                self._indexes.put(slot, ())
+                self.state = ListingState()
+            self._status[flags & _STATUS_MASK] += 1
+            if flags & MISSED:
+                self._missed += 1
+
+    def _new_slot(self) -> int:
+        """A slot never used yet; capacity grows by a sixteenth at a time, not slot by slot."""
+        if self._top == len(self._flags):
+            more = max(64, self._top // 16)
+            self._flags.extend(bytes(more))
+            self._fps.extend(array("I", bytes(4 * more)))
+            self._seen.extend(bytes(more))
+            self._runs.grow(more)
+            self._indexes.grow(more)
+        self._top += 1
+        return self._top - 1
+
+    @property
+    def has_baseline(self) -> bool:
+        return self._has_baseline
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def rows(self, names: Iterable[str] | None = None) -> Iterator[SavedSession]:
+        """Saved form of every session, or of the named ones still tracked."""
+        index = self._index
+        if names is None:
+            items: Iterable[tuple[str, int]] = index.items()
+        else:
+            items = ((sid, index[sid]) for sid in names if sid in index)
+        indexes = self._indexes
+        for sid, value in items:
+            slot = value & _SLOT_MASK
+            yield (
+                sid,
+                value >> _SLOT_BITS,
+                self._flags[slot],
+                *self._runs.get(slot),
+                indexes.sets[indexes.ids[slot]],
+            )
+
+    def fingerprints(self) -> Iterator[tuple[str, int]]:
+        for sid, value in self._index.items():
+            yield sid, value >> _SLOT_BITS
+
+    def plan(
+        self, *, auto: bool, full_every: int, overlap: float, now: float | None = None
+    ) -> float | None:
+        """The cutoff of the next listing, or None for a full one.
+
+        Incremental only in ``auto``, after a full listing showed newest-first order, and
+        never for the ``full_every``-th poll or right after a full listing missed sessions.
+        The cutoff is the last listing's newest ``last_updated_at`` less the overlap, or
+        ``now`` less the overlap when that is earlier (a session stamped in the future must
+        not hide the changes after it).
+        """
+        state = self.state
+        if (
+            not auto
+            or not self._has_baseline
+            or not state.ordered
+            or state.full_next
+            or state.newest is None
+            or state.since_full + 1 >= full_every
+        ):
+            return None
+        newest = state.newest if now is None else min(state.newest, now)
+        return newest - overlap
+
+    def begin(
+        self,
+        cutoff: float | None = None,
+        overlap: float = 300.0,
+        detail: Detail | None = None,
+        phase: int = 0,
+    ) -> Listing:
+        """Start a listing; with ``cutoff`` (Unix seconds) it is incremental: it stops after
+        a page whose sessions were all last updated before the cutoff. ``detail``: how many
+        indexes keep their own series, and the error classes (the defaults when None).
+        ``phase``: a baseline listing counts as that many polls since a full listing, so
+        projects that start together do not all list in full at the same later poll."""
+        self._seen = bytearray(len(self._flags))
+        self._seen_count = 0
+        self._undo = [] if self._has_baseline else None
+        self._saved_status = list(self._status)
+        self._saved_missed = self._missed
+        from .listing import Listing  # the listing module imports this one
+
+        return Listing(self, cutoff, overlap, Detail() if detail is None else detail, phase)
+
+    def rollback(self) -> None:
+        """Undo the listing under way: a failed poll changes nothing."""
+        undo = self._undo
+        self._undo = None
+        if undo is None:  # a failed baseline poll: start afresh
+            self._index.clear()
+            self._free = []
+            self._top = 0
+            self._flags[:] = bytes(len(self._flags))
+            self._fps[:] = array("I", bytes(4 * len(self._fps)))
+            self._pages = {}
+            self._runs.clear()
+            self._indexes.clear()
+            self._status = [0, 0, 0]
+            self._missed = 0
+            return
+        indexes = self._indexes
+        for sid, old, slot, flags, i, o, t, d, index_set in reversed(undo):
+            if old is None:
+                del self._index[sid]
+                self._free.append(slot)
+                self._fps[slot] = 0
+                indexes.counts[indexes.ids[slot]] -= 1
+                indexes.ids[slot] = 0
+            else:
+                self._index[sid] = old
+                self._fps[slot] = old >> _SLOT_BITS
+                indexes.move(slot, index_set)
+            self._flags[slot] = flags
+            self._runs.put(slot, i, o, t, d)
+        self._status = self._saved_status
+        self._missed = self._saved_missed
+
+    def _slot(self, slot: int) -> tuple[int, float, float, float, float, int]:
+        """A slot's flags, run and index set, as the undo log keeps them."""
+        return (self._flags[slot], *self._runs.get(slot), self._indexes.ids[slot])
+
+    def _remove(self, sid: str, value: int) -> None:
+        slot = value & _SLOT_MASK
+        del self._index[sid]
+        self._status[self._flags[slot] & _STATUS_MASK] -= 1
+        self._flags[slot] = 0
+        self._fps[slot] = 0
+        self._runs.put(slot, 0, 0, 0, 0)
+        self._indexes.counts[self._indexes.ids[slot]] -= 1
+        self._indexes.ids[slot] = 0
+        self._free.append(slot)
