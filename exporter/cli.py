@@ -203,7 +203,7 @@ def with_cli_shard(config: Config, args: argparse.Namespace) -> Config:
     what is wrong with the flags."""
     if args.shard_total is not None and not args.shard_from_hostname:
         raise ValueError("--shard.total goes with --shard.from-hostname (or use --shard I/N)")
-    if args.shard:
+    if args.shard is not None:  # "" too: an unset variable must not mean "every project"
         return config.with_shard(parse_shard(args.shard))
     if args.shard_from_hostname:
         total = args.shard_total if args.shard_total is not None else config.shard.total

@@ -161,6 +161,11 @@ class StoreCollector(Collector):
                 "discovery.include and exclude, before sharding.",
                 value=store.discovery_projects,
             )
+        yield GaugeMetricFamily(
+            "llamacloud_discovery_interval_seconds",
+            "How often discovery lists the projects (discovery.interval_seconds).",
+            value=store.discovery_interval,
+        )
         yield CounterMetricFamily(
             "llamacloud_discovery_errors",
             "Discoveries that failed; the last good project list stays in use.",

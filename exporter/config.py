@@ -31,7 +31,7 @@ from .reading import (
     whole_number,
 )
 from .secret import Secret, redact
-from .sharding import UNSHARDED, Shard
+from .sharding import MAX_SHARDS, UNSHARDED, Shard
 
 NA_BASE_URL = "https://api.cloud.llamaindex.ai"
 EU_BASE_URL = "https://api.cloud.eu.llamaindex.ai"
@@ -142,7 +142,6 @@ _PROJECT_KEYS = {
 }
 _WEB_KEYS = {"listen_address"}
 _SHARDING_KEYS = {"index", "total"}
-MAX_SHARDS = 10_000
 _STATE_KEYS = {"path"}
 
 

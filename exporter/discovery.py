@@ -22,7 +22,12 @@ DEFAULT_INTERVAL_SECONDS = 600.0
 MIN_INTERVAL_SECONDS = 1.0
 MAX_INTERVAL_SECONDS = 86_400.0
 PAGE_SIZE = 100
+# A listing longer than this is not an organisation's projects but a broken API: the
+# discovery fails (and the last list stays) before its memory grows without bound.
+MAX_PROJECTS = 100_000
+MAX_PAGES = 2 * MAX_PROJECTS // PAGE_SIZE
 MAX_NAME_LENGTH = 1024  # a longer project name is not a name: the item is skipped
+MAX_ID_LENGTH = 256  # project ids are UUIDs; a longer one would be a label on every series
 _EVERYTHING = re.compile("")
 
 
@@ -83,12 +88,13 @@ def _pattern(raw: Mapping[str, Any], key: str, problems: list[str]) -> re.Patter
 
 
 def read_projects(
-    items: Iterable[Any], discovery: DiscoveryConfig
+    items: Iterable[Any], discovery: DiscoveryConfig, seen: set[str] | None = None
 ) -> tuple[list[ProjectConfig], int]:
     """The listed projects that ``include``/``exclude`` keep, and how many items were skipped
-    for a bad shape (an id or name that is not a non-empty string, a repeated id)."""
+    for a bad shape (an id or name that is not a non-empty string, a repeated id). ``seen``:
+    the ids of the pages before, for a listing read page by page."""
     out: list[ProjectConfig] = []
-    seen: set[str] = set()
+    seen = set() if seen is None else seen
     invalid = 0
     for item in items:
         pid = item.get("id") if type(item) is dict else None
@@ -98,6 +104,7 @@ def read_projects(
             type(pid) is not str
             or not pid
             or not pid.isprintable()
+            or len(pid) > MAX_ID_LENGTH
             or pid in seen
             or type(name) is not str
             or len(name) > MAX_NAME_LENGTH

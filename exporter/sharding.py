@@ -31,6 +31,8 @@ __all__ = [
 
 # "I/N", both whole numbers; a sign is accepted here so that "-1/2" is told its index is out
 # of range rather than that it is not a number.
+# More shards than this is a typo (each project is hashed once per shard).
+MAX_SHARDS = 10_000
 _SHARD = re.compile(r"\s*([+-]?[0-9]+)\s*/\s*([+-]?[0-9]+)\s*")
 _ORDINAL = re.compile(r"[0-9]+")
 
@@ -45,8 +47,8 @@ def _weight(index: int, project_id: str) -> int:
 def _check_total(total: int) -> None:
     if isinstance(total, bool) or not isinstance(total, int):
         raise TypeError(f"shard total must be an integer, got {total!r}")
-    if total < 1:
-        raise ValueError(f"shard total must be at least 1, got {total}")
+    if not 1 <= total <= MAX_SHARDS:
+        raise ValueError(f"shard total must be from 1 to {MAX_SHARDS}, got {total}")
 
 
 def owner(project_id: str, total: int) -> int:
@@ -101,8 +103,8 @@ def parse_shard(text: str) -> Shard:
             "(the first of three shards)"
         )
     index, total = int(match[1]), int(match[2])
-    if total < 1:
-        raise ValueError(f"shard {text!r}: TOTAL must be at least 1, got {total}")
+    if not 1 <= total <= MAX_SHARDS:
+        raise ValueError(f"shard {text!r}: TOTAL must be from 1 to {MAX_SHARDS}, got {total}")
     if not 0 <= index < total:
         raise ValueError(
             f"shard {text!r}: INDEX must be from 0 to {total - 1} (TOTAL - 1), got {index}"

@@ -52,6 +52,7 @@ class Store:
         self._error_classes: tuple[str, ...] = (OTHER,)
         self.shard = (0, 1)  # (index, total) of this replica
         self.discovery = False  # discovery is configured
+        self.discovery_interval = 0.0
         self.discovery_projects: int | None = None  # listed by the last good discovery
         self.discovery_errors = 0
         self.discovery_success: float | None = None

@@ -18,7 +18,14 @@ import structlog
 
 from .client import ApiClient, PollError, Stopped
 from .config import Config
-from .discovery import DiscoveryConfig, read_projects, replica_projects
+from .discovery import (
+    MAX_PAGES,
+    MAX_PROJECTS,
+    PAGE_SIZE,
+    DiscoveryConfig,
+    read_projects,
+    replica_projects,
+)
 from .poller import Poller, in_thread
 from .store import Store
 
@@ -63,6 +70,8 @@ class Targets:
     def _show(self, config: Config) -> None:
         self._store.shard = (config.shard.index, config.shard.total)
         self._store.discovery = config.discovery is not None
+        if config.discovery is not None:
+            self._store.discovery_interval = config.discovery.interval_seconds
 
     def current(self) -> Config:
         return replica_config(self._config, self._discovered)
@@ -74,7 +83,7 @@ class Targets:
             return True
         started = time.monotonic()
         try:
-            items = await in_thread(self._list, discovery)
+            projects, invalid = await in_thread(self._list, discovery)
         except PollError as exc:
             return self._failed(exc.reason, str(exc), started)
         except Stopped:
@@ -82,11 +91,13 @@ class Targets:
         except Exception as exc:  # never the end of the daemon; the log has the traceback
             log.error("discovery_failed", reason="internal", exc_info=exc)
             return self._failed("internal", type(exc).__name__, started)
-        projects, invalid = read_projects(items, discovery)
         if invalid:
             log.warning("discovery_invalid_items", skipped=invalid)
         async with self._applying:
-            if discovery is not self._config.discovery:  # a reload changed it meanwhile
+            if discovery is not self._config.discovery:
+                # A reload changed the settings while this listed: list again with them.
+                log.info("discovery_superseded", reason="reload")
+                self._wake.set()
                 return False
             first = self._discovered is None
             self._discovered = projects
@@ -115,27 +126,40 @@ class Targets:
         )
         return False
 
-    def _list(self, discovery: DiscoveryConfig) -> list[Any]:
-        items: list[Any] = []
+    def _list(self, discovery: DiscoveryConfig) -> tuple[list[Any], int]:
+        """The projects listed, read page by page (only what is kept stays in memory), and
+        how many items were skipped."""
+        projects: list[Any] = []
+        seen: set[str] = set()
+        invalid = 0
         template = discovery.template
         for page in self._client.projects(
             template.base_url,
             template.api_key,
             discovery.organization_id,
-            self._config.max_pages,
+            MAX_PAGES,
             self._config.max_response_bytes,
+            PAGE_SIZE,
         ):
-            items.extend(page)
-        return items
+            kept, skipped = read_projects(page, discovery, seen)
+            projects += kept
+            invalid += skipped
+            if len(seen) > MAX_PROJECTS:
+                raise PollError("too_large", f"more than {MAX_PROJECTS} projects listed")
+        return projects, invalid
 
     async def run(self, stop: asyncio.Event) -> None:
         """Discover on the configured interval until ``stop``; a reload that changes the
         discovery settings discovers at once."""
         while not stop.is_set():
             discovery = self._config.discovery
+            self._wake.clear()  # a reload from here on wakes the next wait
             if discovery is not None:
-                await self.discover()
-            self._wake.clear()
+                try:
+                    await self.discover()
+                except Exception as exc:  # a bug: this discovery fails, the next one runs
+                    log.error("discovery_failed", reason="internal", exc_info=exc)
+                    self._store.record_discovery(None, self._clock())
             interval = discovery.interval_seconds if discovery is not None else None
             waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
             try:
@@ -151,9 +175,20 @@ class Targets:
             old = self._config.discovery
             self._config = config
             self._show(config)
-            if config.discovery is None:
+            new = config.discovery
+            if new is None:
                 self._discovered = None
+            elif self._discovered is not None:
+                # The last list under the new settings: the new key, region and filters
+                # apply at once, not only after the next discovery succeeds.
+                self._discovered = [
+                    replace(new.template, id=p.id, name=p.name, organization_id=p.organization_id)
+                    for p in self._discovered
+                    if new.wants(p.name)
+                ]
             restart = await self._apply(self.current())
+            if new is None and self._forget_unlisted is not None:
+                await self._forget_unlisted()  # saved projects no discovery will list
         if config.discovery is not None and _settings(config.discovery) != _settings(old):
             self._wake.set()
         return restart

@@ -116,7 +116,7 @@ def test_a_single_shard_owns_everything(project: str) -> None:
 
 
 def test_owner_rejects_a_total_below_one() -> None:
-    with pytest.raises(ValueError, match="at least 1, got 0"):
+    with pytest.raises(ValueError, match="from 1 to 10000, got 0"):
         owner("p", 0)
 
 
@@ -134,7 +134,7 @@ def test_shard_is_frozen_and_prints_as_index_slash_total() -> None:
 @pytest.mark.parametrize(
     ("index", "total", "message"),
     [
-        (0, 0, "shard total must be at least 1, got 0"),
+        (0, 0, "shard total must be from 1 to 10000, got 0"),
         (3, 3, "shard index 3 is out of range for 3 shards: it must be from 0 to 2"),
         (-1, 2, "shard index -1 is out of range for 2 shards: it must be from 0 to 1"),
         (1, 1, "shard index 1 is out of range for 1 shard: it must be from 0 to 0"),
@@ -169,7 +169,8 @@ def test_parse_shard(text: str, expected: Shard) -> None:
     [
         ("3/3", "shard '3/3': INDEX must be from 0 to 2 (TOTAL - 1), got 3"),
         ("-1/2", "shard '-1/2': INDEX must be from 0 to 1 (TOTAL - 1), got -1"),
-        ("0/0", "shard '0/0': TOTAL must be at least 1, got 0"),
+        ("0/0", "shard '0/0': TOTAL must be from 1 to 10000, got 0"),
+        ("0/1000000000", "shard '0/1000000000': TOTAL must be from 1 to 10000, got 1000000000"),
         ("a/b", "shard 'a/b' is not INDEX/TOTAL with whole numbers, e.g. 0/3"),
         ("1", "shard '1' is not INDEX/TOTAL with whole numbers, e.g. 0/3"),
         ("", "shard '' is not INDEX/TOTAL with whole numbers, e.g. 0/3"),
@@ -238,5 +239,5 @@ def test_shard_from_hostname() -> None:
     message = str(caught.value)
     assert "'llamacloud-exporter-3' has ordinal 3" in message
     assert "only 3 shards" in message and "--shard.total" in message
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(ValueError, match="from 1 to 10000"):
         shard_from_hostname("llamacloud-exporter-0", 0)

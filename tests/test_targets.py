@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from exporter import targets as targets_module
+from exporter.config import parse_config
 from exporter.sharding import Shard
 from exporter.simulator import Simulator
+from exporter.store import Store
+from exporter.targets import Targets
 from tests.conftest import REPO, Exporter, Samples, value, wait_for, write_config
 
 
@@ -175,6 +182,8 @@ def test_shard_flags(tmp_path: Path) -> None:
     assert "shard 2/5" in ok.stdout, ok.stderr
     for args, env, problem in [
         (("--shard", "4/4"), {}, "INDEX must be from 0 to 3"),
+        (("--shard", "0/1000000000"), {}, "TOTAL must be from 1 to 10000"),
+        (("--shard", ""), {}, "is not INDEX/TOTAL"),  # an unset ${SHARD}: not every project
         (("--shard.total", "2"), {}, "--shard.total goes with --shard.from-hostname"),
         (("--shard.from-hostname", "--shard.total", "2"), pod, "ordinal 2, but there are only 2"),
         (("--shard.from-hostname",), {"HOSTNAME": "laptop"}, "does not end in -<ordinal>"),
@@ -213,3 +222,126 @@ def test_a_reload_that_turns_discovery_on_discovers_at_once(
     exporter.proc.send_signal(signal.SIGHUP)
     every = set(org.project_ids)
     wait_for(lambda: polled(exporter.metrics()) == every, 30, "every project after the reload")
+
+
+# ------------------------------------------------- Targets against a client it can wait on
+
+
+class Listing:
+    """A stand-in for ApiClient.projects: each call lists ``pages``, first waiting for
+    ``gate`` (so a test can reload while a discovery is under way)."""
+
+    def __init__(self, pages: list[list[dict[str, Any]]]) -> None:
+        self.pages = pages
+        self.gate = threading.Event()
+        self.gate.set()
+        self.calls: list[str] = []  # the organization of each listing
+
+    def projects(self, base_url: str, api_key: Any, org: str, *rest: Any) -> Iterator[list[Any]]:
+        self.calls.append(org)
+        self.gate.wait(10)
+        yield from self.pages
+
+
+def targets_config(org: str = "org-a", key: str = "llx-one", interval: float = 600) -> Any:
+    raw = {
+        "llamacloud": {"api_key": key},
+        "discovery": {"organization_id": org, "interval_seconds": interval},
+    }
+    return parse_config(raw, {})
+
+
+def run_targets(
+    listing: Listing, scenario: Callable[[Targets, list[Any]], Coroutine[Any, Any, None]]
+) -> list[Any]:
+    applied: list[Any] = []
+
+    async def apply(config: Any) -> list[str]:
+        applied.append(config)
+        return []
+
+    async def main() -> None:
+        targets = Targets(targets_config(), Store(), listing, apply)  # type: ignore[arg-type]
+        stop = asyncio.Event()
+        task = asyncio.create_task(targets.run(stop))
+        try:
+            await asyncio.wait_for(scenario(targets, applied), 20)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+
+    asyncio.run(main())
+    return applied
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.01)
+
+
+ITEMS = [[{"id": "p1", "name": "one"}, {"id": "p2", "name": "two"}]]
+
+
+def test_a_reload_during_a_discovery_lists_again_with_the_new_settings() -> None:
+    listing = Listing(ITEMS)
+    listing.gate.clear()
+
+    async def scenario(targets: Targets, applied: list[Any]) -> None:
+        await until(lambda: len(listing.calls) == 1)  # the first listing waits at the gate
+        await targets.reload(targets_config(org="org-b"))
+        listing.gate.set()
+        # Not after the 10-minute interval: at once, with org-b.
+        await until(lambda: listing.calls == ["org-a", "org-b"] and len(applied) == 2)
+
+    applied = run_targets(listing, scenario)
+    assert [p.id for p in applied[-1].projects] == ["p1", "p2"]
+
+
+def test_a_reload_gives_discovered_projects_the_new_key_at_once() -> None:
+    listing = Listing(ITEMS)
+
+    async def scenario(targets: Targets, applied: list[Any]) -> None:
+        await until(lambda: len(applied) == 1)
+        listing.gate.clear()  # the next discovery does not come back
+        await targets.reload(targets_config(key="llx-two"))
+        keys = {p.api_key.get() for p in applied[-1].projects}
+        assert keys == {"llx-two"}
+        listing.gate.set()
+
+    run_targets(listing, scenario)
+
+
+def test_a_discovery_that_fails_in_a_bug_leaves_the_next_one_running() -> None:
+    listing = Listing(ITEMS)
+    failures = [RuntimeError("a bug")]
+
+    async def scenario(targets: Targets, applied: list[Any]) -> None:
+        real = targets._apply
+
+        async def apply_once_broken(config: Any) -> list[str]:
+            if failures:
+                raise failures.pop()
+            return await real(config)
+
+        targets._apply = apply_once_broken
+        targets._wake.set()  # a discovery now: it fails in apply
+        await until(lambda: not failures and len(listing.calls) >= 2)
+        targets._wake.set()  # and the loop still runs the next one
+        await until(lambda: len(listing.calls) >= 3 and len(applied) >= 2)
+
+    run_targets(listing, scenario)
+
+
+def test_a_listing_past_the_project_bound_fails_the_discovery(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(targets_module, "MAX_PROJECTS", 50)
+    endless = [[{"id": f"p{page}-{n}", "name": "x"} for n in range(20)] for page in range(10)]
+    listing = Listing(endless)
+
+    async def scenario(targets: Targets, applied: list[Any]) -> None:
+        await until(lambda: bool(listing.calls))
+        await until(lambda: targets._store.discovery_errors == 1)
+        assert applied == [] and targets._discovered is None  # nothing taken from it
+
+    run_targets(listing, scenario)
