@@ -1,24 +1,21 @@
-"""Shared pieces: child processes, /proc readings, statistics, tables and synthetic sessions."""
+"""Shared pieces: /proc readings, the machine, statistics, tables and synthetic sessions.
+
+Child processes (one-shot children, and the simulator and exporter children driven over a
+pipe) are in ``bench.peers``."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import os
 import platform
-import queue
 import random
 import statistics
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -201,164 +198,6 @@ def standalone(
         return 1
     print_targets(outcome)
     return 0
-
-
-# ------------------------------------------------------------------ child processes
-
-
-def run_child(kind: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """Run ``python -m bench.run --child KIND PARAMS`` in a fresh interpreter; its JSON result.
-
-    ``subprocess.run`` kills the child when the timeout passes, so none outlives the run.
-    """
-    cmd = [sys.executable, "-m", "bench.run", "--child", kind, json.dumps(params)]
-    try:
-        proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        raise BenchError(f"child {kind} did not finish within {timeout:.0f} s") from exc
-    if proc.returncode != 0:
-        raise BenchError(f"child {kind} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
-    lines = proc.stdout.strip().splitlines()
-    if not lines:
-        raise BenchError(f"child {kind} printed no result:\n{proc.stderr[-4000:]}")
-    result: dict[str, Any] = json.loads(lines[-1])
-    return result
-
-
-def stop_process(proc: subprocess.Popen[Any]) -> None:
-    """SIGTERM, then SIGKILL after 10 s; only this process, by its own id."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-    for stream in (proc.stdin, proc.stdout, proc.stderr):
-        if stream is not None:
-            with contextlib.suppress(OSError):
-                stream.close()
-
-
-def _tail(log: IO[bytes]) -> str:
-    log.seek(0)
-    return log.read().decode("utf-8", "replace")[-3000:]
-
-
-class _Lines:
-    """A child's stdout, line by line, with a deadline (a reader thread feeds a queue)."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._proc = proc
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self._proc.stdout is not None
-        with contextlib.suppress(ValueError, OSError):
-            for text in self._proc.stdout:
-                self._queue.put(text)
-        self._queue.put(None)
-
-    def next(self, deadline: float) -> str | None:
-        """The next line; None when the child closed its stdout; BenchError past the deadline."""
-        try:
-            return self._queue.get(timeout=max(deadline - time.monotonic(), 0.01))
-        except queue.Empty:
-            raise BenchError("timed out waiting for a child process") from None
-
-
-@dataclass(frozen=True)
-class SimulatorProcess:
-    pid: int
-    base_url: str
-    project_ids: tuple[str, ...]
-
-
-@contextlib.contextmanager
-def simulator_process(
-    projects: int, sessions: int, startup_timeout: float = 120.0, extra: Sequence[str] = ()
-) -> Iterator[SimulatorProcess]:
-    """``python -m exporter.simulator`` in its own process, frozen data, on a free loopback port.
-
-    ``extra`` is appended to its command line (a later ``--evolve-every`` wins, faults, ...).
-    """
-    cmd = [
-        sys.executable,
-        "-m",
-        "exporter.simulator",
-        "--listen",
-        "127.0.0.1:0",
-        "--projects",
-        str(projects),
-        "--sessions",
-        str(sessions),
-        "--evolve-every",
-        "0",
-        *extra,
-    ]
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(
-            cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1
-        )
-        try:
-            lines = _Lines(proc)
-            base_url = ""
-            ids: list[str] = []
-            deadline = time.monotonic() + startup_timeout
-            while len(ids) < projects or not base_url:
-                try:
-                    text = lines.next(deadline)
-                except BenchError:
-                    raise BenchError(
-                        f"simulator did not start within {startup_timeout:.0f} s:\n{_tail(log)}"
-                    ) from None
-                if text is None:
-                    raise BenchError(f"simulator exited {proc.wait()}:\n{_tail(log)}")
-                if text.startswith("simulator listening on "):
-                    base_url = text.split()[-1]
-                elif text.startswith("project "):
-                    ids.append(text.split()[1])
-            yield SimulatorProcess(proc.pid, base_url, tuple(ids))
-        finally:
-            stop_process(proc)
-
-
-@contextlib.contextmanager
-def serving_child(
-    kind: str, params: dict[str, Any], startup_timeout: float = 900.0
-) -> Iterator[dict[str, Any]]:
-    """A ``--child`` that prints one JSON line once it serves, then runs until stdin closes."""
-    cmd = [sys.executable, "-m", "bench.run", "--child", kind, json.dumps(params)]
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=REPO_ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-            bufsize=1,
-        )
-        try:
-            text = _Lines(proc).next(time.monotonic() + startup_timeout)
-            if text is None:
-                raise BenchError(f"child {kind} exited {proc.wait()}:\n{_tail(log)}")
-            yield json.loads(text)
-            assert proc.stdin is not None
-            proc.stdin.close()
-            if proc.wait(timeout=30) != 0:
-                raise BenchError(f"child {kind} exited {proc.returncode}:\n{_tail(log)}")
-        finally:
-            stop_process(proc)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ------------------------------------------------------------------ synthetic sessions

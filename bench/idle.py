@@ -19,15 +19,13 @@ from typing import Any
 from bench.common import (
     REPO_ROOT,
     BenchError,
-    free_port,
     load_average,
     median,
     proc_cpu_seconds,
-    simulator_process,
-    stop_process,
     table,
     verdict,
 )
+from bench.peers import free_port, simulator_process, stop_process
 
 TARGET_PERCENT = 0.5  # "near zero": under half a percent of one core
 POLL_INTERVAL = 30

@@ -41,6 +41,12 @@ How the numbers are kept apart and comparable:
   listings) are compared too, which would catch data that drifted apart.
 - The two modes poll one after the other, never at the same time; the two simulators of
   measurement 2 are built in parallel (one core each), before anything is measured.
+- Every project's id has the same full-listing phase (``bench.peers.same_phase_ids``). Since
+  b303ab8 the exporter starts each project at a phase of the ``full_listing_every`` cycle from
+  a hash of its id, so projects started together take their periodic full listings at
+  different polls; here all take theirs at the same poll (the 11th), the worst case, so the
+  steady-state cycles of measurement 2 are incremental listings only (the benchmark fails if
+  any is not) and measurement 1's periodic full listing is its 11th poll, as before b303ab8.
 
 Run with the other benchmarks (``python -m bench.run --only incremental [--quick]``) or on its
 own, at any size: ``python -m bench.incremental --projects 100 --sessions 100000`` measures the
@@ -53,34 +59,18 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import json
 import math
-import random
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # run as ``python bench/incremental.py``
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (
-    REPO_ROOT,
-    BenchError,
-    _Lines,
-    _tail,
-    load_average,
-    peak_rss_bytes,
-    proc_cpu_seconds,
-    rss_bytes,
-    standalone,
-    stop_process,
-    table,
-    verdict,
-)
+from bench.common import BenchError, load_average, standalone, table, verdict
+from bench.peers import Peer, exporter_peer, poll_cycle, serve_exporter, serve_simulator
 
 SEED = 20260101
 RERUNS = 5  # per project, before every steady-state poll or cycle
@@ -111,202 +101,31 @@ EXPORTER_BYTES_PER_SESSION = 300
 # ------------------------------------------------------------------ children
 
 
-def _reply(data: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(data) + "\n")
-    sys.stdout.flush()
-
-
-def _commands() -> Iterator[dict[str, Any]]:
-    for line in sys.stdin:
-        if line.strip():
-            yield json.loads(line)
-
-
-def _serve_simulator(params: dict[str, Any]) -> dict[str, Any]:
-    """A Simulator in this process, changed on command: one JSON line in, one out."""
-    from exporter.simulator import Simulator
-
-    rss_before = rss_bytes()
-    began = time.perf_counter()
-    sim = Simulator(
-        projects=params["projects"],
-        sessions_per_project=params["sessions"],
-        seed=params["seed"],
-        order="newest-first",
-    )
-    built = time.perf_counter() - began
-    picks = random.Random(f"{params['seed']}:picks")
-    pools: dict[str, list[str]] = {}
-    for pid in sim.project_ids:
-        if params["pool"] == "listing":  # any session of the project may re-run
-            ids = [item["session_id"] for item in sim.sessions(pid)]
-            pools[pid] = picks.sample(ids, min(POOL, len(ids)))
-        else:  # decoding millions of sessions to pick a few would take minutes
-            pools[pid] = sim.create_sessions(pid, POOL)
-    sim.latency = params["latency"]
-    url = sim.start()
-    _reply(
-        {
-            "base_url": url,
-            "project_ids": sim.project_ids,
-            "build_seconds": built,
-            "ready_seconds": time.perf_counter() - began,
-            "rss": rss_bytes(),
-            "rss_before": rss_before,
-        }
-    )
-    try:
-        for command in _commands():
-            if command["op"] != "advance":
-                raise ValueError(command)
-            for pid in sim.project_ids:
-                for sid in picks.sample(pools[pid], command["reruns"]):
-                    sim.rerun(pid, sid)
-                pools[pid].extend(sim.create_sessions(pid, command["creates"]))
-            _reply({"rss": rss_bytes(), "requests": sim.request_count})
-    finally:
-        sim.stop()
-    return {"requests": sim.request_count}
-
-
-async def _serve_exporter(params: dict[str, Any]) -> dict[str, Any]:
-    """The daemon's wiring over every project; a ``cycle`` command polls each once."""
-    from exporter.cli import _components
-    from exporter.config import Config, ProjectConfig
-    from exporter.logs import configure_logging
-    from exporter.secret import Secret
-    from exporter.simulator import DEFAULT_API_KEY
-
-    configure_logging("info", "json")  # as in production; the lines go to a temporary file
-    projects = tuple(
-        ProjectConfig(
-            id=pid,
-            name=f"bench-{n}",
-            organization_id="",
-            base_url=params["base_url"],
-            page_size=params["page_size"],
-            api_key=Secret(DEFAULT_API_KEY),
-            listing=params["mode"],
-        )
-        for n, pid in enumerate(params["project_ids"])
-    )
-    config = Config(projects=projects, max_pages=10**6, max_concurrency=params["max_concurrency"])
-    store, poller, client = _components(config, None)
-    loop = asyncio.get_running_loop()
-    _reply({"ready": True, "rss": rss_bytes()})
-    try:
-        while True:
-            line = await loop.run_in_executor(None, sys.stdin.readline)
-            if not line:
-                break
-            command = json.loads(line)
-            if command["op"] != "cycle":
-                raise ValueError(command)
-            before = store.api_requests()
-            wall0, cpu0 = time.perf_counter(), time.process_time()
-            ok = await poller.poll_all_once()
-            wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-            after = store.api_requests()
-            states = [store.get(p.id) for p in projects]
-            _reply(
-                {
-                    "ok": ok,
-                    "wall": wall,
-                    "cpu": cpu,
-                    "requests": sum(after.values()) - sum(before.values()),
-                    "codes": {
-                        k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)
-                    },
-                    "pages": [s.last_poll_pages for s in states],
-                    "incremental": [s.last_poll_incremental for s in states],
-                    "up": sum(s.up for s in states),
-                    "errors": sorted({s.last_error for s in states if s.last_error}),
-                    "state": {
-                        s.project_id: {
-                            "gauges": dataclasses.asdict(s.snapshot) if s.snapshot else None,
-                            "counters": dataclasses.asdict(s.totals),
-                        }
-                        for s in states
-                    },
-                    "rss": rss_bytes(),
-                    "peak_rss": peak_rss_bytes(),
-                }
-            )
-    finally:
-        client.close()
-    return {"peak_rss": peak_rss_bytes()}
+def _describe(states: list[Any]) -> dict[str, Any]:
+    """What a cycle answers beyond peers.serve_exporter's own fields: pages and listing kind
+    per project, and every project's gauges and counters, to compare the two modes."""
+    return {
+        "pages": [s.last_poll_pages for s in states],
+        "incremental": [s.last_poll_incremental for s in states],
+        "state": {
+            s.project_id: {
+                "gauges": dataclasses.asdict(s.snapshot) if s.snapshot else None,
+                "counters": dataclasses.asdict(s.totals),
+            }
+            for s in states
+        },
+    }
 
 
 def child(params: dict[str, Any]) -> dict[str, Any]:
     if params["role"] == "simulator":
-        return _serve_simulator(params)
+        return serve_simulator(params)
     if params["role"] == "exporter":
-        return asyncio.run(_serve_exporter(params))
+        return asyncio.run(serve_exporter(params, _describe))
     raise ValueError(params["role"])
 
 
 # ------------------------------------------------------------------ driving the children
-
-
-class _Peer:
-    """A child (``bench.run --child incremental``) answering one JSON line per command."""
-
-    def __init__(self, name: str, params: dict[str, Any], stack: contextlib.ExitStack) -> None:
-        self.name = name
-        self.ready: dict[str, Any] = {}
-        log = stack.enter_context(tempfile.TemporaryFile())  # noqa: SIM115 (closed by stack)
-        cmd = [sys.executable, "-m", "bench.run", "--child", "incremental", json.dumps(params)]
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=REPO_ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-            bufsize=1,
-        )
-        self._log = log
-        self._lines = _Lines(self.proc)
-        stack.callback(self._stop)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def send(self, **command: Any) -> None:
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.write(json.dumps(command) + "\n")
-            self.proc.stdin.flush()
-        except OSError:
-            raise BenchError(
-                f"{self.name} exited {self.proc.poll()}:\n{_tail(self._log)}"
-            ) from None
-
-    def receive(self, timeout: float) -> dict[str, Any]:
-        try:
-            text = self._lines.next(time.monotonic() + timeout)
-        except BenchError:
-            raise BenchError(
-                f"{self.name} did not answer within {timeout:.0f} s:\n{_tail(self._log)}"
-            ) from None
-        if text is None:
-            raise BenchError(f"{self.name} exited {self.proc.wait()}:\n{_tail(self._log)}")
-        result: dict[str, Any] = json.loads(text)
-        return result
-
-    def call(self, timeout: float, **command: Any) -> dict[str, Any]:
-        self.send(**command)
-        return self.receive(timeout)
-
-    def _stop(self) -> None:
-        """Close stdin (the child ends its loop and exits), then SIGTERM/SIGKILL if it lingers."""
-        with contextlib.suppress(OSError):
-            if self.proc.stdin is not None:
-                self.proc.stdin.close()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=15)
-        stop_process(self.proc)
 
 
 def _simulators(
@@ -316,17 +135,19 @@ def _simulators(
     latency: float,
     pool: str,
     timeout: float,
-) -> dict[str, tuple[_Peer, dict[str, Any]]]:
+) -> dict[str, tuple[Peer, dict[str, Any]]]:
     """One simulator per mode, same seed, built in parallel; {mode: (peer, ready line)}."""
     params = {
         "role": "simulator",
-        "projects": projects,
-        "sessions": sessions,
+        "groups": {"all": [projects, sessions]},
         "seed": SEED,
         "latency": latency,
         "pool": pool,
+        "pool_size": POOL,
     }
-    peers = {mode: _Peer(f"simulator ({mode})", params, stack) for mode in ("auto", "full")}
+    peers = {
+        mode: Peer("incremental", f"simulator ({mode})", params, stack) for mode in ("auto", "full")
+    }
     return {mode: (peer, peer.receive(timeout)) for mode, peer in peers.items()}
 
 
@@ -336,21 +157,20 @@ def _exporter(
     ready: dict[str, Any],
     page_size: int,
     concurrency: int,
-) -> _Peer:
-    params = {
-        "role": "exporter",
-        "mode": mode,
-        "base_url": ready["base_url"],
-        "project_ids": ready["project_ids"],
-        "page_size": page_size,
-        "max_concurrency": concurrency,
-    }
-    peer = _Peer(f"exporter ({mode})", params, stack)
-    peer.ready = peer.receive(120)
-    return peer
+) -> Peer:
+    return exporter_peer(
+        "incremental",
+        stack,
+        f"exporter ({mode})",
+        mode=mode,
+        base_url=ready["base_url"],
+        project_ids=ready["project_ids"],
+        page_size=page_size,
+        max_concurrency=concurrency,
+    )
 
 
-def _advance(sims: Sequence[_Peer], timeout: float) -> None:
+def _advance(sims: Sequence[Peer], timeout: float) -> None:
     """The same changes in every simulator (both at once: they run in their own processes)."""
     for sim in sims:
         sim.send(op="advance", reruns=RERUNS, creates=CREATES)
@@ -358,13 +178,9 @@ def _advance(sims: Sequence[_Peer], timeout: float) -> None:
         sim.receive(timeout)
 
 
-def _cycle(exporter: _Peer, sim_pid: int, timeout: float) -> dict[str, Any]:
+def _cycle(exporter: Peer, sim_pid: int, timeout: float) -> dict[str, Any]:
     """One poll of every project; fails unless every listing succeeded."""
-    sim_cpu = proc_cpu_seconds(sim_pid)
-    result = exporter.call(timeout, op="cycle")
-    result["sim_cpu"] = proc_cpu_seconds(sim_pid) - sim_cpu
-    if not result["ok"]:
-        raise BenchError(f"{exporter.name}: a poll failed: {', '.join(result['errors'])}")
+    result = poll_cycle(exporter, sim_pid, timeout)
     retried = result["requests"] - sum(result["pages"])
     if retried:  # every page is one request unless one was retried
         print(
@@ -490,7 +306,8 @@ def _one_project() -> tuple[list[tuple[str, bool, str]], list[str]]:
     print(
         f"\nauto uses the default full_listing_every 10 and incremental_overlap_seconds 300; "
         f"before each steady-state poll {RERUNS} sessions drawn from the whole project re-run "
-        f"and {CREATES} are created, in both simulators alike."
+        f"and {CREATES} are created, in both simulators alike. The project's id has full-listing "
+        "phase 0 (bench.peers.same_phase_ids), so its periodic full listing is poll 11."
     )
     outcome: list[tuple[str, bool, str]] = []
     met = bool(inc) and max(inc) <= TARGET_REQUESTS
@@ -545,7 +362,10 @@ def _many_projects(projects: int, sessions: int) -> list[tuple[str, bool, str]]:
     )
     print(
         f"page_size {CYCLE_PAGE_SIZE} (the default) and max_concurrency "
-        f"{CYCLE_CONCURRENCY}, so that a full cycle ends in reasonable time. "
+        f"{CYCLE_CONCURRENCY}, so that a full cycle ends in reasonable time. Every project's id "
+        "has the same full-listing phase, so all take their periodic full listing at the same "
+        "poll (the 11th, past this measurement; the worst case: since b303ab8 the exporter "
+        "spreads them over the cycle) and auto's steady-state cycles are incremental only. "
         f"Target size {target}: "
         + ("measured directly." if at_target else f"this run measures {size} and extrapolates.")
     )
@@ -633,6 +453,18 @@ def _many_projects(projects: int, sessions: int) -> list[tuple[str, bool, str]]:
     )
     if bad:
         raise BenchError("auto's gauges or counters differ from full's: " + "; ".join(bad))
+    mixed = [
+        f"cycle {n + 1}: {len(c['incremental']) - sum(c['incremental'])} full"
+        for n, c in enumerate(cycles["auto"])
+        if n and not all(c["incremental"])
+    ]
+    if mixed:
+        raise BenchError(
+            "auto's steady-state cycles should be incremental listings only, got "
+            + "; ".join(mixed)
+            + " (the projects' ids all have phase 0 by bench.peers.listing_phase: does it still "
+            "mirror exporter/poller.py?)"
+        )
 
     auto, full = cycles["auto"][-1], cycles["full"][-1]
     # Extrapolation. A full cycle is linear in the sessions listed: pages are sessions over

@@ -16,11 +16,11 @@ from bench.common import (
     median,
     peak_rss_bytes,
     rss_bytes,
-    run_child,
     synthetic_pages,
     table,
     verdict,
 )
+from bench.peers import run_child
 
 TARGET_BYTES = 200
 CHANGED_SHARE = 0.02

@@ -21,15 +21,8 @@ from typing import Any
 
 import httpx
 
-from bench.common import (
-    BenchError,
-    load_average,
-    median,
-    run_child,
-    simulator_process,
-    table,
-    verdict,
-)
+from bench.common import BenchError, load_average, median, table, verdict
+from bench.peers import run_child, simulator_process
 
 CHAT_PATH = "/api/v1/chat"
 PAGE_SIZE = 100
@@ -161,7 +154,7 @@ async def _exporter_polls(
         listing="full",  # every poll reads every page: the cost per session is the question
     )
     config = Config(projects=(project,), max_pages=10**6)
-    store, poller, client = _components(config, None)
+    store, poller, client, _targets = _components(config, None)
     sampler = ThreadProfiles() if profile else None
     out: list[dict[str, float]] = []
     try:

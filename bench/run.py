@@ -1,5 +1,5 @@
 """Benchmarks with numbers to beat: poll CPU, memory per session, scrape latency, idle CPU,
-requests and wall time of incremental listings.
+requests and wall time of incremental listings, and the capacity of one replica.
 
 Run from the repository root:
 
@@ -7,6 +7,7 @@ Run from the repository root:
     .venv/bin/python -m bench.run --quick    # smaller sizes, a smoke run
     .venv/bin/python -m bench.run --only poll
     .venv/bin/python -m bench.run --only soak   # the soak (5 minutes), never part of a full run
+    .venv/bin/python -m bench.run --only capacity   # projects x sessions per replica
 
 Each benchmark prints Markdown tables, its ratio against a baseline measured in the same run,
 and whether its target is met. Not part of the test suite.
@@ -24,15 +25,16 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as ``python bench/run.py``
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import idle, incremental, memory, poll, scrape, soak
+from bench import capacity, idle, incremental, memory, poll, scrape, soak
 from bench.common import REPO_ROOT, BenchError, machine_lines, print_targets
 
-BENCHMARKS = ("poll", "memory", "scrape", "idle", "incremental")
+BENCHMARKS = ("poll", "memory", "scrape", "idle", "incremental", "capacity")
 ON_REQUEST = ("soak",)  # long: run only when named with --only
 CHILDREN = {
     "memory": memory.child,
     "scrape": scrape.child,
     "incremental": incremental.child,
+    "capacity": capacity.child,
 }
 
 
@@ -106,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 outcome += soak.run(quick=args.quick)
             elif name == "incremental":
                 outcome += incremental.run(quick=args.quick)
+            elif name == "capacity":
+                outcome += capacity.run(quick=args.quick)
             else:
                 outcome += idle.run(quick=args.quick, rounds=rounds)
         except BenchError as exc:

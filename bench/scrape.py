@@ -28,11 +28,11 @@ from bench.common import (
     load_average,
     median,
     percentile,
-    serving_child,
     synthetic_pages,
     table,
     verdict,
 )
+from bench.peers import serving_child
 
 TARGET_P99_MS = 25.0
 NO_GROWTH_RATIO = 1.25  # "no growth": the large case's median within noise of the small one

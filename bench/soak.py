@@ -54,16 +54,14 @@ from bench.common import (
     PAGE_BYTES,
     REPO_ROOT,
     BenchError,
-    free_port,
     load_average,
     median,
     percentile,
-    simulator_process,
     standalone,
-    stop_process,
     table,
     verdict,
 )
+from bench.peers import free_port, simulator_process, stop_process
 
 DEFAULT_MINUTES = 5.0
 QUICK_MINUTES = 1.0
