@@ -861,23 +861,8 @@ def test_kubernetes_web_component_is_consistent(
 
 def test_kubernetes_web_component_builds_with_kustomize(tmp_path: Path) -> None:
     """``kubectl kustomize`` with the component enabled gives what the test above checked."""
-    kubectl = shutil.which("kubectl")
-    if not kubectl:  # optional: CI checks the component through its patches alone
-        pytest.skip("kubectl is not installed")
-    copy_dir = tmp_path / "kubernetes"
-    shutil.copytree(K8S, copy_dir)
-    kustomization = copy_dir / "kustomization.yaml"
-    text = kustomization.read_text()
-    enabled = re.sub(r"^# (components:|  - " + WEB_COMPONENT.name + ")$", r"\1", text, flags=re.M)
-    assert enabled != text
-    kustomization.write_text(enabled)
-    result = run(kubectl, "kustomize", str(copy_dir))
-    assert result.returncode == 0, result.stderr
-    built = {
-        f"{doc['metadata']['name']}/{doc['kind']}": doc
-        for doc in yaml.safe_load_all(result.stdout)
-        if doc
-    }
+    pattern = r"^# (components:|  - " + WEB_COMPONENT.name + ")$"
+    built = build_kustomization(tmp_path, lambda text: re.sub(pattern, r"\1", text, flags=re.M))
     expected = web_component_objects()
     for key in expected:
         assert key in built, key
