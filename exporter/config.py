@@ -18,7 +18,6 @@ import httpx
 from .detail import DETAIL_KEYS, Detail, parse_detail
 from .discovery import DISCOVERY_KEYS, DiscoveryConfig, parse_discovery
 from .reading import (
-    MAX_CONFIG_BYTES,
     MAX_CONFIG_DEPTH,
     MAX_KEY_FILE_BYTES,
     FileProblem,
@@ -26,6 +25,7 @@ from .reading import (
     is_text,
     load_yaml,
     read_bounded,
+    read_config_text,
     section,
     unknown_keys,
     whole_number,
@@ -149,15 +149,9 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
     """Read, expand ``${VAR}`` references and validate a config file."""
     env = os.environ if env is None else env
     try:
-        data = read_bounded(path, MAX_CONFIG_BYTES)
+        text = read_config_text(path)
     except FileProblem as exc:
-        raise ConfigError([f"config: cannot read {path}: {exc}"]) from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            [f"config: not UTF-8 text (an invalid byte at offset {exc.start})"]
-        ) from None
+        raise ConfigError([f"config: {exc}"]) from None
     try:
         raw = parse_yaml(text)
         return parse_config(raw, env, base_dir=Path(path).parent)

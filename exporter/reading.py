@@ -61,6 +61,18 @@ def read_bounded(path: str | Path, limit: int) -> bytes:
         os.close(fd)
 
 
+def read_config_text(path: str | Path) -> str:
+    """A config file's text, bounded: FileProblem says what is wrong (never the contents)."""
+    try:
+        data = read_bounded(path, MAX_CONFIG_BYTES)
+    except FileProblem as exc:
+        raise FileProblem(f"cannot read {path}: {exc}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FileProblem(f"not UTF-8 text (an invalid byte at offset {exc.start})") from None
+
+
 def load_yaml(text: str) -> Any:
     """``yaml.safe_load``, bounded: aliases may not expand past ``MAX_CONFIG_VALUES`` values
     or nest deeper than ``MAX_CONFIG_DEPTH``, and no parser failure escapes as a crash."""

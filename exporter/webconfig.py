@@ -90,7 +90,6 @@ import bcrypt
 
 from .config import ConfigError
 from .reading import (
-    MAX_CONFIG_BYTES,
     MAX_CONFIG_DEPTH,
     MAX_KEY_FILE_BYTES,
     FileProblem,
@@ -99,6 +98,7 @@ from .reading import (
     is_text,
     load_yaml,
     read_bounded,
+    read_config_text,
     section,
     unknown_keys,
 )
@@ -205,15 +205,9 @@ def load_web_config(path: str | Path) -> WebConfig:
     An empty file (or ``{}``) is valid: no TLS, no authentication.
     """
     try:
-        data = read_bounded(path, MAX_CONFIG_BYTES)
+        text = read_config_text(path)
     except FileProblem as exc:
-        raise WebConfigError([f"web config: cannot read {path}: {exc}"]) from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise WebConfigError(
-            [f"web config: not UTF-8 text (an invalid byte at offset {exc.start})"]
-        ) from None
+        raise WebConfigError([f"web config: {exc}"]) from None
     try:
         raw = load_yaml(text)
     except YamlProblem as exc:
