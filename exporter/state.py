@@ -25,14 +25,10 @@ import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import structlog
 
 from .aggregate import (
-    DURATION_BUCKETS,
-    TOKEN_BUCKETS,
-    Histogram,
     ListingState,
     PollResult,
     RunTotals,
@@ -619,8 +615,8 @@ def _parse_listing(data: object) -> ListingState | None:
     return state
 
 
+# Saved runs hold what an item may: numbers below 2**53 (RunTotals bounds its counts alike).
 _MAX_SAVED = 2**53
-_MAX_SAVED_AMOUNT = 1e300  # far from +Inf, and a 400-digit integer is refused before float()
 
 
 def _parse_totals(data: object) -> RunTotals:
@@ -631,47 +627,4 @@ def _parse_totals(data: object) -> RunTotals:
         raw = json.loads(data)
     except RecursionError:
         raise ValueError("nested too deeply") from None
-    if type(raw) is not dict:
-        raise ValueError("not an object")
-
-    def field(key: str) -> Any:
-        if key not in raw:
-            raise ValueError(f"{key}: missing")
-        return raw[key]
-
-    def count(value: Any) -> int:
-        # Below 2**53, as an item's counts are: a count is rendered as a float.
-        if type(value) is not int or not 0 <= value < _MAX_SAVED:
-            raise ValueError("a count is not a non-negative integer below 2**53")
-        return value
-
-    def amount(value: Any) -> float:
-        if type(value) not in (int, float) or not 0 <= value < _MAX_SAVED_AMOUNT:
-            raise ValueError("an amount is not a non-negative number below 1e300")
-        return float(value)
-
-    def histogram(key: str, bounds: tuple[float, ...]) -> Histogram:
-        value = field(key)
-        if type(value) is not list or len(value) != 2 or type(value[0]) is not list:
-            raise ValueError(f"{key}: not [counts, sum]")
-        counts, total = value
-        if len(counts) != len(bounds) + 1:
-            raise ValueError(f"{key}: bucket layout changed")
-        return Histogram(bounds, tuple(count(c) for c in counts), amount(total))
-
-    by_class = raw.get("errors_by_class", {})  # absent from files saved before classes
-    if type(by_class) is not dict or not all(type(k) is str for k in by_class):
-        raise ValueError("errors_by_class: not an object of counts")
-    totals = RunTotals(
-        runs=count(field("runs")),
-        errors=count(field("errors")),
-        input_tokens=amount(field("input_tokens")),
-        output_tokens=amount(field("output_tokens")),
-        turns=amount(field("turns")),
-        sessions_created=count(field("sessions_created")),
-        duration=histogram("duration", DURATION_BUCKETS),
-        input_usage=histogram("input_usage", TOKEN_BUCKETS),
-        output_usage=histogram("output_usage", TOKEN_BUCKETS),
-        errors_by_class=tuple(sorted((k, count(v)) for k, v in by_class.items())),
-    )
-    return totals.with_saved_exemplars(raw.get("exemplars"))
+    return RunTotals.from_dict(raw)

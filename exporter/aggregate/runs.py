@@ -73,6 +73,8 @@ _NUMBER = frozenset({int, float, type(None)})
 # Counts must stay below 2**53 (exact in a float): one larger, summed over a project,
 # would make a gauge or a counter +Inf for good. 2**53 ms is 285,000 years.
 _MAX = float(2**53)
+_MAX_SAVED = 2**53
+_MAX_SAVED_AMOUNT = 1e300  # far from +Inf, and a 400-digit integer is refused before float()
 
 # (is_error, duration_ms, input_tokens, output_tokens, turns, fingerprint): a plain tuple,
 # because one is read for every listed session and a dataclass costs more than the rest.
@@ -344,24 +346,51 @@ class RunTotals:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RunTotals:
-        def hist(key: str, bounds: tuple[float, ...]) -> Histogram:
-            counts, total = data[key]
+    def from_dict(cls, data: Any) -> RunTotals:
+        """The totals of their saved form (:meth:`to_dict`), checked as untrusted input:
+        ValueError when anything is off, but a bad exemplar is only left out."""
+        if type(data) is not dict:
+            raise ValueError("not an object")
+
+        def field(key: str) -> Any:
+            if key not in data:
+                raise ValueError(f"{key}: missing")
+            return data[key]
+
+        def count(value: Any) -> int:
+            # Below 2**53, as an item's counts are: a count is rendered as a float.
+            if type(value) is not int or not 0 <= value < _MAX_SAVED:
+                raise ValueError("a count is not a non-negative integer below 2**53")
+            return value
+
+        def amount(value: Any) -> float:
+            if type(value) not in (int, float) or not 0 <= value < _MAX_SAVED_AMOUNT:
+                raise ValueError("an amount is not a non-negative number below 1e300")
+            return float(value)
+
+        def histogram(key: str, bounds: tuple[float, ...]) -> Histogram:
+            value = field(key)
+            if type(value) is not list or len(value) != 2 or type(value[0]) is not list:
+                raise ValueError(f"{key}: not [counts, sum]")
+            counts, total = value
             if len(counts) != len(bounds) + 1:
                 raise ValueError(f"{key}: bucket layout changed")
-            return Histogram(bounds, tuple(int(c) for c in counts), float(total))
+            return Histogram(bounds, tuple(count(c) for c in counts), amount(total))
 
+        by_class = data.get("errors_by_class", {})  # absent from files saved before classes
+        if type(by_class) is not dict or not all(type(k) is str for k in by_class):
+            raise ValueError("errors_by_class: not an object of counts")
         totals = cls(
-            runs=int(data["runs"]),
-            errors=int(data["errors"]),
-            input_tokens=float(data["input_tokens"]),
-            output_tokens=float(data["output_tokens"]),
-            turns=float(data["turns"]),
-            sessions_created=int(data["sessions_created"]),
-            duration=hist("duration", DURATION_BUCKETS),
-            input_usage=hist("input_usage", TOKEN_BUCKETS),
-            output_usage=hist("output_usage", TOKEN_BUCKETS),
-            errors_by_class=tuple(sorted(data.get("errors_by_class", {}).items())),
+            runs=count(field("runs")),
+            errors=count(field("errors")),
+            input_tokens=amount(field("input_tokens")),
+            output_tokens=amount(field("output_tokens")),
+            turns=amount(field("turns")),
+            sessions_created=count(field("sessions_created")),
+            duration=histogram("duration", DURATION_BUCKETS),
+            input_usage=histogram("input_usage", TOKEN_BUCKETS),
+            output_usage=histogram("output_usage", TOKEN_BUCKETS),
+            errors_by_class=tuple(sorted((k, count(v)) for k, v in by_class.items())),
         )
         return totals.with_saved_exemplars(data.get("exemplars"))
 
