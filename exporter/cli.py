@@ -127,10 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             web = load_web_config(args.web_config)
         except WebConfigError as exc:
-            print(f"{args.web_config}: invalid web configuration", file=sys.stderr)
-            for problem in exc.problems:
-                print(f"  {problem}", file=sys.stderr)
-            return 2
+            return _invalid(f"{args.web_config}: invalid web configuration", exc.problems)
     if args.demo:
         if args.config:
             print(
@@ -149,10 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.listen_address:
             config = config.with_listen_address(args.listen_address)
     except ConfigError as exc:
-        print(f"{args.config}: invalid configuration", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return 2
+        return _invalid(f"{args.config}: invalid configuration", exc.problems)
     try:
         config = with_cli_shard(config, args)
     except ValueError as exc:
@@ -161,9 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check_config:
         state_problem = check_state_path(config.state_path) if config.state_path else None
         if state_problem:
-            print(f"{args.config}: invalid configuration", file=sys.stderr)
-            print(f"  {state_problem}", file=sys.stderr)
-            return 2
+            return _invalid(f"{args.config}: invalid configuration", [state_problem])
         print(f"{args.config}: configuration is valid ({_describe(config)})")
         if web is not None:
             print(f"{args.web_config}: web configuration is valid ({web.describe()})")
@@ -196,6 +188,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fresh, load_web_config(args.web_config) if args.web_config else None
 
     return run_daemon(config, state, reread=reread, http_reload=args.enable_lifecycle, web=web)
+
+
+def _invalid(header: str, problems: list[str]) -> int:
+    """Say what is wrong with a file, a problem a line, and give the exit code (2)."""
+    print(header, file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+    return 2
 
 
 def with_cli_shard(config: Config, args: argparse.Namespace) -> Config:
