@@ -76,13 +76,20 @@ def list_all(
     client: httpx.Client, project_id: str, page_size: int | None = None, max_pages: int = 1000
 ) -> tuple[list[Any], list[dict[str, Any]]]:
     """Follows next_page_token to the end; returns (items, raw pages)."""
-    items: list[Any] = []
-    pages: list[dict[str, Any]] = []
     params: dict[str, Any] = {"project_id": project_id}
     if page_size is not None:
         params["page_size"] = page_size
+    return follow(client, CHAT_PATH, params, max_pages)
+
+
+def follow(
+    client: httpx.Client, path: str, params: dict[str, Any], max_pages: int
+) -> tuple[list[Any], list[dict[str, Any]]]:
+    """GET ``path`` and follow next_page_token to the end; returns (items, raw pages)."""
+    items: list[Any] = []
+    pages: list[dict[str, Any]] = []
     for _ in range(max_pages):
-        response = client.get(CHAT_PATH, params=params)
+        response = client.get(path, params=params)
         assert response.status_code == 200, response.text
         page = response.json()
         pages.append(page)
@@ -1342,19 +1349,7 @@ def list_projects(
     client: httpx.Client, max_pages: int = 100, **params: Any
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Follows next_page_token through GET /api/v2/projects; returns (items, raw pages)."""
-    items: list[dict[str, Any]] = []
-    pages: list[dict[str, Any]] = []
-    for _ in range(max_pages):
-        response = client.get(PROJECTS_PATH, params=params)
-        assert response.status_code == 200, response.text
-        page = response.json()
-        pages.append(page)
-        items.extend(page["items"])
-        token = page.get("next_page_token")
-        if not token:
-            return items, pages
-        params["page_token"] = token
-    raise AssertionError("listing did not end")
+    return follow(client, PROJECTS_PATH, params, max_pages)
 
 
 GENERATED_NAMES = [
