@@ -189,22 +189,7 @@ class Targets:
             restart = await self._apply(self.current())
             if new is None and self._forget_unlisted is not None:
                 await self._forget_unlisted()  # saved projects no discovery will list
-        if config.discovery is not None and _settings(config.discovery) != _settings(old):
+        # Frozen dataclasses: patterns compare by pattern, the key as a Secret (by value).
+        if config.discovery is not None and config.discovery != old:
             self._wake.set()
         return restart
-
-
-def _settings(discovery: DiscoveryConfig | None) -> tuple[Any, ...] | None:
-    if discovery is None:
-        return None
-    t = discovery.template
-    return (
-        discovery.organization_id,
-        discovery.include.pattern,
-        discovery.exclude.pattern if discovery.exclude else None,
-        discovery.interval_seconds,
-        t.base_url,
-        t.api_key,  # compared as a Secret: never held as text here
-        t.page_size,
-        t.listing,
-    )
