@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -27,7 +28,7 @@ from .config import (
     load_config,
     split_listen_address,
 )
-from .logs import LEVELS, configure_logging
+from .logs import LEVELS, configure_logging, dropped_lines
 from .poller import Poller, in_thread
 from .secret import Secret
 from .server import MetricsServer
@@ -227,6 +228,7 @@ def _components(
     config: Config, state: StateFile | None
 ) -> tuple[Store, Poller, ApiClient, Targets]:
     store = Store()
+    store.dropped_log_lines = dropped_lines
     client = ApiClient(
         timeout=config.timeout_seconds,
         max_retries=config.max_retries,
@@ -293,6 +295,11 @@ def run_daemon(
     store.record_reload(True, time.time())
     try:
         asyncio.run(_serve(poller, targets, client, store, server, reread, http_reload))
+    except Exception as exc:
+        # The polls ended for a reason other than a stop: a process that serves numbers no
+        # longer polled would keep up at 1. Exit non-zero, so a supervisor restarts it.
+        log.error("exporter_failed", exc_info=exc)
+        return 1
     finally:
         server.stop()
         if state:
@@ -331,7 +338,7 @@ async def _serve(
         loop.add_signal_handler(
             signal.SIGHUP, lambda: log.warning("config_reload_unavailable", reason="--demo")
         )
-    discovering = asyncio.create_task(targets.run(stop))
+    discovering = asyncio.create_task(_supervised("discovery", targets.run, stop))
     try:
         await poller.run(stop)
     finally:
@@ -339,6 +346,28 @@ async def _serve(
         client.close()
         discovering.cancel()
         await asyncio.gather(discovering, return_exceptions=True)
+
+
+async def _supervised(
+    name: str,
+    run: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
+    stop: asyncio.Event,
+    pause: float = 1.0,
+) -> None:
+    """``run(stop)`` until ``stop``; started again, after a pause that doubles up to a minute,
+    if it ever ends or raises on its own (a loop that dies must not leave its work undone)."""
+    while not stop.is_set():
+        try:
+            await run(stop)
+        except Exception as exc:
+            log.error("loop_died", loop=name, restart_in_seconds=pause, exc_info=exc)
+        else:
+            if stop.is_set():
+                return
+            log.error("loop_died", loop=name, restart_in_seconds=pause)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=pause)
+        pause = min(pause * 2, 60.0)
 
 
 def _reloader(

@@ -119,6 +119,12 @@ class StoreCollector(Collector):
             "project's whole state.",
             value=self._store.state_save_failures,
         )
+        yield CounterMetricFamily(
+            "llamacloud_log_lines_dropped",
+            "Log lines that could not be written (stderr closed, the log disk full) and were "
+            "dropped; the exporter goes on working.",
+            value=self._store.dropped_log_lines(),
+        )
         build = GaugeMetricFamily(
             "llamacloud_exporter_build_info",
             "Always 1; the exporter's version.",

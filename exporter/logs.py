@@ -4,6 +4,10 @@ Whatever the format, a log line never carries a secret: tracebacks are rendered 
 local variables (a listing's frames once held the key and the Authorization header), and
 every rendered line passes through :func:`exporter.secret.redact` last. Uncaught exceptions
 of any thread, and the standard library's own logging, go through the same pipeline.
+
+A log call never raises: a line that cannot be rendered or written (stderr's reader gone, the
+log disk full) is dropped and counted (:func:`dropped_lines`), so logging can never stop a
+poll, a save or a loop.
 """
 
 from __future__ import annotations
@@ -20,6 +24,38 @@ from structlog.tracebacks import ExceptionDictTransformer
 from .secret import redact
 
 LEVELS = ("debug", "info", "warning", "error")
+
+_dropped_lock = threading.Lock()
+_dropped = 0
+
+
+def dropped_lines() -> int:
+    """Log lines dropped since the process started because they could not be written."""
+    return _dropped
+
+
+def _drop() -> None:
+    global _dropped
+    with _dropped_lock:
+        _dropped += 1
+
+
+def _never_raising(base: type[Any]) -> type[Any]:
+    """``base`` (a structlog bound logger class) whose every log call swallows its own
+    failure: a closed pipe, a full disk or a processor's bug costs that line, nothing else."""
+
+    class NeverRaising(base):  # type: ignore[misc]
+        def _proxy_to_logger(
+            self, method_name: str, event: str | None = None, **event_kw: Any
+        ) -> Any:
+            try:
+                return super()._proxy_to_logger(method_name, event, **event_kw)
+            except Exception:
+                _drop()
+                return None
+
+    NeverRaising.__name__ = base.__name__
+    return NeverRaising
 
 
 def _redact(logger: Any, method: str, line: str) -> str:
@@ -53,7 +89,9 @@ def configure_logging(level: str = "info", fmt: str | None = None) -> None:
     processors.append(_redact)
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        wrapper_class=_never_raising(
+            structlog.make_filtering_bound_logger(logging.getLevelName(level.upper()))
+        ),
         # sys.stderr as it is when a line is written, not when logging was set up.
         logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,

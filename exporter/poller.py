@@ -24,6 +24,7 @@ log = structlog.get_logger("exporter.poller")
 _T = TypeVar("_T")
 
 JITTER = 0.05  # each wait is the interval give or take 5 %, so projects drift apart
+LOOP_RESTART_SECONDS = 1.0  # a project's loop that died starts again after this long
 
 
 class Poller:
@@ -92,7 +93,27 @@ class Poller:
 
     def _start(self, project_id: str) -> None:
         assert self._stop is not None
-        self._tasks[project_id] = asyncio.create_task(self._loop(project_id, self._stop))
+        task = asyncio.create_task(self._loop(project_id, self._stop))
+        self._tasks[project_id] = task
+        task.add_done_callback(lambda done: self._ended(project_id, done))
+
+    def _ended(self, project_id: str, task: asyncio.Task[None]) -> None:
+        """A project's loop ends only when it is cancelled: one that died of anything else
+        is started again (the project shows as down meanwhile), so no project is left
+        unpolled with ``up`` at 1."""
+        if task.cancelled() or self._stop is None or self._stop.is_set():
+            return
+        if self._tasks.get(project_id) is not task:
+            return  # the project left, or its loop was replaced
+        log.error("poll_loop_died", project_id=project_id, exc_info=task.exception())
+        with contextlib.suppress(Exception):
+            self._store.record_failure(project_id, "internal", duration=0.0, finished=self._clock())
+
+        def restart() -> None:
+            if self._tasks.get(project_id) is task and not (self._stop and self._stop.is_set()):
+                self._start(project_id)
+
+        asyncio.get_running_loop().call_later(LOOP_RESTART_SECONDS, restart)
 
     async def apply(self, config: Config) -> list[str]:
         """Switch to a reloaded config: projects come and go, changed ones keep their counters.
@@ -199,6 +220,20 @@ class Poller:
             finished=self._clock(),
             pages=pages,
         )
+        if self._state is not None:
+            try:
+                # On a daemon thread: SIGTERM never waits for a locked state file.
+                await in_thread(self._state.save, project.id, state.totals, result, tracker)
+            except Exception as exc:
+                self._store.count_state_save_failure()
+                log.error(
+                    "state_save_failed",
+                    project_id=project.id,
+                    error=type(exc).__name__,
+                    message=str(exc)[:200],
+                    hint="counters are not being saved; the next successful save writes the "
+                    "project's whole state",
+                )
         if result.order_change == "incremental":
             log.info(
                 "listing_incremental",
@@ -228,20 +263,6 @@ class Poller:
             baseline=result.baseline,
             duration_seconds=round(duration, 3),
         )
-        if self._state is not None:
-            try:
-                # On a daemon thread: SIGTERM never waits for a locked state file.
-                await in_thread(self._state.save, project.id, state.totals, result, tracker)
-            except Exception as exc:
-                self._store.count_state_save_failure()
-                log.error(
-                    "state_save_failed",
-                    project_id=project.id,
-                    error=type(exc).__name__,
-                    message=str(exc)[:200],
-                    hint="counters are not being saved; the next successful save writes the "
-                    "project's whole state",
-                )
         return True
 
     def _list(self, project: ProjectConfig) -> tuple[PollResult, int, int]:

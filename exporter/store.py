@@ -46,6 +46,8 @@ class Store:
         self._projects: dict[str, ProjectState] = {}
         self._api_requests: dict[str, int] = {}
         self.state_save_failures = 0
+        # Log lines that could not be written; the CLI points this at the logging set-up's count.
+        self.dropped_log_lines: Callable[[], int] = lambda: 0
         self._listeners: list[Callable[[ProjectState], None]] = []
         self.reload_ok = True
         self.reload_success: float | None = None  # set when the daemon starts

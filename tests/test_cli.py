@@ -177,3 +177,46 @@ def test_sighup_never_ends_the_demo(tmp_path: Path) -> None:
     finally:
         demo.terminate()
         demo.wait(15)
+
+
+def test_a_loop_that_ends_on_its_own_is_started_again() -> None:
+    """Discovery's loop runs under a supervisor: raising, or returning before the stop, is
+    followed by a new start; only the stop ends it."""
+    import asyncio
+
+    from exporter.cli import _supervised
+
+    starts = 0
+
+    async def flaky(stop: asyncio.Event) -> None:
+        nonlocal starts
+        starts += 1
+        if starts == 1:
+            raise RuntimeError("a bug")
+        if starts == 2:
+            return  # ended without a stop
+        stop.set()
+
+    async def run() -> None:
+        await asyncio.wait_for(_supervised("test", flaky, asyncio.Event(), pause=0.001), 30)
+
+    asyncio.run(run())
+    assert starts == 3
+
+
+def test_the_daemon_exits_non_zero_when_its_polls_end(tmp_path: Path) -> None:
+    """Polls that stop for any reason but SIGTERM take the process down (exit 1): a process
+    that serves numbers nobody polls any more would keep up at 1."""
+    import pytest
+
+    from exporter.cli import run_daemon
+    from exporter.config import load_config
+    from exporter.poller import Poller
+
+    async def broken(self: Poller, stop: object) -> None:
+        raise RuntimeError("the schedule broke")
+
+    with Simulator(projects=0) as sim, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Poller, "run", broken)
+        config = load_config(write_config(tmp_path / "c.yaml", sim.base_url, ["p"]))
+        assert run_daemon(config.with_listen_address("127.0.0.1:0")) == 1

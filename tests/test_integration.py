@@ -323,3 +323,60 @@ def test_a_state_file_locked_by_another_process_never_freezes_the_exporter(
     exp.proc.send_signal(signal.SIGTERM)
     assert exp.proc.wait(15) == 0
     assert "state_save_failed" in exp.logs()
+
+
+def test_a_closed_log_pipe_never_stops_the_polls(sim: Simulator, tmp_path: Path) -> None:
+    """stderr's reader goes away: every log line fails from then on, and the exporter goes on
+    polling and saving, counting the lines it dropped."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, Exporter, free_port
+
+    sim.set_sessions(P, [session("a"), session("b")])
+    config = write_config(
+        tmp_path / "c.yaml", sim.base_url, [P], state={"path": str(tmp_path / "state.db")}
+    )
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "exporter",
+            "--config",
+            str(config),
+            "--log.format",
+            "json",
+            "--web.listen-address",
+            f"127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        exp = Exporter(proc, f"http://127.0.0.1:{port}", tmp_path / "none.log")  # type: ignore[arg-type]
+        exp.wait_metric("llamacloud_up", {"project_id": P}, lambda v: v == 1)
+        assert proc.stderr is not None
+        proc.stderr.close()  # the reader is gone: the next write gets EPIPE
+        for runs in (1, 2):
+            sim.set_sessions(P, [session("a", turns=2 + runs), session("b")])
+            exp.wait_metric(
+                "llamacloud_chat_runs_total", {"project_id": P}, lambda v, r=runs: v == r
+            )
+        m = exp.wait_metric("llamacloud_log_lines_dropped_total", {}, lambda v: v > 0)
+        assert value(m, "llamacloud_up", project_id=P) == 1
+        assert value(m, "llamacloud_state_save_failures_total") == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except Exception:
+            proc.kill()
+            proc.wait()
+    # The saves went on too: the state file holds the last count.
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        (totals,) = db.execute("SELECT data FROM totals WHERE project_id = ?", (P,)).fetchone()
+    assert json.loads(totals)["runs"] == 2

@@ -79,3 +79,58 @@ def test_an_uncaught_exception_in_a_thread_is_logged_the_same_way(json_lines) ->
     (line,) = json_lines()
     assert line["event"] == "uncaught_exception" and line["thread"] == "worker"
     assert KEY[4:12] not in json.dumps(line)
+
+
+class _Unwritable:
+    """A stderr whose writes fail as a closed pipe or a full disk makes them fail."""
+
+    def __init__(self, error: OSError) -> None:
+        self.error = error
+
+    def write(self, text: str) -> int:
+        raise self.error
+
+    def flush(self) -> None:
+        raise self.error
+
+    def isatty(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize(
+    "error", [BrokenPipeError(32, "Broken pipe"), OSError(28, "No space left on device")]
+)
+def test_a_line_that_cannot_be_written_is_dropped_and_counted(
+    monkeypatch: pytest.MonkeyPatch, error: OSError
+) -> None:
+    from exporter.logs import dropped_lines
+
+    configure_logging("info", "json")
+    try:
+        monkeypatch.setattr("sys.stderr", _Unwritable(error))
+        before = dropped_lines()
+        log = structlog.get_logger("t")
+        log.info("poll_succeeded", project_id="p")  # must not raise
+        log.error("failed", exc_info=RuntimeError("boom"))
+        logging.getLogger("asyncio").error("a stdlib record")
+        assert dropped_lines() == before + 3
+    finally:
+        monkeypatch.undo()
+        configure_logging("info", "console")
+
+
+def test_a_processor_that_fails_costs_its_line_only(json_lines) -> None:  # type: ignore[no-untyped-def]
+    from exporter.logs import dropped_lines
+
+    class Unprintable:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+        __str__ = __repr__
+
+    before = dropped_lines()
+    log = structlog.get_logger("t")
+    log.info("odd", field=Unprintable())
+    log.info("next")
+    assert dropped_lines() == before + 1
+    assert [line["event"] for line in json_lines()] == ["next"]

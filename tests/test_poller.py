@@ -310,3 +310,45 @@ def test_an_error_outside_the_listing_never_stops_a_project_loop() -> None:
     store = asyncio.run(asyncio.wait_for(run(), 60))
     assert store.get("p0").up  # polled again after the failure
     assert dict(store.get("p0").poll_errors) == {"internal": 1}
+
+
+def test_a_project_loop_that_dies_is_started_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever kills a project's loop (here its scheduling, once), the project is polled
+    again and shows as down in between: never unpolled with up at 1."""
+    monkeypatch.setattr("exporter.poller.LOOP_RESTART_SECONDS", 0.01, raising=False)
+    polls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal polls
+        polls += 1
+        return httpx.Response(200, json={"items": []})
+
+    draws = 0
+
+    def rand() -> float:
+        nonlocal draws
+        draws += 1
+        if draws == 1:
+            raise RuntimeError("the schedule broke")
+        return 0.5
+
+    store = Store()
+
+    async def run() -> None:
+        client = ApiClient(transport=httpx.MockTransport(handler))
+        stop = asyncio.Event()
+        poller = Poller(config(1, 1), store, client, rand=rand)
+        task = asyncio.create_task(poller.run(stop))
+        try:
+            for _ in range(1000):
+                if polls >= 3:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            stop.set()
+            await task
+            client.close()
+
+    asyncio.run(run())
+    assert polls >= 3
+    assert dict(store.get("p0").poll_errors) == {"internal": 1}
