@@ -28,6 +28,9 @@ MAX_PROJECTS = 100_000
 MAX_PAGES = 2 * MAX_PROJECTS // PAGE_SIZE
 MAX_NAME_LENGTH = 1024  # a longer project name is not a name: the item is skipped
 MAX_ID_LENGTH = 256  # project ids are UUIDs; a longer one would be a label on every series
+# A project leaves (series, counters, saved state) only when this many successful listings in a
+# row have not listed it: at the default interval, 20 to 30 minutes.
+ABSENT_LISTINGS = 3
 _EVERYTHING = re.compile("")
 
 

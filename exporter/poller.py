@@ -8,7 +8,7 @@ import random
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import structlog
@@ -67,11 +67,16 @@ class Poller:
         )
         self._projects[project.id] = project
 
-    async def forget_unlisted(self) -> None:
-        """Drop the saved state of projects the first discovery did not list for this replica."""
-        unlisted, self._saved = list(self._saved), {}
-        for pid in unlisted:
-            await self._forget_saved(pid)
+    def saved_ids(self) -> set[str]:
+        """Projects with saved state that are not polled (yet): with discovery, those the
+        discoveries since the start have not given this replica."""
+        return set(self._saved)
+
+    async def forget_saved(self, project_ids: Iterable[str]) -> None:
+        """Drop the saved state of projects that will not be polled."""
+        for pid in list(project_ids):
+            if self._saved.pop(pid, None) is not None:
+                await self._forget_saved(pid)
 
     async def poll_all_once(self) -> bool:
         """Poll every project once (``--once``); True when all of them succeeded."""

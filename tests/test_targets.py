@@ -345,3 +345,142 @@ def test_a_listing_past_the_project_bound_fails_the_discovery(
         assert applied == [] and targets._discovered is None  # nothing taken from it
 
     run_targets(listing, scenario)
+
+
+def discoveries(
+    listings: list[list[dict[str, Any]]], saved: set[str] | None = None
+) -> tuple[list[bool], list[list[str]], Store, set[str]]:
+    """Discover once per listing, in order: whether each succeeded, the project ids applied
+    after each, the store, and the saved projects forgotten (``saved``: those a restart
+    loaded and nothing polls yet)."""
+    listing = Listing([])
+    store = Store()
+    applied: list[Any] = []
+    saved = set(saved or ())
+    forgotten: set[str] = set()
+
+    async def apply(config: Any) -> list[str]:
+        applied.append(config)
+        saved.difference_update(p.id for p in config.projects)  # polled now: no longer waiting
+        return []
+
+    async def forget(ids: Any) -> None:
+        ids = set(ids)
+        forgotten.update(ids)
+        saved.difference_update(ids)
+
+    async def main() -> list[list[str]]:
+        targets = Targets(
+            targets_config(),
+            store,
+            listing,  # type: ignore[arg-type]
+            apply,
+            saved_ids=lambda: set(saved),
+            forget_saved=forget,
+        )
+        seen = []
+        for pages in listings:
+            listing.pages = [pages]
+            results.append(await targets.discover())
+            seen.append(sorted(p.id for p in applied[-1].projects) if applied else [])
+        return seen
+
+    results: list[bool] = []
+    seen = asyncio.run(main())
+    return results, seen, store, forgotten
+
+
+def test_a_project_missing_from_one_listing_stays_until_three_in_a_row() -> None:
+    p1, p2 = {"id": "p1", "name": "one"}, {"id": "p2", "name": "two"}
+    ok, applied, _, _ = discoveries([[p1, p2], [p1], [p1], [p1, p2], [p1], [p1], [p1], [p1]])
+    assert all(ok)
+    assert applied == [
+        ["p1", "p2"],
+        ["p1", "p2"],  # missing once is not gone
+        ["p1", "p2"],  # nor twice
+        ["p1", "p2"],  # listed again: its count starts over
+        ["p1", "p2"],
+        ["p1", "p2"],
+        ["p1"],  # three listings in a row without it: gone
+        ["p1"],
+    ]
+
+
+def test_a_project_the_filters_drop_goes_at_once() -> None:
+    """Listed, but under a name the filters exclude: not a gap in the listing."""
+    listings = [[{"id": "p1", "name": "one"}, {"id": "p2", "name": "two"}]]
+    listings.append([{"id": "p1", "name": "one"}, {"id": "p2", "name": "scratch-two"}])
+
+    async def run() -> list[list[str]]:
+        listing = Listing([])
+        applied: list[Any] = []
+
+        async def apply(config: Any) -> list[str]:
+            applied.append(sorted(p.id for p in config.projects))
+            return []
+
+        raw = {
+            "llamacloud": {"api_key": "llx-one"},
+            "discovery": {"organization_id": "o", "exclude": "^scratch-"},
+        }
+        targets = Targets(parse_config(raw, {}), Store(), listing, apply)  # type: ignore[arg-type]
+        for pages in listings:
+            listing.pages = [pages]
+            assert await targets.discover()
+        return applied
+
+    assert asyncio.run(run()) == [["p1", "p2"], ["p1"]]
+
+
+def test_an_empty_listing_is_a_failed_discovery_for_an_organisation_that_had_projects() -> None:
+    p1 = {"id": "p1", "name": "one"}
+    ok, applied, store, _ = discoveries([[p1], [], [], [], [p1]])
+    assert ok == [True, False, False, False, True]
+    assert applied == [["p1"]] * 5
+    assert store.discovery_errors == 3
+    assert store.discovery_projects == 1
+    # An organisation with no project yet: an empty listing is its answer, not a failure.
+    ok, _, store, _ = discoveries([[], []])
+    assert ok == [True, True] and store.discovery_errors == 0
+
+
+def test_saved_projects_wait_three_listings_after_a_restart() -> None:
+    """A restart whose first discoveries leave a saved project out keeps its saved state for
+    when it is listed again; one left out three times in a row is forgotten."""
+    p1, p2 = {"id": "p1", "name": "one"}, {"id": "p2", "name": "two"}
+    ok, applied, _, forgotten = discoveries([[p1], [p1], [p1, p2]], saved={"p1", "p2", "p3"})
+    assert all(ok)
+    assert applied[-1] == ["p1", "p2"]  # p2 came back in time, to its saved state
+    assert forgotten == {"p3"}  # three listings without it
+    _, _, _, forgotten = discoveries([[p1]] * 3, saved={"p1", "p2"})
+    assert forgotten == {"p2"}
+    # Only saved state, no listing that names a project: a failed discovery, nothing forgotten.
+    ok, _, _, forgotten = discoveries([[]], saved={"p2"})
+    assert ok == [False] and forgotten == set()
+
+
+def test_a_restart_with_a_gap_in_discovery_counts_the_runs_of_the_gap(
+    tmp_path: Path, org: Simulator, start_exporter: Callable[..., Exporter]
+) -> None:
+    from tests.conftest import session
+
+    pid = org.project_ids[0]
+    org.set_sessions(pid, [session("a"), session("b")])
+    config = discovering(
+        tmp_path, org, state={"path": str(tmp_path / "state.db")}, discovery={"interval_seconds": 2}
+    )
+    exporter = start_exporter(config)
+    wait_for(lambda: pid in polled(exporter.metrics()), 30, "polled")
+    org.set_sessions(pid, [session("a", turns=3), session("b")])
+    exporter.wait_metric("llamacloud_chat_runs_total", {"project_id": pid}, lambda v: v == 1)
+    exporter.proc.terminate()
+    exporter.proc.wait(10)
+    # While the exporter is down both sessions run again, and its first listing leaves the
+    # project out.
+    org.set_sessions(pid, [session("a", turns=4), session("b", turns=4)])
+    org.hide_project(pid)
+    again = start_exporter(config, ready=False)
+    again.wait_metric("llamacloud_discovery_projects", {}, lambda v: v == 5)
+    org.hide_project(pid, hidden=False)
+    # Its saved state waited: the two runs of the gap count, on top of the one before.
+    again.wait_metric("llamacloud_chat_runs_total", {"project_id": pid}, lambda v: v == 3)

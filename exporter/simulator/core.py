@@ -593,7 +593,7 @@ class Simulator(_Projects):
                 body, listed = self._list(query, authorization)
             else:
                 body = _list_projects(
-                    self._projects.values(),
+                    (p for p in self._projects.values() if p.project_id not in self._hidden),
                     query,
                     authorization,
                     shared_key=self.api_key,

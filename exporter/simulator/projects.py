@@ -159,6 +159,7 @@ class _Projects:
         self._organizations: set[str] = set()  # those that had a project: it was their default
         # Draws the seeded projects' ids, then those of projects added without one.
         self._id_rng = random.Random(seed)
+        self._hidden: set[str] = set()  # left out of the project listing, served otherwise
 
     def _seed_projects(self, count: int, keys: dict[str, str], sessions: int) -> None:
         """The projects made at construction: ``count`` with ids from the seed, then those only
@@ -233,7 +234,18 @@ class _Projects:
             project = self._project(project_id)
             self._drop_pages(project)
             del self._projects[project_id]
+            self._hidden.discard(project_id)
             del self._names[(project.organization_id or self._organization_id, project.name)]
+
+    def hide_project(self, project_id: str, hidden: bool = True) -> None:
+        """Leave a project out of ``GET /api/v2/projects`` (or list it again) while its chat
+        listing goes on answering: a listing's gap, not a deletion. KeyError for an unknown one."""
+        with self._lock:
+            self._project(project_id)
+            if hidden:
+                self._hidden.add(project_id)
+            else:
+                self._hidden.discard(project_id)
 
     def _project(self, project_id: str) -> _Project:
         try:
