@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .sharding import UNSHARDED, Shard
+from .text import is_text, repaired
 
 if TYPE_CHECKING:
     from .config import ProjectConfig
@@ -94,8 +95,9 @@ def read_projects(
     items: Iterable[Any], discovery: DiscoveryConfig, seen: set[str] | None = None
 ) -> tuple[list[ProjectConfig], int]:
     """The listed projects that ``include``/``exclude`` keep, and how many items were skipped
-    for a bad shape (an id or name that is not a non-empty string, a repeated id). ``seen``:
-    the ids of the pages before, for a listing read page by page."""
+    for a bad shape (an id or name that is not a non-empty string, a repeated id, an
+    organisation id that is not Unicode) or shown repaired (a name with an unpaired surrogate).
+    ``seen``: the ids of the pages before, for a listing read page by page."""
     out: list[ProjectConfig] = []
     seen = set() if seen is None else seen
     invalid = 0
@@ -111,11 +113,14 @@ def read_projects(
             or pid in seen
             or type(name) is not str
             or len(name) > MAX_NAME_LENGTH
-            or (org is not None and type(org) is not str)
+            or (org is not None and (type(org) is not str or not is_text(org)))
         ):
             invalid += 1
             continue
         seen.add(pid)
+        if not is_text(name):  # a name is only shown: U+FFFD for what UTF-8 cannot carry
+            name = repaired(name)
+            invalid += 1
         if discovery.wants(name):
             out.append(
                 replace(

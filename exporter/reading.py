@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from .text import is_text as is_text  # for the config readers
+
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 MAX_KEY_FILE_BYTES = 64 * 1024
 MAX_CONFIG_VALUES = 1_000_000
@@ -137,16 +139,6 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
     if isinstance(node, yaml.MappingNode):
         return [part for pair in node.value for part in pair]
     return []
-
-
-def is_text(value: str) -> bool:
-    """False for a string holding an unpaired surrogate (YAML's ``"\\ud800"``), which no
-    URL, label or file can carry."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 # ------------------------------------------------------------- keys of a config mapping

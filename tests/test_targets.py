@@ -484,3 +484,27 @@ def test_a_restart_with_a_gap_in_discovery_counts_the_runs_of_the_gap(
     org.hide_project(pid, hidden=False)
     # Its saved state waited: the two runs of the gap count, on top of the one before.
     again.wait_metric("llamacloud_chat_runs_total", {"project_id": pid}, lambda v: v == 3)
+
+
+def test_a_name_that_is_not_unicode_never_breaks_a_scrape(
+    tmp_path: Path, org: Simulator, start_exporter: Callable[..., Exporter]
+) -> None:
+    """The API can send an unpaired surrogate (JSON's "\\ud800"), which no UTF-8 page can
+    hold: the name is shown with U+FFFD in its place, the organisation id's item is skipped,
+    and /metrics and / go on answering."""
+    bad_name = org.add_project(name="team-\ud800-eu", sessions=2)
+    bad_org = org.add_project(name="elsewhere", organization_id="org-\udfff", sessions=2)
+    exporter = start_exporter(discovering(tmp_path, org))
+    wait_for(lambda: bad_name in polled(exporter.metrics()), 30, "the project polled")
+    samples = exporter.metrics()
+    info = {
+        "project_id": bad_name,
+        "name": "team-\ufffd-eu",
+        "organization_id": org.organization_id,
+    }
+    assert value(samples, "llamacloud_project_info", **info) == 1
+    assert bad_org not in listed(exporter)
+    page = exporter.get("/")
+    assert page.status_code == 200 and "team-\ufffd-eu" in page.text
+    assert exporter.get("/metrics", headers={"Accept": "application/openmetrics-text"}).is_success
+    assert '"event": "discovery_invalid_items"' in exporter.logs()

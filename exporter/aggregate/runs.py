@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
+from ..text import is_text
+
 # OpenTelemetry GenAI semantic conventions: durations double from 10 ms, tokens grow by four.
 DURATION_BUCKETS: tuple[float, ...] = tuple(round(0.01 * 2**i, 2) for i in range(14))
 TOKEN_BUCKETS: tuple[float, ...] = tuple(float(4**i) for i in range(14))
@@ -219,11 +221,12 @@ def read_exemplar(value: Any) -> Exemplar | None:
     sid, amount, ts = value
     if type(sid) is not str or not sid:
         return None
+    if not is_text(sid):  # an unpaired surrogate would break every scrape
+        return None
     try:
-        sid.encode("utf-8")  # an unpaired surrogate would break every scrape
         amount = float(amount) if type(amount) in (int, float) else math.nan
         ts = None if ts is None else float(ts) if type(ts) in (int, float) else math.nan
-    except (UnicodeEncodeError, OverflowError):  # OverflowError: an integer of 310 digits
+    except OverflowError:  # an integer of 310 digits
         return None
     if not math.isfinite(amount) or (ts is not None and not math.isfinite(ts)):
         return None
