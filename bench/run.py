@@ -1,5 +1,6 @@
 """Benchmarks with numbers to beat: poll CPU, memory per session, scrape latency, idle CPU,
-requests and wall time of incremental listings, and the capacity of one replica.
+requests and wall time of incremental listings, the capacity of one replica, and the cost of
+choosing a shard's projects.
 
 Run from the repository root:
 
@@ -25,10 +26,10 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as ``python bench/run.py``
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import capacity, idle, incremental, memory, poll, scrape, soak
+from bench import capacity, idle, incremental, memory, poll, scrape, sharding, soak
 from bench.common import REPO_ROOT, BenchError, machine_lines, print_targets
 
-BENCHMARKS = ("poll", "memory", "scrape", "idle", "incremental", "capacity")
+BENCHMARKS = ("poll", "memory", "scrape", "idle", "incremental", "capacity", "sharding")
 ON_REQUEST = ("soak",)  # long: run only when named with --only
 CHILDREN = {
     "memory": memory.child,
@@ -110,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 outcome += incremental.run(quick=args.quick)
             elif name == "capacity":
                 outcome += capacity.run(quick=args.quick)
+            elif name == "sharding":
+                outcome += sharding.run(quick=args.quick)
             else:
                 outcome += idle.run(quick=args.quick, rounds=rounds)
         except BenchError as exc:

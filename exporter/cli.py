@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     shard.add_argument(
         "--shard",
         metavar="I/N",
-        help="poll only shard I of N (from 0): the projects rendezvous hashing gives it "
+        help="poll only shard I of N (from 0): the projects jump consistent hashing gives it "
         "(overrides sharding:)",
     )
     shard.add_argument(

@@ -1,14 +1,20 @@
 """Sharding: which replica polls which project, so that N exporters split the projects.
 
-Rendezvous (highest random weight) hashing: every shard gives a project a weight, a hash of
-the pair, and the heaviest shard owns it. Every replica computes the same answer from the
-project id and the shard total alone, with no coordination. Going from N to N + 1 shards
-moves only the projects the new shard wins, about 1/(N + 1) of them, where ``hash % N``
-would move most of them (and with them their counters and state).
+Jump consistent hashing (Lamping and Veach, 2014): a 64-bit hash of the project id seeds a
+short pseudo-random walk over the shard numbers, and where the walk leaves ``range(total)``
+is the owner. Every replica computes the same answer from the project id and the shard total
+alone, with no coordination. Going from N to N + 1 shards moves only the projects the new
+shard takes, about 1/(N + 1) of them, where ``hash % N`` would move most of them (and with
+them their counters and state); going back moves only the last shard's. Shards are numbered
+0 to N - 1, as a StatefulSet's pods are, which is the one shape jump hashing needs.
+
+It costs one hash and about ln(N) steps per project, where rendezvous hashing costs one
+hash per project *and shard*: at 100,000 projects over 100 shards, a fraction of a second
+instead of a quarter of a minute.
 
 The hash must be the same in every process and every release: Python's ``hash()`` is salted
-per process, so this uses BLAKE2b. Changing the weight function moves almost every project
-on upgrade; ``tests/test_sharding.py`` pins a few owners so that such a change shows.
+per process, so this uses BLAKE2b. Changing it moves almost every project on upgrade;
+``tests/test_sharding.py`` pins a few owners so that such a change shows.
 
 Pure: no I/O, no environment. The CLI reads ``--shard I/N``, ``--shard.from-hostname`` with
 ``--shard.total N``, or the config's ``sharding:`` and builds a :class:`Shard` from here.
@@ -37,11 +43,23 @@ _SHARD = re.compile(r"\s*([+-]?[0-9]+)\s*/\s*([+-]?[0-9]+)\s*")
 _ORDINAL = re.compile(r"[0-9]+")
 
 
-def _weight(index: int, project_id: str) -> int:
-    """Shard ``index``'s weight for ``project_id``: BLAKE2b-64 of the index as 8 big-endian
-    bytes followed by the id in UTF-8, read as a big-endian unsigned integer."""
-    data = index.to_bytes(8, "big") + project_id.encode("utf-8")
+_MASK = (1 << 64) - 1
+
+
+def _key(project_id: str) -> int:
+    """BLAKE2b-64 of the id in UTF-8, read as a big-endian unsigned integer."""
+    data = project_id.encode("utf-8")
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+def _jump(key: int, total: int) -> int:
+    """Lamping and Veach's jump consistent hash of a 64-bit ``key`` into ``range(total)``."""
+    bucket, jump = -1, 0
+    while jump < total:
+        bucket = jump
+        key = (key * 2862933555777941757 + 1) & _MASK
+        jump = int((bucket + 1) * (2147483648.0 / ((key >> 33) + 1)))
+    return bucket
 
 
 def _check_total(total: int) -> None:
@@ -52,18 +70,9 @@ def _check_total(total: int) -> None:
 
 
 def owner(project_id: str, total: int) -> int:
-    """The shard, from 0 to ``total`` - 1, that polls ``project_id``.
-
-    The shard with the highest weight; equal weights (a 64-bit collision) go to the lowest
-    index, so the answer never depends on iteration order.
-    """
+    """The shard, from 0 to ``total`` - 1, that polls ``project_id``."""
     _check_total(total)
-    best, best_weight = 0, _weight(0, project_id)
-    for index in range(1, total):
-        weight = _weight(index, project_id)
-        if weight > best_weight:
-            best, best_weight = index, weight
-    return best
+    return _jump(_key(project_id), total)
 
 
 @dataclass(frozen=True)
@@ -85,7 +94,7 @@ class Shard:
 
     def owns(self, project_id: str) -> bool:
         """Whether this replica polls ``project_id``."""
-        return self.total == 1 or owner(project_id, self.total) == self.index
+        return self.total == 1 or _jump(_key(project_id), self.total) == self.index
 
     def __str__(self) -> str:
         return f"{self.index}/{self.total}"

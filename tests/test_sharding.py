@@ -1,5 +1,5 @@
-"""Rendezvous sharding: every project on exactly one shard, balanced, stable across releases,
-and growing the shard count moves only what the new shard takes."""
+"""Jump-hash sharding: every project on exactly one shard, balanced, stable across releases,
+growing the shard count moves only what the new shard takes, and one hash per project."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def test_growing_from_four_to_five_shards_moves_only_what_the_new_shard_takes() 
 
 
 def test_modulo_assignment_would_move_most_projects() -> None:
-    """Why rendezvous: ``hash % N`` reassigns about 80 % of projects from 4 to 5 shards, and
+    """Why a consistent hash: ``hash % N`` reassigns about 80 % of projects from 4 to 5 shards, and
     each moved project restarts its counters on another replica."""
 
     def modulo(project_id: str, total: int) -> int:
@@ -66,9 +66,9 @@ def test_modulo_assignment_would_move_most_projects() -> None:
         return int.from_bytes(digest, "big") % total
 
     by_modulo = sum(modulo(p, 4) != modulo(p, 5) for p in PROJECTS)
-    by_rendezvous = sum(owner(p, 4) != owner(p, 5) for p in PROJECTS)
+    by_jump = sum(owner(p, 4) != owner(p, 5) for p in PROJECTS)
     assert by_modulo > 0.6 * len(PROJECTS), by_modulo
-    assert by_rendezvous < by_modulo / 3
+    assert by_jump < by_modulo / 3
 
 
 def test_shrinking_moves_only_the_projects_of_the_removed_shard() -> None:
@@ -77,17 +77,17 @@ def test_shrinking_moves_only_the_projects_of_the_removed_shard() -> None:
             assert owner(project, 4) == owner(project, 5), project
 
 
-# Owners of fixed ids for 2, 3, 4, 5 and 8 shards. A change of the weight function (the hash,
-# its input layout, the tie rule) changes these, and would move nearly every project of every
-# sharded deployment on upgrade: only change them on purpose, and say so in CHANGELOG.md.
+# Owners of fixed ids for 2, 3, 4, 5 and 8 shards. A change of the assignment (the hash, its
+# input, the jump) changes these, and would move nearly every project of every sharded
+# deployment on upgrade: only change them on purpose, and say so in CHANGELOG.md.
 GOLDEN = {
-    "00000000-0000-0000-0000-000000000000": (1, 1, 1, 1, 5),
-    "11111111-1111-1111-1111-111111111111": (1, 1, 1, 1, 1),
-    "4f6d7c1e-2b3a-4c5d-8e9f-0a1b2c3d4e5f": (0, 0, 0, 0, 6),
-    "9b2e4a61-7f3c-4d8e-a5b0-c1d2e3f4a5b6": (1, 2, 2, 2, 5),
-    "e3a9c7d5-1b2f-4e6a-8c0d-f1e2d3c4b5a6": (0, 0, 3, 3, 3),
-    "production": (0, 0, 0, 4, 4),
-    "scratch-demo": (1, 2, 2, 4, 4),
+    "00000000-0000-0000-0000-000000000000": (1, 1, 1, 1, 1),
+    "11111111-1111-1111-1111-111111111111": (1, 2, 3, 3, 3),
+    "4f6d7c1e-2b3a-4c5d-8e9f-0a1b2c3d4e5f": (1, 2, 2, 2, 2),
+    "9b2e4a61-7f3c-4d8e-a5b0-c1d2e3f4a5b6": (1, 2, 3, 3, 5),
+    "e3a9c7d5-1b2f-4e6a-8c0d-f1e2d3c4b5a6": (1, 2, 2, 2, 2),
+    "production": (1, 1, 3, 3, 7),
+    "scratch-demo": (1, 1, 1, 1, 5),
 }
 
 
@@ -113,6 +113,28 @@ def test_one_more_shard_keeps_a_project_or_gives_it_to_the_new_shard(
 def test_a_single_shard_owns_everything(project: str) -> None:
     assert owner(project, 1) == 0
     assert UNSHARDED.owns(project)
+
+
+def test_a_project_costs_one_hash_whatever_the_number_of_shards(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Choosing a replica's share of 100,000 projects over 100 shards must not stall discovery:
+    one hash per project (rendezvous hashing took one per project and shard)."""
+    import exporter.sharding as sharding
+
+    calls = 0
+    real = hashlib.blake2b
+
+    def counting(*args: object, **kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sharding.hashlib, "blake2b", counting)
+    shard = Shard(7, 100)
+    mine = [p for p in PROJECTS if shard.owns(p)]
+    assert calls == len(PROJECTS)
+    assert 0 < len(mine) < 30  # about 10 of 1000
 
 
 def test_owner_rejects_a_total_below_one() -> None:

@@ -508,3 +508,25 @@ def test_a_name_that_is_not_unicode_never_breaks_a_scrape(
     assert page.status_code == 200 and "team-\ufffd-eu" in page.text
     assert exporter.get("/metrics", headers={"Accept": "application/openmetrics-text"}).is_success
     assert '"event": "discovery_invalid_items"' in exporter.logs()
+
+
+def test_choosing_the_shards_projects_runs_off_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At 100,000 projects the share of a shard takes a while: never on the loop that
+    schedules the polls (and answers nothing else meanwhile)."""
+    threads: list[bool] = []
+    real = targets_module.replica_projects
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+            threads.append(True)
+        except RuntimeError:
+            threads.append(False)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(targets_module, "replica_projects", recording)
+    ok, _, _, _ = discoveries([[{"id": "p1", "name": "one"}]] * 2)
+    assert ok == [True, True]
+    assert threads and not any(threads), "replica_projects ran on the event loop"
