@@ -25,6 +25,13 @@ what a flood of wrong passwords exploits. So:
   ``AUTH_CACHE_SIZE`` successes (as exporter-toolkit) and ``AUTH_FAILURE_CACHE_SIZE``
   failures, and a check already queued is joined rather than queued again. A flood that
   repeats a wrong password costs one bcrypt check, not one per request.
+* **A wrong password costs the same work for every user name.** bcrypt's work is 2^cost
+  rounds. A failed check always does 2^max rounds, max being the highest cost among the
+  configured hashes: an unknown user's password is checked against a hash of that cost, and a
+  wrong password for a user whose hash costs less is followed by checks against hashes of
+  costs ``cost, cost + 1, ..., max - 1`` (2^cost + ... + 2^(max-1) = 2^max - 2^cost). So the
+  time of a 401 does not tell which users exist, and a right password costs only its own hash
+  (it says nothing the 200 does not say): logins are not slowed down.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import concurrent.futures
 import enum
 import hashlib
 import threading
-from collections import Counter, OrderedDict, deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
@@ -68,7 +75,7 @@ class BasicAuth:
 
     def __init__(self, users: Mapping[str, bytes]) -> None:
         self._users: Mapping[str, bytes] = MappingProxyType(dict(users))
-        self._decoy = _decoy(self._users)
+        self._max_cost = max((_cost(h) for h in self._users.values()), default=0)
         self._checks = _Checks()
 
     @property
@@ -105,7 +112,7 @@ class BasicAuth:
         user, password = credentials
         secret = password.encode("utf-8")[:BCRYPT_MAX_PASSWORD_BYTES]
         stored = self._users.get(user)
-        checked_against = stored if stored is not None else self._decoy
+        checked_against = stored if stored is not None else _decoy(self._max_cost)
         key = hashlib.sha256(b"\0".join((user.encode("utf-8"), secret, checked_against))).digest()
         checks = self._checks
         if checks.good.hit(key):
@@ -124,11 +131,13 @@ class BasicAuth:
         return queued
 
     def _run(self, checks: _Checks, key: bytes, secret: bytes, stored: bytes | None) -> AuthResult:
-        """One check, on the lane; an unknown user's password is checked too (against the
-        decoy), so the time taken does not tell which users exist."""
-        if _checkpw(secret, stored if stored is not None else self._decoy) and stored is not None:
+        """One check, on the lane: 2^cost rounds for a right password, 2^max for a wrong one."""
+        if stored is not None and _checkpw(secret, stored):
             checks.good.add(key)
             return AuthResult.GRANTED
+        padding = range(_cost(stored), self._max_cost) if stored is not None else (self._max_cost,)
+        for cost in padding:
+            _checkpw(secret, _decoy(cost))  # the answer is no whatever this says
         checks.bad.add(key)
         return AuthResult.DENIED
 
@@ -254,12 +263,12 @@ def _checkpw(secret: bytes, hashed: bytes) -> bool:
         return False
 
 
-def _decoy(users: Mapping[str, bytes]) -> bytes:
-    """The hash an unknown user's password is checked against: a configured one at the most
-    common cost, so that the check takes as long as for a real user (exporter-toolkit uses a
-    fixed cost-10 hash, which is faster or slower than the real ones when costs differ)."""
-    if not users:
-        return b""
-    costs = Counter(h[4:6] for h in users.values())
-    cost = costs.most_common(1)[0][0]
-    return min(h for h in users.values() if h[4:6] == cost)
+def _cost(hashed: bytes) -> int:
+    """The cost of a checked ``$2?$NN$...`` hash."""
+    return int(hashed[4:6])
+
+
+def _decoy(cost: int) -> bytes:
+    """A well-formed hash of ``cost`` that is never a configured one (an all-zero salt and
+    digest): checking a password against it takes the time of a real check."""
+    return b"$2b$%02d$" % cost + b"." * 53

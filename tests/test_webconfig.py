@@ -961,7 +961,33 @@ def test_unknown_users_cost_a_bcrypt_check_and_never_pass(
     assert not users.check_basic_auth(basic("mallory", ALICE_PASSWORD))
     assert not users.check_basic_auth(basic("", ALICE_PASSWORD))
     assert len(checkpw_calls) == 2
-    assert all(hashed in (ALICE_HASH.encode(), BOB_HASH.encode()) for _, hashed in checkpw_calls)
+    # Against a hash of the configured cost that is none of the configured hashes.
+    assert all(hashed.startswith(b"$2b$04$") for _, hashed in checkpw_calls)
+    assert not {hashed for _, hashed in checkpw_calls} & {ALICE_HASH.encode(), BOB_HASH.encode()}
+
+
+def test_a_wrong_password_costs_the_same_work_for_every_user_name(
+    tmp_path: Path, checkpw_calls: list[tuple[bytes, bytes]]
+) -> None:
+    """bcrypt's work is 2^cost rounds; before, a wrong password for a user of cost 4 took 2^4,
+    one for an unknown user those of a hash of the most common cost, so a 401's time told
+    which users exist."""
+
+    def work(password: bytes) -> int:
+        return sum(2 ** int(hashed[4:6]) for p, hashed in checkpw_calls if p == password)
+
+    costs = {"alice": 4, "bob": 5, "carol": 7}
+    users = {
+        u: bcrypt.hashpw(u.encode(), bcrypt.gensalt(rounds=c)).decode() for u, c in costs.items()
+    }
+    config = load(tmp_path, {"basic_auth_users": users})
+    for user in ("alice", "bob", "carol", "mallory", "", "alice "):
+        guess = f"{user} guessed wrong".encode()
+        assert not config.check_basic_auth(basic(user, guess.decode()))
+        assert work(guess) == 2**7, user  # the highest configured cost, for everyone
+    # A right password costs its own hash only: logins do not pay for the equal time.
+    assert config.check_basic_auth(basic("alice", "alice"))
+    assert work(b"alice") == 2**4
 
 
 @pytest.mark.parametrize(
