@@ -70,7 +70,8 @@ class AuthResult(enum.Enum):
 class BasicAuth:
     """The checks of one ``basic_auth_users`` mapping (user -> bcrypt hash).
 
-    Thread-safe.
+    Thread-safe. :meth:`carry_over` lets a reloaded copy of the same users keep what the
+    one it replaces has remembered.
     """
 
     def __init__(self, users: Mapping[str, bytes]) -> None:
@@ -81,6 +82,12 @@ class BasicAuth:
     @property
     def enabled(self) -> bool:
         return bool(self._users)
+
+    def carry_over(self, previous: BasicAuth) -> None:
+        """Keep ``previous``'s remembered and queued checks when its users and hashes are
+        exactly these; with any change, nothing is kept (a changed hash starts afresh)."""
+        if dict(previous._users) == dict(self._users):
+            self._checks = previous._checks
 
     def check(self, authorization_header: str | None) -> AuthResult:
         """The answer for a header, waiting for a bcrypt check if one is needed."""

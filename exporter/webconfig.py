@@ -344,6 +344,12 @@ class WebConfig:
         """
         return self._auth.check(authorization_header) is AuthResult.GRANTED
 
+    def carry_over(self, previous: WebConfig | None) -> None:
+        """What a reload keeps of the config this one replaces: the remembered password
+        checks, when ``basic_auth_users`` is unchanged (any change starts afresh)."""
+        if previous is not None:
+            self._auth.carry_over(previous._auth)
+
     def describe(self) -> str:
         """A short summary for logs, e.g.
         ``TLS (client certs: RequireAndVerifyClientCert), basic auth for 2 users``."""

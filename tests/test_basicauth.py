@@ -1,7 +1,7 @@
-"""Basic auth under load: one bcrypt check at a time in arrival order, a bounded queue, and
-requests that wait for bcrypt without holding a worker thread. Real bcrypt throughout;
-``checkpw`` is only watched (and, to make a check "still running", held until the test lets
-it go)."""
+"""Basic auth under load: one bcrypt check at a time in arrival order, a bounded queue,
+requests that wait for bcrypt without holding a worker thread, and what a reload keeps. Real
+bcrypt throughout; ``checkpw`` is only watched (and, to make a check "still running", held
+until the test lets it go)."""
 
 from __future__ import annotations
 
@@ -172,6 +172,27 @@ def test_a_check_awaited_on_an_event_loop_holds_no_thread(checkpw: Bcrypt) -> No
         return await asyncio.gather(*waiting)
 
     assert asyncio.run(many()) == [AuthResult.DENIED] * 10
+
+
+def test_a_reload_with_the_same_users_keeps_what_was_remembered(checkpw: Bcrypt) -> None:
+    users = {"alice": hashed("right").decode(), "bob": hashed("bob's").decode()}
+    old = parse_web_config({"basic_auth_users": users})
+    assert old.check_basic_auth(basic("alice", "right"))
+    assert not old.check_basic_auth(basic("bob", "typo"))
+    same = parse_web_config({"basic_auth_users": users})
+    same.carry_over(old)
+    assert same.check_basic_auth(basic("alice", "right"))
+    assert not same.check_basic_auth(basic("bob", "typo"))
+    assert len(checkpw.calls) == 2  # both answered from what the old config remembered
+    # A new hash for bob: nothing is carried over, alice's password is checked again.
+    changed = parse_web_config({"basic_auth_users": {**users, "bob": hashed("new").decode()}})
+    changed.carry_over(same)
+    assert changed.check_basic_auth(basic("alice", "right"))
+    assert not changed.check_basic_auth(basic("bob", "bob's"))
+    assert changed.check_basic_auth(basic("bob", "new"))
+    assert len(checkpw.calls) == 5
+    changed.carry_over(None)  # a reload from no web config
+    assert changed.check_basic_auth(basic("bob", "new"))
 
 
 def test_requests_waiting_for_bcrypt_hold_no_worker_and_one_more_gets_503(
