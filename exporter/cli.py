@@ -404,6 +404,8 @@ def _reloader(
             except Exception as exc:
                 name = type(exc).__name__
                 return failed(f"reload failed half way ({name})", error=name, exc_info=exc)
+            if web is not None:
+                web.carry_over(server.web)  # unchanged users: remembered passwords stay
             server.web = web
             store.record_reload(True, time.time())
             log.info(

@@ -3,7 +3,9 @@
 :func:`make_app` is the WSGI app; :class:`MetricsServer` serves it on the bounded server of
 :mod:`exporter.web` (its own event-loop thread and a few worker threads), so a scrape never
 waits for the poller's event loop and no client can exhaust the process's threads or files.
-A web config (``--web.config.file``) adds TLS and basic auth in front of every endpoint.
+A web config (``--web.config.file``) adds TLS and basic auth in front of every endpoint;
+:class:`MetricsServer` checks passwords on the server's event loop before a worker thread
+takes the request, so requests waiting for a bcrypt check never hold one.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
 from . import __version__
+from .basicauth import AuthResult
 from .collector import StoreCollector, TextExposition
 from .store import ProjectState, Store
 from .web import HttpServer, Limits
@@ -26,6 +29,9 @@ from .webconfig import WebConfig
 
 StartResponse = Callable[..., Any]
 Environ = dict[str, Any]
+
+# The environ key of the AuthResult the server found for a request (no header can make it).
+AUTH_RESULT = "llamacloud_exporter.basic_auth"
 
 
 def _fmt_time(ts: float | None) -> str:
@@ -117,8 +123,18 @@ def make_app(
         def respond(status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
             return start_response(status, [*headers, *extra], *exc_info)
 
+        result = environ.get(AUTH_RESULT)
+        if not isinstance(result, AuthResult):  # served by a server that did not check it
+            result = config.basic_auth.check(environ.get("HTTP_AUTHORIZATION"))
+        if result is AuthResult.BUSY:
+            return _text(
+                respond,
+                "503 Service Unavailable",
+                b"too many password checks at once: try again\n",
+                [("Retry-After", "1")],
+            )
         # Never logged, and a wrong password says no more than a missing one.
-        if not config.check_basic_auth(environ.get("HTTP_AUTHORIZATION")):
+        if result is not AuthResult.GRANTED:
             return _text(
                 respond,
                 "401 Unauthorized",
@@ -241,7 +257,16 @@ class MetricsServer(HttpServer):
             limits,
             tls=lambda: None if self.web is None else self.web.ssl_context(),
             accept_peer=lambda cert: self.web is None or self.web.check_client_cert(cert),
+            prepare=self._check_password,
         )
+
+    async def _check_password(self, environ: Environ) -> None:
+        """The request's basic auth, checked on the event loop: a request waiting for its
+        bcrypt check holds no worker thread, so the workers go on serving the others."""
+        web = self.web
+        if web is not None and web.auth_enabled:
+            header = environ.get("HTTP_AUTHORIZATION")
+            environ[AUTH_RESULT] = await web.basic_auth.check_async(header)
 
     @property
     def scheme(self) -> str:

@@ -16,7 +16,9 @@ owns every socket:
 * every wait has a deadline: the first request of a connection, each request's head and
   body, the idle time between keep-alive requests, and writing the response;
 * the app runs on a small fixed pool of worker threads, so the thread count stays bounded
-  whatever clients do, and a slow app (a config reload) never blocks the loop.
+  whatever clients do, and a slow app (a config reload) never blocks the loop;
+* what a request must wait for before the app runs (a password check, which queues for its
+  turn) is awaited on the loop (``prepare``), so waiting requests hold no worker thread.
 
 Request bodies come only with Content-Length and are small; every response carries a
 Content-Length (the app's output is collected first: the exporter builds bodies in memory).
@@ -39,7 +41,7 @@ import socket
 import ssl
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -68,6 +70,7 @@ MAX_PENDING_BYTES = 256 * 1024 * 1024
 
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+Prepare = Callable[[dict[str, Any]], Awaitable[None]]
 Headers = list[tuple[str, str]]
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -283,13 +286,17 @@ class HttpServer:
         limits: Limits | None = None,
         tls: Callable[[], ssl.SSLContext | None] = lambda: None,
         accept_peer: Callable[[Any], bool] = lambda cert: True,
+        prepare: Prepare | None = None,
     ) -> None:
         """``tls`` gives the TLS context for each new connection (None: plain HTTP), so a
         renewed certificate applies to the next connection; ``accept_peer`` is asked with
-        the client certificate (``getpeercert()``) after a TLS handshake."""
+        the client certificate (``getpeercert()``) after a TLS handshake; ``prepare`` is
+        awaited on the event loop with each request's environ before the app gets it (it
+        may add keys for the app), for waits that must not hold a worker thread."""
         self.app = app
         self._tls = tls
         self._accept_peer = accept_peer
+        self._prepare = prepare
         self.limits = limits or Limits()
         self.max_connections = connection_cap(self.limits.max_connections)
         self._host = host
@@ -586,6 +593,8 @@ class HttpServer:
         """The app's response, computed on a worker thread; a failing app makes a 500."""
         environ = self._environ(request, conn)
         try:
+            if self._prepare is not None:
+                await self._prepare(environ)
             return await asyncio.get_running_loop().run_in_executor(
                 self._pool, _run_app, self.app, environ
             )

@@ -20,7 +20,7 @@ https://github.com/prometheus/exporter-toolkit/blob/master/docs/web-configuratio
 raises :class:`WebConfigError` listing every problem with its key path. What it returns holds
 what the server needs: :meth:`WebConfig.ssl_context` (built at load time, so that a key that
 does not match its certificate shows at start-up rather than at the first handshake),
-:meth:`WebConfig.check_basic_auth` for the ``Authorization`` header,
+:attr:`WebConfig.basic_auth` for the ``Authorization`` header (:mod:`exporter.basicauth`),
 :meth:`WebConfig.check_client_cert` for ``client_allowed_sans`` and :attr:`WebConfig.headers`
 to add to every response. No message ever quotes a password hash, a key or a password.
 
@@ -68,26 +68,20 @@ exporter-toolkit's documentation says.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import hashlib
 import ipaddress
 import os
 import re
 import ssl
 import tempfile
-import threading
 import warnings
-from collections import Counter, OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import bcrypt
-
+from .basicauth import AuthResult, BasicAuth
 from .config import ConfigError
 from .reading import (
     MAX_CONFIG_DEPTH,
@@ -104,9 +98,6 @@ from .reading import (
 )
 
 MAX_CERT_FILE_BYTES = 1024 * 1024  # a certificate chain or a CA bundle
-AUTH_CACHE_SIZE = 100  # successful basic-auth checks remembered (exporter-toolkit: 100)
-MAX_AUTHORIZATION_BYTES = 8 * 1024  # a longer Authorization header is refused unread
-BCRYPT_MAX_PASSWORD_BYTES = 72  # bcrypt reads no further; Go and htpasswd cut there too
 
 CLIENT_AUTH_TYPES = (
     "NoClientCert",
@@ -235,10 +226,8 @@ class WebConfig:
     __slots__ = (
         "_allowed_ips",
         "_allowed_sans",
-        "_bcrypt_lock",
-        "_cache",
+        "_auth",
         "_client_auth_type",
-        "_decoy_hash",
         "_headers",
         "_path",
         "_ssl_context",
@@ -265,11 +254,7 @@ class WebConfig:
         )
         self._users: Mapping[str, bytes] = MappingProxyType(users)
         self._headers: Mapping[str, str] = MappingProxyType(dict(headers or {}))
-        self._decoy_hash = _decoy(users)
-        self._cache = _AuthCache(AUTH_CACHE_SIZE)
-        # bcrypt is CPU-bound by design: one check at a time, as exporter-toolkit does, so a
-        # flood of wrong passwords takes one core rather than all of them.
-        self._bcrypt_lock = threading.Lock()
+        self._auth = BasicAuth(users)
 
     @property
     def path(self) -> Path | None:
@@ -343,38 +328,27 @@ class WebConfig:
                     return True
         return False
 
+    @property
+    def basic_auth(self) -> BasicAuth:
+        """The basic-auth checks of ``basic_auth_users`` (see :mod:`exporter.basicauth`)."""
+        return self._auth
+
     def check_basic_auth(self, authorization_header: str | None) -> bool:
-        """Whether a request's ``Authorization`` header lets it in.
+        """Whether a request's ``Authorization`` header lets it in, waiting for a bcrypt
+        check if need be (call it off the event loop, or await ``basic_auth.check_async``).
 
         True when no users are configured. Otherwise the header must be ``Basic`` (any case)
-        and base64 of UTF-8 ``user:password`` whose password matches the user's bcrypt hash.
-        Successful checks are remembered (a SHA-256 of user, password and hash; the last
-        ``AUTH_CACHE_SIZE``, least recently used dropped first), failed ones never are. For an
-        unknown user a bcrypt check still runs, against one of the configured hashes, and
-        its result is discarded, so the time taken does not tell which users exist.
-
-        A first check costs one bcrypt run (tens to hundreds of milliseconds, one at a time):
-        call it off the event loop. Passwords longer than 72 bytes are cut there, as bcrypt,
-        Go and htpasswd do.
+        and base64 of UTF-8 ``user:password`` whose password matches the user's bcrypt hash
+        (cut at 72 bytes, as bcrypt, Go and htpasswd do). False too when it could not be
+        checked (:attr:`AuthResult.BUSY`: the bcrypt queue was full, or the wait too long).
         """
-        if not self._users:
-            return True
-        credentials = _basic_credentials(authorization_header)
-        if credentials is None:
-            return False
-        user, password = credentials
-        secret = password.encode("utf-8")
-        stored = self._users.get(user)
-        if stored is None:
-            self._bcrypt(secret, self._decoy_hash)
-            return False
-        key = hashlib.sha256(b"\0".join((user.encode("utf-8"), secret, stored))).digest()
-        if self._cache.hit(key):
-            return True
-        ok = self._bcrypt(secret, stored)
-        if ok:
-            self._cache.add(key)
-        return ok
+        return self._auth.check(authorization_header) is AuthResult.GRANTED
+
+    def carry_over(self, previous: WebConfig | None) -> None:
+        """What a reload keeps of the config this one replaces: the remembered password
+        checks, when ``basic_auth_users`` is unchanged (any change starts afresh)."""
+        if previous is not None:
+            self._auth.carry_over(previous._auth)
 
     def describe(self) -> str:
         """A short summary for logs, e.g.
@@ -392,74 +366,6 @@ class WebConfig:
     def __repr__(self) -> str:
         where = f" {self._path}" if self._path is not None else ""
         return f"<WebConfig{where}: {self.describe()}>"
-
-    def _bcrypt(self, password: bytes, hashed: bytes) -> bool:
-        """One bcrypt check at a time, and none waits for another: while one runs, the next
-        fails at once. Wrong passwords sent in a flood then hold one app worker, never all
-        of them, so scrapes with a password already checked (cached) are still answered."""
-        if not self._bcrypt_lock.acquire(blocking=False):
-            return False
-        try:
-            return bcrypt.checkpw(password[:BCRYPT_MAX_PASSWORD_BYTES], hashed)
-        except ValueError:
-            return False
-        finally:
-            self._bcrypt_lock.release()
-
-
-class _AuthCache:
-    """A thread-safe LRU set of digests of successful checks."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._entries: OrderedDict[bytes, None] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def hit(self, key: bytes) -> bool:
-        with self._lock:
-            if key not in self._entries:
-                return False
-            self._entries.move_to_end(key)
-            return True
-
-    def add(self, key: bytes) -> None:
-        with self._lock:
-            self._entries[key] = None
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._size:
-                self._entries.popitem(last=False)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._entries)
-
-
-def _decoy(users: Mapping[str, bytes]) -> bytes:
-    """The hash an unknown user's password is checked against: a configured one at the most
-    common cost, so that the check takes as long as for a real user (exporter-toolkit uses a
-    fixed cost-10 hash, which is faster or slower than the real ones when costs differ)."""
-    if not users:
-        return b""
-    costs = Counter(h[4:6] for h in users.values())
-    cost = costs.most_common(1)[0][0]
-    return min(h for h in users.values() if h[4:6] == cost)
-
-
-def _basic_credentials(header: str | None) -> tuple[str, str] | None:
-    """``(user, password)`` from ``Basic base64(user:password)``, or None when malformed."""
-    if not header or len(header) > MAX_AUTHORIZATION_BYTES:
-        return None
-    scheme, _, encoded = header.strip().partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, ValueError):  # UnicodeDecodeError is a ValueError
-        return None
-    user, colon, password = decoded.partition(":")
-    if not colon:
-        return None
-    return user, password
 
 
 def _ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -214,6 +217,102 @@ def test_check_config_validates_the_web_config(tmp_path: Path, ca: trustme.CA) -
     assert "tls_server_config.key_file" in done.stderr
     assert f"basic_auth_users.{USER}" in done.stderr
     assert "plain-text-password" not in done.stderr + done.stdout
+
+
+# ------------------------------------------------ basic auth under a flood, and across reloads
+
+
+def test_a_flood_of_wrong_passwords_never_locks_out_the_right_one(
+    sim: Any, tmp_path: Path, start_exporter: Callable[..., Exporter]
+) -> None:
+    """Before, a check that found bcrypt busy failed at once: six guessing clients kept it
+    busy, and a user's first login (after a start or a reload) was a 401."""
+    # Cost 8 (some 15 ms a check): six clients that guess without pause keep bcrypt busy.
+    logins = {f"user{i}": f"password {i}" for i in range(4)}
+    users = {
+        name: bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=8)).decode()
+        for name, password in logins.items()
+    }
+    web = web_config(tmp_path / "web.yml", basic_auth_users={USER: password_hash(), **users})
+    sim.set_sessions("p", [])
+    exp = start_exporter(
+        write_config(tmp_path / "c.yaml", sim.base_url, ["p"]),
+        "--web.config.file",
+        str(web),
+        auth=(USER, PASSWORD),
+    )
+    assert exp.get("/metrics").status_code == 200  # remembered from now on
+    stop = threading.Event()
+    answers: list[int] = []
+
+    def guess(n: int) -> None:
+        victim = [*logins, "admin"][n % 5]
+        with httpx.Client(base_url=exp.url, timeout=30) as client:
+            for i in itertools.count():
+                if stop.is_set():
+                    return
+                answers.append(client.get("/metrics", auth=(victim, f"guess {n}.{i}")).status_code)
+
+    guessers = [threading.Thread(target=guess, args=(n,)) for n in range(6)]
+    for thread in guessers:
+        thread.start()
+    try:
+        wait_for(lambda: len(answers) >= 30, 60, "the guessing to be under way")
+        assert exp.get("/metrics").status_code == 200  # a remembered password: at once
+        first_logins = [exp.get("/metrics", auth=login).status_code for login in logins.items()]
+        assert first_logins == [200] * len(logins)
+    finally:
+        stop.set()
+        for thread in guessers:
+            thread.join(60)
+    # Six clients never fill the queue: every guess was checked, and refused as wrong.
+    assert set(answers) == {401}
+
+
+def test_a_reload_that_keeps_the_users_keeps_their_remembered_passwords(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, every reload emptied the cache: the first scrape after it paid a bcrypt check
+    again, behind whatever wrong guesses were queued."""
+    from exporter.cli import _components, _registry, _reloader
+    from exporter.config import load_config
+    from exporter.server import MetricsServer
+    from exporter.webconfig import load_web_config
+
+    checked: list[bytes] = []
+    real = bcrypt.checkpw
+
+    def counted(password: bytes, hashed: bytes) -> bool:
+        checked.append(password)
+        return real(password, hashed)
+
+    monkeypatch.setattr(bcrypt, "checkpw", counted)
+    config_path = write_config(tmp_path / "c.yaml", "http://127.0.0.1:1", ["p"])
+    web_path = web_config(tmp_path / "web.yml", basic_auth_users={USER: password_hash()})
+    store, _, client, targets = _components(load_config(config_path), None)
+    server = MetricsServer("127.0.0.1", 0, store, _registry(store), web=load_web_config(web_path))
+    server.start()
+    reload = _reloader(
+        targets, store, server, lambda: (load_config(config_path), load_web_config(web_path))
+    )
+    url = f"http://127.0.0.1:{server.port}/healthz"
+    try:
+        assert httpx.get(url, auth=(USER, PASSWORD), timeout=5).status_code == 200
+        assert checked == [PASSWORD.encode()]
+        before = server.web
+        assert asyncio.run(reload())[0]
+        assert server.web is not before  # read again...
+        assert httpx.get(url, auth=(USER, PASSWORD), timeout=5).status_code == 200
+        assert checked == [PASSWORD.encode()]  # ...and the password still remembered
+        # A new hash for the user: the old password is checked again, and refused.
+        web_config(web_path, basic_auth_users={USER: password_hash("a new one")})
+        assert asyncio.run(reload())[0]
+        assert httpx.get(url, auth=(USER, PASSWORD), timeout=5).status_code == 401
+        assert httpx.get(url, auth=(USER, "a new one"), timeout=5).status_code == 200
+        assert checked == [PASSWORD.encode(), PASSWORD.encode(), b"a new one"]
+    finally:
+        server.stop()
+        client.close()
 
 
 # ------------------------------------------------ handshakes cannot starve the server

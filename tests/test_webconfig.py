@@ -20,10 +20,11 @@ import pytest
 import trustme
 import yaml
 
+import exporter.basicauth as basicauth
 import exporter.webconfig as webconfig
+from exporter.basicauth import AUTH_CACHE_SIZE
 from exporter.reading import MAX_KEY_FILE_BYTES
 from exporter.webconfig import (
-    AUTH_CACHE_SIZE,
     CLIENT_AUTH_TYPES,
     GO_CIPHER_SUITES,
     WebConfig,
@@ -958,10 +959,35 @@ def test_unknown_users_cost_a_bcrypt_check_and_never_pass(
     users: WebConfig, checkpw_calls: list[tuple[bytes, bytes]]
 ) -> None:
     assert not users.check_basic_auth(basic("mallory", ALICE_PASSWORD))
-    assert not users.check_basic_auth(basic("mallory", ALICE_PASSWORD))
     assert not users.check_basic_auth(basic("", ALICE_PASSWORD))
-    assert len(checkpw_calls) == 3
-    assert all(hashed in (ALICE_HASH.encode(), BOB_HASH.encode()) for _, hashed in checkpw_calls)
+    assert len(checkpw_calls) == 2
+    # Against a hash of the configured cost that is none of the configured hashes.
+    assert all(hashed.startswith(b"$2b$04$") for _, hashed in checkpw_calls)
+    assert not {hashed for _, hashed in checkpw_calls} & {ALICE_HASH.encode(), BOB_HASH.encode()}
+
+
+def test_a_wrong_password_costs_the_same_work_for_every_user_name(
+    tmp_path: Path, checkpw_calls: list[tuple[bytes, bytes]]
+) -> None:
+    """bcrypt's work is 2^cost rounds; before, a wrong password for a user of cost 4 took 2^4,
+    one for an unknown user those of a hash of the most common cost, so a 401's time told
+    which users exist."""
+
+    def work(password: bytes) -> int:
+        return sum(2 ** int(hashed[4:6]) for p, hashed in checkpw_calls if p == password)
+
+    costs = {"alice": 4, "bob": 5, "carol": 7}
+    users = {
+        u: bcrypt.hashpw(u.encode(), bcrypt.gensalt(rounds=c)).decode() for u, c in costs.items()
+    }
+    config = load(tmp_path, {"basic_auth_users": users})
+    for user in ("alice", "bob", "carol", "mallory", "", "alice "):
+        guess = f"{user} guessed wrong".encode()
+        assert not config.check_basic_auth(basic(user, guess.decode()))
+        assert work(guess) == 2**7, user  # the highest configured cost, for everyone
+    # A right password costs its own hash only: logins do not pay for the equal time.
+    assert config.check_basic_auth(basic("alice", "alice"))
+    assert work(b"alice") == 2**4
 
 
 @pytest.mark.parametrize(
@@ -1023,12 +1049,14 @@ def test_a_success_is_cached(users: WebConfig, checkpw_calls: list[tuple[bytes, 
     assert len(checkpw_calls) == 2
 
 
-def test_a_failure_is_never_cached(
+def test_a_failure_is_remembered_too(
     users: WebConfig, checkpw_calls: list[tuple[bytes, bytes]]
 ) -> None:
     for _ in range(3):
         assert not users.check_basic_auth(basic("alice", "wrong"))
-    assert len(checkpw_calls) == 3
+        assert not users.check_basic_auth(basic("mallory", "wrong"))
+    assert len(checkpw_calls) == 2  # a guess sent again costs no bcrypt check
+    assert users.check_basic_auth(basic("alice", ALICE_PASSWORD))
 
 
 def test_the_cache_belongs_to_one_config(
@@ -1047,7 +1075,7 @@ def test_the_cache_is_bounded_and_lru(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, checkpw_calls: list[tuple[bytes, bytes]]
 ) -> None:
     assert AUTH_CACHE_SIZE == 100
-    monkeypatch.setattr(webconfig, "AUTH_CACHE_SIZE", 2)
+    monkeypatch.setattr(basicauth, "AUTH_CACHE_SIZE", 2)
     names = ("u1", "u2", "u3")
     hashes = {n: bcrypt.hashpw(n.encode(), bcrypt.gensalt(rounds=4)).decode() for n in names}
     config = load(tmp_path, {"basic_auth_users": hashes})
@@ -1064,8 +1092,7 @@ def test_the_cache_is_bounded_and_lru(
 
 def test_cache_keys_are_digests_not_passwords(users: WebConfig) -> None:
     assert users.check_basic_auth(basic("alice", ALICE_PASSWORD))
-    cache = users._cache
-    (key,) = cache._entries
+    (key,) = users.basic_auth._checks.good._entries
     assert len(key) == 32
     assert ALICE_PASSWORD.encode() not in key
 
@@ -1076,10 +1103,6 @@ def test_checks_from_many_threads(
     results: list[bool] = []
     lock = threading.Lock()
     headers = [basic("alice", ALICE_PASSWORD), basic("bob", BOB_PASSWORD), basic("bob", "no")]
-    # Each right password checked once first: under load, a check that would wait for
-    # another bcrypt run fails at once, so only cached passwords are sure to pass.
-    assert users.check_basic_auth(headers[0]) and users.check_basic_auth(headers[1])
-    checkpw_calls.clear()
 
     def work(header: str, expected: bool) -> None:
         for _ in range(10):
@@ -1097,9 +1120,10 @@ def test_checks_from_many_threads(
     for t in threads:
         t.join()
     assert len(results) == 120 and all(results)
-    wrong = sum(1 for password, _ in checkpw_calls if password == b"no")
-    assert 1 <= wrong <= 40  # failures are never cached; some skipped bcrypt, busy
-    assert len(checkpw_calls) == wrong  # successes all served from the cache
+    # Each password checked once: the others joined that check or found its answer remembered.
+    assert sorted(password for password, _ in checkpw_calls) == sorted(
+        [ALICE_PASSWORD.encode(), BOB_PASSWORD.encode(), b"no"]
+    )
 
 
 # --- http_server_config -----------------------------------------------------------------
@@ -1143,15 +1167,3 @@ def test_bad_headers(tmp_path: Path) -> None:
 def test_enumerated_header_values_ignore_case(tmp_path: Path) -> None:
     config = load(tmp_path, {"http_server_config": {"headers": {"X-Frame-Options": "SAMEORIGIN"}}})
     assert dict(config.headers) == {"X-Frame-Options": "SAMEORIGIN"}
-
-
-def test_a_flood_of_wrong_passwords_never_queues_the_checks() -> None:
-    """While one bcrypt check runs, another that needs bcrypt fails at once instead of waiting;
-    a password already checked is answered from the cache."""
-    config = parse_web_config({"basic_auth_users": {"alice": ALICE_HASH}})
-    assert config.check_basic_auth(basic("alice", ALICE_PASSWORD))  # checked once: cached
-    with config._bcrypt_lock:  # a wrong password being checked on another worker
-        assert config.check_basic_auth(basic("alice", ALICE_PASSWORD))
-        assert not config.check_basic_auth(basic("alice", "wrong"))
-        assert not config.check_basic_auth(basic("mallory", "wrong"))
-    assert not config.check_basic_auth(basic("alice", "wrong"))  # and refused when free too
