@@ -7,11 +7,11 @@ that lists and applies lives in :mod:`exporter.targets`.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from .patterns import Pattern, compile_pattern, parse_pattern
 from .sharding import UNSHARDED, Shard
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ MAX_PROJECTS = 100_000
 MAX_PAGES = 2 * MAX_PROJECTS // PAGE_SIZE
 MAX_NAME_LENGTH = 1024  # a longer project name is not a name: the item is skipped
 MAX_ID_LENGTH = 256  # project ids are UUIDs; a longer one would be a label on every series
-_EVERYTHING = re.compile("")
+_EVERYTHING = compile_pattern("")
 
 
 @dataclass(frozen=True)
@@ -38,12 +38,12 @@ class DiscoveryConfig:
     template: ProjectConfig = field(repr=False)
     organization_id: str = ""
     interval_seconds: float = DEFAULT_INTERVAL_SECONDS
-    include: re.Pattern[str] = _EVERYTHING
-    exclude: re.Pattern[str] | None = None
+    include: Pattern = _EVERYTHING
+    exclude: Pattern | None = None
 
     def wants(self, name: str) -> bool:
         """``include`` matches somewhere in the name, and ``exclude`` does not."""
-        return bool(self.include.search(name)) and not (
+        return self.include.search(name) and not (
             self.exclude is not None and self.exclude.search(name)
         )
 
@@ -73,18 +73,14 @@ def parse_discovery(
     return DiscoveryConfig(template, org, float(interval), include, exclude)
 
 
-def _pattern(raw: Mapping[str, Any], key: str, problems: list[str]) -> re.Pattern[str] | None:
+def _pattern(raw: Mapping[str, Any], key: str, problems: list[str]) -> Pattern | None:
     value = raw.get(key)
     if value is None or value == "":
         return None
     if not isinstance(value, str):
         problems.append(f"discovery.{key}: must be a regular expression (a string)")
         return None
-    try:
-        return re.compile(value)
-    except re.error as exc:
-        problems.append(f"discovery.{key}: invalid regular expression: {exc}")
-        return None
+    return parse_pattern(value, f"discovery.{key}", problems)
 
 
 def read_projects(
