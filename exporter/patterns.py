@@ -20,9 +20,17 @@ from typing import Any
 
 import re2
 
+# RE2's memory for one expression (its program and its DFA cache; RE2's own default is 8 MiB),
+# some 100,000 instructions: ordinary expressions take a few dozen, ``(?:\w+\s?){1000}`` 8,000,
+# and a larger one is refused as "pattern too large". A search is linear in the text and in the
+# program's size, so this bounds its cost too: about 2 s for 4 KiB at worst at this size (RE2
+# lets other threads run meanwhile), against about 7 s at RE2's default.
+MAX_PATTERN_MEMORY = 2 << 20
+
 # google-re2's module: ``Options`` is its own, so an older ``re2`` package in its place (pyre2,
 # which falls back to ``re`` for what RE2 refuses) fails here rather than backtrack quietly.
 _OPTIONS = re2.Options()
+_OPTIONS.max_mem = MAX_PATTERN_MEMORY
 _OPTIONS.log_errors = False  # a refused expression is a config problem, not a line on stderr
 _OPTIONS.never_capture = True  # only "does it match" is asked: no group is tracked
 

@@ -128,6 +128,19 @@ def test_what_re2_cannot_run_in_linear_time_is_a_config_error(match: str, reason
     ]
 
 
+def test_an_expression_past_the_memory_bound_is_a_config_error() -> None:
+    """Linear in the text, and in the expression's size: that is bounded too."""
+    many = "|".join(r"(?:\w+\s?){1000}" + name for name in "abcdefghijklmnopqrst")
+    assert detail_problems(error_classes=[{"name": "big", "match": many}]) == [
+        "detail.error_classes[0].match: invalid regular expression (RE2 syntax, as in "
+        "Prometheus): pattern too large - compile failed"
+    ]
+    three = "|".join(r"(?:\w+\s?){1000}" + name for name in "abc")
+    assert (
+        detail(error_classes=[{"name": "big", "match": three}]).classify("w " * 1000 + "c") == "big"
+    )
+
+
 def test_a_backtracking_class_classifies_4_kib_of_words_at_once() -> None:
     """In Python's re this search of the first 4 KiB of an error never ends (and holds the
     interpreter); in RE2 it is linear. A child process, so that a hang fails the test."""
