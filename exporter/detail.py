@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .patterns import Pattern, compile_pattern, parse_pattern
 from .reading import unknown_keys, whole_number
 
 NONE = "none"  # sessions bound to no index
@@ -22,8 +23,8 @@ DEFAULT_MAX_INDEX_SERIES = 20
 MAX_INDEX_SERIES = 1000
 MAX_ERROR_CLASSES = 50
 MAX_INDEX_ID_LENGTH = 256  # an index id longer than this makes the item invalid
-# Only the start of an error's text is matched: a regular expression's cost must not follow
-# whatever length the API sends.
+# Only the start of an error's text is matched: even in linear time (RE2), a regular
+# expression's cost must not follow whatever length the API sends.
 ERROR_TEXT_LIMIT = 4096
 # An index outside the shown ones replaces the smallest shown one only when it has this
 # much more (a share, and at least this many sessions), so series do not flap.
@@ -36,7 +37,7 @@ _NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 @dataclass(frozen=True)
 class ErrorClass:
     name: str
-    match: re.Pattern[str]
+    match: Pattern
 
 
 # Errors a chat run reports most: shipped so the panel says something before anyone
@@ -55,7 +56,7 @@ class Detail:
     max_index_series: int = DEFAULT_MAX_INDEX_SERIES
     error_classes: tuple[ErrorClass, ...] = field(
         default_factory=lambda: tuple(
-            ErrorClass(name, re.compile(match)) for name, match in _DEFAULT_CLASSES
+            ErrorClass(name, compile_pattern(match)) for name, match in _DEFAULT_CLASSES
         )
     )
 
@@ -117,10 +118,8 @@ def parse_detail(raw: Mapping[str, Any], problems: list[str]) -> Detail:
         if not isinstance(match, str) or not match:
             problems.append(f"{where}.match: required (a regular expression)")
             continue
-        try:
-            pattern = re.compile(match)
-        except re.error as exc:
-            problems.append(f"{where}.match: invalid regular expression: {exc}")
+        pattern = parse_pattern(match, f"{where}.match", problems)
+        if pattern is None:
             continue
         if name is not None:
             seen.add(name)

@@ -7,11 +7,11 @@ that lists and applies lives in :mod:`exporter.targets`.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from .patterns import Pattern, compile_pattern, parse_pattern
 from .sharding import UNSHARDED, Shard
 from .text import is_text, repaired
 
@@ -32,7 +32,7 @@ MAX_ID_LENGTH = 256  # project ids are UUIDs; a longer one would be a label on e
 # A project leaves (series, counters, saved state) only when this many successful listings in a
 # row have not listed it: at the default interval, 20 to 30 minutes.
 ABSENT_LISTINGS = 3
-_EVERYTHING = re.compile("")
+_EVERYTHING = compile_pattern("")
 
 
 @dataclass(frozen=True)
@@ -42,12 +42,12 @@ class DiscoveryConfig:
     template: ProjectConfig = field(repr=False)
     organization_id: str = ""
     interval_seconds: float = DEFAULT_INTERVAL_SECONDS
-    include: re.Pattern[str] = _EVERYTHING
-    exclude: re.Pattern[str] | None = None
+    include: Pattern = _EVERYTHING
+    exclude: Pattern | None = None
 
     def wants(self, name: str) -> bool:
         """``include`` matches somewhere in the name, and ``exclude`` does not."""
-        return bool(self.include.search(name)) and not (
+        return self.include.search(name) and not (
             self.exclude is not None and self.exclude.search(name)
         )
 
@@ -77,18 +77,14 @@ def parse_discovery(
     return DiscoveryConfig(template, org, float(interval), include, exclude)
 
 
-def _pattern(raw: Mapping[str, Any], key: str, problems: list[str]) -> re.Pattern[str] | None:
+def _pattern(raw: Mapping[str, Any], key: str, problems: list[str]) -> Pattern | None:
     value = raw.get(key)
     if value is None or value == "":
         return None
     if not isinstance(value, str):
         problems.append(f"discovery.{key}: must be a regular expression (a string)")
         return None
-    try:
-        return re.compile(value)
-    except re.error as exc:
-        problems.append(f"discovery.{key}: invalid regular expression: {exc}")
-        return None
+    return parse_pattern(value, f"discovery.{key}", problems)
 
 
 def read_projects(

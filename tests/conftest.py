@@ -52,6 +52,29 @@ def session(sid: str, **job: Any) -> dict[str, Any]:
     return item
 
 
+# An expression that backtracks exponentially in Python's ``re`` on a run of words that never
+# reaches ": timeout", and words that do not: the first 4 KiB of an error text, as classified.
+BACKTRACKING = r"(?i)(\w+\s?)+: timeout"
+WORDS = ("upstream request failed while reading nodes " * 100)[:4096]
+
+
+def python_in_a_child(code: str, deadline: float = 60.0) -> str:
+    """Run ``code`` in a fresh interpreter and return what it prints; fail past ``deadline``
+    seconds (generous: for work that takes milliseconds, or never ends)."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=deadline,
+            cwd=REPO,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running after {deadline:g} s")
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 # What promtool check metrics says of the contract itself: shared/DESIGN.md names the shard
 # count llamacloud_shard_total (as users' rules will), a gauge with the suffix of a counter.
 KNOWN_LINT = ('llamacloud_shard_total non-counter metrics should not have "_total" suffix',)

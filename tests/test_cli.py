@@ -35,6 +35,32 @@ def test_check_config_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
     assert "poll_interval: unknown key (did you mean poll_interval_seconds?)" in result.stderr
 
 
+def test_check_config_refuses_what_re2_cannot_run_and_names_the_key(tmp_path: Path) -> None:
+    bad = write_config(
+        tmp_path / "bad.yaml",
+        "http://127.0.0.1:1",
+        ["a"],
+        discovery={"include": "^prod(?=-eu)"},
+        detail={
+            "error_classes": [
+                {"name": "timeout", "match": "(?i)timed? ?out"},
+                {"name": "repeated", "match": r"(\w+) \1"},
+            ]
+        },
+    )
+    result = cli("--check-config", "--config", str(bad))
+    assert result.returncode == 2
+    assert (
+        "discovery.include: invalid regular expression (RE2 syntax, as in Prometheus): "
+        "invalid perl operator: (?=" in result.stderr
+    )
+    assert (
+        "detail.error_classes[1].match: invalid regular expression (RE2 syntax, as in "
+        "Prometheus): invalid escape sequence: \\1" in result.stderr
+    )
+    assert "re2.cc" not in result.stderr  # RE2's own log stays quiet
+
+
 def test_check_config_accepts_a_good_file(tmp_path: Path) -> None:
     good = write_config(tmp_path / "good.yaml", "http://127.0.0.1:1", ["a", "b"])
     result = cli("--check-config", "--config", str(good))

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from exporter.aggregate import RunTotals, SessionTracker, aggregate
 from exporter.config import ConfigError, load_config, parse_config
 from exporter.detail import Detail, IndexSets, parse_detail, pick_indexes
-from tests.conftest import REPO, session
+from tests.conftest import BACKTRACKING, REPO, WORDS, python_in_a_child, session
 
 KEY = {"LLAMA_CLOUD_API_KEY": "llx-k"}
 
@@ -72,8 +72,8 @@ def test_only_the_start_of_a_long_error_is_matched() -> None:
     [
         (
             {"error_classes": [{"name": "bad", "match": "(unclosed"}]},
-            "detail.error_classes[0].match: invalid regular expression: missing ), "
-            "unterminated subpattern at position 0",
+            "detail.error_classes[0].match: invalid regular expression (RE2 syntax, as in "
+            "Prometheus): missing ): (unclosed",
         ),
         ({"error_classes": [{"name": "x"}]}, "detail.error_classes[0].match: required"),
         (
@@ -102,6 +102,95 @@ def test_only_the_start_of_a_long_error_is_matched() -> None:
 def test_bad_detail_is_a_config_error_with_its_key_path(raw: dict[str, Any], problem: str) -> None:
     found = detail_problems(**raw)
     assert any(p.startswith(problem) or problem in p for p in found), found
+
+
+@pytest.mark.parametrize(
+    ("match", "reason"),
+    [
+        ("(?i)timed? ?out(?= after)", "invalid perl operator: (?="),  # lookahead
+        ("(?<!no )timeout", "invalid perl operator: (?<!"),  # lookbehind
+        (r"(\w+) \1", r"invalid escape sequence: \1"),  # backreference
+        ("(?i)time++out", "bad repetition operator: ++"),  # possessive
+        ("(?>time)out", "invalid perl operator: (?>"),  # atomic group
+        ("timeout\\Z", r"invalid escape sequence: \Z"),  # RE2 spells it \z
+    ],
+)
+def test_what_re2_cannot_run_in_linear_time_is_a_config_error(match: str, reason: str) -> None:
+    """Never handed to a backtracking engine instead: the key path and RE2's reason."""
+    classes = [
+        {"name": "a", "match": "a"},
+        {"name": "b", "match": "b"},
+        {"name": "c", "match": match},
+    ]
+    assert detail_problems(error_classes=classes) == [
+        f"detail.error_classes[2].match: invalid regular expression (RE2 syntax, as in "
+        f"Prometheus): {reason}"
+    ]
+
+
+def test_an_expression_past_the_memory_bound_is_a_config_error() -> None:
+    """Linear in the text, and in the expression's size: that is bounded too."""
+    many = "|".join(r"(?:\w+\s?){1000}" + name for name in "abcdefghijklmnopqrst")
+    assert detail_problems(error_classes=[{"name": "big", "match": many}]) == [
+        "detail.error_classes[0].match: invalid regular expression (RE2 syntax, as in "
+        "Prometheus): pattern too large - compile failed"
+    ]
+    three = "|".join(r"(?:\w+\s?){1000}" + name for name in "abc")
+    assert (
+        detail(error_classes=[{"name": "big", "match": three}]).classify("w " * 1000 + "c") == "big"
+    )
+
+
+def test_a_backtracking_class_classifies_4_kib_of_words_at_once() -> None:
+    """In Python's re this search of the first 4 KiB of an error never ends (and holds the
+    interpreter); in RE2 it is linear. A child process, so that a hang fails the test."""
+    code = f"""
+from exporter.config import parse_config
+raw = {{"projects": [{{"id": "p"}}], "detail": {{"error_classes": [
+    {{"name": "slow", "match": {BACKTRACKING!r}}}]}}}}
+d = parse_config(raw, {KEY!r}).detail
+print(d.classify({WORDS!r}), d.classify({WORDS!r} * 3), d.classify("upstream call: timeout"))
+"""
+    assert python_in_a_child(code).split() == ["other", "other", "slow"]
+
+
+def test_re2_semantics_where_they_differ_from_python() -> None:
+    d = detail(
+        error_classes=[
+            {"name": "word", "match": r"^\w+$"},  # \w is ASCII in RE2, as in Prometheus
+            {"name": "letters", "match": r"^\pL+$"},
+            {"name": "ending", "match": "end$"},  # $ is the end of the text only
+        ]
+    )
+    assert d.classify("timeout") == "word"
+    assert d.classify("délai") == "letters"
+    assert d.classify("the end") == "ending"
+    assert d.classify("the end\n") == "other"
+    # A lone surrogate (the standard library's JSON parser lets one through) is still text.
+    assert (
+        detail(error_classes=[{"name": "t", "match": "(?i)timed out"}]).classify("\ud800 Timed out")
+        == "t"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        ("Timed out while retrieving nodes", "timeout"),
+        ("context deadline exceeded", "timeout"),
+        ("Rate limit exceeded by the model provider", "rate_limit"),
+        ("429 Too Many Requests", "rate_limit"),
+        ("Context length exceeded", "context_length"),
+        ("prompt has too many tokens", "context_length"),
+        ("Index not found", "not_found"),
+        ("The index does not exist", "not_found"),
+        ("Internal server error", "server_error"),
+        ("502 Bad Gateway", "server_error"),
+        ("Model returned an empty response", "other"),
+    ],
+)
+def test_the_built_in_classes_name_the_usual_errors(text: str, name: str) -> None:
+    assert Detail().classify(text) == name
 
 
 def test_parse_detail_reports_every_problem_at_once() -> None:

@@ -10,6 +10,7 @@ import pytest
 from exporter.config import ConfigError, parse_config
 from exporter.discovery import read_projects, replica_projects
 from exporter.sharding import Shard
+from tests.conftest import BACKTRACKING, WORDS, python_in_a_child
 
 KEY = {"LLAMA_CLOUD_API_KEY": "llx-k"}
 
@@ -56,7 +57,17 @@ def test_include_and_exclude_search_the_name() -> None:
 @pytest.mark.parametrize(
     ("section", "problem"),
     [
-        ({"include": "(unclosed"}, "discovery.include: invalid regular expression: missing )"),
+        ({"include": "(unclosed"}, "discovery.include: invalid regular expression (RE2 syntax"),
+        (
+            {"include": "^prod(?!-old)"},
+            "discovery.include: invalid regular expression (RE2 syntax, as in Prometheus): "
+            "invalid perl operator: (?!",
+        ),
+        (
+            {"exclude": r"^(\w+)-\1$"},
+            "discovery.exclude: invalid regular expression (RE2 syntax, as in Prometheus): "
+            r"invalid escape sequence: \1",
+        ),
         ({"exclude": 5}, "discovery.exclude: must be a regular expression"),
         ({"interval_seconds": 0}, "discovery.interval_seconds: must be between 1 and 86400"),
         ({"interval_seconds": "10m"}, "discovery.interval_seconds: must be a number"),
@@ -67,6 +78,29 @@ def test_include_and_exclude_search_the_name() -> None:
 def test_bad_discovery_names_the_key(section: dict[str, Any], problem: str) -> None:
     found = problems({"discovery": section})
     assert any(p.startswith(problem) for p in found), found
+
+
+def test_a_backtracking_filter_reads_a_long_name_at_once() -> None:
+    """Names are searched up to 1024 characters: in Python's re this include never ends; in
+    RE2 it is linear. A child process, so that a hang fails the test."""
+    name = WORDS[:1024]
+    code = f"""
+from exporter.config import parse_config
+from exporter.discovery import read_projects
+for key in ("include", "exclude"):
+    c = parse_config({{"discovery": {{key: {BACKTRACKING!r}}}}}, {KEY!r})
+    items = [{{"id": "a", "name": {name!r}}}, {{"id": "b", "name": "prod: timeout"}}]
+    print(key, *(p.id for p in read_projects(items, c.discovery)[0]))
+"""
+    assert python_in_a_child(code).splitlines() == ["include b", "exclude a"]
+
+
+def test_discovery_settings_compare_by_their_expressions() -> None:
+    """A reload compares them: the same text is the same setting, however often compiled."""
+    settings = {"include": "^prod", "exclude": "-old$"}
+    first, again = config(discovery=settings).discovery, config(discovery=settings).discovery
+    assert first == again and hash(first.include) == hash(again.include)
+    assert config(discovery={**settings, "include": "^staging"}).discovery != first
 
 
 def test_discovery_needs_a_key_of_its_own() -> None:

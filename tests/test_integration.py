@@ -13,7 +13,7 @@ import httpx
 import yaml
 
 from exporter.simulator import Simulator
-from tests.conftest import Exporter, session, value, wait_for, write_config
+from tests.conftest import BACKTRACKING, WORDS, Exporter, session, value, wait_for, write_config
 
 P = "proj-integration"
 
@@ -380,3 +380,38 @@ def test_a_closed_log_pipe_never_stops_the_polls(sim: Simulator, tmp_path: Path)
     with sqlite3.connect(tmp_path / "state.db") as db:
         (totals,) = db.execute("SELECT data FROM totals WHERE project_id = ?", (P,)).fetchone()
     assert json.loads(totals)["runs"] == 2
+
+
+def test_a_backtracking_error_class_never_freezes_the_daemon(
+    sim: Simulator, tmp_path: Path, start_exporter: Callable[..., Exporter]
+) -> None:
+    """An expression that Python's re would backtrack on for ever, against 4 KiB of words
+    from the API: classified at once (RE2), and the daemon answers and stops as ever."""
+    sim.set_sessions(P, [session("a"), session("b")])
+    classes = [{"name": "slow", "match": BACKTRACKING}]
+    config = write_config(tmp_path / "c.yaml", sim.base_url, [P], detail={"error_classes": classes})
+    exp = start_exporter(config)
+    exp.wait_metric("llamacloud_up", {"project_id": P}, lambda v: v == 1)
+    sim.set_sessions(
+        P,
+        [
+            session("a", is_error=True, error=WORDS),
+            session("b", is_error=True, error="upstream call: timeout"),
+        ],
+    )
+    by_class = "llamacloud_chat_run_errors_by_class_total"
+    m = exp.wait_metric(by_class, {"project_id": P, "error_class": "slow"}, lambda v: v == 1)
+    assert value(m, by_class, project_id=P, error_class="other") == 1
+    assert exp.get("/healthz").status_code == 200
+
+    # A reload to an expression RE2 cannot run changes nothing and says why.
+    classes[0]["match"] = "(?i)timed? ?out(?! after)"
+    write_config(config, sim.base_url, [P], detail={"error_classes": classes})
+    exp.proc.send_signal(signal.SIGHUP)
+    m = exp.wait_metric("llamacloud_config_last_reload_successful", {}, lambda v: v == 0)
+    assert value(m, by_class, project_id=P, error_class="slow") == 1
+    assert "detail.error_classes[0].match: invalid regular expression (RE2 syntax" in exp.logs()
+
+    exp.proc.send_signal(signal.SIGTERM)
+    assert exp.proc.wait(10) == 0
+    assert "exporter_stopped" in exp.logs()
