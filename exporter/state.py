@@ -8,11 +8,15 @@ the changes of the failed one are not in the file.
 One exporter per file: an exclusive lock on ``<path>.lock`` refuses a second one. A file
 that cannot be read as a state file (empty, not SQLite, corrupt, unknown schema, invalid
 contents) is moved aside, never deleted, and the exporter starts from a fresh baseline.
+
+No file is written through a symbolic link: a link (or a FIFO, a device) where the exporter
+writes is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import math
@@ -95,6 +99,7 @@ _MIGRATE_V1 = (
 _SESSION_ROWS = "session_id, fingerprint, flags, " + ", ".join(_RUN_COLUMNS) + ", index_ids"
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
+_LINK = "is a symbolic link, and the exporter writes no file through one"
 
 # Reasons for moving a file aside: short fixed phrases, never any of the file's contents.
 EMPTY_FILE = "empty file (0 bytes)"
@@ -132,24 +137,18 @@ def check_state_path(path: str) -> str | None:
 
     An existing path must be a regular file this process can read and write, in a directory
     it can write (SQLite writes ``-wal`` and ``-shm`` files beside it); a missing one must
-    be creatable: its nearest existing ancestor a writable directory.
+    be creatable: its nearest existing ancestor a writable directory. Neither it nor the
+    files beside it (``-wal``, ``-shm``, ``-journal``, ``.lock``) may be a link.
     """
     problem = _path_problem(Path(path))
     return None if problem is None else f"state.path: {problem}"
 
 
 def _path_problem(path: Path) -> str | None:
-    try:
-        st = path.stat()
-    except (FileNotFoundError, NotADirectoryError):
-        st = None
-    except OSError as exc:
-        return f"cannot use {path}: {exc.strerror or exc}"
-    if st is not None:
-        if stat.S_ISDIR(st.st_mode):
-            return f"{path} is a directory, not a file"
-        if not stat.S_ISREG(st.st_mode):
-            return f"{path} is not a regular file"
+    problem = _file_problem(path)
+    if problem is not None:
+        return problem
+    if os.path.lexists(path):
         if not os.access(path, os.R_OK | os.W_OK):
             return f"{path} is not readable and writable by this user"
         parent = path.parent
@@ -159,7 +158,7 @@ def _path_problem(path: Path) -> str | None:
                 f"{path.name}-shm beside {path.name})"
             )
         lock = _lock_path(path)
-        if lock.exists() and not (lock.is_file() and os.access(lock, os.R_OK | os.W_OK)):
+        if lock.exists() and not os.access(lock, os.R_OK | os.W_OK):
             return f"{lock} is not a readable and writable file"
         return None
     ancestor = path.parent
@@ -170,6 +169,31 @@ def _path_problem(path: Path) -> str | None:
     if not os.access(ancestor, os.W_OK | os.X_OK):
         return f"cannot create {path}: directory {ancestor} is not writable"
     return None
+
+
+def _file_problem(path: Path) -> str | None:
+    """Why a file the exporter writes cannot be used as it is: the state file, SQLite's files
+    beside it or the lock file is a link (writing would overwrite whatever it points to), a
+    directory, a FIFO or a device. None when each is missing or a regular file."""
+    for name in (path, *_siblings(path), _lock_path(path)):
+        try:
+            mode = name.lstat().st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as exc:
+            return f"cannot use {name}: {exc.strerror or exc}"
+        if stat.S_ISLNK(mode):
+            fix = "set state.path to the file itself" if name == path else "remove it"
+            return f"{name} {_LINK}; {fix}"
+        if stat.S_ISDIR(mode):
+            return f"{name} is a directory, not a file"
+        if not stat.S_ISREG(mode):
+            return f"{name} is not a regular file"
+    return None
+
+
+def _siblings(path: Path) -> list[Path]:
+    return [path.with_name(path.name + suffix) for suffix in _SIBLINGS]
 
 
 def _lock_path(path: Path) -> Path:
@@ -223,6 +247,9 @@ class StateFile:
     # ------------------------------------------------------------------------- opening
 
     def _open(self) -> sqlite3.Connection:
+        problem = _file_problem(self.path)  # again: the directory may have changed since
+        if problem is not None:
+            raise StateError(problem)
         reason = self._inspect()
         db: sqlite3.Connection | None = None
         if reason is None:
@@ -547,11 +574,18 @@ class _Transaction:
 def _lock_file(path: Path) -> int:
     """Take the exclusive inter-process lock of ``path``; its file holds the holder's pid."""
     lock = _lock_path(path)
+    # Never through a link, and without blocking on a FIFO or a device planted there.
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(lock, flags, 0o644)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StateError(f"{lock} {_LINK}; remove it") from None
         raise StateError(f"cannot create lock file {lock}: {exc.strerror or exc}") from exc
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StateError(f"{lock} is not a regular file")
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = _read_pid(fd)

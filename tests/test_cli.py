@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from exporter import __version__
 from exporter.simulator import Simulator
 from tests.conftest import REPO, parse_metrics, session, value, write_config
@@ -177,3 +179,35 @@ def test_sighup_never_ends_the_demo(tmp_path: Path) -> None:
     finally:
         demo.terminate()
         demo.wait(15)
+
+
+@pytest.mark.parametrize("name", ["state.db.lock", "state.db"])
+def test_a_planted_link_at_the_state_file_stops_the_start(
+    sim: Simulator, tmp_path: Path, name: str
+) -> None:
+    """The exporter writes no file through a link planted in its state directory: it says
+    which path and exits 2, and the file the link points to is left as it was."""
+    sim.set_sessions("good", [session("a")])
+    directory = tmp_path / "state"
+    directory.mkdir()
+    state = directory / "state.db"
+    config = write_config(tmp_path / "c.yaml", sim.base_url, ["good"], state={"path": str(state)})
+    target = tmp_path / "target.db"
+    if name == "state.db":
+        # Another state file: opening it through the link would write it.
+        other = write_config(
+            tmp_path / "o.yaml", sim.base_url, ["good"], state={"path": str(target)}
+        )
+        assert cli("--once", "--config", str(other)).returncode == 0
+    else:
+        assert cli("--once", "--config", str(config)).returncode == 0
+        target.write_bytes(b"someone else's file\n" * 50)
+    original = target.read_bytes()
+    planted = directory / name
+    planted.unlink(missing_ok=True)
+    planted.symlink_to(target)
+    for mode in ("--check-config", "--once", None):  # None: the daemon
+        result = cli(*([mode] if mode else []), "--config", str(config))
+        assert result.returncode == 2, (mode, result.stderr)
+        assert f"{planted} is a symbolic link" in result.stderr, mode
+        assert target.read_bytes() == original, mode

@@ -29,6 +29,7 @@ from exporter.state import (
     StateError,
     StateFile,
     StateInUse,
+    _lock_file,
     _Transaction,
     check_state_path,
     fingerprint_probe,
@@ -766,3 +767,79 @@ def test_a_bad_saved_exemplar_costs_the_exemplar_not_the_file(tmp_path: Path) ->
         totals = state.load(["p"])["p"].totals
     assert totals.runs == 5
     assert (totals.runs_exemplar, totals.errors_exemplar) == (None, None)
+
+
+# ------------------------------------------------------------ no file written through a link
+
+PRECIOUS = b"a file of someone else's, outside the state directory\n" * 40
+
+
+@pytest.mark.parametrize("saved", [True, False], ids=["saved", "first-start"])
+@pytest.mark.parametrize("name", ["s.db.lock", "s.db", "s.db-wal", "s.db-shm", "s.db-journal"])
+def test_a_planted_link_is_refused_and_its_target_left_as_it_was(
+    tmp_path: Path, name: str, saved: bool
+) -> None:
+    """Whoever can write the state directory could make the exporter overwrite any file it may
+    write; a link where it writes stops it at start, and --check-config says so."""
+    directory = tmp_path / "state"
+    directory.mkdir()
+    path = directory / "s.db"
+    target = tmp_path / "target"
+    if name == "s.db" and saved:
+        make_state(target)  # a state file elsewhere: opening it through the link would write it
+    else:
+        target.write_bytes(PRECIOUS)
+        if saved:
+            make_state(path)
+    original = target.read_bytes()
+    planted = directory / name
+    planted.unlink(missing_ok=True)  # the lock file a stopped exporter leaves, replaced
+    planted.symlink_to(target)
+
+    with pytest.raises(StateError) as refused:
+        StateFile(path)
+    assert str(refused.value).startswith(f"{planted} is a symbolic link")
+    assert target.read_bytes() == original
+    assert planted.is_symlink()
+    assert check_state_path(str(path)) == f"state.path: {refused.value}"
+    assert target.read_bytes() == original
+
+
+@pytest.mark.parametrize("kind", ["link", "fifo", "directory"])
+def test_the_lock_is_opened_only_as_a_regular_file(tmp_path: Path, kind: str) -> None:
+    """Also when the link appears after the checks at start: the lock file is opened without
+    following a link, and anything but a regular file there is refused, unopened or unwritten."""
+    path = tmp_path / "s.db"
+    lock = tmp_path / "s.db.lock"
+    target = tmp_path / "target"
+    target.write_bytes(PRECIOUS)
+    if kind == "link":
+        lock.symlink_to(target)
+    elif kind == "fifo":
+        os.mkfifo(lock)
+    else:
+        lock.mkdir()
+    with pytest.raises(StateError) as refused:
+        finishes(lambda: _lock_file(path))
+    assert str(lock) in str(refused.value)
+    assert target.read_bytes() == PRECIOUS
+    assert check_state_path(str(path)) is not None
+
+
+def test_moving_aside_never_writes_through_a_planted_link(tmp_path: Path) -> None:
+    """Links planted where an unusable file would be moved to are passed over, not followed."""
+    path = tmp_path / "s.db"
+    path.write_bytes(b"not a database")
+    target = tmp_path / "target"
+    target.write_bytes(PRECIOUS)
+    now = int(time.time())
+    for second in range(now - 1, now + 60):
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(second))
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            (tmp_path / f"s.db{MOVED_ASIDE_INFIX}{stamp}{suffix}").symlink_to(target)
+    with StateFile(path) as state:
+        assert state.moved_aside is not None
+        moved_to = Path(state.moved_aside[0])
+    assert not moved_to.is_symlink()
+    assert moved_to.read_bytes() == b"not a database"
+    assert target.read_bytes() == PRECIOUS
