@@ -175,6 +175,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "starting from a fresh baseline",
                 file=sys.stderr,
             )
+        if state.read_only:
+            print(
+                f"state.path: {state.read_only}; serving the counters saved in it, and every "
+                "save tries again (failures count in llamacloud_state_save_failures_total)",
+                file=sys.stderr,
+            )
     if args.once:
         return asyncio.run(run_once(config, state))
 

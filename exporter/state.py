@@ -8,11 +8,16 @@ the changes of the failed one are not in the file.
 One exporter per file: an exclusive lock on ``<path>.lock`` refuses a second one. A file
 that cannot be read as a state file (empty, not SQLite, corrupt, unknown schema, invalid
 contents) is moved aside, never deleted, and the exporter starts from a fresh baseline.
+
+A file that can be read but not written (a full disk) is read into memory: the exporter
+starts with the saved counters, and each save tries the file again. No file is written
+through a symbolic link: a link (or a FIFO, a device) where the exporter writes is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import math
@@ -21,10 +26,12 @@ import sqlite3
 import stat
 import threading
 import time
+import urllib.parse
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import TracebackType
 
 import structlog
 
@@ -95,6 +102,10 @@ _MIGRATE_V1 = (
 _SESSION_ROWS = "session_id, fingerprint, flags, " + ", ".join(_RUN_COLUMNS) + ", index_ids"
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
+# What a file system without room gives: an I/O error (growing a file, creating the -shm
+# file), a full database, a file that cannot be created (no inode left).
+_SQLITE_NO_ROOM = (10, 13, 14)  # SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN
+_LINK = "is a symbolic link, and the exporter writes no file through one"
 
 # Reasons for moving a file aside: short fixed phrases, never any of the file's contents.
 EMPTY_FILE = "empty file (0 bytes)"
@@ -112,6 +123,10 @@ class StateError(Exception):
 
 class StateInUse(StateError):
     """Another process (another exporter) holds the state file's lock."""
+
+
+class StateUnwritable(StateError):
+    """The state file cannot be written (a full disk); it may still be read."""
 
 
 def fingerprint_probe() -> int:
@@ -132,24 +147,18 @@ def check_state_path(path: str) -> str | None:
 
     An existing path must be a regular file this process can read and write, in a directory
     it can write (SQLite writes ``-wal`` and ``-shm`` files beside it); a missing one must
-    be creatable: its nearest existing ancestor a writable directory.
+    be creatable: its nearest existing ancestor a writable directory. Neither it nor the
+    files beside it (``-wal``, ``-shm``, ``-journal``, ``.lock``) may be a link.
     """
     problem = _path_problem(Path(path))
     return None if problem is None else f"state.path: {problem}"
 
 
 def _path_problem(path: Path) -> str | None:
-    try:
-        st = path.stat()
-    except (FileNotFoundError, NotADirectoryError):
-        st = None
-    except OSError as exc:
-        return f"cannot use {path}: {exc.strerror or exc}"
-    if st is not None:
-        if stat.S_ISDIR(st.st_mode):
-            return f"{path} is a directory, not a file"
-        if not stat.S_ISREG(st.st_mode):
-            return f"{path} is not a regular file"
+    problem = _file_problem(path)
+    if problem is not None:
+        return problem
+    if os.path.lexists(path):
         if not os.access(path, os.R_OK | os.W_OK):
             return f"{path} is not readable and writable by this user"
         parent = path.parent
@@ -159,7 +168,7 @@ def _path_problem(path: Path) -> str | None:
                 f"{path.name}-shm beside {path.name})"
             )
         lock = _lock_path(path)
-        if lock.exists() and not (lock.is_file() and os.access(lock, os.R_OK | os.W_OK)):
+        if lock.exists() and not os.access(lock, os.R_OK | os.W_OK):
             return f"{lock} is not a readable and writable file"
         return None
     ancestor = path.parent
@@ -172,6 +181,31 @@ def _path_problem(path: Path) -> str | None:
     return None
 
 
+def _file_problem(path: Path) -> str | None:
+    """Why a file the exporter writes cannot be used as it is: the state file, SQLite's files
+    beside it or the lock file is a link (writing would overwrite whatever it points to), a
+    directory, a FIFO or a device. None when each is missing or a regular file."""
+    for name in (path, *_siblings(path), _lock_path(path)):
+        try:
+            mode = name.lstat().st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as exc:
+            return f"cannot use {name}: {exc.strerror or exc}"
+        if stat.S_ISLNK(mode):
+            fix = "set state.path to the file itself" if name == path else "remove it"
+            return f"{name} {_LINK}; {fix}"
+        if stat.S_ISDIR(mode):
+            return f"{name} is a directory, not a file"
+        if not stat.S_ISREG(mode):
+            return f"{name} is not a regular file"
+    return None
+
+
+def _siblings(path: Path) -> list[Path]:
+    return [path.with_name(path.name + suffix) for suffix in _SIBLINGS]
+
+
 def _lock_path(path: Path) -> Path:
     return path.with_name(path.name + ".lock")
 
@@ -180,7 +214,9 @@ class StateFile:
     """The state file of one exporter; ``close()`` it (or use it as a context manager).
 
     ``moved_aside`` is (new path, reason) when the file found at ``path`` was unusable and
-    was renamed, None otherwise.
+    was renamed, None otherwise. ``read_only`` says why the file could not be written when it
+    was opened (a full disk), None once it can be: until then what it holds is served from
+    memory, and every save tries to open it for writing again.
     """
 
     def __init__(
@@ -192,6 +228,7 @@ class StateFile:
     ) -> None:
         self.path = Path(path)
         self.moved_aside: tuple[str, str] | None = None
+        self.read_only: str | None = None
         self._busy_timeout = busy_timeout
         self._lock_timeout = lock_timeout
         self._lock = threading.Lock()
@@ -223,28 +260,91 @@ class StateFile:
     # ------------------------------------------------------------------------- opening
 
     def _open(self) -> sqlite3.Connection:
-        reason = self._inspect()
-        db: sqlite3.Connection | None = None
-        if reason is None:
-            db = self._connect()
-            try:
-                reason = self._validate(db)
-            except BaseException:
-                db.close()
-                raise
-            if reason is not None:
-                db.close()
-                db = None
-        if reason is not None:
-            self._move_aside(reason)
-        if db is None:
-            db = self._connect()
+        self._refuse_odd_files()
         try:
-            self._initialize(db)
+            reason = self._inspect()
+            if reason is None:
+                opened = self._open_file(check=True)
+                if isinstance(opened, sqlite3.Connection):
+                    return opened
+                reason = opened
+            self._move_aside(reason)
+            fresh = self._open_file(check=False)
+            assert isinstance(fresh, sqlite3.Connection)
+            return fresh
+        except StateUnwritable as exc:
+            return self._open_in_memory(exc)
+
+    def _open_file(self, *, check: bool) -> sqlite3.Connection | str:
+        """The file opened for writing and initialized, or why its contents are unusable
+        (when ``check``). Raises StateUnwritable when it cannot be written."""
+        created = not os.path.lexists(self.path)
+        db = self._connect(self._uri("rwc"))
+        try:
+            reason = self._validate(db) if check else None
+            if reason is None:
+                self._initialize(db)
+                return db
         except BaseException:
             db.close()
+            if created:
+                _remove_if_empty(self.path)  # else the next start would move it aside
             raise
-        return db
+        db.close()
+        return reason
+
+    def _open_in_memory(self, unwritable: StateUnwritable) -> sqlite3.Connection:
+        """What the file holds, copied into memory: it can be read but not written (a full
+        disk), and a restart must serve the saved counters rather than fail until it can."""
+        memory = self._connect(":memory:")
+        try:
+            reason = self._copy_into(memory) if os.path.lexists(self.path) else None
+            if reason is not None:
+                self._move_aside(reason)
+                memory.close()
+                memory = self._connect(":memory:")
+            self._initialize(memory)
+        except BaseException:
+            memory.close()
+            raise
+        self.read_only = str(unwritable)
+        log.warning(
+            "state_file_read_only",
+            path=str(self.path),
+            error=self.read_only,
+            hint="serving the saved counters; every save tries to write the file again",
+        )
+        return memory
+
+    def _copy_into(self, memory: sqlite3.Connection) -> str | None:
+        """Copy the file into ``memory`` and check it there: why it is unusable, or None.
+
+        Reading a WAL database takes its ``-shm`` file, which a full disk cannot create or
+        grow (``mode=ro`` fails too), and ``immutable=1`` would not see what the ``-wal``
+        holds. In exclusive locking mode SQLite keeps the WAL index in its own memory, so
+        only reads reach the disk.
+        """
+        reader = self._connect(self._uri("rw"))
+        try:
+            reader.execute("PRAGMA locking_mode=EXCLUSIVE")
+            reader.backup(memory)
+        except sqlite3.Error as exc:
+            if _is_corrupt(exc):
+                return CORRUPT
+            raise StateError(f"cannot read {self.path}: {exc}") from exc
+        finally:
+            reader.close()
+        return self._validate(memory)
+
+    def _refuse_odd_files(self) -> None:
+        """Checked again under the lock, before SQLite opens or creates any of them: the
+        directory may have changed since the start was checked."""
+        problem = _file_problem(self.path)
+        if problem is not None:
+            raise StateError(problem)
+
+    def _uri(self, mode: str) -> str:
+        return f"file:{urllib.parse.quote(os.fsencode(self.path.absolute()))}?mode={mode}"
 
     def _inspect(self) -> str | None:
         """Why the existing file is unusable, judged from its bytes; None if it may be fine."""
@@ -260,16 +360,17 @@ class StateFile:
             raise StateError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
         return None if head == _SQLITE_HEADER else NOT_SQLITE
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, uri: str) -> sqlite3.Connection:
         try:
             return sqlite3.connect(
-                str(self.path),
+                uri,
                 timeout=self._busy_timeout,
                 check_same_thread=False,
                 isolation_level=None,
+                uri=True,
             )
         except sqlite3.Error as exc:
-            raise StateError(f"cannot open {self.path}: {exc}") from exc
+            raise _sqlite_error(self.path, "cannot open", exc) from exc
 
     def _validate(self, db: sqlite3.Connection) -> str | None:
         """Read the whole file once without writing: why it is unusable, or None."""
@@ -278,7 +379,7 @@ class StateFile:
         except sqlite3.Error as exc:
             if _is_corrupt(exc):
                 return CORRUPT
-            raise StateError(f"cannot read {self.path}: {exc}") from exc
+            raise _sqlite_error(self.path, "cannot read", exc) from exc
 
     def _check_contents(self, db: sqlite3.Connection) -> str | None:
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
@@ -358,7 +459,7 @@ class StateFile:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            with _Transaction(db, self._lock, self._lock_timeout, lambda: False):
+            with _committed(db):
                 tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
                 if "sessions" in tables and _columns(db, "sessions") == _V1_SESSIONS:
                     for statement in _MIGRATE_V1:
@@ -384,21 +485,59 @@ class StateFile:
                     [("schema_version", str(SCHEMA_VERSION)), ("fingerprint_probe", probe)],
                 )
         except sqlite3.Error as exc:
-            raise StateError(f"cannot write {self.path}: {exc}") from exc
+            raise _sqlite_error(self.path, "cannot write", exc) from exc
 
     # ------------------------------------------------------------------------ using it
 
-    def _transaction(self) -> _Transaction:
+    def _transaction(self, *, write: bool = True) -> _Transaction:
+        """A transaction on the file; with ``write`` False, on what was read into memory
+        when the file could not be written."""
         if self._closed:
             raise StateError(f"{self.path} is closed")
-        return _Transaction(self._db, self._lock, self._lock_timeout, lambda: self._closed)
+        connection = self._writable if write else lambda: self._db
+        return _Transaction(connection, self._lock, self._lock_timeout, lambda: self._closed)
+
+    def _writable(self) -> sqlite3.Connection:
+        """The file's connection; while the file could not be written, a new try to open it.
+        Called under the thread lock."""
+        if self.read_only is None:
+            return self._db
+        self._refuse_odd_files()
+        opened = self._open_file(check=False)
+        assert isinstance(opened, sqlite3.Connection)
+        self._db.close()
+        self._db, self.read_only = opened, None
+        log.info("state_file_writable", path=str(self.path))
+        return opened
 
     def load(self, project_ids: Iterable[str] | None) -> dict[str, SavedProject]:
         """Saved counters and baselines of the configured projects; others are forgotten.
-        None: every saved project, none forgotten (discovery has yet to say which remain)."""
-        wanted = None if project_ids is None else set(project_ids)
+        None: every saved project, none forgotten (discovery has yet to say which remain).
+
+        While the file cannot be written (``read_only``), from the copy made when it was
+        opened, which is then let go: the projects that left are forgotten in the file at
+        the next start, and a second load finds nothing.
+        """
+        out = self._load(None if project_ids is None else set(project_ids))
+        if self.read_only is not None:
+            self._let_go_of_copy()
+        return out
+
+    def _let_go_of_copy(self) -> None:
+        """Until a save can write the file, the copy would hold as much memory as the file."""
+        if not self._lock.acquire(timeout=self._lock_timeout):
+            return  # a save holds the lock: the copy goes when one can write the file
+        try:
+            if self.read_only is not None and not self._closed:
+                self._db.close()
+                self._db = self._connect(":memory:")
+                self._initialize(self._db)
+        finally:
+            self._lock.release()
+
+    def _load(self, wanted: set[str] | None) -> dict[str, SavedProject]:
         out: dict[str, SavedProject] = {}
-        with self._transaction():
+        with self._transaction(write=False):
             for pid, data, has_baseline in self._db.execute(
                 "SELECT project_id, data, has_baseline FROM totals"
             ).fetchall():
@@ -496,19 +635,21 @@ class StateFile:
 
 
 class _Transaction:
-    """``BEGIN IMMEDIATE`` … ``COMMIT`` under the thread lock, released on every path."""
+    """The thread lock, then ``BEGIN IMMEDIATE`` … ``COMMIT`` on the connection ``connect``
+    gives (under the lock); everything released on every path."""
 
     def __init__(
         self,
-        db: sqlite3.Connection,
+        connect: Callable[[], sqlite3.Connection],
         lock: threading.Lock,
         timeout: float,
         closed: Callable[[], bool],
     ) -> None:
-        self._db = db
+        self._connect = connect
         self._lock = lock
         self._timeout = timeout
         self._closed = closed
+        self._committed: contextlib.AbstractContextManager[None] | None = None
 
     def __enter__(self) -> None:
         if not self._lock.acquire(timeout=self._timeout):
@@ -519,39 +660,55 @@ class _Transaction:
         try:
             if self._closed():
                 raise StateError("the state file is closed: the exporter is stopping")
-            self._db.execute("BEGIN IMMEDIATE")
+            committed = _committed(self._connect())
+            committed.__enter__()
+            self._committed = committed
         except BaseException:
             self._lock.release()
             raise
 
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         try:
-            if exc_type is not None:
-                self._rollback()
-                return
-            try:
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
+            assert self._committed is not None
+            self._committed.__exit__(exc_type, exc, tb)
         finally:
             self._lock.release()
 
-    def _rollback(self) -> None:
-        """Never raises: the error that led here is the one to report."""
-        with contextlib.suppress(Exception):
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
+
+@contextlib.contextmanager
+def _committed(db: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back when anything fails (the commit too)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(Exception):  # the error that led here is the one to report
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+        raise
 
 
 def _lock_file(path: Path) -> int:
     """Take the exclusive inter-process lock of ``path``; its file holds the holder's pid."""
     lock = _lock_path(path)
+    # Never through a link, and without blocking on a FIFO or a device planted there.
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(lock, flags, 0o644)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StateError(f"{lock} {_LINK}; remove it") from None
         raise StateError(f"cannot create lock file {lock}: {exc.strerror or exc}") from exc
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StateError(f"{lock} is not a regular file")
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = _read_pid(fd)
@@ -581,6 +738,26 @@ def _read_pid(fd: int) -> str:
     except OSError:
         return "unknown"
     return text if text.isdigit() else "unknown"
+
+
+def _remove_if_empty(path: Path) -> None:
+    """Remove the empty file a failed first open left (SQLite creates it at once)."""
+    with contextlib.suppress(OSError):
+        if path.lstat().st_size == 0:
+            path.unlink()
+
+
+def _sqlite_error(path: Path, what: str, exc: sqlite3.Error) -> StateError:
+    """StateUnwritable when ``exc`` says the disk has no room (a read fails so too when it
+    cannot create the -shm file), else StateError saying ``what`` failed."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    if isinstance(code, int):
+        no_room = code & 0xFF in _SQLITE_NO_ROOM
+    else:
+        no_room = any(text in str(exc) for text in ("disk I/O", "disk is full", "unable to open"))
+    if no_room:
+        return StateUnwritable(f"cannot write {path} or the -wal and -shm files beside it: {exc}")
+    return StateError(f"{what} {path}: {exc}")
 
 
 def _is_corrupt(exc: sqlite3.Error) -> bool:

@@ -1,12 +1,21 @@
 from __future__ import annotations
 
+import json
+import resource
+import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
+
+import httpx
+import pytest
 
 from exporter import __version__
 from exporter.simulator import Simulator
-from tests.conftest import REPO, parse_metrics, session, value, write_config
+from exporter.state import StateFile
+from tests.conftest import REPO, free_port, parse_metrics, session, value, wait_for, write_config
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -246,3 +255,118 @@ def test_the_daemon_exits_non_zero_when_its_polls_end(tmp_path: Path) -> None:
         mp.setattr(Poller, "run", broken)
         config = load_config(write_config(tmp_path / "c.yaml", sim.base_url, ["p"]))
         assert run_daemon(config.with_listen_address("127.0.0.1:0")) == 1
+
+
+@pytest.mark.parametrize("name", ["state.db.lock", "state.db"])
+def test_a_planted_link_at_the_state_file_stops_the_start(
+    sim: Simulator, tmp_path: Path, name: str
+) -> None:
+    """The exporter writes no file through a link planted in its state directory: it says
+    which path and exits 2, and the file the link points to is left as it was."""
+    sim.set_sessions("good", [session("a")])
+    directory = tmp_path / "state"
+    directory.mkdir()
+    state = directory / "state.db"
+    config = write_config(tmp_path / "c.yaml", sim.base_url, ["good"], state={"path": str(state)})
+    target = tmp_path / "target.db"
+    if name == "state.db":
+        # Another state file: opening it through the link would write it.
+        other = write_config(
+            tmp_path / "o.yaml", sim.base_url, ["good"], state={"path": str(target)}
+        )
+        assert cli("--once", "--config", str(other)).returncode == 0
+    else:
+        assert cli("--once", "--config", str(config)).returncode == 0
+        target.write_bytes(b"someone else's file\n" * 50)
+    original = target.read_bytes()
+    planted = directory / name
+    planted.unlink(missing_ok=True)
+    planted.symlink_to(target)
+    for mode in ("--check-config", "--once", None):  # None: the daemon
+        result = cli(*([mode] if mode else []), "--config", str(config))
+        assert result.returncode == 2, (mode, result.stderr)
+        assert f"{planted} is a symbolic link" in result.stderr, mode
+        assert target.read_bytes() == original, mode
+
+
+FULL_DISK = """
+import os, resource, sys
+# As on a full disk: no write may grow a file (Python ignores SIGXFSZ, so writes get EFBIG).
+resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
+os.execv(sys.executable, [sys.executable, "-m", "exporter", *sys.argv[1:]])
+"""
+
+
+def test_a_restart_on_a_full_disk_serves_the_saved_counters_and_saves_once_there_is_room(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """No crash loop: the exporter starts with what the state file holds, counts every save
+    that fails, and writes the whole state again once the disk has room."""
+    sim.set_sessions("p", [session("a"), session("b")])
+    state = tmp_path / "state" / "state.db"
+    config = write_config(tmp_path / "c.yaml", sim.base_url, ["p"], state={"path": str(state)})
+    assert cli("--once", "--config", str(config)).returncode == 0  # the baseline
+    sim.set_sessions("p", [session("a", turns=5), session("b")])
+    once = cli("--once", "--config", str(config))
+    assert value(parse_metrics(once.stdout), "llamacloud_chat_runs_total", project_id="p") == 1
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/metrics"
+    args = ("--config", str(config), "--web.listen-address", f"127.0.0.1:{port}")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FULL_DISK, *args, "--log.format", "json"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,  # a pipe: a log file could not grow either
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output = proc.stdout
+    assert output is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(output), daemon=True)
+    reader.start()
+
+    def metric(name: str, **labels: str) -> float | None:
+        assert proc.poll() is None, f"the exporter exited {proc.returncode}: {''.join(lines)}"
+        return value(parse_metrics(httpx.get(url, timeout=5).text), name, **labels)
+
+    def events(name: str) -> list[dict[str, object]]:
+        logged = [json.loads(line) for line in list(lines) if line.startswith("{")]
+        return [event for event in logged if event.get("event") == name]
+
+    try:
+        wait_for(
+            lambda: (metric("llamacloud_state_save_failures_total") or 0) >= 2, 30, "failed saves"
+        )
+        assert metric("llamacloud_chat_runs_total", project_id="p") == 1  # the saved counter
+        assert any("serving the counters saved in it" in line for line in lines)
+        assert events("state_file_read_only")[0]["path"] == str(state)
+        failed = events("state_save_failed")[0]
+        assert failed["error"] == "StateUnwritable"
+        assert str(failed["message"]).startswith(f"cannot write {state}")
+
+        sim.set_sessions("p", [session("a", turns=5), session("b", turns=6)])  # counted live
+        wait_for(lambda: metric("llamacloud_chat_runs_total", project_id="p") == 2, 30, "a run")
+        infinite = (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
+        resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, infinite)  # room again
+
+        def saved_runs() -> object:
+            with sqlite3.connect(f"file:{state}?mode=ro", uri=True) as db:
+                row = db.execute("SELECT data FROM totals WHERE project_id = 'p'").fetchone()
+            db.close()
+            return json.loads(row[0])["runs"] == 2
+
+        wait_for(saved_runs, 30, "the saved counters")
+        assert events("state_file_writable")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(10)
+        output.close()
+    with StateFile(state) as again:
+        saved = again.load(["p"])["p"]
+    assert saved.totals.runs == 2
+    assert {row[0] for row in saved.sessions or ()} == {"a", "b"}

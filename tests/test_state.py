@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from exporter.state import (
     StateError,
     StateFile,
     StateInUse,
+    _lock_file,
     _Transaction,
     check_state_path,
     fingerprint_probe,
@@ -370,7 +372,7 @@ class FakeDb:
 def test_a_failed_commit_rolls_back_and_releases_the_lock(fail_rollback: bool) -> None:
     lock = threading.Lock()
     db = FakeDb(fail_rollback)
-    transaction = _Transaction(db, lock, 1.0, lambda: False)  # type: ignore[arg-type]
+    transaction = _Transaction(lambda: db, lock, 1.0, lambda: False)  # type: ignore[arg-type,return-value]
     with pytest.raises(sqlite3.OperationalError, match="disk is full"), transaction:
         pass
     assert db.statements == ["BEGIN IMMEDIATE", "COMMIT", "ROLLBACK"]
@@ -666,6 +668,16 @@ def test_a_valid_file_is_not_moved(tmp_path: Path) -> None:
     assert moved_files(path) == []
 
 
+def test_a_path_with_characters_of_a_uri_is_used_as_it_is(tmp_path: Path) -> None:
+    """SQLite is given the path in a file: URI; ?, #, % and spaces name the file, not options."""
+    path = tmp_path / "a b?mode=ro#x%41" / "s?.db"
+    path.parent.mkdir()
+    totals = make_state(path)
+    with StateFile(path) as state:
+        assert state.load(["p"])["p"].totals == totals
+    assert sorted(p.name for p in path.parent.iterdir()) == ["s?.db", "s?.db.lock"]
+
+
 def test_a_directory_is_refused_not_moved(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     path.mkdir()
@@ -766,3 +778,177 @@ def test_a_bad_saved_exemplar_costs_the_exemplar_not_the_file(tmp_path: Path) ->
         totals = state.load(["p"])["p"].totals
     assert totals.runs == 5
     assert (totals.runs_exemplar, totals.errors_exemplar) == (None, None)
+
+
+# ------------------------------------------------------------ no file written through a link
+
+PRECIOUS = b"a file of someone else's, outside the state directory\n" * 40
+
+
+@pytest.mark.parametrize("saved", [True, False], ids=["saved", "first-start"])
+@pytest.mark.parametrize("name", ["s.db.lock", "s.db", "s.db-wal", "s.db-shm", "s.db-journal"])
+def test_a_planted_link_is_refused_and_its_target_left_as_it_was(
+    tmp_path: Path, name: str, saved: bool
+) -> None:
+    """Whoever can write the state directory could make the exporter overwrite any file it may
+    write; a link where it writes stops it at start, and --check-config says so."""
+    directory = tmp_path / "state"
+    directory.mkdir()
+    path = directory / "s.db"
+    target = tmp_path / "target"
+    if name == "s.db" and saved:
+        make_state(target)  # a state file elsewhere: opening it through the link would write it
+    else:
+        target.write_bytes(PRECIOUS)
+        if saved:
+            make_state(path)
+    original = target.read_bytes()
+    planted = directory / name
+    planted.unlink(missing_ok=True)  # the lock file a stopped exporter leaves, replaced
+    planted.symlink_to(target)
+
+    with pytest.raises(StateError) as refused:
+        StateFile(path)
+    assert str(refused.value).startswith(f"{planted} is a symbolic link")
+    assert target.read_bytes() == original
+    assert planted.is_symlink()
+    assert check_state_path(str(path)) == f"state.path: {refused.value}"
+    assert target.read_bytes() == original
+
+
+@pytest.mark.parametrize("kind", ["link", "fifo", "directory"])
+def test_the_lock_is_opened_only_as_a_regular_file(tmp_path: Path, kind: str) -> None:
+    """Also when the link appears after the checks at start: the lock file is opened without
+    following a link, and anything but a regular file there is refused, unopened or unwritten."""
+    path = tmp_path / "s.db"
+    lock = tmp_path / "s.db.lock"
+    target = tmp_path / "target"
+    target.write_bytes(PRECIOUS)
+    if kind == "link":
+        lock.symlink_to(target)
+    elif kind == "fifo":
+        os.mkfifo(lock)
+    else:
+        lock.mkdir()
+    with pytest.raises(StateError) as refused:
+        finishes(lambda: _lock_file(path))
+    assert str(lock) in str(refused.value)
+    assert target.read_bytes() == PRECIOUS
+    assert check_state_path(str(path)) is not None
+
+
+def test_moving_aside_never_writes_through_a_planted_link(tmp_path: Path) -> None:
+    """Links planted where an unusable file would be moved to are passed over, not followed."""
+    path = tmp_path / "s.db"
+    path.write_bytes(b"not a database")
+    target = tmp_path / "target"
+    target.write_bytes(PRECIOUS)
+    now = int(time.time())
+    for second in range(now - 1, now + 60):
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(second))
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            (tmp_path / f"s.db{MOVED_ASIDE_INFIX}{stamp}{suffix}").symlink_to(target)
+    with StateFile(path) as state:
+        assert state.moved_aside is not None
+        moved_to = Path(state.moved_aside[0])
+    assert not moved_to.is_symlink()
+    assert moved_to.read_bytes() == b"not a database"
+    assert target.read_bytes() == PRECIOUS
+
+
+# ------------------------------------------------------------------------ a full disk
+
+FULL_DISK_EXPORTER = """
+import json, os, resource, sys
+from exporter.aggregate import RunTotals, SessionTracker, aggregate
+from exporter.state import StateFile
+from tests.conftest import session
+
+# As on a full disk: no write may grow a file (Python ignores SIGXFSZ, so writes get EFBIG).
+resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
+state = StateFile(sys.argv[1])
+saved = state.load(["p"]).get("p")
+report = {"read_only": state.read_only, "loaded": saved and saved.totals.to_dict()}
+report["loaded_again"] = list(state.load(["p"]))  # the copy in memory is let go
+tracker = SessionTracker(saved.sessions, saved.listing) if saved else SessionTracker()
+live = saved.totals if saved else RunTotals()
+polls = [
+    [session("s0", turns=7), session("s1", turns=1), session("s2"), session("n1")],
+    [session("s0", turns=7), session("s1", turns=8), session("s2"), session("n1")],
+]
+result = aggregate([polls[0]], tracker)
+live = live + result.new_runs
+try:
+    state.save("p", live, result, tracker)
+except Exception as exc:
+    report["failed"] = f"{type(exc).__name__}: {exc}"
+report["file_while_full"] = os.path.exists(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+result = aggregate([polls[1]], tracker)
+live = live + result.new_runs
+state.save("p", live, result, tracker)
+report["writable"] = state.read_only is None
+state.close()
+report["live"] = live.to_dict()
+report["rows"] = sorted(tracker.rows())
+print(json.dumps(report))
+"""
+
+
+def crashed_state(path: Path) -> RunTotals:
+    """The state ``make_state`` saves, as a killed exporter leaves it: in the -wal, which a
+    read of the database file alone would miss."""
+    running = path.parent / "running"
+    running.mkdir()
+    with StateFile(running / path.name) as state:
+        tracker = SessionTracker()
+        totals = poll_and_save(state, tracker, RunTotals(), [session(f"s{i}") for i in range(3)])
+        totals = poll_and_save(
+            state, tracker, totals, [session(f"s{i}", turns=i) for i in range(3)]
+        )
+        for suffix in ("", "-wal", "-shm"):
+            shutil.copyfile(f"{running / path.name}{suffix}", f"{path}{suffix}")
+    assert Path(f"{path}-wal").stat().st_size > 0
+    return totals
+
+
+def version_2_state(path: Path) -> RunTotals:
+    """The state ``make_state`` saves, in a file of schema version 2 (upgraded when opened)."""
+    totals = make_state(path)
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE sessions DROP COLUMN index_ids")
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    db.close()
+    return totals
+
+
+@pytest.mark.parametrize("before", ["closed", "crashed", "version-2", "missing"])
+def test_a_full_disk_at_start_serves_the_saved_state_and_saves_it_once_there_is_room(
+    tmp_path: Path, before: str
+) -> None:
+    """A restart on a full disk must not fail (a crash loop) nor drop the saved counters: they
+    are read, saves fail until the disk has room, then the whole state is written."""
+    path = tmp_path / "s.db"
+    made = {"closed": make_state, "crashed": crashed_state, "version-2": version_2_state}
+    totals = made[before](path) if before in made else None
+
+    proc = exporter_process(FULL_DISK_EXPORTER, str(path))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    report = json.loads(out.splitlines()[-1])  # after the log lines
+
+    assert report["read_only"].startswith(f"cannot write {path}")
+    loaded = report["loaded"] and RunTotals.from_dict(report["loaded"])
+    assert loaded == totals
+    assert report["loaded_again"] == []
+    assert report["failed"].startswith(f"StateUnwritable: cannot write {path}")
+    assert report["file_while_full"] == (before != "missing")  # no empty file left behind
+    assert report["writable"]
+    with StateFile(path) as state:
+        assert state.moved_aside is None
+        saved = state.load(["p"])["p"]
+    assert saved.totals == RunTotals.from_dict(report["live"])
+    # Counted on top of the saved counters: s0 and n1 while full, s1 once there was room.
+    assert saved.totals.runs == (totals.runs + 3 if totals else 1)
+    rows = json.loads(json.dumps(sorted(saved.sessions or [])))
+    assert rows == report["rows"]
