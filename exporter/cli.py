@@ -28,7 +28,7 @@ from .config import (
     split_listen_address,
 )
 from .logs import LEVELS, configure_logging
-from .poller import Poller, in_thread
+from .poller import Poller, concurrent_polls, in_thread
 from .secret import Secret
 from .server import MetricsServer
 from .sharding import parse_shard, shard_from_hostname
@@ -223,6 +223,13 @@ def _describe(config: Config) -> str:
     return " ".join(parts)
 
 
+def api_connections(config: Config) -> int:
+    """The most requests to the API under way at once, which the client's pool is sized to
+    (so no request waits for a connection): one per poll the poller can run, and one for
+    discovery, which lists one page at a time. A reload resizes it (``Poller.apply``)."""
+    return concurrent_polls(config.max_concurrency) + 1
+
+
 def _components(
     config: Config, state: StateFile | None
 ) -> tuple[Store, Poller, ApiClient, Targets]:
@@ -232,6 +239,7 @@ def _components(
         max_retries=config.max_retries,
         on_request=store.count_request,
         max_requests_per_second=config.max_requests_per_second,
+        max_connections=api_connections(config),
     )
     poller = Poller(replica_config(config), store, client, state=state)
     return store, poller, client, Targets.for_poller(config, store, client, poller)
