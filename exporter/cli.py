@@ -29,13 +29,15 @@ from .config import (
     split_listen_address,
 )
 from .logs import LEVELS, configure_logging, dropped_lines
-from .poller import Poller, in_thread
+from .openfiles import Budget, OpenFileLimitError, prepare
+from .poller import Poller, concurrent_polls, in_thread
 from .secret import Secret
 from .server import MetricsServer
 from .sharding import parse_shard, shard_from_hostname
 from .state import StateError, StateFile, check_state_path
 from .store import Store
 from .targets import Targets, replica_config
+from .web import Limits
 from .webconfig import WebConfig, WebConfigError, load_web_config
 
 log = structlog.get_logger("exporter")
@@ -161,6 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if web is not None:
             print(f"{args.web_config}: web configuration is valid ({web.describe()})")
         return 0
+    budget = open_file_budget(config)
+    if budget is None:
+        return 2
     state: StateFile | None = None
     if config.state_path:
         try:
@@ -194,7 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError([str(exc)]) from None
         return fresh, load_web_config(args.web_config) if args.web_config else None
 
-    return run_daemon(config, state, reread=reread, http_reload=args.enable_lifecycle, web=web)
+    return run_daemon(
+        config, budget, state, reread=reread, http_reload=args.enable_lifecycle, web=web
+    )
 
 
 def _invalid(header: str, problems: list[str]) -> int:
@@ -230,6 +237,22 @@ def _describe(config: Config) -> str:
     return " ".join(parts)
 
 
+def api_connections(config: Config) -> int:
+    """The most requests to the API under way at once, which the client's pool is sized to
+    (so no request waits for a connection): one per poll the poller can run, and one for
+    discovery, which lists one page at a time. A reload resizes it (``Poller.apply``)."""
+    return concurrent_polls(config.max_concurrency) + 1
+
+
+def open_file_budget(config: Config) -> Budget | None:
+    """Raise the open-file limit and share it out; None (the error said) when it is too low."""
+    try:
+        return prepare(api_connections(config), config.max_concurrency)
+    except OpenFileLimitError as exc:
+        print(f"llamacloud-exporter: error: {exc}", file=sys.stderr)
+        return None
+
+
 def _components(
     config: Config, state: StateFile | None
 ) -> tuple[Store, Poller, ApiClient, Targets]:
@@ -240,6 +263,7 @@ def _components(
         max_retries=config.max_retries,
         on_request=store.count_request,
         max_requests_per_second=config.max_requests_per_second,
+        max_connections=api_connections(config),
     )
     poller = Poller(replica_config(config), store, client, state=state)
     return store, poller, client, Targets.for_poller(config, store, client, poller)
@@ -267,6 +291,7 @@ async def run_once(config: Config, state: StateFile | None = None) -> int:
 
 def run_daemon(
     config: Config,
+    budget: Budget,
     state: StateFile | None = None,
     on_ready: str | None = None,
     reread: Callable[[], tuple[Config, WebConfig | None]] | None = None,
@@ -276,7 +301,8 @@ def run_daemon(
     store, poller, client, targets = _components(config, state)
     host, port = split_listen_address(config.listen_address)
     try:
-        server = MetricsServer(host, port, store, _registry(store), web=web)
+        limits = Limits(max_connections=budget.web_connections)
+        server = MetricsServer(host, port, store, _registry(store), limits, web=web)
     except OSError as exc:
         log.error("listen_failed", address=config.listen_address, error=str(exc))
         if state:
@@ -295,12 +321,15 @@ def run_daemon(
         shard=str(config.shard),
         poll_interval_seconds=config.poll_interval_seconds,
         state_file=config.state_path,
+        open_file_limit=budget.limit,
+        api_connections=budget.api_connections,
+        web_connections=server.max_connections,
     )
     if on_ready:
         print(on_ready.format(url=url), flush=True)
     store.record_reload(True, time.time())
     try:
-        asyncio.run(_serve(poller, targets, client, store, server, reread, http_reload))
+        asyncio.run(_serve(poller, targets, client, store, server, reread, http_reload, budget))
     except Exception as exc:
         # The polls ended for a reason other than a stop: a process that serves numbers no
         # longer polled would keep up at 1. Exit non-zero, so a supervisor restarts it.
@@ -322,6 +351,7 @@ async def _serve(
     server: MetricsServer,
     reread: Callable[[], tuple[Config, WebConfig | None]] | None,
     http_reload: bool,
+    budget: Budget,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -329,7 +359,7 @@ async def _serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     if reread is not None:
-        reload = _reloader(targets, store, server, reread)
+        reload = _reloader(targets, store, server, reread, budget)
         reloads: set[asyncio.Task[tuple[bool, str]]] = set()
 
         def on_sighup() -> None:
@@ -381,9 +411,11 @@ def _reloader(
     store: Store,
     server: MetricsServer,
     reread: Callable[[], tuple[Config, WebConfig | None]],
+    budget: Budget,
 ) -> Callable[[], Coroutine[Any, Any, tuple[bool, str]]]:
     """SIGHUP and POST /-/reload: read the config and the web config again (a renewed
-    certificate is picked up); a bad one of either changes nothing."""
+    certificate is picked up); a bad one of either changes nothing, nor does a
+    ``max_concurrency`` the open-file limit cannot hold."""
     lock = asyncio.Lock()
 
     def failed(answer: str, **fields: Any) -> tuple[bool, str]:
@@ -405,6 +437,17 @@ def _reloader(
             except Exception as exc:  # whatever went wrong, the old config stays in force
                 name = type(exc).__name__
                 return failed(f"reload failed ({name}), nothing changed", error=name)
+            wanted = api_connections(config)
+            if wanted > budget.api_room:
+                problem = (
+                    f"max_concurrency: {config.max_concurrency} needs {wanted} connections to "
+                    f"the API; the open-file limit ({budget.limit}) leaves {budget.api_room} "
+                    f"beside the web server's {budget.web_connections}: raise the limit "
+                    "(ulimit -n) and restart"
+                )
+                return failed(
+                    f"invalid configuration, nothing changed:\n{problem}", problems=[problem]
+                )
             try:
                 restart = await targets.reload(config)
             except Exception as exc:
@@ -474,8 +517,12 @@ def run_demo(listen_address: str | None, web: WebConfig | None = None) -> int:
                     print(problem, file=sys.stderr)
                 return 2
         log.info("demo_simulator_started", base_url=base_url, projects=len(projects))
+        budget = open_file_budget(config)
+        if budget is None:
+            return 2
         return run_daemon(
             config,
+            budget,
             None,
             on_ready="llamacloud-exporter demo: metrics at {url} (simulated LlamaCloud API; "
             "Ctrl-C to stop)",

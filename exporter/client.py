@@ -15,9 +15,9 @@ import ssl
 import threading
 import time
 import zlib
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any, NamedTuple
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 import structlog
@@ -41,8 +41,9 @@ except ImportError:  # pragma: no cover - orjson is a dependency; stdlib json st
 USER_AGENT = f"llamacloud-exporter/{__version__}"
 CHAT_PATH = "/api/v1/chat"
 PROJECTS_PATH = "/api/v2/projects"
-# The connection that lists projects (discovery): no project id has a NUL.
-DISCOVERY = "\0discovery"
+# Connections to the API when the caller does not size the pool; the daemon passes what its
+# poller can use at once (``cli.api_connections``).
+DEFAULT_MAX_CONNECTIONS = 4
 
 INITIAL_RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 8.0
@@ -325,7 +326,7 @@ class _BearerAuth(httpx.Auth):
 
 
 class _Connection:
-    """The one connection of a project's client, as httpcore's trace reports it, so the
+    """The one connection of a pooled client, as httpcore's trace reports it, so the
     watchdog can cut it when a request outlives its deadline.
 
     One lock orders the request's start, its end and its cut: a cut can never reach the
@@ -390,7 +391,7 @@ class Watchdog:
     ``timeout_seconds`` is per read in httpx: a server that drips a byte a second would hold
     a request, and a poll, forever. Here a request has a total deadline, from connect to the
     last byte of the body. The watchdog holds only the connections with a request in flight
-    (one per project being polled), so it costs nothing between polls.
+    (at most one per poll under way), so it costs nothing between polls.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -474,12 +475,124 @@ class Stopped(Exception):
     """The exporter is shutting down; the listing was abandoned."""
 
 
+_Lent = tuple[httpx.Client, _Connection]
+
+
+class _Pool:
+    """At most ``size`` clients of one connection each, every one lent to one request at a
+    time, shared by every project whatever its key (the key goes with each request).
+
+    Sockets to the API are then bounded by what the poller can use at once, not by the number
+    of projects; and since a client has one connection, the watchdog always knows which
+    socket a request is on, a kept-alive one included. A request takes an idle client that
+    last spoke to its origin (scheme, host and port) if there is one, so connections are
+    reused; else a new one while there are fewer than ``size``; else an idle client of
+    another origin is closed and replaced; else it waits for one to come back.
+    """
+
+    def __init__(self, size: int, make: Callable[[], httpx.Client]) -> None:
+        if size < 1:
+            raise ValueError("the pool needs at least one connection")
+        self._size = size
+        self._make = make
+        self._cond = threading.Condition()
+        self._idle: dict[str, list[_Lent]] = {}  # by origin, the one returned last at the end
+        self._every: set[_Lent] = set()
+        self._stopped = False
+
+    @contextlib.contextmanager
+    def lend(self, origin: str) -> Iterator[_Lent]:
+        """A client for one request to ``origin``; Stopped once the pool is stopped."""
+        lent = self._take(origin)
+        try:
+            yield lent
+        finally:
+            self._give(origin, lent)
+
+    def _take(self, origin: str) -> _Lent:
+        with self._cond:
+            while True:
+                if self._stopped:
+                    raise Stopped()
+                idle = self._idle.get(origin)
+                if idle:
+                    return idle.pop()
+                if len(self._every) < self._size:
+                    replaced = None
+                    break
+                replaced = next(
+                    (entries.pop(0) for entries in self._idle.values() if entries), None
+                )
+                if replaced is not None:
+                    self._every.discard(replaced)
+                    break
+                self._cond.wait()
+            lent = (self._make(), _Connection())
+            self._every.add(lent)
+        if replaced is not None:
+            replaced[0].close()
+        return lent
+
+    def _give(self, origin: str, lent: _Lent) -> None:
+        with self._cond:
+            if lent not in self._every:  # the pool was closed, and the client with it
+                return
+            if len(self._every) <= self._size:
+                self._idle.setdefault(origin, []).append(lent)
+                self._cond.notify()
+                return
+            self._every.discard(lent)  # the pool shrank
+        lent[0].close()
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def resize(self, size: int) -> None:
+        """Hold at most ``size`` clients from now on: idle ones beyond it close now, lent
+        ones as they come back; requests waiting for a client may take a new one."""
+        surplus: list[_Lent] = []
+        with self._cond:
+            self._size = max(1, size)
+            for entries in self._idle.values():
+                while entries and len(self._every) > self._size:
+                    surplus.append(entries.pop(0))
+                    self._every.discard(surplus[-1])
+            self._cond.notify_all()
+        for client, _ in surplus:
+            client.close()
+
+    def stop(self) -> None:
+        """Requests waiting for a client give up (Stopped)."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Stop, and close every client: idle ones now, lent ones (whose request this cuts
+        short) too."""
+        with self._cond:
+            self._stopped = True
+            every, self._every, self._idle = list(self._every), set(), {}
+            self._cond.notify_all()
+        for client, _ in every:
+            client.close()
+
+
+def _origin(url: str) -> str:
+    """scheme://host:port of a URL: which pooled connections can serve it."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
 class ApiClient:
     """Lists chat sessions page by page, blocking: the poller runs each listing in a thread.
 
     A synchronous client costs a third less CPU per page than httpx's asyncio one, and the
-    page loop is where the exporter spends its time. Each project gets its own connection
-    (sharing one TLS context), since a project's pages are fetched one after another.
+    page loop is where the exporter spends its time. Every project shares one pool of at most
+    ``max_connections`` connections (sharing one TLS context), sized by the caller to the
+    requests it can have under way at once: a project's pages are fetched one after another,
+    so a poll needs one connection at a time, however many projects and keys there are.
 
     Every request is bounded: ``timeout`` seconds in all, from connect to the last byte
     (:class:`Watchdog`), and ``max_bytes`` of body after decompression, read as it streams.
@@ -496,6 +609,7 @@ class ApiClient:
         wait: Callable[[float], bool] | None = None,
         max_requests_per_second: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         """``wait(seconds)`` sleeps (between retries, or for the rate limit) and returns True
         when stopped; ``max_requests_per_second`` 0 means no limit."""
@@ -505,54 +619,46 @@ class ApiClient:
         self._on_request = on_request or (lambda code: None)
         self._rand = rand
         self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._clients: dict[str, tuple[httpx.Client, _Connection]] = {}
-        self._tls: ssl.SSLContext | None = None
+        self._tls = None if transport is not None else httpx.create_ssl_context()
+        self._pool = _Pool(max_connections, self._new_client)
         self._wait = wait or self._stop.wait
         self._watchdog = Watchdog()
         self._limiter = (
             RateLimiter(max_requests_per_second, clock) if max_requests_per_second > 0 else None
         )
 
-    def _client(self, project_id: str) -> tuple[httpx.Client, _Connection]:
-        with self._lock:
-            entry = self._clients.get(project_id)
-            if entry is None:
-                if self._tls is None and self._transport is None:
-                    self._tls = httpx.create_ssl_context()
-                client = httpx.Client(
-                    timeout=self._timeout,
-                    headers={
-                        "User-Agent": USER_AGENT,
-                        "Accept": "application/json",
-                        # Only what the body reader can decompress under its byte bound.
-                        "Accept-Encoding": "gzip",
-                    },
-                    transport=self._transport,
-                    verify=self._tls or True,
-                    follow_redirects=False,
-                    limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-                )
-                entry = self._clients[project_id] = (client, _Connection())
-            return entry
+    @property
+    def max_connections(self) -> int:
+        """The most connections to the API this client holds open at once."""
+        return self._pool.size
 
-    def forget(self, project_id: str) -> None:
-        """Close a project's connection once it has left the config."""
-        with self._lock:
-            entry = self._clients.pop(project_id, None)
-        if entry is not None:
-            entry[0].close()
+    def resize(self, max_connections: int) -> None:
+        """A new bound on connections (a reload changed ``max_concurrency``)."""
+        self._pool.resize(max_connections)
+
+    def _new_client(self) -> httpx.Client:
+        return httpx.Client(
+            timeout=self._timeout,
+            headers={
+                "User-Agent": USER_AGENT,
+                "Accept": "application/json",
+                # Only what the body reader can decompress under its byte bound.
+                "Accept-Encoding": "gzip",
+            },
+            transport=self._transport,
+            verify=self._tls or True,
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+        )
 
     def stop(self) -> None:
         """Make listings under way give up at their next page or backoff."""
         self._stop.set()
+        self._pool.stop()
 
     def close(self) -> None:
-        self.stop()
-        with self._lock:
-            clients, self._clients = list(self._clients.values()), {}
-        for client, _ in clients:
-            client.close()
+        self._stop.set()
+        self._pool.close()
         self._watchdog.close()
 
     def _sleep(self, seconds: float) -> None:
@@ -578,7 +684,7 @@ class ApiClient:
         if project.organization_id:
             params["organization_id"] = project.organization_id
         url = f"{project.base_url}{CHAT_PATH}?{urlencode(params)}"
-        return self._listing(project.id, url, project.api_key, max_pages, max_bytes, reuse)
+        return self._listing(url, project.api_key, max_pages, max_bytes, reuse)
 
     def projects(
         self,
@@ -595,12 +701,11 @@ class ApiClient:
         if organization_id:
             params["organization_id"] = organization_id
         url = f"{base_url}{PROJECTS_PATH}?{urlencode(params)}"
-        for page in self._listing(DISCOVERY, url, api_key, max_pages, max_bytes, None):
+        for page in self._listing(url, api_key, max_pages, max_bytes, None):
             yield page.items or []
 
     def _listing(
         self,
-        connection_key: str,
         url: str,
         api_key: Secret,
         max_pages: int,
@@ -608,7 +713,7 @@ class ApiClient:
         reuse: Callable[[PageKey], tuple[str | None, bool, bool] | None] | None,
     ) -> Generator[Page, None, None]:
         """The pages of a cursor-paged list at ``url`` (which holds its query)."""
-        http, connection = self._client(connection_key)
+        origin = _origin(url)
         auth = _BearerAuth(api_key)
         # One URL string per page: httpx merging a params dict into a URL parses it twice.
         page_url = url
@@ -617,7 +722,7 @@ class ApiClient:
         while True:
             if self._stop.is_set():
                 raise Stopped()
-            raw = self._get(http, connection, page_url, auth, max_bytes)
+            raw = self._get(origin, page_url, auth, max_bytes)
             page += 1
             key = (len(raw), hash(raw))
             reused = reuse(key) if reuse is not None else None
@@ -643,34 +748,29 @@ class ApiClient:
             used.add(token)
             page_url = f"{url}&{urlencode({'page_token': token})}"
 
-    def _get(
-        self,
-        http: httpx.Client,
-        connection: _Connection,
-        url: str,
-        auth: httpx.Auth,
-        max_bytes: int,
-    ) -> bytes:
-        """One page's body, retried as the SDK does."""
+    def _get(self, origin: str, url: str, auth: httpx.Auth, max_bytes: int) -> bytes:
+        """One page's body, retried as the SDK does; each attempt borrows a pooled
+        connection, so a request backing off holds none."""
         retries_done = 0
         while True:
             if self._limiter is not None:
                 delay = self._limiter.delay()
                 if delay > 0:
                     self._sleep(delay)
-            deadline = self._watchdog.arm(self._timeout, connection)
             failure: httpx.HTTPError | None = None
-            try:
-                status, reason_phrase, body, retry_headers = self._request(
-                    http, connection, url, auth, max_bytes
-                )
-            except _Unfinished as exc:
-                failure = exc.cause
-            except httpx.HTTPError as exc:
-                failure = exc
-                self._on_request("error")
-            finally:
-                self._watchdog.disarm(connection)
+            with self._pool.lend(origin) as (http, connection):
+                deadline = self._watchdog.arm(self._timeout, connection)
+                try:
+                    status, reason_phrase, body, retry_headers = self._request(
+                        http, connection, url, auth, max_bytes
+                    )
+                except _Unfinished as exc:
+                    failure = exc.cause
+                except httpx.HTTPError as exc:
+                    failure = exc
+                    self._on_request("error")
+                finally:
+                    self._watchdog.disarm(connection)
             if failure is not None or deadline.expired:
                 # A cut can also look like the end of a body sent without Content-Length.
                 timed_out = deadline.expired or isinstance(failure, httpx.TimeoutException)

@@ -134,7 +134,6 @@ class Poller:
                 task.cancel()
             del self._projects[pid]
             del self._trackers[pid]
-            self._client.forget(pid)
             self._store.remove_project(pid)
             await self._forget_saved(pid)
         for pid, project in wanted.items():
@@ -149,6 +148,12 @@ class Poller:
                 self._store.update_info(project)
         if config.max_concurrency != old.max_concurrency:
             self._lanes = _Lanes(config.max_concurrency)
+            # The lanes' share of the client's connections follows them; polls still under
+            # way in the old lanes wait for a connection rather than open one more.
+            change = concurrent_polls(config.max_concurrency) - concurrent_polls(
+                old.max_concurrency
+            )
+            self._client.resize(self._client.max_connections + change)
         self._config = config
         fixed = (
             ("web.listen_address", old.listen_address, config.listen_address),
@@ -356,13 +361,19 @@ class Poller:
             log.warning("poll_failed", status=status, **fields)
 
 
+def concurrent_polls(max_concurrency: int) -> int:
+    """The most polls under way at once: every slot of both :class:`_Lanes`."""
+    return 2 * max_concurrency
+
+
 class _Lanes:
     """Two pools of ``max_concurrency`` slots: one for projects whose last poll succeeded
     (or that have not been polled yet), one for projects whose last poll failed.
 
     A failing project may hold its slot for a whole request deadline times every retry; in
     a lane of its own it can never take the slot a healthy project needs, so however many
-    projects hang, the others are polled on time.
+    projects hang, the others are polled on time. Both together hold
+    :func:`concurrent_polls` slots, which is what the API client's pool is sized to.
     """
 
     def __init__(self, size: int) -> None:

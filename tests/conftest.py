@@ -203,8 +203,15 @@ class Exporter:
 def start_exporter(tmp_path: Path) -> Iterator[Callable[..., Exporter]]:
     started: list[Exporter] = []
 
-    def start(config: Path, *extra: str, ready: bool = True, **client: Any) -> Exporter:
-        """``client``: httpx options for every request to it (``verify`` makes it https)."""
+    def start(
+        config: Path,
+        *extra: str,
+        ready: bool = True,
+        preexec_fn: Callable[[], None] | None = None,
+        **client: Any,
+    ) -> Exporter:
+        """``client``: httpx options for every request to it (``verify`` makes it https);
+        ``preexec_fn`` runs in the child before the exporter starts (to set its limits)."""
         port = free_port()
         log_path = tmp_path / f"exporter-{len(started)}.log"
         log_file = log_path.open("w")
@@ -226,6 +233,7 @@ def start_exporter(tmp_path: Path) -> Iterator[Callable[..., Exporter]]:
             text=True,
             cwd=REPO,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=preexec_fn,
         )
         log_file.close()
         scheme = "https" if "verify" in client else "http"

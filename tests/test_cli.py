@@ -244,8 +244,9 @@ def test_the_daemon_exits_non_zero_when_its_polls_end(tmp_path: Path) -> None:
     that serves numbers nobody polls any more would keep up at 1."""
     import pytest
 
-    from exporter.cli import run_daemon
+    from exporter.cli import api_connections, run_daemon
     from exporter.config import load_config
+    from exporter.openfiles import prepare
     from exporter.poller import Poller
 
     async def broken(self: Poller, stop: object) -> None:
@@ -254,7 +255,8 @@ def test_the_daemon_exits_non_zero_when_its_polls_end(tmp_path: Path) -> None:
     with Simulator(projects=0) as sim, pytest.MonkeyPatch.context() as mp:
         mp.setattr(Poller, "run", broken)
         config = load_config(write_config(tmp_path / "c.yaml", sim.base_url, ["p"]))
-        assert run_daemon(config.with_listen_address("127.0.0.1:0")) == 1
+        budget = prepare(api_connections(config), config.max_concurrency)
+        assert run_daemon(config.with_listen_address("127.0.0.1:0"), budget) == 1
 
 
 @pytest.mark.parametrize("name", ["state.db.lock", "state.db"])

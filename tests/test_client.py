@@ -7,6 +7,7 @@ import contextlib
 import email.utils
 import math
 import socket
+import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -28,6 +29,8 @@ from exporter.client import (
 )
 from exporter.config import ProjectConfig
 from exporter.secret import Secret
+from exporter.simulator import DEFAULT_API_KEY, Simulator
+from tests.conftest import wait_for
 from tests.hostile import Hostile, Request, Writer, answer, drip, gzip_bomb, page, serve
 
 KEY = "llx-test-key-0123456789"
@@ -304,14 +307,101 @@ def test_max_requests_per_second_spaces_the_pages() -> None:
     assert sleeps == pytest.approx([0.1, 0.2])
 
 
-def test_forget_closes_a_project_connection() -> None:
-    h = Harness(pages_handler({None: {"items": [1]}}))
-    assert [p.items for p in h.client.pages(PROJECT, 10)] == [[1]]
-    first, _ = h.client._client(PROJECT.id)
-    h.client.forget(PROJECT.id)
-    assert first.is_closed
-    assert h.client._client(PROJECT.id)[0] is not first  # a project that comes back reconnects
-    h.client.close()
+def test_projects_with_their_own_keys_share_a_bounded_pool_of_connections() -> None:
+    """300 projects, each with its own key, listed by more threads than there are connections:
+    every listing succeeds (the simulator answers 403 to a key sent for another project), and
+    the server never sees more connections open than the pool's bound."""
+    keys = {f"proj-{i:03d}": f"llx-key-{i:03d}" for i in range(300)}
+    failures: list[BaseException] = []
+    with Simulator(projects=0, api_keys=keys, sessions_per_project=3, seed=3) as sim:
+        projects = [
+            ProjectConfig(pid, pid, "", sim.base_url, 100, Secret(key)) for pid, key in keys.items()
+        ]
+        client = ApiClient(max_connections=3, max_retries=0)
+
+        def work(share: list[ProjectConfig]) -> None:
+            try:
+                for project in share:
+                    assert sum(len(p.items or []) for p in client.pages(project, 10)) == 3
+            except BaseException as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=work, args=(projects[i::12],)) for i in range(12)]
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(120)
+        finally:
+            client.close()
+        assert not failures, failures[:3]
+        assert sim.request_count == 300
+        assert 1 <= sim.peak_connections <= 3
+        assert {r.authorization for r in sim.requests} == {f"Bearer {k}" for k in keys.values()}
+
+
+def test_a_request_cut_on_a_kept_alive_connection_spares_the_next_project(
+    hostile: Hostile,
+) -> None:
+    """One pooled connection serves three projects in turn: the second one's answer drips on
+    the socket the first one left open, and is cut at its deadline; the third one, on the same
+    pool, is answered on a fresh connection."""
+    body = page([{"session_id": f"s{i}"} for i in range(200)])
+    head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    dripping = "llx-drip-0123456789"
+
+    def behaviour(request: Request) -> Writer:
+        if request.headers.get("Authorization") == f"Bearer {dripping}":
+            return drip(head + body, every=0.01)
+        return answer(200, page([{"session_id": "s"}]))
+
+    hostile.behaviour = behaviour
+    client = ApiClient(timeout=1.0, max_retries=0, max_connections=1)
+    try:
+        assert [p.items for p in client.pages(hostile_project(hostile.url, KEY + "a"), 10)] == [
+            [{"session_id": "s"}]
+        ]
+        with pytest.raises(PollError) as cut:
+            list(client.pages(hostile_project(hostile.url, dripping), 10))
+        assert cut.value.reason == "timeout"
+        assert [p.items for p in client.pages(hostile_project(hostile.url, KEY + "c"), 10)] == [
+            [{"session_id": "s"}]
+        ]
+        assert client._watchdog._active == set()
+    finally:
+        client.close()
+    sent = [r.headers.get("Authorization") for r in hostile.requests]
+    assert sent == [f"Bearer {KEY}a", f"Bearer {dripping}", f"Bearer {KEY}c"]
+
+
+def test_a_pool_that_shrinks_closes_what_it_no_longer_needs() -> None:
+    with Simulator(projects=4, sessions_per_project=1, seed=4) as sim:
+        projects = [
+            ProjectConfig(pid, pid, "", sim.base_url, 100, Secret(DEFAULT_API_KEY))
+            for pid in sim.project_ids
+        ]
+        client = ApiClient(max_connections=4, max_retries=0)
+        # The server answers none of the four first pages before it holds all four requests:
+        # the pool has opened its four connections.
+        sim.on_page(lambda *page: barrier.wait())
+        barrier = threading.Barrier(4, timeout=30)
+        try:
+            threads = [
+                threading.Thread(target=lambda p=p: list(client.pages(p, 10))) for p in projects
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+            assert sim.peak_connections == 4
+            sim.on_page(None)
+            client.resize(1)
+            assert client.max_connections == 1
+            for project in projects:
+                list(client.pages(project, 10))
+            wait_for(lambda: sim.open_connections == 1, 10, "the surplus connections to close")
+        finally:
+            client.close()
 
 
 # ---------------------------------------------------------------- against a hostile server

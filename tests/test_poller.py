@@ -20,7 +20,7 @@ from exporter.client import ApiClient
 from exporter.collector import StoreCollector
 from exporter.config import Config, ProjectConfig
 from exporter.logs import configure_logging
-from exporter.poller import Poller
+from exporter.poller import Poller, concurrent_polls
 from exporter.secret import Secret
 from exporter.store import Store
 from tests.hostile import Request, Writer, answer, drip, page, serve
@@ -53,7 +53,9 @@ def peak_in_flight(projects: int, limit: int) -> int:
         return httpx.Response(200, json={"items": []})
 
     async def run() -> bool:
-        client = ApiClient(transport=httpx.MockTransport(handler))
+        client = ApiClient(
+            transport=httpx.MockTransport(handler), max_connections=concurrent_polls(limit)
+        )
         try:
             return await Poller(config(projects, limit), Store(), client).poll_all_once()
         finally:
@@ -142,7 +144,7 @@ def test_hanging_projects_in_every_slot_never_starve_a_healthy_one() -> None:
             ProjectConfig(f"p{i}", f"p{i}", "", url, 100, Secret("k")) for i in range(5)
         )
         store = Store()
-        client = ApiClient(timeout=1.0, max_retries=0)
+        client = ApiClient(timeout=1.0, max_retries=0, max_connections=concurrent_polls(4))
         poller = Poller(
             Config(projects=projects, max_concurrency=4, poll_interval_seconds=0.05), store, client
         )
@@ -352,3 +354,27 @@ def test_a_project_loop_that_dies_is_started_again(monkeypatch: pytest.MonkeyPat
     asyncio.run(run())
     assert polls >= 3
     assert dict(store.get("p0").poll_errors) == {"internal": 1}
+
+
+def test_a_reload_that_raises_max_concurrency_gives_the_polls_their_connections() -> None:
+    # Four projects meet in the server: they are polled at once only if the reload both
+    # widened the lanes and grew the client's pool (sized for max_concurrency 1) with them.
+    everyone = threading.Barrier(4, timeout=30)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        everyone.wait()
+        return httpx.Response(200, json={"items": []})
+
+    async def run() -> bool:
+        client = ApiClient(
+            transport=httpx.MockTransport(handler), max_connections=concurrent_polls(1)
+        )
+        poller = Poller(config(4, 1), Store(), client)
+        try:
+            assert await poller.apply(config(4, 4)) == []  # no restart needed
+            assert client.max_connections == concurrent_polls(4)
+            return await poller.poll_all_once()
+        finally:
+            client.close()
+
+    assert asyncio.run(asyncio.wait_for(run(), 60))

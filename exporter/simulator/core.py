@@ -154,6 +154,21 @@ class Simulator(_Projects):
             return self._stalled
 
     @property
+    def open_connections(self) -> int:
+        """Client connections open now."""
+        with self._lock:
+            server = self._server
+        return server.open_connections if server is not None else 0
+
+    @property
+    def peak_connections(self) -> int:
+        """The most client connections that were open at once since ``start()``: what a
+        client's connection pool really held."""
+        with self._lock:
+            server = self._server
+        return server.peak_connections if server is not None else 0
+
+    @property
     def request_count(self) -> int:
         """Every request answered since construction (the log itself keeps only the latest)."""
         with self._lock:

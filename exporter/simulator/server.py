@@ -142,14 +142,21 @@ class _Server(ThreadingHTTPServer):
         self.stopping = stopping
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
+        self.peak_connections = 0  # the most client connections open at once
         super().__init__(address, handler)
 
     def track(self, connection: socket.socket, *, add: bool) -> None:
         with self._connections_lock:
             if add:
                 self._connections.add(connection)
+                self.peak_connections = max(self.peak_connections, len(self._connections))
             else:
                 self._connections.discard(connection)
+
+    @property
+    def open_connections(self) -> int:
+        with self._connections_lock:
+            return len(self._connections)
 
     def close_connections(self) -> None:
         with self._connections_lock:
