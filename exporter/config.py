@@ -417,7 +417,10 @@ def _expand(value: Any, env: Mapping[str, str], path: str, problems: list[str]) 
                 problems.append(f"{path}: environment variable {name} is not set")
                 return ""
 
-            value = _ENV_REF.sub(sub, value)
+            # A reference ends at a "}": past the last one nothing can match, and leaving that
+            # tail out keeps the search linear ("${a:-" repeated is quadratic otherwise).
+            end = value.rfind("}") + 1
+            value = _ENV_REF.sub(sub, value[:end]) + value[end:]
         if not is_text(value):
             problems.append(f"{path}: not valid Unicode text (an unpaired surrogate)")
             return value.encode("utf-8", "replace").decode("utf-8")

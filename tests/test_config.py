@@ -156,6 +156,24 @@ def test_env_default_and_no_yaml_injection() -> None:
     assert config.projects[0].api_key.get() == "llx-a:{b:c},[d]"
 
 
+def test_an_unclosed_reference_repeated_expands_at_once() -> None:
+    """``${a:-`` repeated with no ``}`` was quadratic to search: 400 KB of it held the
+    interpreter (a reload included) for minutes. Now linear; the child's generous deadline
+    is only there so that the old code fails instead of hanging the suite."""
+    import subprocess
+    import sys
+
+    script = (
+        "from exporter.config import parse_config\n"
+        "text = '${B}' + '${a:-' * 80_000\n"
+        "raw = {'projects': [{'id': 'p', 'name': text, 'api_key': 'k'}]}\n"
+        "name = parse_config(raw, {'B': 'b'}).projects[0].name\n"
+        "assert name == 'b' + '${a:-' * 80_000, name[:40]\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], timeout=60, capture_output=True)
+    assert done.returncode == 0, done.stderr
+
+
 def test_api_key_and_file_together_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "k").write_text("x")
     found = problems(
