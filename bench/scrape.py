@@ -63,10 +63,7 @@ LABELS = {
 
 def child(params: dict[str, Any]) -> dict[str, Any]:
     """Build the store, serve it, print where, and churn until stdin closes."""
-    from prometheus_client.registry import CollectorRegistry
-
     from exporter.aggregate import SessionTracker, aggregate
-    from exporter.collector import StoreCollector
     from exporter.config import ProjectConfig
     from exporter.secret import Secret
     from exporter.server import MetricsServer
@@ -107,9 +104,7 @@ def child(params: dict[str, Any]) -> dict[str, Any]:
             store.count_request(code)
     built = time.perf_counter() - built
 
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(store))
-    server = MetricsServer("127.0.0.1", 0, store, registry)
+    server = MetricsServer("127.0.0.1", 0, store)
     server.start()
     stop = threading.Event()
     ids = list(results)

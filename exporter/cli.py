@@ -268,7 +268,7 @@ def run_daemon(
     store, poller, client, targets = _components(config, state)
     host, port = split_listen_address(config.listen_address)
     try:
-        server = MetricsServer(host, port, store, _registry(store), web=web)
+        server = MetricsServer(host, port, store, web=web)
     except OSError as exc:
         log.error("listen_failed", address=config.listen_address, error=str(exc))
         if state:

@@ -220,7 +220,6 @@ def test_check_config_validates_the_web_config(tmp_path: Path, ca: trustme.CA) -
 
 
 def tls_server(ca: trustme.CA, tmp_path: Path, **limits: Any) -> Any:
-    from prometheus_client.registry import CollectorRegistry
 
     from exporter.server import MetricsServer
     from exporter.store import Store
@@ -233,9 +232,7 @@ def tls_server(ca: trustme.CA, tmp_path: Path, **limits: Any) -> Any:
             tmp_path / "web.yml", tls_server_config={"cert_file": str(cert), "key_file": str(key)}
         )
     )
-    server = MetricsServer(
-        "127.0.0.1", 0, Store(), CollectorRegistry(auto_describe=False), Limits(**limits), web=web
-    )
+    server = MetricsServer("127.0.0.1", 0, Store(), Limits(**limits), web=web)
     server.start()
     return server
 
@@ -291,13 +288,12 @@ def test_the_container_health_check_passes_behind_tls_and_basic_auth(
 def test_a_reload_that_turns_tls_on_ends_plain_keep_alive_connections(
     tmp_path: Path, ca: trustme.CA
 ) -> None:
-    from prometheus_client.registry import CollectorRegistry
 
     from exporter.server import MetricsServer
     from exporter.store import Store
     from exporter.webconfig import load_web_config
 
-    server = MetricsServer("127.0.0.1", 0, Store(), CollectorRegistry(auto_describe=False))
+    server = MetricsServer("127.0.0.1", 0, Store())
     server.start()
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=5) as client:
