@@ -363,7 +363,7 @@ async def serve_exporter(
     server: its exposition cache renders and compresses a project when its poll ends, as in
     the daemon, and that is part of what a poll costs.
     """
-    from exporter.cli import _components, _registry
+    from exporter.cli import _components
     from exporter.config import Config, ProjectConfig
     from exporter.logs import configure_logging
     from exporter.secret import Secret
@@ -385,7 +385,7 @@ async def serve_exporter(
     )
     config = Config(projects=projects, max_pages=10**6, max_concurrency=params["max_concurrency"])
     store, poller, client, targets = _components(config, None)
-    app = make_app(store, _registry(store)) if exposition else None
+    app = make_app(store) if exposition else None
     loop = asyncio.get_running_loop()
     reply({"ready": True, "rss": rss_bytes(), "full_listing_every": config.full_listing_every})
     try:

@@ -34,6 +34,7 @@ ON_REQUEST = ("soak",)  # long: run only when named with --only
 CHILDREN = {
     "memory": memory.child,
     "scrape": scrape.child,
+    "scrape-load": scrape.load_child,
     "incremental": incremental.child,
     "capacity": capacity.child,
 }

@@ -302,7 +302,7 @@ def run_daemon(
     host, port = split_listen_address(config.listen_address)
     try:
         limits = Limits(max_connections=budget.web_connections)
-        server = MetricsServer(host, port, store, _registry(store), limits, web=web)
+        server = MetricsServer(host, port, store, limits, web=web)
     except OSError as exc:
         log.error("listen_failed", address=config.listen_address, error=str(exc))
         if state:

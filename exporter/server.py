@@ -15,10 +15,9 @@ import threading
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import parse_qs
 
-from prometheus_client import make_wsgi_app
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.registry import CollectorRegistry
 
 from . import __version__
 from .basicauth import AuthResult
@@ -102,13 +101,10 @@ ROUTES: dict[str, tuple[str, ...]] = {
 
 def make_app(
     store: Store,
-    registry: CollectorRegistry,
     reload: Callable[[], Reload | None] = lambda: None,
     web: Callable[[], WebConfig | None] = lambda: None,
 ) -> Callable[[Environ, StartResponse], Any]:
-    # ?name[]= filtering goes through prometheus_client itself; everything else comes from
-    # the per-project cache.
-    metrics = make_wsgi_app(registry)
+    # Every /metrics answer, ?name[]= filtered or not, comes from the per-project cache.
     exposition = TextExposition(StoreCollector(store), store)
     # One reload at a time holds a worker (up to a minute); more would starve the scrapes.
     reloading = threading.Lock()
@@ -157,11 +153,8 @@ def make_app(
                 [("Allow", ", ".join(allowed))],
             )
         if path == "/metrics":
-            if environ.get("QUERY_STRING"):
-                # prometheus_client answers HEAD with 405, so it is asked for the GET.
-                get = {**environ, "REQUEST_METHOD": "GET"}
-                return metrics(get, start_response)  # type: ignore[no-any-return]
-            # Negotiated as prometheus_client does it; the body comes from the cache.
+            # Negotiated and filtered as prometheus_client does it; the body comes from the cache.
+            names = parse_qs(environ.get("QUERY_STRING", "")).get("name[]")
             try:
                 _, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
             except Exception:  # "version=abc": prometheus_client cannot read it
@@ -169,10 +162,10 @@ def make_app(
             openmetrics = content_type.startswith("application/openmetrics-text")
             headers = [("Content-Type", content_type)]
             if _accepts_gzip(environ):
-                body = exposition.render_gzip(openmetrics=openmetrics)
+                body = exposition.render_gzip(openmetrics=openmetrics, names=names)
                 headers.append(("Content-Encoding", "gzip"))
             else:
-                body = exposition.render(openmetrics=openmetrics)
+                body = exposition.render(openmetrics=openmetrics, names=names)
             headers.append(("Content-Length", str(len(body))))
             start_response("200 OK", headers)
             return [body]
@@ -243,7 +236,6 @@ class MetricsServer(HttpServer):
         host: str,
         port: int,
         store: Store,
-        registry: CollectorRegistry,
         limits: Limits | None = None,
         web: WebConfig | None = None,
     ) -> None:
@@ -253,7 +245,7 @@ class MetricsServer(HttpServer):
         super().__init__(
             host,
             port,
-            make_app(store, registry, lambda: self.reload, lambda: self.web),
+            make_app(store, lambda: self.reload, lambda: self.web),
             limits,
             tls=lambda: None if self.web is None else self.web.ssl_context(),
             accept_peer=lambda cert: self.web is None or self.web.check_client_cert(cert),

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 import bcrypt
 import httpx
 import pytest
-from prometheus_client.registry import CollectorRegistry
 
 import exporter.basicauth as basicauth
 from exporter.basicauth import BCRYPT_QUEUE, AuthResult, BasicAuth
@@ -202,7 +201,7 @@ def test_requests_waiting_for_bcrypt_hold_no_worker_and_one_more_gets_503(
     the workers, no remembered password would be answered until bcrypt was free."""
     users = {"alice": hashed("right").decode(), "bob": hashed("bob's").decode()}
     web = parse_web_config({"basic_auth_users": users})
-    server = MetricsServer("127.0.0.1", 0, Store(), CollectorRegistry(auto_describe=False), web=web)
+    server = MetricsServer("127.0.0.1", 0, Store(), web=web)
     server.start()
     url = f"http://127.0.0.1:{server.port}"
     assert BCRYPT_QUEUE > WORKERS

@@ -19,6 +19,9 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.core import Metric
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.registry import CollectorRegistry
 
 from exporter.aggregate import aggregate
@@ -26,7 +29,7 @@ from exporter.collector import StoreCollector
 from exporter.config import ProjectConfig
 from exporter.secret import Secret
 from exporter.server import MetricsServer
-from exporter.store import Store
+from exporter.store import ProjectState, Store
 from exporter.web import WORKERS, HttpServer, Limits, StartResponse
 from tests.conftest import REPO, parse_metrics, session, value, wait_for
 
@@ -52,9 +55,7 @@ def start_server(servers: list[HttpServer]) -> Callable[..., MetricsServer]:
 
     def start(**limits: Any) -> MetricsServer:
         store = Store([project("p1", "<b>prod</b>"), project("p2")])
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(StoreCollector(store))
-        server = MetricsServer("127.0.0.1", 0, store, registry, Limits(**limits))
+        server = MetricsServer("127.0.0.1", 0, store, Limits(**limits))
         servers.append(server)
         server.start()
         return server
@@ -65,9 +66,7 @@ def start_server(servers: list[HttpServer]) -> Callable[..., MetricsServer]:
 @pytest.fixture
 def served(servers: list[HttpServer]) -> tuple[Store, str]:
     store = Store([project("p1", "<b>prod</b>"), project("p2")])
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(store))
-    server = MetricsServer("127.0.0.1", 0, store, registry)
+    server = MetricsServer("127.0.0.1", 0, store)
     servers.append(server)
     server.start()
     return store, f"http://127.0.0.1:{server.port}"
@@ -115,6 +114,63 @@ def test_metrics_text_gzip_and_openmetrics(served: tuple[Store, str]) -> None:
     filtered = httpx.get(url + "/metrics?name[]=llamacloud_up")
     assert filtered.text.startswith("# HELP llamacloud_up ")
     assert "llamacloud_chat_sessions" not in filtered.text
+
+
+FILTERED = (
+    "llamacloud_up",
+    "llamacloud_chat_runs_total",
+    "llamacloud_chat_run_duration_seconds_bucket",  # part of a histogram
+    "llamacloud_exporter_build_info",
+)
+
+
+def test_filtered_scrapes_are_joined_from_the_cache_without_collecting(
+    servers: list[HttpServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """?name[]= once collected every project anew per request (half a second at 1,000 projects)."""
+    store = Store([project(f"p{i}") for i in range(4)])
+    server = MetricsServer("127.0.0.1", 0, store)
+    servers.append(server)
+    server.start()
+    for i in range(4):
+        store.record_success(f"p{i}", aggregate([[session("a")]]), duration=0.5, finished=1e9)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(store))
+    expected = {
+        False: generate_latest(registry.restricted_registry(FILTERED)),
+        True: openmetrics_latest(registry.restricted_registry(FILTERED)),
+    }
+    assert b'llamacloud_up{project_id="p3"} 1.0' in expected[False]
+    rendered: list[int] = []  # projects in each family rendering, from now on
+    project_families = StoreCollector.project_families
+
+    def counted(self: StoreCollector, projects: tuple[ProjectState, ...]) -> Iterator[Metric]:
+        rendered.append(len(projects))
+        return project_families(self, projects)
+
+    monkeypatch.setattr(StoreCollector, "project_families", counted)
+    query = "/metrics?" + "&".join(f"name[]={name}" for name in FILTERED)
+    url = f"http://127.0.0.1:{server.port}{query}"
+    with httpx.Client(timeout=10) as client:
+        for openmetrics, accept in ((False, ""), (True, "application/openmetrics-text")):
+            for encoding in ("identity", "gzip"):
+                headers = {"Accept": accept, "Accept-Encoding": encoding}
+                got = client.get(url, headers=headers)
+                assert got.headers.get("content-encoding", "identity") == encoding
+                assert got.content == expected[openmetrics]  # httpx decodes the gzip
+                head = client.head(url, headers=headers)
+                assert head.headers["content-length"] == got.headers["content-length"]
+    assert rendered == []
+
+
+def test_a_family_that_appears_after_start_is_found_by_its_name_alone(
+    served: tuple[Store, str],
+) -> None:
+    store, url = served
+    store.record_reload(True, 1.5e9)  # the daemon does it once its server is up
+    name = "llamacloud_config_last_reload_success_timestamp_seconds"
+    got = httpx.get(f"{url}/metrics?name[]={name}").text
+    assert got.splitlines()[-1] == f"{name} 1.5e+09"
 
 
 def test_series_of_a_project_without_a_poll_are_not_invented(served: tuple[Store, str]) -> None:
@@ -396,7 +452,7 @@ def test_an_ipv6_host_listens_on_ipv6_and_the_any_address_on_both(
 ) -> None:
     for host, urls in (("::1", ["http://[::1]"]), ("::", ["http://[::1]", "http://127.0.0.1"])):
         try:
-            server = MetricsServer(host, 0, Store(), CollectorRegistry())
+            server = MetricsServer(host, 0, Store())
         except OSError as exc:
             pytest.skip(f"cannot listen on {host}: {exc}")
         servers.append(server)
@@ -634,13 +690,12 @@ def test_a_failing_app_gets_500_and_the_server_goes_on(
 
 FD_STARVED_SERVER = """
 import os, resource, sys
-from prometheus_client.registry import CollectorRegistry
 from exporter.logs import configure_logging
 from exporter.server import MetricsServer
 from exporter.store import Store
 
 configure_logging("info", "json")
-server = MetricsServer("127.0.0.1", 0, Store(), CollectorRegistry())
+server = MetricsServer("127.0.0.1", 0, Store())
 server.start()
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 low = 256 if soft == resource.RLIM_INFINITY else min(256, soft)
@@ -722,12 +777,14 @@ def test_an_accept_header_prometheus_client_cannot_read_gets_the_text_format(
     start_server: Callable[..., MetricsServer],
 ) -> None:
     server = start_server()
-    answer = httpx.get(
-        f"http://127.0.0.1:{server.port}/metrics",
-        headers={"Accept": "application/openmetrics-text; version=abc"},
-    )
-    assert answer.status_code == 200
-    assert answer.headers["content-type"].startswith("text/plain")
+    for path in ("/metrics", "/metrics?name[]=llamacloud_up"):
+        answer = httpx.get(
+            f"http://127.0.0.1:{server.port}{path}",
+            headers={"Accept": "application/openmetrics-text; version=abc"},
+        )
+        assert answer.status_code == 200, path
+        assert answer.headers["content-type"].startswith("text/plain")
+        assert "llamacloud_up" in answer.text
 
 
 def test_clients_that_stop_reading_cannot_hold_the_server(

@@ -274,8 +274,9 @@ def test_a_reload_that_keeps_the_users_keeps_their_remembered_passwords(
 ) -> None:
     """Before, every reload emptied the cache: the first scrape after it paid a bcrypt check
     again, behind whatever wrong guesses were queued."""
-    from exporter.cli import _components, _registry, _reloader
+    from exporter.cli import _components, _reloader
     from exporter.config import load_config
+    from exporter.openfiles import Budget
     from exporter.server import MetricsServer
     from exporter.webconfig import load_web_config
 
@@ -290,10 +291,14 @@ def test_a_reload_that_keeps_the_users_keeps_their_remembered_passwords(
     config_path = write_config(tmp_path / "c.yaml", "http://127.0.0.1:1", ["p"])
     web_path = web_config(tmp_path / "web.yml", basic_auth_users={USER: password_hash()})
     store, _, client, targets = _components(load_config(config_path), None)
-    server = MetricsServer("127.0.0.1", 0, store, _registry(store), web=load_web_config(web_path))
+    server = MetricsServer("127.0.0.1", 0, store, web=load_web_config(web_path))
     server.start()
     reload = _reloader(
-        targets, store, server, lambda: (load_config(config_path), load_web_config(web_path))
+        targets,
+        store,
+        server,
+        lambda: (load_config(config_path), load_web_config(web_path)),
+        Budget(limit=1024, api_connections=9, web_connections=512),
     )
     url = f"http://127.0.0.1:{server.port}/healthz"
     try:
@@ -319,7 +324,6 @@ def test_a_reload_that_keeps_the_users_keeps_their_remembered_passwords(
 
 
 def tls_server(ca: trustme.CA, tmp_path: Path, **limits: Any) -> Any:
-    from prometheus_client.registry import CollectorRegistry
 
     from exporter.server import MetricsServer
     from exporter.store import Store
@@ -332,9 +336,7 @@ def tls_server(ca: trustme.CA, tmp_path: Path, **limits: Any) -> Any:
             tmp_path / "web.yml", tls_server_config={"cert_file": str(cert), "key_file": str(key)}
         )
     )
-    server = MetricsServer(
-        "127.0.0.1", 0, Store(), CollectorRegistry(auto_describe=False), Limits(**limits), web=web
-    )
+    server = MetricsServer("127.0.0.1", 0, Store(), Limits(**limits), web=web)
     server.start()
     return server
 
@@ -390,13 +392,12 @@ def test_the_container_health_check_passes_behind_tls_and_basic_auth(
 def test_a_reload_that_turns_tls_on_ends_plain_keep_alive_connections(
     tmp_path: Path, ca: trustme.CA
 ) -> None:
-    from prometheus_client.registry import CollectorRegistry
 
     from exporter.server import MetricsServer
     from exporter.store import Store
     from exporter.webconfig import load_web_config
 
-    server = MetricsServer("127.0.0.1", 0, Store(), CollectorRegistry(auto_describe=False))
+    server = MetricsServer("127.0.0.1", 0, Store())
     server.start()
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=5) as client:
