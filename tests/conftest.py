@@ -164,6 +164,21 @@ def write_config(path: Path, base_url: str, project_ids: list[str], **top: Any) 
     return path
 
 
+def exporter_command(config: Path, port: int, *extra: str) -> list[str]:
+    """``python -m exporter`` with ``config``, serving on 127.0.0.1:``port``."""
+    address = f"127.0.0.1:{port}"
+    return [
+        sys.executable,
+        "-m",
+        "exporter",
+        "--config",
+        str(config),
+        "--web.listen-address",
+        address,
+        *extra,
+    ]
+
+
 @dataclass
 class Exporter:
     """A running ``python -m exporter`` process and its URL."""
@@ -216,18 +231,7 @@ def start_exporter(tmp_path: Path) -> Iterator[Callable[..., Exporter]]:
         log_path = tmp_path / f"exporter-{len(started)}.log"
         log_file = log_path.open("w")
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "exporter",
-                "--config",
-                str(config),
-                "--web.listen-address",
-                f"127.0.0.1:{port}",
-                "--log.format",
-                "json",
-                *extra,
-            ],
+            exporter_command(config, port, "--log.format", "json", *extra),
             stdout=log_file,
             stderr=subprocess.STDOUT,
             text=True,

@@ -330,9 +330,8 @@ def test_a_closed_log_pipe_never_stops_the_polls(sim: Simulator, tmp_path: Path)
     polling and saving, counting the lines it dropped."""
     import os
     import subprocess
-    import sys
 
-    from tests.conftest import REPO, Exporter, free_port
+    from tests.conftest import REPO, Exporter, exporter_command, free_port
 
     sim.set_sessions(P, [session("a"), session("b")])
     config = write_config(
@@ -340,17 +339,7 @@ def test_a_closed_log_pipe_never_stops_the_polls(sim: Simulator, tmp_path: Path)
     )
     port = free_port()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "exporter",
-            "--config",
-            str(config),
-            "--log.format",
-            "json",
-            "--web.listen-address",
-            f"127.0.0.1:{port}",
-        ],
+        exporter_command(config, port, "--log.format", "json"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         cwd=REPO,

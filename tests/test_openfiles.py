@@ -21,6 +21,7 @@ from exporter.simulator import Simulator
 from tests.conftest import (
     REPO,
     Exporter,
+    exporter_command,
     free_port,
     session,
     value,
@@ -179,15 +180,7 @@ def test_a_limit_too_low_fails_at_start_saying_what_to_do(
         state={"path": str(state)},
     )
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "exporter",
-            "--config",
-            str(config),
-            "--web.listen-address",
-            f"127.0.0.1:{free_port()}",
-        ],
+        exporter_command(config, free_port()),
         capture_output=True,
         text=True,
         cwd=REPO,
