@@ -364,11 +364,10 @@ async def serve_exporter(
     the daemon, and that is part of what a poll costs.
     """
     from exporter.cli import _components
-    from exporter.config import Config, ProjectConfig
+    from exporter.config import Config, ProjectConfig, Secret
     from exporter.logs import configure_logging
-    from exporter.secret import Secret
-    from exporter.server import make_app
     from exporter.simulator import DEFAULT_API_KEY
+    from exporter.web.app import make_app
 
     configure_logging("info", "json")  # as in production; the lines go to a temporary file
     projects = tuple(

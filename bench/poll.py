@@ -139,9 +139,8 @@ async def _exporter_polls(
     With ``profile``, the steady-state polls (all but the first) run under ThreadProfiles.
     """
     from exporter.cli import _components
-    from exporter.config import Config, ProjectConfig
+    from exporter.config import Config, ProjectConfig, Secret
     from exporter.logs import configure_logging
-    from exporter.secret import Secret
 
     configure_logging("info", "json")  # as in production; the lines go to stderr
     project = ProjectConfig(

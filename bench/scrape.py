@@ -90,10 +90,9 @@ FILTER_CASES = {
 def child(params: dict[str, Any]) -> dict[str, Any]:
     """Build the store, serve it, print where, and churn until stdin closes."""
     from exporter.aggregate import SessionTracker, aggregate
-    from exporter.config import ProjectConfig
-    from exporter.secret import Secret
-    from exporter.server import MetricsServer
+    from exporter.config import ProjectConfig, Secret
     from exporter.store import Store
+    from exporter.web import MetricsServer
 
     n_projects, sessions = params["projects"], params["sessions"]
     rng = random.Random(7)
@@ -205,7 +204,7 @@ def _filtered_times(server: Any, store: Any, calls: int = 30) -> dict[str, list[
     from prometheus_client import make_wsgi_app
     from prometheus_client.registry import CollectorRegistry
 
-    from exporter.collector import StoreCollector
+    from exporter.metrics import StoreCollector
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StoreCollector(store))

@@ -15,10 +15,8 @@ from collections.abc import Sequence
 from random import Random
 
 from bench.common import Outcome, standalone
-from exporter.config import ProjectConfig
-from exporter.discovery import replica_projects
-from exporter.secret import Secret
-from exporter.sharding import Shard
+from exporter.config import ProjectConfig, Secret, Shard
+from exporter.targets.discovery import replica_projects
 
 PROJECTS, SHARDS, RENDEZVOUS_SAMPLE = 100_000, 100, 2_000
 

@@ -1,3 +1,5 @@
+"""``python -m exporter``: the same command line as ``llamacloud-exporter``."""
+
 from .cli import main
 
 raise SystemExit(main())

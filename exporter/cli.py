@@ -19,26 +19,24 @@ from prometheus_client.registry import CollectorRegistry
 
 from . import __version__
 from .client import ApiClient
-from .collector import StoreCollector
 from .config import (
     DEFAULT_LISTEN_ADDRESS,
     Config,
     ConfigError,
     ProjectConfig,
+    Secret,
     load_config,
+    parse_shard,
+    shard_from_hostname,
     split_listen_address,
 )
 from .logs import LEVELS, configure_logging, dropped_lines
+from .metrics import StoreCollector
 from .openfiles import Budget, OpenFileLimitError, prepare
 from .poller import Poller, concurrent_polls, in_thread
-from .secret import Secret
-from .server import MetricsServer
-from .sharding import parse_shard, shard_from_hostname
-from .state import StateError, StateFile, check_state_path
-from .store import Store
+from .store import StateError, StateFile, Store, check_state_path
 from .targets import Targets, replica_config
-from .web import Limits
-from .webconfig import WebConfig, WebConfigError, load_web_config
+from .web import Limits, MetricsServer, WebConfig, WebConfigError, load_web_config
 
 log = structlog.get_logger("exporter")
 

@@ -2,7 +2,7 @@
 
 Whatever the format, a log line never carries a secret: tracebacks are rendered without
 local variables (a listing's frames once held the key and the Authorization header), and
-every rendered line passes through :func:`exporter.secret.redact` last. Uncaught exceptions
+every rendered line passes through :func:`exporter.config.secret.redact` last. Uncaught exceptions
 of any thread, and the standard library's own logging, go through the same pipeline.
 
 A log call never raises: a line that cannot be rendered or written (stderr's reader gone, the
@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 
-from .secret import redact
+from .config import redact
 
 LEVELS = ("debug", "info", "warning", "error")
 

@@ -16,8 +16,7 @@ import structlog
 from .aggregate import PollResult, SessionTracker
 from .client import ApiClient, PollError, Stopped
 from .config import Config, ProjectConfig
-from .state import StateFile
-from .store import Store
+from .store import StateFile, Store
 
 log = structlog.get_logger("exporter.poller")
 

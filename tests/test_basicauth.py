@@ -16,12 +16,12 @@ import bcrypt
 import httpx
 import pytest
 
-import exporter.basicauth as basicauth
-from exporter.basicauth import BCRYPT_QUEUE, AuthResult, BasicAuth
-from exporter.server import MetricsServer
+import exporter.web.auth as basicauth
 from exporter.store import Store
-from exporter.web import WORKERS
-from exporter.webconfig import parse_web_config
+from exporter.web import MetricsServer
+from exporter.web.auth import BCRYPT_QUEUE, AuthResult, BasicAuth
+from exporter.web.config import parse_web_config
+from exporter.web.server import WORKERS
 from tests.conftest import wait_for
 
 HOLD = b"held until the test lets it go"

@@ -14,7 +14,7 @@ import pytest
 
 from exporter import __version__
 from exporter.simulator import Simulator
-from exporter.state import StateFile
+from exporter.store import StateFile
 from tests.conftest import REPO, free_port, parse_metrics, session, value, wait_for, write_config
 
 

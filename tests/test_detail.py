@@ -9,8 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from exporter.aggregate import RunTotals, SessionTracker, aggregate
+from exporter.aggregate.indexes import Detail, IndexSets, pick_indexes
 from exporter.config import ConfigError, load_config, parse_config
-from exporter.detail import Detail, IndexSets, parse_detail, pick_indexes
+from exporter.config.detail import parse_detail
 from tests.conftest import BACKTRACKING, REPO, WORDS, python_in_a_child, session
 
 KEY = {"LLAMA_CLOUD_API_KEY": "llx-k"}

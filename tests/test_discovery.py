@@ -7,9 +7,8 @@ from typing import Any
 
 import pytest
 
-from exporter.config import ConfigError, parse_config
-from exporter.discovery import read_projects, replica_projects
-from exporter.sharding import Shard
+from exporter.config import ConfigError, Shard, parse_config
+from exporter.targets.discovery import read_projects, replica_projects
 from tests.conftest import BACKTRACKING, WORDS, python_in_a_child
 
 KEY = {"LLAMA_CLOUD_API_KEY": "llx-k"}
@@ -86,7 +85,7 @@ def test_a_backtracking_filter_reads_a_long_name_at_once() -> None:
     name = WORDS[:1024]
     code = f"""
 from exporter.config import parse_config
-from exporter.discovery import read_projects
+from exporter.targets.discovery import read_projects
 for key in ("include", "exclude"):
     c = parse_config({{"discovery": {{key: {BACKTRACKING!r}}}}}, {KEY!r})
     items = [{{"id": "a", "name": {name!r}}}, {{"id": "b", "name": "prod: timeout"}}]

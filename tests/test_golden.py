@@ -14,10 +14,9 @@ from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from exporter.client import ApiClient
-from exporter.collector import StoreCollector
-from exporter.config import Config, ProjectConfig
+from exporter.config import Config, ProjectConfig, Secret
+from exporter.metrics import StoreCollector
 from exporter.poller import Poller
-from exporter.secret import Secret
 from exporter.simulator import DEFAULT_API_KEY, Simulator
 from exporter.store import Store
 from tests.conftest import session

@@ -9,8 +9,8 @@ import threading
 import pytest
 import structlog
 
+from exporter.config import Secret
 from exporter.logs import configure_logging
-from exporter.secret import Secret
 
 KEY = "llx-Qw3rT5yU7iO9pA1sD3fG5hJ7kL9zX1cV"
 

@@ -17,11 +17,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
 from exporter.client import ApiClient
-from exporter.collector import StoreCollector
-from exporter.config import Config, ProjectConfig
+from exporter.config import Config, ProjectConfig, Secret
 from exporter.logs import configure_logging
+from exporter.metrics import StoreCollector
 from exporter.poller import Poller, concurrent_polls
-from exporter.secret import Secret
 from exporter.store import Store
 from tests.hostile import Request, Writer, answer, drip, page, serve
 

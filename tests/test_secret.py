@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter import secret
-from exporter.secret import BLANK, Secret, redact
+from exporter.config import Secret, redact, secret
+from exporter.config.secret import BLANK
 
 KEY = "llx-Hk3vR9wq2LmZ8pXc5Tn7Bd1Gf4Js6Ya0Ue"
 

@@ -25,12 +25,11 @@ from prometheus_client.openmetrics.exposition import generate_latest as openmetr
 from prometheus_client.registry import CollectorRegistry
 
 from exporter.aggregate import aggregate
-from exporter.collector import StoreCollector
-from exporter.config import ProjectConfig
-from exporter.secret import Secret
-from exporter.server import MetricsServer
+from exporter.config import ProjectConfig, Secret
+from exporter.metrics import StoreCollector
 from exporter.store import ProjectState, Store
-from exporter.web import WORKERS, HttpServer, Limits, StartResponse
+from exporter.web import Limits, MetricsServer
+from exporter.web.server import WORKERS, HttpServer, StartResponse
 from tests.conftest import REPO, parse_metrics, session, value, wait_for
 
 
@@ -691,7 +690,7 @@ def test_a_failing_app_gets_500_and_the_server_goes_on(
 FD_STARVED_SERVER = """
 import os, resource, sys
 from exporter.logs import configure_logging
-from exporter.server import MetricsServer
+from exporter.web.app import MetricsServer
 from exporter.store import Store
 
 configure_logging("info", "json")

@@ -12,14 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter.sharding import (
-    UNSHARDED,
-    Shard,
-    ordinal_from_hostname,
-    owner,
-    parse_shard,
-    shard_from_hostname,
-)
+from exporter.config import UNSHARDED, Shard, parse_shard, shard_from_hostname
+from exporter.config.sharding import ordinal_from_hostname
+from exporter.targets.sharding import owner, owns
 
 
 def project_ids(count: int, seed: int = 20240601) -> list[str]:
@@ -42,7 +37,7 @@ def test_every_project_is_on_exactly_one_of_four_shards_and_they_are_balanced() 
     shards = [Shard(index, 4) for index in range(4)]
     per_shard: Counter[int] = Counter()
     for project in PROJECTS:
-        owning = [shard.index for shard in shards if shard.owns(project)]
+        owning = [shard.index for shard in shards if owns(shard, project)]
         assert owning == [owner(project, 4)], project
         per_shard[owning[0]] += 1
     assert sorted(per_shard) == [0, 1, 2, 3]
@@ -99,7 +94,7 @@ def test_owners_of_fixed_ids_never_change(project: str, owners: tuple[int, ...])
 @given(any_id, totals)
 def test_the_owner_is_one_of_the_shards(project: str, total: int) -> None:
     assert 0 <= owner(project, total) < total
-    assert [Shard(i, total).owns(project) for i in range(total)].count(True) == 1
+    assert [owns(Shard(i, total), project) for i in range(total)].count(True) == 1
 
 
 @given(any_id, totals)
@@ -112,7 +107,7 @@ def test_one_more_shard_keeps_a_project_or_gives_it_to_the_new_shard(
 @given(any_id)
 def test_a_single_shard_owns_everything(project: str) -> None:
     assert owner(project, 1) == 0
-    assert UNSHARDED.owns(project)
+    assert owns(UNSHARDED, project)
 
 
 def test_a_project_costs_one_hash_whatever_the_number_of_shards(
@@ -120,7 +115,7 @@ def test_a_project_costs_one_hash_whatever_the_number_of_shards(
 ) -> None:
     """Choosing a replica's share of 100,000 projects over 100 shards must not stall discovery:
     one hash per project (rendezvous hashing took one per project and shard)."""
-    import exporter.sharding as sharding
+    import exporter.targets.sharding as sharding
 
     calls = 0
     real = hashlib.blake2b
@@ -132,7 +127,7 @@ def test_a_project_costs_one_hash_whatever_the_number_of_shards(
 
     monkeypatch.setattr(sharding.hashlib, "blake2b", counting)
     shard = Shard(7, 100)
-    mine = [p for p in PROJECTS if shard.owns(p)]
+    mine = [p for p in PROJECTS if owns(shard, p)]
     assert calls == len(PROJECTS)
     assert 0 < len(mine) < 30  # about 10 of 1000
 

@@ -18,7 +18,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from exporter.aggregate import RunTotals, SessionTracker, aggregate
-from exporter.state import (
+from exporter.store import StateError, StateFile, check_state_path
+from exporter.store.statefile import (
     BAD_SESSIONS,
     BAD_TOTALS,
     CORRUPT,
@@ -27,12 +28,9 @@ from exporter.state import (
     MOVED_ASIDE_INFIX,
     NOT_SQLITE,
     UNKNOWN_SCHEMA,
-    StateError,
-    StateFile,
     StateInUse,
     _lock_file,
     _Transaction,
-    check_state_path,
     fingerprint_probe,
 )
 from tests.conftest import REPO, session
@@ -383,7 +381,7 @@ def test_a_failed_commit_rolls_back_and_releases_the_lock(fail_rollback: bool) -
 
 SECOND_EXPORTER = """
 import sys
-from exporter.state import StateFile, StateInUse
+from exporter.store.statefile import StateFile, StateInUse
 try:
     state = StateFile(sys.argv[1])
 except StateInUse as exc:
@@ -395,7 +393,7 @@ print("opened", flush=True)
 
 HOLDING_EXPORTER = """
 import sys
-from exporter.state import StateFile
+from exporter.store.statefile import StateFile
 state = StateFile(sys.argv[1])
 print("open", flush=True)
 sys.stdin.readline()
@@ -861,7 +859,7 @@ def test_moving_aside_never_writes_through_a_planted_link(tmp_path: Path) -> Non
 FULL_DISK_EXPORTER = """
 import json, os, resource, sys
 from exporter.aggregate import RunTotals, SessionTracker, aggregate
-from exporter.state import StateFile
+from exporter.store.statefile import StateFile
 from tests.conftest import session
 
 # As on a full disk: no write may grow a file (Python ignores SIGXFSZ, so writes get EFBIG).

@@ -1,8 +1,7 @@
 from __future__ import annotations
 
 from exporter.aggregate import SessionTracker, aggregate
-from exporter.config import ProjectConfig
-from exporter.secret import Secret
+from exporter.config import ProjectConfig, Secret
 from exporter.store import Store
 from tests.conftest import session
 

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from exporter import targets as targets_module
-from exporter.config import parse_config
-from exporter.sharding import Shard
+from exporter.config import Shard, parse_config
 from exporter.simulator import Simulator
 from exporter.store import Store
 from exporter.targets import Targets
+from exporter.targets import replica as targets_module
+from exporter.targets.sharding import owns
 from tests.conftest import REPO, Exporter, Samples, value, wait_for, write_config
 
 
@@ -125,7 +125,7 @@ def test_replicas_split_the_discovered_projects(
     replicas = [start_exporter(config, "--shard", f"{i}/3") for i in range(3)]
     shares = []
     for i, exporter in enumerate(replicas):
-        mine = {pid for pid in every if Shard(i, 3).owns(pid)}
+        mine = {pid for pid in every if owns(Shard(i, 3), pid)}
         wait_for(lambda e=exporter, m=mine: polled(e.metrics()) == m, 30, f"shard {i}'s projects")
         samples = exporter.metrics()
         assert value(samples, "llamacloud_shard_index") == i
@@ -198,7 +198,7 @@ def test_once_discovers_before_it_polls(tmp_path: Path, org: Simulator) -> None:
     config = discovering(tmp_path, org)
     once = run_cli("--config", str(config), "--once", "--shard", "0/2")
     assert once.returncode == 0, once.stderr
-    mine = {pid for pid in org.project_ids if Shard(0, 2).owns(pid)}
+    mine = {pid for pid in org.project_ids if owns(Shard(0, 2), pid)}
     shown = {
         line.split('"')[1] for line in once.stdout.splitlines() if line.startswith("llamacloud_up{")
     }

@@ -277,8 +277,7 @@ def test_a_reload_that_keeps_the_users_keeps_their_remembered_passwords(
     from exporter.cli import _components, _reloader
     from exporter.config import load_config
     from exporter.openfiles import Budget
-    from exporter.server import MetricsServer
-    from exporter.webconfig import load_web_config
+    from exporter.web import MetricsServer, load_web_config
 
     checked: list[bytes] = []
     real = bcrypt.checkpw
@@ -325,10 +324,8 @@ def test_a_reload_that_keeps_the_users_keeps_their_remembered_passwords(
 
 def tls_server(ca: trustme.CA, tmp_path: Path, **limits: Any) -> Any:
 
-    from exporter.server import MetricsServer
     from exporter.store import Store
-    from exporter.web import Limits
-    from exporter.webconfig import load_web_config
+    from exporter.web import Limits, MetricsServer, load_web_config
 
     cert, key = server_files(ca, tmp_path)
     web = load_web_config(
@@ -393,9 +390,8 @@ def test_a_reload_that_turns_tls_on_ends_plain_keep_alive_connections(
     tmp_path: Path, ca: trustme.CA
 ) -> None:
 
-    from exporter.server import MetricsServer
     from exporter.store import Store
-    from exporter.webconfig import load_web_config
+    from exporter.web import MetricsServer, load_web_config
 
     server = MetricsServer("127.0.0.1", 0, Store())
     server.start()

@@ -20,18 +20,12 @@ import pytest
 import trustme
 import yaml
 
-import exporter.basicauth as basicauth
-import exporter.webconfig as webconfig
-from exporter.basicauth import AUTH_CACHE_SIZE
-from exporter.reading import MAX_KEY_FILE_BYTES
-from exporter.webconfig import (
-    CLIENT_AUTH_TYPES,
-    GO_CIPHER_SUITES,
-    WebConfig,
-    WebConfigError,
-    load_web_config,
-    parse_web_config,
-)
+import exporter.web.auth as basicauth
+import exporter.web.config as webconfig
+from exporter.config.files import MAX_KEY_FILE_BYTES
+from exporter.web import WebConfig, WebConfigError, load_web_config
+from exporter.web.auth import AUTH_CACHE_SIZE
+from exporter.web.config import CLIENT_AUTH_TYPES, GO_CIPHER_SUITES, parse_web_config
 
 ALICE_PASSWORD = "alice's secret"
 BOB_PASSWORD = "b0b:with:colons"

@@ -12,7 +12,7 @@ from collections.abc import Hashable, Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from ..detail import Detail, InvalidIndexIds, index_series, pick_indexes
+from .indexes import Detail, InvalidIndexIds, index_series, pick_indexes
 from .runs import (
     DURATION_BUCKETS,
     NEVER_RUN,

@@ -13,10 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from ..detail import Detail, IndexSets, InvalidIndexIds
-from .runs import (
-    _FP_MASK,
-)
+from .indexes import Detail, IndexSets, InvalidIndexIds
+from .runs import _FP_MASK
 
 if TYPE_CHECKING:
     from .listing import Listing
@@ -400,7 +398,7 @@ class SessionTracker:
         self._undo = [] if self._has_baseline else None
         self._saved_status = list(self._status)
         self._saved_missed = self._missed
-        from .listing import Listing  # the listing module imports this one
+        from .listing import Listing
 
         return Listing(self, cutoff, overlap, Detail() if detail is None else detail, phase)
 

@@ -386,7 +386,7 @@ class Simulator(_Projects):
                 raise RuntimeError("simulator already started")
             self._stopping = threading.Event()
             server_cls = _Server6 if ":" in host else _Server
-            server = server_cls((host, port), _Handler, self, self._stopping)
+            server = server_cls((host, port), _Handler, self._handle, self._stopping)
             self._server = server
             bound_host = host
             if host in ("", "0.0.0.0"):

@@ -9,15 +9,18 @@ import contextlib
 import socket
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from .model import _ENCODER
 
-if TYPE_CHECKING:
-    from .core import Simulator
+# How the simulator answers one request: (method, target, Authorization, stopping) to
+# (status, body, extra headers).
+Answer = Callable[
+    [str, str, "str | None", threading.Event], tuple[int, bytes, tuple[tuple[str, str], ...]]
+]
 
 CHAT_PATH = "/api/v1/chat"
 PROJECTS_PATH = "/api/v2/projects"
@@ -110,7 +113,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = self.headers.get("Content-Length")
         if length and length.isdigit():
             self.rfile.read(int(length))  # drain, so the connection can be reused
-        status, body, headers = server.simulator._handle(
+        status, body, headers = server.answer(
             method, self.path, self.headers.get("Authorization"), server.stopping
         )
         try:
@@ -135,10 +138,10 @@ class _Server(ThreadingHTTPServer):
         self,
         address: tuple[str, int],
         handler: type[BaseHTTPRequestHandler],
-        simulator: Simulator,
+        answer: Answer,
         stopping: threading.Event,
     ) -> None:
-        self.simulator = simulator
+        self.answer = answer
         self.stopping = stopping
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()

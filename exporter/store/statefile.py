@@ -35,14 +35,7 @@ from types import TracebackType
 
 import structlog
 
-from .aggregate import (
-    ListingState,
-    PollResult,
-    RunTotals,
-    SavedSession,
-    SessionTracker,
-    parse_run,
-)
+from ..aggregate import ListingState, PollResult, RunTotals, SavedSession, SessionTracker, parse_run
 
 log = structlog.get_logger("exporter.state")
 

@@ -8,20 +8,16 @@ a label value beyond an index id that made the cut.
 
 from __future__ import annotations
 
-import re
 from array import array
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .patterns import Pattern, compile_pattern, parse_pattern
-from .reading import unknown_keys, whole_number
+from ..patterns import Pattern, compile_pattern
 
 NONE = "none"  # sessions bound to no index
 OTHER = "other"  # indexes past the cap; errors that match no class
 DEFAULT_MAX_INDEX_SERIES = 20
-MAX_INDEX_SERIES = 1000
-MAX_ERROR_CLASSES = 50
 MAX_INDEX_ID_LENGTH = 256  # an index id longer than this makes the item invalid
 # Only the start of an error's text is matched: even in linear time (RE2), a regular
 # expression's cost must not follow whatever length the API sends.
@@ -30,8 +26,7 @@ ERROR_TEXT_LIMIT = 4096
 # much more (a share, and at least this many sessions), so series do not flap.
 SWAP_MARGIN = 0.1
 SWAP_MIN = 2
-_RESERVED = (OTHER, NONE)
-_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+RESERVED = (OTHER, NONE)  # label values no index can take
 
 
 @dataclass(frozen=True)
@@ -73,58 +68,6 @@ class Detail:
                 if error_class.match.search(text):
                     return error_class.name
         return OTHER
-
-
-DETAIL_KEYS = {"max_index_series", "error_classes"}
-_CLASS_KEYS = {"name", "match"}
-
-
-def parse_detail(raw: Mapping[str, Any], problems: list[str]) -> Detail:
-    """The ``detail`` section (already a mapping with known keys), problems by key path."""
-    default = Detail()
-    limit = whole_number(
-        raw, "max_index_series", "detail.", DEFAULT_MAX_INDEX_SERIES, 0, MAX_INDEX_SERIES, problems
-    )
-    if "error_classes" not in raw:
-        return Detail(limit, default.error_classes)
-    value = raw["error_classes"]
-    if value is None:
-        value = []
-    if not isinstance(value, list):
-        problems.append("detail.error_classes: must be a list of {name, match}")
-        return Detail(limit)
-    if len(value) > MAX_ERROR_CLASSES:
-        problems.append(f"detail.error_classes: at most {MAX_ERROR_CLASSES} classes")
-    classes: list[ErrorClass] = []
-    seen: set[str] = set()
-    for i, item in enumerate(value):
-        where = f"detail.error_classes[{i}]"
-        if not isinstance(item, dict):
-            problems.append(f"{where}: must be a mapping with name and match")
-            continue
-        unknown_keys(item, _CLASS_KEYS, where + ".", problems)
-        name, match = item.get("name"), item.get("match")
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
-            problems.append(
-                f"{where}.name: must be a lowercase word (a-z, 0-9, _; starting with a letter)"
-            )
-            name = None
-        elif name in _RESERVED:
-            problems.append(f"{where}.name: {name} is reserved")
-            name = None
-        elif name in seen:
-            problems.append(f"{where}.name: duplicate class {name}")
-            name = None
-        if not isinstance(match, str) or not match:
-            problems.append(f"{where}.match: required (a regular expression)")
-            continue
-        pattern = parse_pattern(match, f"{where}.match", problems)
-        if pattern is None:
-            continue
-        if name is not None:
-            seen.add(name)
-            classes.append(ErrorClass(name, pattern))
-    return Detail(limit, tuple(classes))
 
 
 class InvalidIndexIds(ValueError):
@@ -239,8 +182,8 @@ def pick_indexes(counts: Mapping[str, int], shown: Iterable[str], limit: int) ->
     One sort each way, then a single pass: the strongest of the rest replaces the weakest
     shown while it has the margin over it.
     """
-    kept = [i for i in shown if counts.get(i, 0) > 0 and i not in _RESERVED][:limit]
-    taken = {*kept, *_RESERVED}  # an index named like a catch-all series stays in "other"
+    kept = [i for i in shown if counts.get(i, 0) > 0 and i not in RESERVED][:limit]
+    taken = {*kept, *RESERVED}  # an index named like a catch-all series stays in "other"
     rest = sorted((i for i in counts if i not in taken), key=lambda i: (-counts[i], i))
     fill = max(0, limit - len(kept))
     kept += rest[:fill]

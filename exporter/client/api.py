@@ -8,35 +8,35 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
-import json
 import random
 import socket
 import ssl
 import threading
 import time
-import zlib
 from collections.abc import Callable, Generator, Iterator
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import httpx
 import structlog
 
-from . import __version__
-from .config import DEFAULT_MAX_RESPONSE_BYTES, ProjectConfig
-from .reading import is_text
-from .secret import Secret, redact
+from .. import __version__
+from ..config import DEFAULT_MAX_RESPONSE_BYTES, ProjectConfig, Secret
+from .body import (
+    MAX_ERROR_BODY,
+    Page,
+    PageKey,
+    PollError,
+    checked_page,
+    code_label,
+    error_detail,
+    failure_reason,
+    read_body,
+)
+from .deadline import Connection, Watchdog
 
 log = structlog.get_logger("exporter.client")
 
-try:
-    import orjson
-
-    _loads: Callable[[bytes], Any] = orjson.loads
-    _DECODE_ERRORS: tuple[type[Exception], ...] = (orjson.JSONDecodeError, ValueError)
-except ImportError:  # pragma: no cover - orjson is a dependency; stdlib json still works
-    _loads = json.loads
-    _DECODE_ERRORS = (ValueError,)
 
 USER_AGENT = f"llamacloud-exporter/{__version__}"
 CHAT_PATH = "/api/v1/chat"
@@ -49,31 +49,6 @@ INITIAL_RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 8.0
 MAX_RETRY_AFTER = 60.0
 RETRY_STATUSES = frozenset({408, 409, 429})
-
-
-# A page body's identity: its length and hash. Equal keys are taken for equal bodies (a
-# 64-bit hash and the length must both collide to mistake one page for another).
-PageKey = tuple[int, int]
-
-
-class Page(NamedTuple):
-    """One page of a listing: its items (None when ``reuse`` took the body unparsed)."""
-
-    items: list[Any] | None
-    key: PageKey
-    token: str | None  # the next page's token, None on the last page
-    stop: bool  # ``reuse`` said the listing should stop here
-
-
-class PollError(Exception):
-    """A failed listing. ``reason`` is a fixed word, safe to use as a metric label."""
-
-    def __init__(self, reason: str, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.status = status
-        self.pages = 0  # pages fetched before the failure
-        self.incremental = False  # the failed listing was incremental
 
 
 def retry_after_seconds(headers: httpx.Headers, now: float | None = None) -> float | None:
@@ -119,129 +94,6 @@ def _should_retry(status: int, headers: httpx.Headers) -> bool:
     return status in RETRY_STATUSES or status >= 500
 
 
-def read_body(response: httpx.Response, limit: int, *, strict: bool) -> bytes:
-    """The body, decompressed, as it streams in, never more than ``limit`` bytes of it.
-
-    A gzip page of 1 MB can unpack to 1 GB: decompression is bounded chunk by chunk, so
-    memory never follows the server. ``strict``: past the limit the poll fails (``too_large``);
-    otherwise (an error answer, read only for its detail) the body is cut there.
-    """
-    if response.is_stream_consumed:  # built in memory (httpx.MockTransport): decoded already
-        content = response.content
-        if strict and len(content) > limit:
-            raise _too_large(limit)
-        return content[: limit + 1]
-    encoding = response.headers.get("content-encoding", "").strip().lower()
-    decoder: Any = None
-    if encoding in ("gzip", "x-gzip", "deflate"):
-        decoder = zlib.decompressobj(32 + zlib.MAX_WBITS)  # a gzip or zlib header, either
-    elif encoding not in ("", "identity"):
-        if not strict:
-            return b""  # an error answer's detail is a nicety: its status is what counts
-        raise PollError("invalid_response", "the response uses a compression it was not offered")
-    declared = response.headers.get("content-length", "")
-    if strict and decoder is None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        for raw in response.iter_raw():
-            data = raw if decoder is None else decoder.decompress(raw, limit + 1 - size)
-            size += len(data)
-            chunks.append(data)
-            if size > limit:
-                if strict:
-                    raise _too_large(limit)
-                break
-        if decoder is not None and size <= limit:
-            tail = decoder.flush()
-            size += len(tail)
-            chunks.append(tail)
-            if strict and size > limit:
-                raise _too_large(limit)
-    except zlib.error:
-        if not strict:
-            return b""
-        raise PollError("invalid_response", "the response is not valid gzip") from None
-    return b"".join(chunks)[: limit + 1]
-
-
-def _too_large(limit: int) -> PollError:
-    return PollError("too_large", f"the response is larger than max_response_bytes={limit}")
-
-
-def _failure_reason(status: int) -> str:
-    if status in (401, 403):
-        return "auth"
-    if status == 404:
-        return "not_found"
-    if status == 429:
-        return "rate_limited"
-    if status >= 500:
-        return "server_error"
-    return "client_error"
-
-
-DETAIL_CHARS = 200  # what a log line or an error message shows of a server's detail
-MAX_ERROR_BODY = 64 * 1024  # what is read of an error answer to find its detail
-MAX_PAGE_TOKEN = 8192  # a longer page token is not an offset or a cursor but an attack
-# The statuses the API documents or the retry rules name keep their own value of the
-# ``code`` label; any other is counted by its class, so a server cannot grow the label.
-_CODE_LABELS = {
-    code: str(code)
-    for code in (200, 400, 401, 403, 404, 408, 409, 413, 422, 429, 500, 502, 503, 504)
-}
-
-
-def code_label(status: int) -> str:
-    """The ``code`` label of ``llamacloud_api_requests_total``: one of a fixed set."""
-    label = _CODE_LABELS.get(status)
-    if label is not None:
-        return label
-    return f"{status // 100}xx" if 100 <= status <= 599 else "other"
-
-
-def _detail(body: bytes, reason_phrase: str) -> str:
-    """The server's ``detail``, one line, every secret blanked, then cut short.
-
-    Blanking comes first: cutting first could leave the start of an echoed key in the text,
-    too short to be recognised as one. Anything that cannot be read becomes a fixed phrase.
-    """
-    detail: Any = None
-    try:
-        parsed = _loads(body)
-        detail = parsed.get("detail") if isinstance(parsed, dict) else None
-    except Exception:
-        detail = None
-    if detail is None:
-        text = reason_phrase
-    elif isinstance(detail, str):
-        text = detail
-    else:
-        try:
-            text = json.dumps(detail)
-        except Exception:  # nested too deep to show (RecursionError)
-            text = "(a detail too deeply nested to show)"
-    return redact(" ".join(text.split()))[:DETAIL_CHARS]
-
-
-def parse_body(body: bytes) -> tuple[Any, bool]:
-    """The JSON of a page, and whether it took the standard library's parser.
-
-    orjson rejects what the standard library accepts: an unpaired surrogate in a string, an
-    integer too large for a float, NaN. Those are bad *items*, to be skipped and counted, not
-    a bad page; the slower parser reads such a page and the items are then checked.
-    """
-    try:
-        return _loads(body), False
-    except _DECODE_ERRORS:
-        pass
-    try:
-        return json.loads(body), True
-    except (ValueError, RecursionError):
-        raise PollError("invalid_response", "response body is not JSON") from None
-
-
 def _host(url: str) -> str:
     """host:port of a URL, for messages (the query, with the project id, is left out)."""
     try:
@@ -280,39 +132,6 @@ def _cause(failure: BaseException | None) -> str:
     return f"connection failed ({type(failure).__name__ if failure else 'no answer'})"
 
 
-def _checked_page(raw: bytes, page: int) -> tuple[list[Any], str | None]:
-    """A page body's items and next page token, or PollError for a body of the wrong shape."""
-    body, lenient = parse_body(raw)
-    if not isinstance(body, dict):
-        raise PollError("invalid_response", f"page {page} is not a JSON object")
-    items = body.get("items")
-    if not isinstance(items, list):
-        raise PollError("invalid_response", f"page {page} has no items list")
-    token = body.get("next_page_token")
-    if token is not None and not isinstance(token, str):
-        raise PollError("invalid_response", f"page {page} has a non-string page token")
-    if token and (len(token) > MAX_PAGE_TOKEN or not is_text(token)):
-        raise PollError(
-            "invalid_response",
-            f"page {page} has a page token longer than {MAX_PAGE_TOKEN} characters "
-            "or not valid text",
-        )
-    return (_clean_items(items) if lenient else items), token or None
-
-
-def _clean_items(items: list[Any]) -> list[Any]:
-    """Items a page parsed by the standard library may hold that nothing downstream can
-    store (a session id with an unpaired surrogate) become ``None``: skipped, counted."""
-    return [
-        None
-        if type(item) is dict
-        and isinstance(item.get("session_id"), str)
-        and not is_text(item["session_id"])
-        else item
-        for item in items
-    ]
-
-
 class _BearerAuth(httpx.Auth):
     """Adds the key to each request: the only place it is unwrapped, so no frame of the
     listing holds it as text."""
@@ -323,125 +142,6 @@ class _BearerAuth(httpx.Auth):
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         request.headers["Authorization"] = "Bearer " + self._key.get()
         yield request
-
-
-class _Connection:
-    """The one connection of a pooled client, as httpcore's trace reports it, so the
-    watchdog can cut it when a request outlives its deadline.
-
-    One lock orders the request's start, its end and its cut: a cut can never reach the
-    next request on the same kept-alive socket.
-    """
-
-    __slots__ = ("_lock", "_stream", "request")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._stream: Any = None
-        self.request: _Deadline | None = None
-
-    def trace(self, event: str, info: dict[str, Any]) -> None:
-        """httpcore's ``trace`` extension: remember each new network stream."""
-        if not event.endswith(".complete"):
-            return
-        stream = info.get("return_value")
-        if not hasattr(stream, "get_extra_info"):
-            return
-        with self._lock:
-            self._stream = stream
-            if self.request is not None and self.request.expired:
-                _cut(stream)  # the deadline passed while connecting
-
-    def begin(self, deadline: _Deadline) -> None:
-        with self._lock:
-            self.request = deadline
-
-    def end(self) -> None:
-        with self._lock:
-            self.request = None
-
-    def expire(self, deadline: _Deadline) -> None:
-        with self._lock:
-            if self.request is not deadline:
-                return  # that request has ended
-            deadline.expired = True
-            if self._stream is not None:
-                _cut(self._stream)
-
-
-def _cut(stream: Any) -> None:
-    """Shut the socket down: a read blocked on it returns at once, in any thread."""
-    with contextlib.suppress(Exception):
-        sock = stream.get_extra_info("socket")
-        if sock is not None:
-            sock.shutdown(socket.SHUT_RDWR)
-
-
-class _Deadline:
-    __slots__ = ("at", "expired")
-
-    def __init__(self, at: float) -> None:
-        self.at = at
-        self.expired = False
-
-
-class Watchdog:
-    """One thread that cuts the connection of any request still running at its deadline.
-
-    ``timeout_seconds`` is per read in httpx: a server that drips a byte a second would hold
-    a request, and a poll, forever. Here a request has a total deadline, from connect to the
-    last byte of the body. The watchdog holds only the connections with a request in flight
-    (at most one per poll under way), so it costs nothing between polls.
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._cond = threading.Condition()
-        self._active: set[_Connection] = set()
-        self._wake_at: float | None = None  # when the thread wakes next; None: idle
-        self._thread: threading.Thread | None = None
-        self._closed = False
-
-    def arm(self, seconds: float, connection: _Connection) -> _Deadline:
-        deadline = _Deadline(self._clock() + seconds)
-        connection.begin(deadline)
-        with self._cond:
-            self._active.add(connection)
-            if self._thread is None and not self._closed:
-                self._thread = threading.Thread(
-                    target=self._run, name="llamacloud-deadlines", daemon=True
-                )
-                self._thread.start()
-            if self._wake_at is None or deadline.at < self._wake_at:
-                self._cond.notify()
-        return deadline
-
-    def disarm(self, connection: _Connection) -> None:
-        connection.end()
-        with self._cond:
-            self._active.discard(connection)
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._active.clear()
-            self._cond.notify()
-
-    def _run(self) -> None:
-        with self._cond:
-            while not self._closed:
-                now = self._clock()
-                self._wake_at = None
-                for connection in list(self._active):
-                    deadline = connection.request
-                    if deadline is None:
-                        self._active.discard(connection)
-                    elif deadline.at <= now:
-                        connection.expire(deadline)
-                        self._active.discard(connection)
-                    elif self._wake_at is None or deadline.at < self._wake_at:
-                        self._wake_at = deadline.at
-                self._cond.wait(None if self._wake_at is None else self._wake_at - now)
 
 
 class _Unfinished(Exception):
@@ -475,7 +175,7 @@ class Stopped(Exception):
     """The exporter is shutting down; the listing was abandoned."""
 
 
-_Lent = tuple[httpx.Client, _Connection]
+_Lent = tuple[httpx.Client, Connection]
 
 
 class _Pool:
@@ -527,7 +227,7 @@ class _Pool:
                     self._every.discard(replaced)
                     break
                 self._cond.wait()
-            lent = (self._make(), _Connection())
+            lent = (self._make(), Connection())
             self._every.add(lent)
         if replaced is not None:
             replaced[0].close()
@@ -733,7 +433,7 @@ class ApiClient:
                 if stop:
                     return
             else:
-                items, token = _checked_page(raw, page)
+                items, token = checked_page(raw, page)
                 del raw  # only the parsed items stay in memory
                 empty = not items
                 yield Page(items, key, token, False)
@@ -792,10 +492,10 @@ class ApiClient:
                 or retries_done >= self._max_retries
                 or not _should_retry(status, retry_headers)
             ):
-                message = f"HTTP {status}: {_detail(body, reason_phrase)}"
+                message = f"HTTP {status}: {error_detail(body, reason_phrase)}"
                 if retries_done:
                     message += f" (after {retries_done} retries)"
-                reason = "client_error" if status < 400 else _failure_reason(status)
+                reason = "client_error" if status < 400 else failure_reason(status)
                 raise PollError(reason, message, status)
             self._sleep(backoff_seconds(retries_done, retry_headers, self._rand))
             retries_done += 1
@@ -803,7 +503,7 @@ class ApiClient:
     def _request(
         self,
         http: httpx.Client,
-        connection: _Connection,
+        connection: Connection,
         url: str,
         auth: httpx.Auth,
         max_bytes: int,

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .text import is_text as is_text  # for the config readers
+from ..text import is_text as is_text
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 MAX_KEY_FILE_BYTES = 64 * 1024

@@ -9,20 +9,19 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from .detail import DETAIL_KEYS, Detail, parse_detail
-from .discovery import DISCOVERY_KEYS, DiscoveryConfig, parse_discovery
-from .reading import (
+from ..text import is_text
+from .detail import DETAIL_KEYS, parse_detail
+from .discovery import DISCOVERY_KEYS, parse_discovery
+from .files import (
     MAX_CONFIG_DEPTH,
     MAX_KEY_FILE_BYTES,
     FileProblem,
     YamlProblem,
-    is_text,
     load_yaml,
     read_bounded,
     read_config_text,
@@ -30,12 +29,17 @@ from .reading import (
     unknown_keys,
     whole_number,
 )
+from .project import LISTING_MODES, NA_BASE_URL, ProjectConfig
 from .secret import Secret, redact
+from .settings import (
+    DEFAULT_LISTEN_ADDRESS,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    Config,
+    ConfigError,
+    check_listen_address,
+)
 from .sharding import MAX_SHARDS, UNSHARDED, Shard
 
-NA_BASE_URL = "https://api.cloud.llamaindex.ai"
-EU_BASE_URL = "https://api.cloud.eu.llamaindex.ai"
-DEFAULT_LISTEN_ADDRESS = "0.0.0.0:9877"
 API_KEY_ENV = "LLAMA_CLOUD_API_KEY"
 BASE_URL_ENV = "LLAMA_CLOUD_BASE_URL"
 
@@ -44,65 +48,6 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 MAX_TIMEOUT_SECONDS = 600.0
 MAX_POLL_INTERVAL_SECONDS = 86_400.0
 MAX_REQUESTS_PER_SECOND = 10_000.0
-DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
-LISTING_MODES = ("auto", "full")
-
-
-@dataclass(frozen=True)
-class ProjectConfig:
-    id: str
-    name: str
-    organization_id: str
-    base_url: str
-    page_size: int
-    api_key: Secret = field(repr=False)
-    listing: str = "auto"  # "auto": incremental once the API shows newest-first; "full"
-    # Where the key came from, for messages: "projects[0].api_key", "llamacloud.api_key_file",
-    # "the LLAMA_CLOUD_API_KEY environment variable" (never the key).
-    key_source: str = ""
-
-
-@dataclass(frozen=True)
-class Config:
-    projects: tuple[ProjectConfig, ...]
-    timeout_seconds: float = 30.0
-    max_retries: int = 5
-    max_pages: int = 10000
-    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
-    full_listing_every: int = 10
-    incremental_overlap_seconds: float = 300.0
-    max_requests_per_second: float = 0.0  # 0: no limit
-    poll_interval_seconds: float = 60.0
-    max_concurrency: int = 4
-    listen_address: str = DEFAULT_LISTEN_ADDRESS
-    state_path: str | None = None
-    detail: Detail = field(default_factory=Detail)
-    discovery: DiscoveryConfig | None = None
-    shard: Shard = UNSHARDED
-
-    def with_shard(self, shard: Shard) -> Config:
-        """This config on another shard (``--shard``, ``--shard.from-hostname``)."""
-        return replace(self, shard=shard)
-
-    def with_listen_address(self, address: str) -> Config:
-        problems: list[str] = []
-        _listen_address(address, "--web.listen-address", problems)
-        if problems:
-            raise ConfigError(problems)
-        return replace(self, listen_address=address)
-
-
-class ConfigError(Exception):
-    """Raised with every problem found, each prefixed by its key path.
-
-    A problem never quotes a secret-bearing value, and is always printable: a key name
-    holding an unpaired surrogate is shown escaped rather than breaking the output.
-    """
-
-    def __init__(self, problems: list[str]) -> None:
-        problems = [p.encode("utf-8", "backslashreplace").decode("utf-8") for p in problems]
-        super().__init__("; ".join(problems))
-        self.problems = problems
 
 
 _TOP_KEYS = {
@@ -161,7 +106,7 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
 
 
 def parse_yaml(text: str) -> Any:
-    """The YAML of a config, bounded (:func:`exporter.reading.load_yaml`)."""
+    """The YAML of a config, bounded (:func:`exporter.config.files.load_yaml`)."""
     try:
         return load_yaml(text)
     except YamlProblem as exc:
@@ -252,7 +197,7 @@ def _parse(
     concurrency = whole_number(raw, "max_concurrency", "", 4, 1, 1000, problems)
 
     listen = web.get("listen_address", DEFAULT_LISTEN_ADDRESS)
-    _listen_address(listen, "web.listen_address", problems)
+    check_listen_address(listen, "web.listen_address", problems)
 
     state_path = state.get("path")
     if state_path is not None and (
@@ -538,23 +483,3 @@ def _api_key(
             return None
         return text
     return None
-
-
-def _listen_address(value: Any, where: str, problems: list[str]) -> None:
-    if not isinstance(value, str):
-        problems.append(f"{where}: must be HOST:PORT")
-        return
-    host, sep, port = value.rpartition(":")
-    if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
-        problems.append(f"{where}: must be HOST:PORT with a port from 0 to 65535")
-    elif not _HOST.match(host):
-        problems.append(f"{where}: the host must be a name or an IP address")
-
-
-_HOST = re.compile(r"^(\[[0-9A-Fa-f:.%a-zA-Z]+\]|[A-Za-z0-9._\-]*|[0-9A-Fa-f:.]+)$")
-
-
-def split_listen_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port)

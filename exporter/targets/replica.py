@@ -23,19 +23,18 @@ from typing import Any
 
 import structlog
 
-from .client import ApiClient, PollError, Stopped
-from .config import Config
+from ..client import ApiClient, PollError, Stopped
+from ..config import Config, DiscoveryConfig
+from ..poller import Poller, in_thread
+from ..store import Store
 from .discovery import (
     ABSENT_LISTINGS,
     MAX_PAGES,
     MAX_PROJECTS,
     PAGE_SIZE,
-    DiscoveryConfig,
     read_projects,
     replica_projects,
 )
-from .poller import Poller, in_thread
-from .store import Store
 
 log = structlog.get_logger("llamacloud_exporter.targets")
 

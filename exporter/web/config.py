@@ -20,7 +20,7 @@ https://github.com/prometheus/exporter-toolkit/blob/master/docs/web-configuratio
 raises :class:`WebConfigError` listing every problem with its key path. What it returns holds
 what the server needs: :meth:`WebConfig.ssl_context` (built at load time, so that a key that
 does not match its certificate shows at start-up rather than at the first handshake),
-:attr:`WebConfig.basic_auth` for the ``Authorization`` header (:mod:`exporter.basicauth`),
+:attr:`WebConfig.basic_auth` for the ``Authorization`` header (:mod:`exporter.web.auth`),
 :meth:`WebConfig.check_client_cert` for ``client_allowed_sans`` and :attr:`WebConfig.headers`
 to add to every response. No message ever quotes a password hash, a key or a password.
 
@@ -81,21 +81,21 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from .basicauth import AuthResult, BasicAuth
-from .config import ConfigError
-from .reading import (
+from ..config import ConfigError
+from ..config.files import (
     MAX_CONFIG_DEPTH,
     MAX_KEY_FILE_BYTES,
     FileProblem,
     YamlProblem,
     did_you_mean,
-    is_text,
     load_yaml,
     read_bounded,
     read_config_text,
     section,
     unknown_keys,
 )
+from ..text import is_text
+from .auth import AuthResult, BasicAuth
 
 MAX_CERT_FILE_BYTES = 1024 * 1024  # a certificate chain or a CA bundle
 
@@ -330,7 +330,7 @@ class WebConfig:
 
     @property
     def basic_auth(self) -> BasicAuth:
-        """The basic-auth checks of ``basic_auth_users`` (see :mod:`exporter.basicauth`)."""
+        """The basic-auth checks of ``basic_auth_users`` (see :mod:`exporter.web.auth`)."""
         return self._auth
 
     def check_basic_auth(self, authorization_header: str | None) -> bool:

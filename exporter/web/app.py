@@ -1,7 +1,7 @@
 """The exporter's HTTP endpoints: /metrics, /healthz, /readyz, POST /-/reload and a landing page.
 
 :func:`make_app` is the WSGI app; :class:`MetricsServer` serves it on the bounded server of
-:mod:`exporter.web` (its own event-loop thread and a few worker threads), so a scrape never
+:mod:`exporter.web.server` (its own event-loop thread and a few worker threads), so a scrape never
 waits for the poller's event loop and no client can exhaust the process's threads or files.
 A web config (``--web.config.file``) adds TLS and basic auth in front of every endpoint;
 :class:`MetricsServer` checks passwords on the server's event loop before a worker thread
@@ -19,12 +19,12 @@ from urllib.parse import parse_qs
 
 from prometheus_client.exposition import choose_encoder
 
-from . import __version__
-from .basicauth import AuthResult
-from .collector import StoreCollector, TextExposition
-from .store import ProjectState, Store
-from .web import HttpServer, Limits
-from .webconfig import WebConfig
+from .. import __version__
+from ..metrics import StoreCollector, TextExposition
+from ..store import ProjectState, Store
+from .auth import AuthResult
+from .config import WebConfig
+from .server import HttpServer, Limits
 
 StartResponse = Callable[..., Any]
 Environ = dict[str, Any]
@@ -228,7 +228,7 @@ def _text(
 class MetricsServer(HttpServer):
     """The exporter's app on the bounded server, on its own daemon thread.
 
-    ``limits`` is for tests and tuning; the defaults are :mod:`exporter.web`'s constants.
+    ``limits`` is for tests and tuning; the defaults are :mod:`exporter.web.server`'s constants.
     """
 
     def __init__(

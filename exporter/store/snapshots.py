@@ -6,9 +6,9 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
-from .aggregate import PollResult, ProjectSnapshot, RunTotals
-from .config import ProjectConfig
-from .detail import OTHER
+from ..aggregate import PollResult, ProjectSnapshot, RunTotals
+from ..aggregate.indexes import OTHER
+from ..config import ProjectConfig
 
 
 @dataclass(frozen=True)
