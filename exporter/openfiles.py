@@ -5,8 +5,8 @@ Every socket is a file descriptor. The API's connections are bounded by what the
 use at once, the web server's by what is left after them and the process's own files (and
 by half the limit, as :func:`exporter.web.server.connection_cap` has it), so neither can
 starve the other: however many projects or scrapers there are, a poll never fails for want
-of a socket and ``/metrics`` still answers. A limit too low for that is refused at start, not found out in
-failing polls.
+of a socket and ``/metrics`` still answers. A limit too low for that is refused at start,
+not found out in failing polls.
 """
 
 from __future__ import annotations
