@@ -56,26 +56,18 @@ target size directly (about 14 GiB of memory and over 20 minutes on 2 cores).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import dataclasses
 import math
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
-if __package__ in (None, ""):  # run as ``python bench/incremental.py``
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import BenchError, load_average, standalone, table, verdict
-from bench.peers import Peer, exporter_peer, poll_cycle, serve_exporter, serve_simulator
+from bench.common import BenchError, columns, load_average, proc_kib_field, rss_bytes, table
+from bench.peers import CREATES, POOL, RERUNS, Cycle, Run, start_simulators
+from bench.targets import Outcome, Target, report, standalone
 
 SEED = 20260101
-RERUNS = 5  # per project, before every steady-state poll or cycle
-CREATES = 2
-POOL = 100  # sessions per project that re-runs are drawn from (plus every one created)
+MODES = ("auto", "full")
 
 # Measurement 1: one project.
 ONE_SESSIONS = 20_000
@@ -98,98 +90,40 @@ SIM_BYTES_PER_SESSION = 500
 EXPORTER_BYTES_PER_SESSION = 300
 
 
-# ------------------------------------------------------------------ children
-
-
-def _describe(states: list[Any]) -> dict[str, Any]:
-    """What a cycle answers beyond peers.serve_exporter's own fields: pages and listing kind
-    per project, and every project's gauges and counters, to compare the two modes."""
-    return {
-        "pages": [s.last_poll_pages for s in states],
-        "incremental": [s.last_poll_incremental for s in states],
-        "state": {
-            s.project_id: {
-                "gauges": dataclasses.asdict(s.snapshot) if s.snapshot else None,
-                "counters": dataclasses.asdict(s.totals),
-            }
-            for s in states
-        },
-    }
-
-
-def child(params: dict[str, Any]) -> dict[str, Any]:
-    if params["role"] == "simulator":
-        return serve_simulator(params)
-    if params["role"] == "exporter":
-        return asyncio.run(serve_exporter(params, _describe))
-    raise ValueError(params["role"])
-
-
-# ------------------------------------------------------------------ driving the children
-
-
-def _simulators(
+def _runs(
     stack: contextlib.ExitStack,
-    projects: int,
-    sessions: int,
+    size: tuple[int, int],
+    *,
     latency: float,
     pool: str,
     timeout: float,
-) -> dict[str, tuple[Peer, dict[str, Any]]]:
-    """One simulator per mode, same seed, built in parallel; {mode: (peer, ready line)}."""
-    params = {
-        "role": "simulator",
-        "groups": {"all": [projects, sessions]},
-        "seed": SEED,
-        "latency": latency,
-        "pool": pool,
-        "pool_size": POOL,
-    }
-    peers = {
-        mode: Peer("incremental", f"simulator ({mode})", params, stack) for mode in ("auto", "full")
-    }
-    return {mode: (peer, peer.receive(timeout)) for mode, peer in peers.items()}
-
-
-def _exporter(
-    stack: contextlib.ExitStack,
-    mode: str,
-    ready: dict[str, Any],
     page_size: int,
     concurrency: int,
-) -> Peer:
-    return exporter_peer(
-        "incremental",
-        stack,
-        f"exporter ({mode})",
-        mode=mode,
-        base_url=ready["base_url"],
-        project_ids=ready["project_ids"],
-        page_size=page_size,
-        max_concurrency=concurrency,
+) -> dict[str, Run]:
+    """Per mode, a simulator (the same seed for both: the same data, built in parallel) and an
+    exporter over it that answers its projects' gauges and counters after each cycle."""
+    names = [f"simulator ({mode})" for mode in MODES]
+    groups = {"all": list(size)}
+    sims = start_simulators(
+        stack, names, timeout, groups=groups, seed=SEED, latency=latency, pool=pool
     )
-
-
-def _advance(sims: Sequence[Peer], timeout: float) -> None:
-    """The same changes in every simulator (both at once: they run in their own processes)."""
-    for sim in sims:
-        sim.send(op="advance", reruns=RERUNS, creates=CREATES)
-    for sim in sims:
-        sim.receive(timeout)
-
-
-def _cycle(exporter: Peer, sim_pid: int, timeout: float) -> dict[str, Any]:
-    """One poll of every project; fails unless every listing succeeded."""
-    result = poll_cycle(exporter, sim_pid, timeout)
-    retried = result["requests"] - sum(result["pages"])
-    if retried:  # every page is one request unless one was retried
-        print(
-            f"note: {exporter.name} made {retried} requests beyond one per page: {result['codes']}"
+    return {
+        mode: Run.start(
+            stack,
+            sims[f"simulator ({mode})"],
+            mode,
+            size,
+            name=f"exporter ({mode})",
+            page_size=page_size,
+            concurrency=concurrency,
+            latency=latency,
+            compare=True,
         )
-    return result
+        for mode in MODES
+    }
 
 
-def _differences(auto: dict[str, Any], full: dict[str, Any]) -> list[str]:
+def _differences(auto: Cycle, full: Cycle) -> list[str]:
     """Where two exporters' gauges or counters differ, as ``project.field`` names."""
     out = []
     for pid, mine in auto["state"].items():
@@ -208,89 +142,61 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-def _mem_available() -> int:
-    with open("/proc/meminfo", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 # ------------------------------------------------------------------ measurement 1
 
 
-def _one_project() -> tuple[list[tuple[str, bool, str]], list[str]]:
+def _one_project() -> tuple[Outcome, list[str]]:
     print(
         f"\n### 1. Requests per poll: one project of {ONE_SESSIONS:,} sessions, newest first, "
         f"page_size {ONE_PAGE_SIZE}\n"
     )
-    polls: dict[str, list[dict[str, Any]]] = {"auto": [], "full": []}
     equal: list[list[str]] = []
     with contextlib.ExitStack() as stack:
-        sims = _simulators(stack, 1, ONE_SESSIONS, 0.0, "listing", 300)
-        exporters = {mode: _exporter(stack, mode, sims[mode][1], ONE_PAGE_SIZE, 4) for mode in sims}
+        runs = _runs(
+            stack,
+            (1, ONE_SESSIONS),
+            latency=0.0,
+            pool="listing",
+            timeout=300,
+            page_size=ONE_PAGE_SIZE,
+            concurrency=4,
+        )
         for n in range(1 + ONE_STEADY_POLLS):
-            if n:
-                _advance([peer for peer, _ in sims.values()], 120)
-            for mode in ("auto", "full"):
-                polls[mode].append(_cycle(exporters[mode], sims[mode][0].pid, 600))
-            equal.append(_differences(polls["auto"][-1], polls["full"][-1]))
+            for run in runs.values():
+                run.cycle(change=n > 0)
+            equal.append(_differences(runs["auto"].cycles[-1], runs["full"].cycles[-1]))
+    polls = {mode: run.cycles for mode, run in runs.items()}
 
-    rows = []
-    for n in range(1 + ONE_STEADY_POLLS):
-        auto, full = polls["auto"][n], polls["full"][n]
+    def listing(n: int) -> str:
         if n == 0:
-            kind = "full (baseline)"
-        elif auto["incremental"][0]:
-            kind = "incremental"
-        else:
-            kind = "full (every 10th)"
-        rows.append(
-            [
-                str(n + 1),
-                "none" if n == 0 else f"{RERUNS} re-runs, {CREATES} new",
-                kind,
-                str(auto["requests"]),
-                str(full["requests"]),
-                f"{auto['cpu'] * 1000:.0f}",
-                f"{full['cpu'] * 1000:.0f}",
-                "yes" if not equal[n] else "NO: " + ", ".join(equal[n][:4]),
-            ]
-        )
-    print(
-        table(
-            [
-                "poll",
-                "changes before it",
-                "auto: listing",
-                "auto: requests",
-                "full: requests",
-                "auto: CPU ms",
-                "full: CPU ms",
-                "gauges and counters equal",
-            ],
-            rows,
-        )
-    )
-    steady_auto = polls["auto"][1:]
-    steady_full = polls["full"][1:]
-    inc = [p["requests"] for p in steady_auto if p["incremental"][0]]
-    every = [p["requests"] for p in steady_auto]
-    full_req = [p["requests"] for p in steady_full]
+            return "full (baseline)"
+        return "incremental" if polls["auto"][n]["incremental"] else "full (every 10th)"
+
+    spec = [
+        ("poll", lambda n: str(n + 1)),
+        ("changes before it", lambda n: "none" if n == 0 else f"{RERUNS} re-runs, {CREATES} new"),
+        ("auto: listing", listing),
+        ("auto: requests", lambda n: str(polls["auto"][n]["requests"])),
+        ("full: requests", lambda n: str(polls["full"][n]["requests"])),
+        ("auto: CPU ms", lambda n: f"{polls['auto'][n]['cpu'] * 1000:.0f}"),
+        ("full: CPU ms", lambda n: f"{polls['full'][n]['cpu'] * 1000:.0f}"),
+        (
+            "gauges and counters equal",
+            lambda n: "yes" if not equal[n] else "NO: " + ", ".join(equal[n][:4]),
+        ),
+    ]
+    print(columns(spec, range(1 + ONE_STEADY_POLLS)))
+    inc = [p["requests"] for p in polls["auto"][1:] if p["incremental"]]
+    every = [p["requests"] for p in polls["auto"][1:]]
+    full_req = [p["requests"] for p in polls["full"][1:]]
     mean_full = sum(full_req) / len(full_req)
 
     def summary(label: str, values: list[int]) -> list[str]:
         if not values:
             return [label, "0", "-", "-", "-", "-"]
         mean = sum(values) / len(values)
-        return [
-            label,
-            str(len(values)),
-            f"{mean:.1f}",
-            str(min(values)),
-            str(max(values)),
-            f"{mean_full / mean:.1f}x",
-        ]
+        cells = [str(len(values)), f"{mean:.1f}", str(min(values)), str(max(values))]
+        return [label, *cells, f"{mean_full / mean:.1f}x"]
 
     print()
     print(
@@ -309,38 +215,29 @@ def _one_project() -> tuple[list[tuple[str, bool, str]], list[str]]:
         f"and {CREATES} are created, in both simulators alike. The project's id has full-listing "
         "phase 0 (bench.peers.same_phase_ids), so its periodic full listing is poll 11."
     )
-    outcome: list[tuple[str, bool, str]] = []
-    met = bool(inc) and max(inc) <= TARGET_REQUESTS
-    detail = (
-        f"{max(inc) if inc else 'no incremental poll'} at most, {sum(inc) / max(len(inc), 1):.1f} "
-        f"on average over {len(inc)} incremental polls; {sum(every) / len(every):.1f} with the "
-        f"periodic full listing; a full listing: {mean_full:.0f}"
-    )
-    outcome.append(
-        (
+    full_listings = [n for n, p in enumerate(polls["auto"]) if not p["incremental"]]
+    failed = [f"poll {n + 1}: {', '.join(d[:8])}" for n, d in enumerate(equal) if d]
+    outcome = report(
+        Target(
             f"requests per steady-state incremental poll at most {TARGET_REQUESTS} "
             f"({ONE_SESSIONS:,} sessions, page_size {ONE_PAGE_SIZE})",
-            met,
-            detail,
-        )
-    )
-    full_listings = [
-        n for n in range(1 + ONE_STEADY_POLLS) if not polls["auto"][n]["incremental"][0]
-    ]
-    failed = [f"poll {n + 1}: {', '.join(equal[n][:8])}" for n in range(len(equal)) if equal[n]]
-    same_after_full = all(not equal[n] for n in full_listings)
-    outcome.append(
-        (
+            bool(inc) and max(inc) <= TARGET_REQUESTS,
+            f"{max(inc) if inc else 'no incremental poll'} at most, "
+            f"{sum(inc) / max(len(inc), 1):.1f} on average over {len(inc)} incremental polls; "
+            f"{sum(every) / len(every):.1f} with the periodic full listing; a full listing: "
+            f"{mean_full:.0f}",
+        ),
+        Target(
             "auto's gauges and counters equal full's after each full listing (and after every "
             "incremental one)",
             not failed,
             f"checked after polls {', '.join(str(n + 1) for n in full_listings)} (auto listed "
             f"in full) and after the {len(inc)} incremental polls: "
             + ("all equal" if not failed else "; ".join(failed)),
-        )
+        ),
     )
     problems = []
-    if not same_after_full:
+    if any(equal[n] for n in full_listings):
         problems.append("after a full listing auto's gauges differ from full's")
     elif failed:
         problems.append("after an incremental listing auto's gauges differ from full's")
@@ -350,7 +247,7 @@ def _one_project() -> tuple[list[tuple[str, bool, str]], list[str]]:
 # ------------------------------------------------------------------ measurement 2
 
 
-def _many_projects(projects: int, sessions: int) -> list[tuple[str, bool, str]]:
+def _many_projects(projects: int, sessions: int) -> Outcome:
     total = projects * sessions
     target_total = TARGET_PROJECTS * TARGET_SESSIONS
     at_target = (projects, sessions) == (TARGET_PROJECTS, TARGET_SESSIONS)
@@ -370,7 +267,7 @@ def _many_projects(projects: int, sessions: int) -> list[tuple[str, bool, str]]:
         + ("measured directly." if at_target else f"this run measures {size} and extrapolates.")
     )
     need = total * (2 * SIM_BYTES_PER_SESSION + EXPORTER_BYTES_PER_SESSION)
-    available = _mem_available()
+    available = proc_kib_field("/proc/meminfo", "MemAvailable")
     print(
         f"Memory: two simulators and one exporter need about {_gib(need)}; "
         f"{_gib(available)} available."
@@ -378,74 +275,51 @@ def _many_projects(projects: int, sessions: int) -> list[tuple[str, bool, str]]:
     if available and need > available:
         raise BenchError(f"not enough memory for {size} sessions")
     sys.stdout.flush()
-    cycles: dict[str, list[dict[str, Any]]] = {"auto": [], "full": []}
     differ: list[list[str]] = []
-    sim_rss = 0
     began = time.monotonic()
     with contextlib.ExitStack() as stack:
-        build_timeout = 120 + total * 120e-6  # two builds, maybe sharing one core
-        sims = _simulators(stack, projects, sessions, CYCLE_LATENCY, "created", build_timeout)
-        ready = {mode: info for mode, (_, info) in sims.items()}
+        runs = _runs(
+            stack,
+            (projects, sessions),
+            latency=CYCLE_LATENCY,
+            pool="created",
+            timeout=120 + total * 120e-6,  # two builds, maybe sharing one core
+            page_size=CYCLE_PAGE_SIZE,
+            concurrency=CYCLE_CONCURRENCY,
+        )
+        ready = {mode: run.sim.ready for mode, run in runs.items()}
         build = ready["auto"]["build_seconds"]
-        wall = max(r["ready_seconds"] for r in ready.values())
         print(
-            f"Simulators built in parallel in {wall:.0f} s"
-            f" ({build * 1e6 / total:.1f} µs per session each), "
+            f"Simulators built in parallel in {max(r['ready_seconds'] for r in ready.values()):.0f}"
+            f" s ({build * 1e6 / total:.1f} µs per session each), "
             f"{_gib(ready['auto']['rss'])} resident each (load {load_average()})."
         )
-        exporters = {
-            mode: _exporter(stack, mode, ready[mode], CYCLE_PAGE_SIZE, CYCLE_CONCURRENCY)
-            for mode in sims
-        }
-        exporter_base = {mode: peer.ready["rss"] for mode, peer in exporters.items()}
-        cycle_timeout = 300 + total * 200e-6
         for n in range(3):
-            if n:
-                _advance([peer for peer, _ in sims.values()], 600)
-            for mode in ("auto", "full"):
-                cycles[mode].append(_cycle(exporters[mode], sims[mode][0].pid, cycle_timeout))
-            differ.append(_differences(cycles["auto"][-1], cycles["full"][-1]))
+            for run in runs.values():
+                run.cycle(change=n > 0)
+            differ.append(_differences(runs["auto"].cycles[-1], runs["full"].cycles[-1]))
             print(
-                f"cycle {n + 1}/3: auto {cycles['auto'][-1]['wall']:.1f} s, "
-                f"full {cycles['full'][-1]['wall']:.1f} s (load {load_average()})"
+                f"cycle {n + 1}/3: auto {runs['auto'].cycles[-1]['wall']:.1f} s, "
+                f"full {runs['full'].cycles[-1]['wall']:.1f} s (load {load_average()})"
             )
             sys.stdout.flush()
-        sim_rss = _rss_of(sims["full"][0].pid)
+        sim_rss = rss_bytes(runs["full"].sim.pid)
     elapsed = time.monotonic() - began
+    cycles = {mode: run.cycles for mode, run in runs.items()}
 
-    rows = []
-    for mode in ("auto", "full"):
-        for n, c in enumerate(cycles[mode]):
-            inc = sum(c["incremental"])
-            label = ("baseline", "steady state", "steady state, measured")[n]
-            rows.append(
-                [
-                    f"{mode}: cycle {n + 1} ({label})",
-                    f"{inc} / {len(c['incremental']) - inc}",
-                    f"{min(c['pages'])}-{max(c['pages'])}",
-                    f"{c['requests']:,}",
-                    f"{c['wall']:.2f}",
-                    f"{c['cpu']:.2f}",
-                    f"{c['sim_cpu']:.2f}",
-                    f"{c['up']}/{projects}",
-                ]
-            )
+    labels = ("baseline", "steady state", "steady state, measured")
+    spec = [
+        ("mode: cycle", lambda c: f"{c['mode']}: cycle {c['n'] + 1} ({labels[c['n']]})"),
+        ("listings incr. / full", lambda c: f"{c['incremental']} / {c['full']}"),
+        ("pages per project", lambda c: "{}-{}".format(*c["pages_range"])),
+        ("requests", lambda c: f"{c['requests']:,}"),
+        ("wall s", lambda c: f"{c['wall']:.2f}"),
+        ("exporter CPU s", lambda c: f"{c['cpu']:.2f}"),
+        ("simulator CPU s", lambda c: f"{c['sim_cpu']:.2f}"),
+        ("projects up", lambda c: f"{c['up']}/{projects}"),
+    ]
     print()
-    print(
-        table(
-            [
-                "mode: cycle",
-                "listings incr. / full",
-                "pages per project",
-                "requests",
-                "wall s",
-                "exporter CPU s",
-                "simulator CPU s",
-                "projects up",
-            ],
-            rows,
-        )
-    )
+    print(columns(spec, [{**c, "mode": m, "n": n} for m in MODES for n, c in enumerate(cycles[m])]))
     bad = [f"cycle {n + 1}: {', '.join(d[:6])}" for n, d in enumerate(differ) if d]
     print(
         "\nauto's and full's gauges and counters after each cycle: "
@@ -454,9 +328,7 @@ def _many_projects(projects: int, sessions: int) -> list[tuple[str, bool, str]]:
     if bad:
         raise BenchError("auto's gauges or counters differ from full's: " + "; ".join(bad))
     mixed = [
-        f"cycle {n + 1}: {len(c['incremental']) - sum(c['incremental'])} full"
-        for n, c in enumerate(cycles["auto"])
-        if n and not all(c["incremental"])
+        f"cycle {n + 1}: {c['full']} full" for n, c in enumerate(cycles["auto"]) if n and c["full"]
     ]
     if mixed:
         raise BenchError(
@@ -473,27 +345,24 @@ def _many_projects(projects: int, sessions: int) -> list[tuple[str, bool, str]]:
     # beat its latency floor: ceil(projects / max_concurrency) rounds of its pages in turn.
     created = POOL + 2 * CREATES  # sessions created since the build: the same at any size
     full_pages = math.ceil((TARGET_SESSIONS + created) / CYCLE_PAGE_SIZE)
-    auto_pages = max(auto["pages"])
+    auto_pages = auto["pages_range"][1]
     rounds = math.ceil(TARGET_PROJECTS / CYCLE_CONCURRENCY)
-    grow_full = target_total / total
-    grow_auto = TARGET_PROJECTS / projects
+    grow_full = 1 if at_target else target_total / total
+    grow_auto = 1 if at_target else TARGET_PROJECTS / projects
+    floor = {"full": 0.0, "auto": 0.0}
+    if not at_target:
+        floor = {
+            "full": rounds * full_pages * CYCLE_LATENCY,
+            "auto": rounds * auto_pages * CYCLE_LATENCY,
+        }
     ext = {
-        "full_requests": TARGET_PROJECTS * full_pages,
+        "full_requests": full["requests"] if at_target else TARGET_PROJECTS * full_pages,
         "auto_requests": auto["requests"] * grow_auto,
-        "full_wall": max(full["wall"] * grow_full, rounds * full_pages * CYCLE_LATENCY),
-        "auto_wall": max(auto["wall"] * grow_auto, rounds * auto_pages * CYCLE_LATENCY),
+        "full_wall": max(full["wall"] * grow_full, floor["full"]),
+        "auto_wall": max(auto["wall"] * grow_auto, floor["auto"]),
         "full_cpu": full["cpu"] * grow_full,
         "auto_cpu": auto["cpu"] * grow_auto,
     }
-    if at_target:
-        ext = {
-            "full_requests": full["requests"],
-            "auto_requests": auto["requests"],
-            "full_wall": full["wall"],
-            "auto_wall": auto["wall"],
-            "full_cpu": full["cpu"],
-            "auto_cpu": auto["cpu"],
-        }
     req_ratio = full["requests"] / auto["requests"]
     wall_ratio = full["wall"] / auto["wall"]
     ext_req_ratio = ext["full_requests"] / ext["auto_requests"]
@@ -526,8 +395,7 @@ def _many_projects(projects: int, sessions: int) -> list[tuple[str, bool, str]]:
             f"CPU time: full's measured x {grow_full:g} (linear in sessions listed), auto's "
             f"measured x {grow_auto:g} (linear in projects), each at least its latency floor "
             f"({rounds} rounds of max_concurrency x pages x {CYCLE_LATENCY * 1000:.0f} ms: "
-            f"{rounds * full_pages * CYCLE_LATENCY:.1f} s full, "
-            f"{rounds * auto_pages * CYCLE_LATENCY:.1f} s auto)."
+            f"{floor['full']:.1f} s full, {floor['auto']:.1f} s auto)."
             + (
                 ""
                 if sessions == TARGET_SESSIONS
@@ -543,20 +411,53 @@ def _many_projects(projects: int, sessions: int) -> list[tuple[str, bool, str]]:
         f"so the ratio cannot pass about {read_full / read_auto:.0f}x at page_size "
         f"{CYCLE_PAGE_SIZE}; the rest of what a poll costs lowers it further."
     )
-    # Whether this machine copes with the target size, from what this run measured.
-    # Per session: what the build added; the pages the simulator caches while serving are
-    # bounded (PAGE_CACHE_BYTES), so what serving added is carried over as it is.
-    sim_base = ready["full"]["rss_before"] + max(sim_rss - ready["full"]["rss"], 0)
-    sim_per = (ready["full"]["rss"] - ready["full"]["rss_before"]) / total
-    peak = {mode: cycles[mode][-1]["peak_rss"] for mode in cycles}
-    exp_per = {mode: (peak[mode] - exporter_base[mode]) / total for mode in peak}
+    _resources(runs, sim_rss, build, elapsed, ext, size, where, at_target, total, available)
+    how = "" if at_target else f", extrapolated from {size} measured ({{:.1f}}x there)"
+    return report(
+        Target(
+            f"one steady-state cycle of {target} sessions: at least {TARGET_RATIO:g}x fewer "
+            "requests with auto",
+            ext_req_ratio >= TARGET_RATIO,
+            f"{ext_req_ratio:.1f}x ({ext['full_requests']:,.0f} against "
+            f"{ext['auto_requests']:,.0f}){how.format(req_ratio)}",
+        ),
+        Target(
+            f"one steady-state cycle of {target} sessions: at least {TARGET_RATIO:g}x less "
+            "wall time with auto",
+            ext_wall_ratio >= TARGET_RATIO,
+            f"{ext_wall_ratio:.1f}x ({ext['full_wall']:.1f} s against "
+            f"{ext['auto_wall']:.2f} s){how.format(wall_ratio)}",
+        ),
+    )
+
+
+def _resources(
+    runs: dict[str, Run],
+    sim_rss: int,
+    build: float,
+    elapsed: float,
+    ext: dict[str, float],
+    size: str,
+    where: str,
+    at_target: bool,
+    total: int,
+    available: int,
+) -> None:
+    """Whether this machine copes with the target size, from what this run measured. Per
+    session: what the build added; the pages the simulator caches while serving are bounded
+    (PAGE_CACHE_BYTES), so what serving added is carried over as it is."""
+    target_total = TARGET_PROJECTS * TARGET_SESSIONS
+    ready = runs["full"].sim.ready
+    sim_base = ready["rss_before"] + max(sim_rss - ready["rss"], 0)
+    sim_per = (ready["rss"] - ready["rss_before"]) / total
+    base = {mode: run.exporter.ready["rss"] for mode, run in runs.items()}
+    peak = {mode: run.cycles[-1]["peak_rss"] for mode, run in runs.items()}
+    exp_per = {mode: (peak[mode] - base[mode]) / total for mode in peak}
     build_per = build / total
     whole = build_per * target_total + 4 * ext["full_wall"] + 2 * ext["auto_wall"]
-    target_memory = (
-        2 * (sim_base + sim_per * target_total)
-        + exporter_base["full"]
-        + exp_per["full"] * target_total
-    )
+    measured_all = _gib(2 * sim_rss + peak["full"])
+    target_memory = 2 * (sim_base + sim_per * target_total) + base["full"]
+    target_memory += exp_per["full"] * target_total
     print()
     print(
         table(
@@ -572,20 +473,18 @@ def _many_projects(projects: int, sessions: int) -> list[tuple[str, bool, str]]:
                     f"{build:.0f} s",
                     f"{build_per * target_total:.0f} s",
                 ],
-                [
-                    "exporter peak RSS, full",
-                    _gib(peak["full"]),
-                    _gib(exporter_base["full"] + exp_per["full"] * target_total),
-                ],
-                [
-                    "exporter peak RSS, auto",
-                    _gib(peak["auto"]),
-                    _gib(exporter_base["auto"] + exp_per["auto"] * target_total),
-                ],
+                *(
+                    [
+                        f"exporter peak RSS, {mode}",
+                        _gib(peak[mode]),
+                        _gib(base[mode] + exp_per[mode] * target_total),
+                    ]
+                    for mode in MODES[::-1]
+                ),
                 [
                     "all three processes at their peak",
-                    _gib(2 * sim_rss + peak["full"]),
-                    _gib(target_memory) if not at_target else _gib(2 * sim_rss + peak["full"]),
+                    measured_all,
+                    measured_all if at_target else _gib(target_memory),
                 ],
                 [
                     "this measurement, start to end",
@@ -595,6 +494,7 @@ def _many_projects(projects: int, sessions: int) -> list[tuple[str, bool, str]]:
             ],
         )
     )
+    full = runs["full"].cycles[-1]
     print(
         f"\nIn the measured full cycle the exporter used {full['cpu'] / full['wall']:.0%} of a "
         f"core and its simulator {full['sim_cpu'] / full['wall']:.0%}; {_gib(available)} of RAM "
@@ -608,49 +508,18 @@ def _many_projects(projects: int, sessions: int) -> list[tuple[str, bool, str]]:
             f"--sessions {TARGET_SESSIONS} (the build's time assumes both simulators get a core)."
         )
     )
-    how = "" if at_target else f", extrapolated from {size} measured ({{:.1f}}x there)"
-    return [
-        (
-            f"one steady-state cycle of {target} sessions: at least {TARGET_RATIO:g}x fewer "
-            "requests with auto",
-            ext_req_ratio >= TARGET_RATIO,
-            f"{ext_req_ratio:.1f}x ({ext['full_requests']:,.0f} against "
-            f"{ext['auto_requests']:,.0f}){how.format(req_ratio)}",
-        ),
-        (
-            f"one steady-state cycle of {target} sessions: at least {TARGET_RATIO:g}x less "
-            "wall time with auto",
-            ext_wall_ratio >= TARGET_RATIO,
-            f"{ext_wall_ratio:.1f}x ({ext['full_wall']:.1f} s against "
-            f"{ext['auto_wall']:.2f} s){how.format(wall_ratio)}",
-        ),
-    ]
-
-
-def _rss_of(pid: int) -> int:
-    with open(f"/proc/{pid}/status", "rb") as f:
-        for line in f:
-            if line.startswith(b"VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 # ------------------------------------------------------------------ orchestration
 
 
-def run(*, quick: bool, size: tuple[int, int] | None = None) -> list[tuple[str, bool, str]]:
+def run(*, quick: bool, size: tuple[int, int] | None = None) -> Outcome:
     projects, sessions = size or (QUICK_SIZE if quick else FULL_SIZE)
     print(f"\n## Incremental listings: auto against full, {'quick' if quick else 'full'} size\n")
     outcome, problems = _one_project()
-    for name, met, detail in outcome:
-        print(f"target: {name}: {verdict(met)}, {detail}")
     if problems:
         raise BenchError("; ".join(problems))
-    sys.stdout.flush()
-    more = _many_projects(projects, sessions)
-    for name, met, detail in more:
-        print(f"target: {name}: {verdict(met)}, {detail}")
-    return outcome + more
+    return outcome + _many_projects(projects, sessions)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,16 +11,10 @@ import gc
 import sys
 from typing import Any
 
-from bench.common import (
-    load_average,
-    median,
-    peak_rss_bytes,
-    rss_bytes,
-    synthetic_pages,
-    table,
-    verdict,
-)
-from bench.peers import run_child
+from bench.children import run_child
+from bench.common import median, peak_rss_bytes, per_round, rounds_in_turn, rss_bytes, table
+from bench.sessions import synthetic_pages
+from bench.targets import Outcome, Target, report
 
 TARGET_BYTES = 200
 CHANGED_SHARE = 0.02
@@ -86,19 +80,20 @@ def child(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run(*, quick: bool, rounds: int) -> list[tuple[str, bool, str]]:
+def run(*, quick: bool, rounds: int) -> Outcome:
     sessions = 100_000 if quick else 1_000_000
     print(f"\n## Memory: resident bytes per tracked session, {sessions:,} sessions\n")
     runs: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
-    for r in range(rounds):
-        for tracker in (True, False) if r % 2 == 0 else (False, True):
-            runs[tracker].append(
-                run_child("memory", {"sessions": sessions, "tracker": tracker}, timeout=900)
-            )
-        print(f"round {r + 1}/{rounds} done (load {load_average()})")
+    for order in rounds_in_turn(rounds, (True, False)):
+        for tracker in order:
+            params = {"sessions": sessions, "tracker": tracker}
+            runs[tracker].append(run_child("memory", params, timeout=900))
+
+    def each(results: list[dict[str, Any]], key: str) -> list[float]:
+        return [(x[key] - x["before"]) / sessions for x in results]
 
     def per_session(results: list[dict[str, Any]], key: str) -> float:
-        return median([(x[key] - x["before"]) / sessions for x in results])
+        return median(each(results, key))
 
     tracked = runs[True]
     first = per_session(tracked, "first")
@@ -113,13 +108,13 @@ def run(*, quick: bool, rounds: int) -> list[tuple[str, bool, str]]:
             "SessionTracker, after the first poll (baseline)",
             f"{first:.1f}",
             f"{first / TARGET_BYTES:.2f}x",
-            " / ".join(f"{(x['first'] - x['before']) / sessions:.1f}" for x in tracked),
+            per_round(each(tracked, "first"), ".1f"),
         ],
         [
             f"SessionTracker, after a second poll ({CHANGED_SHARE:.0%} changed)",
             f"{second:.1f}",
             f"{second / TARGET_BYTES:.2f}x",
-            " / ".join(f"{(x['second'] - x['before']) / sessions:.1f}" for x in tracked),
+            per_round(each(tracked, "second"), ".1f"),
         ],
         [
             "peak during the two polls (VmHWM)",
@@ -137,7 +132,7 @@ def run(*, quick: bool, rounds: int) -> list[tuple[str, bool, str]]:
             "control: same pages made and dropped, no tracker",
             f"{max(control_first, control_second):.1f}",
             "",
-            " / ".join(f"{(x['second'] - x['before']) / sessions:.1f}" for x in runs[False]),
+            per_round(each(runs[False], "second"), ".1f"),
         ],
     ]
     print()
@@ -146,18 +141,13 @@ def run(*, quick: bool, rounds: int) -> list[tuple[str, bool, str]]:
         f"\nMedians over {rounds} fresh processes; RSS from /proc/self/statm after gc.collect(). "
         f"The second poll counted {new_runs:,.0f} new runs."
     )
-    outcome = [
-        (
-            f"tracked session under {TARGET_BYTES} bytes (after first poll)",
-            first < TARGET_BYTES,
-            f"{first:.1f} B ({first / TARGET_BYTES:.2f}x the target)",
-        ),
-        (
-            f"tracked session under {TARGET_BYTES} bytes (steady state)",
-            second < TARGET_BYTES,
-            f"{second:.1f} B ({second / TARGET_BYTES:.2f}x the target)",
-        ),
-    ]
-    for name, met, detail in outcome:
-        print(f"target: {name}: {verdict(met)}, {detail}")
-    return outcome
+    return report(
+        *(
+            Target(
+                f"tracked session under {TARGET_BYTES} bytes ({when})",
+                value < TARGET_BYTES,
+                f"{value:.1f} B ({value / TARGET_BYTES:.2f}x the target)",
+            )
+            for when, value in (("after first poll", first), ("steady state", second))
+        )
+    )

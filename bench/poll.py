@@ -17,12 +17,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from typing import Any
 
 import httpx
 
-from bench.common import BenchError, load_average, median, table, verdict
-from bench.peers import run_child, simulator_process
+from bench.children import run_child, start_simulator
+from bench.common import BenchError, columns, median, per_round, rounds_in_turn
+from bench.targets import Outcome, Target, report
 
 CHAT_PATH = "/api/v1/chat"
 PAGE_SIZE = 100
@@ -44,53 +46,54 @@ SUBJECT = "exporter"
 # ------------------------------------------------------------------ children
 
 
-def _sync_pass(
-    base_url: str, project_id: str, key: str, loads: Callable[[bytes], Any]
-) -> dict[str, float]:
+class _Listing:
+    """One listing as a bare loop does it: the next request's parameters, the items read, and
+    its wall and CPU time from start to the last page; ``keep`` keeps the parsed pages."""
+
+    def __init__(self, project_id: str, loads: Callable[[bytes], Any], keep: bool) -> None:
+        self.params: dict[str, str | int] = {"project_id": project_id, "page_size": PAGE_SIZE}
+        self.loads = loads
+        self.pages: list[list[dict[str, Any]]] | None = [] if keep else None
+        self.items = 0
+        self.done = False
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def take(self, response: httpx.Response) -> None:
+        """Parse a page and follow its token; ``done`` (and timed) after the last one."""
+        body = self.loads(response.raise_for_status().content)
+        page, token = body["items"], body.get("next_page_token")
+        self.items += len(page)
+        if self.pages is not None:
+            self.pages.append(page)
+        self.params["page_token"] = token
+        self.done = not page or not token
+        if self.done:
+            self.wall = time.perf_counter() - self.wall
+            self.cpu = time.process_time() - self.cpu
+
+    def result(self) -> dict[str, float]:
+        return {"wall": self.wall, "cpu": self.cpu, "items": self.items}
+
+
+def bare_listing(
+    base_url: str, project_id: str, key: str, loads: Callable[[bytes], Any], keep: bool = False
+) -> _Listing:
     """One listing with a plain synchronous client: request, parse, follow the token."""
     with httpx.Client(headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
-        params: dict[str, str | int] = {"project_id": project_id, "page_size": PAGE_SIZE}
-        items = 0
-        wall0, cpu0 = time.perf_counter(), time.process_time()
-        while True:
-            response = client.get(base_url + CHAT_PATH, params=params)
-            response.raise_for_status()
-            body = loads(response.content)
-            page = body["items"]
-            items += len(page)
-            token = body.get("next_page_token")
-            if not page or not token:
-                break
-            params["page_token"] = token
-        return {
-            "wall": time.perf_counter() - wall0,
-            "cpu": time.process_time() - cpu0,
-            "items": items,
-        }
+        listing = _Listing(project_id, loads, keep)
+        while not listing.done:
+            listing.take(client.get(base_url + CHAT_PATH, params=listing.params))
+    return listing
 
 
-async def _async_pass(
+async def _async_listing(
     base_url: str, project_id: str, key: str, loads: Callable[[bytes], Any]
-) -> dict[str, float]:
+) -> _Listing:
     async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
-        params: dict[str, str | int] = {"project_id": project_id, "page_size": PAGE_SIZE}
-        items = 0
-        wall0, cpu0 = time.perf_counter(), time.process_time()
-        while True:
-            response = await client.get(base_url + CHAT_PATH, params=params)
-            response.raise_for_status()
-            body = loads(response.content)
-            page = body["items"]
-            items += len(page)
-            token = body.get("next_page_token")
-            if not page or not token:
-                break
-            params["page_token"] = token
-        return {
-            "wall": time.perf_counter() - wall0,
-            "cpu": time.process_time() - cpu0,
-            "items": items,
-        }
+        listing = _Listing(project_id, loads, keep=False)
+        while not listing.done:
+            listing.take(await client.get(base_url + CHAT_PATH, params=listing.params))
+    return listing
 
 
 class ThreadProfiles:
@@ -174,26 +177,17 @@ async def _exporter_polls(
     return out, None if sampler is None else sampler.report()
 
 
-def _aggregate_only(
-    base_url: str, project_id: str, key: str, loads: Callable[[bytes], Any]
-) -> dict[str, float]:
+def _aggregate_only(base_url: str, project_id: str, key: str) -> dict[str, float]:
     """The aggregation alone: every page fetched and parsed first, then fed twice to a tracker.
 
     The second (steady-state) pass is measured, so this row plus a bare loop is a rough
     breakdown of the exporter's poll.
     """
+    import orjson
+
     from exporter.aggregate import SessionTracker
 
-    pages = []
-    with httpx.Client(headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
-        params: dict[str, str | int] = {"project_id": project_id, "page_size": PAGE_SIZE}
-        while True:
-            body = loads(client.get(base_url + CHAT_PATH, params=params).content)
-            pages.append(body["items"])
-            token = body.get("next_page_token")
-            if not body["items"] or not token:
-                break
-            params["page_token"] = token
+    pages = bare_listing(base_url, project_id, key, orjson.loads, keep=True).pages or []
     tracker = SessionTracker()
     for _pass in ("baseline", "steady state"):
         wall0, cpu0 = time.perf_counter(), time.process_time()
@@ -206,29 +200,30 @@ def _aggregate_only(
 
 
 def child(params: dict[str, Any]) -> dict[str, Any]:
+    """One variant over ``project_ids`` (a bare loop lists each in turn and sums; the exporter
+    and the tracker alone take the first), checked to list ``sessions`` in all."""
     import orjson
 
-    kind = params["kind"]
+    kind, base_url, key = params["kind"], params["base_url"], params["key"]
+    ids: list[str] = params["project_ids"]
     profile = None
-    args = (params["base_url"], params["project_id"], params["key"])
-    if kind == "sync-json":
-        passes = [_sync_pass(*args, json.loads)]
-    elif kind == "async-json":
-        passes = [asyncio.run(_async_pass(*args, json.loads))]
-    elif kind == "sync-orjson":
-        passes = [_sync_pass(*args, orjson.loads)]
+    if kind == SUBJECT:
+        polls = params.get("polls", EXPORTER_POLLS)
+        coroutine = _exporter_polls(base_url, ids[0], key, polls, params.get("profile", False))
+        passes, profile = asyncio.run(coroutine)
     elif kind == "aggregate":
-        passes = [_aggregate_only(*args, orjson.loads)]
-    elif kind == "async-orjson":
-        passes = [asyncio.run(_async_pass(*args, orjson.loads))]
-    elif kind == SUBJECT:
-        passes, profile = asyncio.run(
-            _exporter_polls(
-                *args, params.get("polls", EXPORTER_POLLS), params.get("profile", False)
-            )
-        )
+        passes = [_aggregate_only(base_url, ids[0], key)]
     else:
-        raise ValueError(kind)
+        loop, parser = kind.split("-")
+        loads = orjson.loads if parser == "orjson" else json.loads
+        total = {"wall": 0.0, "cpu": 0.0, "items": 0.0}
+        for pid in ids:
+            if loop == "sync":
+                one = bare_listing(base_url, pid, key, loads).result()
+            else:
+                one = asyncio.run(_async_listing(base_url, pid, key, loads)).result()
+            total = {k: total[k] + one[k] for k in total}
+        passes = [total]
     for p in passes:
         if p["items"] != params["sessions"]:
             raise BenchError(f"{kind}: listed {p['items']} sessions, expected {params['sessions']}")
@@ -238,102 +233,66 @@ def child(params: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------ orchestration
 
 
-def run(*, quick: bool, rounds: int, profile: bool) -> list[tuple[str, bool, str]]:
+def run(*, quick: bool, rounds: int, profile: bool) -> Outcome:
     from exporter.simulator import DEFAULT_API_KEY
 
     sessions = 20_000 if quick else 200_000
     print(f"\n## Poll throughput and CPU: {sessions:,} sessions, page_size {PAGE_SIZE}\n")
-    with simulator_process(1, sessions) as sim:
-        params = {
-            "base_url": sim.base_url,
-            "project_id": sim.project_ids[0],
-            "key": DEFAULT_API_KEY,
-            "sessions": sessions,
-        }
-        warm = _sync_pass(sim.base_url, sim.project_ids[0], DEFAULT_API_KEY, json.loads)
+    kinds = [kind for kind, _ in BASELINES] + [SUBJECT]
+    passes: dict[str, list[list[dict[str, float]]]] = {kind: [] for kind in kinds}
+    with ExitStack() as stack:
+        sim = start_simulator(stack, 1, sessions)
+        base_url, ids = sim.ready["base_url"], sim.ready["project_ids"]
+        params = {"base_url": base_url, "project_ids": ids, "key": DEFAULT_API_KEY}
+        params["sessions"] = sessions
+        warm = bare_listing(base_url, ids[0], DEFAULT_API_KEY, json.loads).result()
         print(
-            f"simulator pid {sim.pid} at {sim.base_url}; page cache warmed by one full pass "
+            f"simulator pid {sim.pid} at {base_url}; page cache warmed by one full pass "
             f"({warm['wall']:.1f} s)"
         )
-        kinds = [kind for kind, _ in BASELINES] + [SUBJECT]
-        passes: dict[str, list[list[dict[str, float]]]] = {kind: [] for kind in kinds}
-        for r in range(rounds):
-            order = kinds if r % 2 == 0 else kinds[::-1]
+        for order in rounds_in_turn(rounds, kinds):
             for kind in order:
-                result = run_child(f"poll:{kind}", {**params, "kind": kind}, timeout=900)
+                result = run_child("poll", {**params, "kind": kind}, timeout=900)
                 passes[kind].append(result["passes"])
-            print(f"round {r + 1}/{rounds} done (load {load_average()})")
         if profile:
-            result = run_child(
-                f"poll:{SUBJECT}", {**params, "kind": SUBJECT, "profile": True}, timeout=900
-            )
+            result = run_child("poll", {**params, "kind": SUBJECT, "profile": True}, timeout=900)
             print("\ncProfile of the exporter's steady-state polls (--profile):\n")
             print(result["profile"])
 
-    rows: list[list[str]] = []
-    per_session: dict[str, float] = {}
-
-    def row(key: str, label: str, runs: list[dict[str, float]]) -> None:
-        wall = median([p["wall"] for p in runs])
-        cpu = median([p["cpu"] for p in runs])
-        per_session[key] = cpu / sessions * 1e6
-        rows.append(
-            [
-                label,
-                f"{wall:.2f}",
-                f"{cpu:.2f}",
-                f"{per_session[key]:.1f}",
-                f"{sessions / wall:,.0f}",
-                " / ".join(f"{p['cpu']:.2f}" for p in runs),
-            ]
-        )
-
-    for kind, label in BASELINES:
-        row(kind, label, [round_passes[0] for round_passes in passes[kind]])
+    entries = [(kind, label, [p[0] for p in passes[kind]]) for kind, label in BASELINES]
     for n in range(EXPORTER_POLLS):
         what = "baseline poll" if n == 0 else "steady state, no changes"
-        row(
-            f"poll{n + 1}",
-            f"exporter Poller.poll #{n + 1} ({what})",
-            [round_passes[n] for round_passes in passes[SUBJECT]],
-        )
-    for cells, key in zip(rows, per_session, strict=True):
-        sync = per_session[key] / per_session["sync-json"]
-        asyn = per_session[key] / per_session["async-json"]
-        cells.extend([f"{sync:.2f}x", f"{asyn:.2f}x"])
+        label = f"exporter Poller.poll #{n + 1} ({what})"
+        entries.append((f"poll{n + 1}", label, [p[n] for p in passes[SUBJECT]]))
+    wall = {key: median([p["wall"] for p in runs]) for key, _, runs in entries}
+    cpu = {key: median([p["cpu"] for p in runs]) for key, _, runs in entries}
+    us = {key: cpu[key] / sessions * 1e6 for key in cpu}
+    spec = [
+        ("variant", lambda e: e[1]),
+        ("wall s", lambda e: f"{wall[e[0]]:.2f}"),
+        ("CPU s", lambda e: f"{cpu[e[0]]:.2f}"),
+        ("CPU µs/session", lambda e: f"{us[e[0]]:.1f}"),
+        ("sessions/s", lambda e: f"{sessions / wall[e[0]]:,.0f}"),
+        ("CPU s per round", lambda e: per_round([p["cpu"] for p in e[2]])),
+        ("CPU vs sync", lambda e: f"{us[e[0]] / us['sync-json']:.2f}x"),
+        ("CPU vs async", lambda e: f"{us[e[0]] / us['async-json']:.2f}x"),
+    ]
     print()
-    print(
-        table(
-            [
-                "variant",
-                "wall s",
-                "CPU s",
-                "CPU µs/session",
-                "sessions/s",
-                "CPU s per round",
-                "CPU vs sync",
-                "CPU vs async",
-            ],
-            rows,
-        )
-    )
+    print(columns(spec, entries))
     print(
         f"\nMedians over {rounds} rounds; each variant in a fresh interpreter, order alternating."
     )
-    outcome: list[tuple[str, bool, str]] = []
+    targets = []
     for n in range(EXPORTER_POLLS):
         key = f"poll{n + 1}"
         target = TARGET_RATIO if n == 0 else STEADY_TARGET_RATIO
         for base, name in (("sync-json", "sync"), ("async-json", "async")):
-            ratio = per_session[key] / per_session[base]
-            met = ratio <= target
-            outcome.append(
-                (
+            ratio = us[key] / us[base]
+            targets.append(
+                Target(
                     f"poll #{n + 1} CPU/session within {target}x of bare {name} loop",
-                    met,
-                    f"{ratio:.2f}x ({per_session[key]:.1f} vs {per_session[base]:.1f} µs/session)",
+                    ratio <= target,
+                    f"{ratio:.2f}x ({us[key]:.1f} vs {us[base]:.1f} µs/session)",
                 )
             )
-    for name, met, detail in outcome:
-        print(f"target: {name}: {verdict(met)}, {detail}")
-    return outcome
+    return report(*targets)

@@ -1,8 +1,8 @@
-"""Benchmarks with numbers to beat: poll CPU, memory per session, scrape latency, idle CPU,
-requests and wall time of incremental listings, the capacity of one replica, and the cost of
-choosing a shard's projects.
+"""The command that runs the benchmarks, one after another, and sums up their targets.
 
-Run from the repository root:
+Benchmarks with numbers to beat: poll CPU, memory per session, scrape latency, idle CPU,
+requests and wall time of incremental listings, the capacity of one replica, and the cost of
+choosing a shard's projects. Run from the repository root:
 
     .venv/bin/python -m bench.run            # everything, full sizes (several minutes)
     .venv/bin/python -m bench.run --quick    # smaller sizes, a smoke run
@@ -17,35 +17,39 @@ and whether its target is met. Not part of the test suite.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as ``python bench/run.py``
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import capacity, idle, incremental, memory, poll, scrape, sharding, soak
-from bench.common import REPO_ROOT, BenchError, machine_lines, print_targets
+from bench.common import REPO_ROOT, BenchError, header
+from bench.targets import Outcome, print_targets
 
-BENCHMARKS = ("poll", "memory", "scrape", "idle", "incremental", "capacity", "sharding")
-ON_REQUEST = ("soak",)  # long: run only when named with --only
-CHILDREN = {
-    "memory": memory.child,
-    "scrape": scrape.child,
-    "scrape-load": scrape.load_child,
-    "incremental": incremental.child,
-    "capacity": capacity.child,
+Options = argparse.Namespace
+BENCHMARKS: dict[str, Callable[[Options], Outcome]] = {
+    "poll": lambda o: poll.run(quick=o.quick, rounds=o.rounds, profile=o.profile),
+    "memory": lambda o: memory.run(quick=o.quick, rounds=o.rounds),
+    "scrape": lambda o: scrape.run(quick=o.quick, rounds=o.rounds, profile=o.profile),
+    "idle": lambda o: idle.run(quick=o.quick, rounds=o.rounds),
+    "incremental": lambda o: incremental.run(quick=o.quick),
+    "capacity": lambda o: capacity.run(quick=o.quick),
+    "sharding": lambda o: sharding.run(quick=o.quick),
+}
+ON_REQUEST: dict[str, Callable[[Options], Outcome]] = {
+    "soak": lambda o: soak.run(quick=o.quick),  # long: run only when named with --only
 }
 
 
-def _child(kind: str, params: str) -> int:
-    """The body of one measurement in a fresh interpreter; prints its JSON result."""
-    if kind.startswith("poll:"):
-        result = poll.child(json.loads(params))
-    else:
-        result = CHILDREN[kind](json.loads(params))
+def _child(module: str, params: str) -> int:
+    """The body of one measurement or peer in a fresh interpreter (``bench.MODULE.child``);
+    prints its JSON result."""
+    result = importlib.import_module(f"bench.{module}").child(json.loads(params))
     sys.stdout.write(json.dumps(result) + "\n")
     return 0
 
@@ -57,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        choices=BENCHMARKS + ON_REQUEST,
+        choices=[*BENCHMARKS, *ON_REQUEST],
         action="append",
         help="run only this benchmark (may be given more than once); soak runs only when "
         "named here",
@@ -79,43 +83,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.child:
         return _child(*args.child)
 
-    rounds = args.rounds or (1 if args.quick else 3)
-    if rounds < 1:
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    if args.rounds < 1:
         parser.error("--rounds must be at least 1")
-    if args.only:
-        selected = [b for b in BENCHMARKS + ON_REQUEST if b in args.only]
-    else:
-        selected = list(BENCHMARKS)
-    print("# llamacloud-exporter benchmarks" + (" (quick)" if args.quick else ""))
-    print()
-    for line in machine_lines():
-        print(f"    {line}")
+    every = BENCHMARKS | ON_REQUEST
+    selected = [b for b in every if b in args.only] if args.only else list(BENCHMARKS)
     shown = list(argv) if argv is not None else sys.argv[1:]
-    print(f"    command:     {_python()} -m bench.run {' '.join(shown)}".rstrip())
-    sys.stdout.flush()
+    title = "benchmarks" + (" (quick)" if args.quick else "")
+    header(title, f"{_python()} -m bench.run {' '.join(shown)}")
 
     started = time.monotonic()
-    outcome: list[tuple[str, bool, str]] = []
+    outcome: Outcome = []
     failed: list[str] = []
     for name in selected:
         began = time.monotonic()
         try:
-            if name == "poll":
-                outcome += poll.run(quick=args.quick, rounds=rounds, profile=args.profile)
-            elif name == "memory":
-                outcome += memory.run(quick=args.quick, rounds=rounds)
-            elif name == "scrape":
-                outcome += scrape.run(quick=args.quick, rounds=rounds, profile=args.profile)
-            elif name == "soak":
-                outcome += soak.run(quick=args.quick)
-            elif name == "incremental":
-                outcome += incremental.run(quick=args.quick)
-            elif name == "capacity":
-                outcome += capacity.run(quick=args.quick)
-            elif name == "sharding":
-                outcome += sharding.run(quick=args.quick)
-            else:
-                outcome += idle.run(quick=args.quick, rounds=rounds)
+            outcome += every[name](args)
         except BenchError as exc:
             failed.append(name)
             print(f"\n{name}: could not run: {exc}", file=sys.stderr)

@@ -14,7 +14,8 @@ import uuid
 from collections.abc import Sequence
 from random import Random
 
-from bench.common import Outcome, standalone
+from bench.common import table
+from bench.targets import Outcome, Target, report, standalone
 from exporter.config import ProjectConfig, Secret, Shard
 from exporter.targets.discovery import replica_projects
 
@@ -57,22 +58,26 @@ def run(quick: bool = False) -> Outcome:
     )
     sample = ids[:RENDEZVOUS_SAMPLE]
     old = _cpu(lambda: [_rendezvous(p, SHARDS) for p in sample]) * count / len(sample)
-    print(f"\n## Sharding: {count:,} projects over {SHARDS} shards\n")
-    print("| | CPU s | vs one hash per project |")
-    print("|---|--:|--:|")
-    print(f"| one BLAKE2b per project id (floor) | {floor:.3f} | 1.00x |")
-    print(
-        f"| `replica_projects` (jump hash), {kept[0]:,} kept | {share:.3f} | {share / floor:.2f}x |"
-    )
-    print(f"| rendezvous hashing (scaled from {len(sample):,}) | {old:.1f} | {old / floor:.0f}x |")
     limit = 0.1 if quick else 1.0
-    return [
-        (
+    print(f"\n## Sharding: {count:,} projects over {SHARDS} shards\n")
+    rows = [
+        ["one BLAKE2b per project id (floor)", f"{floor:.3f}", "1.00x"],
+        [
+            f"`replica_projects` (jump hash), {kept[0]:,} kept",
+            f"{share:.3f}",
+            f"{share / floor:.2f}x",
+        ],
+        [f"rendezvous hashing (scaled from {len(sample):,})", f"{old:.1f}", f"{old / floor:.0f}x"],
+    ]
+    print(table([f"{count:,} projects, {SHARDS} shards", "CPU s", "vs one hash per project"], rows))
+    print()
+    return report(
+        Target(
             f"a shard's share of {count:,} projects over {SHARDS} shards under {limit:g} s of CPU",
             share < limit,
             f"{share:.3f} s ({old / share:.0f}x less than rendezvous hashing)",
         )
-    ]
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,5 +1,4 @@
-"""The cost model behind ``bench.capacity``: what a poll costs one exporter process, for any
-number of projects and sessions.
+"""The capacity model: what a poll costs one exporter process, for any projects x sessions.
 
 Measured at two sizes only (a few large projects, many small ones), so a line per project,
 ``fixed + per_session x sessions`` seconds of exporter CPU, fit through the two, gives the CPU
@@ -7,7 +6,7 @@ of a cycle of any size. A cycle's wall time is at least that CPU (one process, o
 one core) and at least its latency floor: ``ceil(projects / max_concurrency)`` rounds of one
 project's pages, each page the latency plus the exporter's CPU for it. Pages of one project
 are read one after another, so a project's full listing cannot beat its pages times the
-latency, however many replicas there are. ``bench.capacity_report`` checks the model against
+latency, however many replicas there are. ``bench.capacity.report`` checks the model against
 the cycles measured with latency and prints what it predicts, labelled as extrapolated.
 """
 
@@ -16,21 +15,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
 from bench.common import median, table
-from bench.peers import FULL_LISTING_EVERY
-
-if TYPE_CHECKING:
-    from bench.capacity import Run
+from bench.peers import FULL_LISTING_EVERY, Cycle, Run
 
 INTERVAL = 60.0  # seconds: poll_interval_seconds' default
 BUSY = 0.5  # the share of the interval a replica may use, leaving the rest as headroom
 PAGE_SIZE = 100  # llamacloud.page_size's default
 FULL_EVERY = FULL_LISTING_EVERY  # llamacloud.full_listing_every's default (checked on start)
 CONCURRENCY = (4, 16)  # max_concurrency: the default, and a larger one
-
-Cycle = dict[str, Any]  # one poll cycle's measurements, as the exporter child answers them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,9 +137,9 @@ def steady_full(run: Run, concurrency: int, latency: float) -> list[Cycle]:
     ]
 
 
-def per_project(cycles: Sequence[Cycle]) -> float:
-    """Exporter CPU seconds per project, the median over ``cycles``."""
-    return median([c["cpu"] / c["projects"] for c in cycles])
+def per_project(cycles: Sequence[Cycle], key: str = "cpu") -> float:
+    """Exporter CPU seconds (or another figure) per project, the median over ``cycles``."""
+    return median([c[key] / c["projects"] for c in cycles])
 
 
 def point(cycles: Sequence[Cycle]) -> tuple[float, float]:
@@ -164,16 +157,14 @@ def fit(
     )
     inc_line = Line.through(point(incremental["small"]), point(incremental["large"]))
     periodic_line = Line.through(point(periodic["small"]), point(periodic["large"]))
-    inc_requests = max(
-        median([c["requests"] / c["projects"] for c in cycles]) for cycles in incremental.values()
-    )
+    inc_requests = max(per_project(cycles, "requests") for cycles in incremental.values())
     # Memory: what each auto exporter's peak added over its start; for both groups
     # added = projects * fixed + sessions * per_session, two equations in two unknowns.
     (p1, n1, m1), (p2, n2, m2) = (
         (
             run.size[0],
             run.cycles[-1]["sessions"],
-            max(c["peak_rss"] for c in run.cycles) - run.ready_rss,
+            max(c["peak_rss"] for c in run.cycles) - run.exporter.ready["rss"],
         )
         for run in (runs["auto:large"], runs["auto:small"])
     )

@@ -43,8 +43,8 @@ same run, a bare ``httpx.Client`` + ``json.loads`` loop over the large projects,
 fast the machine was that day (bench/RESULTS.md has days 2.7 times apart).
 
 Extrapolated: a linear model per project, fit through the two groups, gives the CPU and the
-wall time of a cycle of any size (``bench.capacity_model``); it is checked against the cycles
-measured with latency, and every extrapolated figure is labelled so (``bench.capacity_report``).
+wall time of a cycle of any size (``bench.capacity.model``); it is checked against the cycles
+measured with latency, and every extrapolated figure is labelled so (``bench.capacity.report``).
 This module measures, and is the command line.
 
 Run with the others (``python -m bench.run --only capacity [--quick]``) or on its own:
@@ -55,22 +55,13 @@ Run with the others (``python -m bench.run --only capacity [--quick]``) or on it
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import dataclasses
-import json
-import math
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
-if __package__ in (None, ""):  # run as ``python bench/capacity.py``
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.capacity_model import CONCURRENCY, FULL_EVERY, INTERVAL, PAGE_SIZE, Cycle, fit
-from bench.capacity_report import (
+from bench.capacity.model import CONCURRENCY, FULL_EVERY, INTERVAL, PAGE_SIZE, fit
+from bench.capacity.report import (
     check_model,
     mib_text,
     ms_text,
@@ -82,14 +73,13 @@ from bench.capacity_report import (
     report_targets,
     size_text,
 )
-from bench.common import Outcome, load_average, standalone
-from bench.peers import Peer, exporter_peer, poll_cycle, run_child, serve_exporter, serve_simulator
+from bench.children import run_child
+from bench.common import load_average
+from bench.peers import CREATES, RERUNS, Run, start_simulators
+from bench.targets import Outcome, standalone
 
 SEED = 20261125
 LATENCY_MS = 50.0
-RERUNS = 5  # per project, before every steady-state cycle
-CREATES = 2
-POOL = 100  # sessions per project that re-runs are drawn from
 STEADY = 2  # steady-state full listings per setting without latency
 LARGE = (8, 25_000)
 SMALL = (200, 1_000)
@@ -97,156 +87,31 @@ QUICK_LARGE = (4, 10_000)
 QUICK_SMALL = (50, 500)
 
 
-# ------------------------------------------------------------------ children
-
-
-def _describe(states: list[Any]) -> dict[str, Any]:
-    """What a cycle answers beyond peers.serve_exporter's own fields, summed over projects."""
-    return {
-        "pages": sum(s.last_poll_pages or 0 for s in states),
-        "incremental": sum(s.last_poll_incremental for s in states),
-        "sessions": sum(s.snapshot.sessions for s in states if s.snapshot),
-    }
-
-
-def _bare(params: dict[str, Any]) -> dict[str, Any]:
-    """The baseline: a plain sync httpx.Client + json.loads listing of each project in turn."""
-    from bench.poll import _sync_pass
-    from exporter.simulator import DEFAULT_API_KEY
-
-    out = {"wall": 0.0, "cpu": 0.0, "items": 0}
-    for pid in params["project_ids"]:
-        one = _sync_pass(params["base_url"], pid, DEFAULT_API_KEY, json.loads)
-        for key in out:
-            out[key] += one[key]
-    return out
-
-
-def child(params: dict[str, Any]) -> dict[str, Any]:
-    if params["role"] == "simulator":
-        return serve_simulator(params)
-    if params["role"] == "exporter":
-        return asyncio.run(serve_exporter(params, _describe, exposition=True))
-    if params["role"] == "bare":
-        return _bare(params)
-    raise ValueError(params["role"])
-
-
-# ------------------------------------------------------------------ driving the children
-
-
-@dataclasses.dataclass
-class Run:
-    """One exporter process over one group, driven cycle by cycle; every cycle it measured."""
-
-    mode: str
-    group: str
-    size: tuple[int, int]
-    sim: Peer
-    exporter: Peer
-    concurrency: int
-    latency: float = 0.0
-    cycles: list[Cycle] = dataclasses.field(default_factory=list)
-    ready_rss: int = 0
-
-    def cycle(self, kind: str, *, change: bool = True) -> Cycle:
-        projects, sessions = self.size
-        if change:
-            self.sim.call(
-                120 + projects * 0.5,
-                op="advance",
-                group=self.group,
-                reruns=RERUNS,
-                creates=CREATES,
-            )
-        # Generous: every page at its latency, one project after another, plus CPU.
-        pages = projects * (math.ceil(sessions / PAGE_SIZE) + 10)
-        timeout = 300 + pages * (self.latency + 0.01)
-        result = poll_cycle(self.exporter, self.sim.pid, timeout)
-        if result["requests"] != result["pages"]:  # every page is one request unless retried
-            print(
-                f"note: {self.exporter.name}: {result['requests']} requests for "
-                f"{result['pages']} pages (retries)"
-            )
-        result.update(
-            kind=kind,
-            concurrency=self.concurrency,
-            latency=self.latency,
-            projects=projects,
-            full=projects - result["incremental"],
-        )
-        self.cycles.append(result)
-        print(
-            f"{self.mode} x {self.group}: {kind}, max_concurrency {self.concurrency}, "
-            f"{self.latency * 1000:.0f} ms: {result['wall']:.2f} s, CPU {result['cpu']:.2f} s "
-            f"(load {load_average()})"
-        )
-        sys.stdout.flush()
-        return result
-
-    def set_concurrency(self, value: int) -> None:
-        self.exporter.call(60, op="concurrency", value=value)
-        self.concurrency = value
-
-    def set_latency(self, seconds: float) -> None:
-        self.sim.call(60, op="latency", seconds=seconds)
-        self.latency = seconds
-
-
-def _exporter_run(
-    stack: contextlib.ExitStack,
-    sim: Peer,
-    mode: str,
-    group: str,
-    size: tuple[int, int],
-) -> Run:
-    exporter = exporter_peer(
-        "capacity",
-        stack,
-        f"exporter ({mode}, {group})",
-        mode=mode,
-        base_url=sim.ready["base_url"],
-        project_ids=sim.ready["groups"][group],
-        page_size=PAGE_SIZE,
-        max_concurrency=CONCURRENCY[0],
-    )
-    return Run(mode, group, size, sim, exporter, CONCURRENCY[0], ready_rss=exporter.ready["rss"])
-
-
-# ------------------------------------------------------------------ orchestration
-
-
 def _measure(
     large: tuple[int, int], small: tuple[int, int], latency: float
-) -> tuple[dict[str, Run], dict[str, Any]]:
+) -> tuple[dict[str, Run], dict[str, float]]:
     """Every exporter run, in turn, against one simulator: the runs and the bare loop's result."""
+    from exporter.simulator import DEFAULT_API_KEY
+
     runs: dict[str, Run] = {}
     sizes = {"large": large, "small": small}
     with contextlib.ExitStack() as stack:
         total = large[0] * large[1] + small[0] * small[1]
-        params = {
-            "role": "simulator",
-            "groups": {"large": large, "small": small},
-            "seed": SEED,
-            "pool": "listing",
-            "pool_size": POOL,
-        }
-        sim = Peer("capacity", "simulator", params, stack)
-        ready = sim.ready = sim.receive(120 + total * 100e-6)
+        groups = {"large": large, "small": small}
+        timeout = 120 + total * 100e-6
+        sim = start_simulators(
+            stack, ["simulator"], timeout, groups=groups, seed=SEED, pool="listing"
+        )
+        ready = sim["simulator"].ready
         print(
             f"Simulator: {size_text(large)} and {size_text(small)} sessions built in "
             f"{ready['ready_seconds']:.0f} s, {mib_text(ready['rss'])} resident "
             f"(load {load_average()})."
         )
-        bare = run_child(
-            "capacity",
-            {
-                "role": "bare",
-                "base_url": ready["base_url"],
-                "project_ids": ready["groups"]["large"],
-            },
-            timeout=300 + large[0] * large[1] * 200e-6,
-        )
+        params = {"kind": "sync-json", "base_url": ready["base_url"], "key": DEFAULT_API_KEY}
+        params |= {"project_ids": ready["groups"]["large"], "sessions": large[0] * large[1]}
+        bare = run_child("poll", params, timeout=300 + large[0] * large[1] * 200e-6)
+        bare = bare["passes"][0]
         print(
             f"Baseline, bare httpx.Client + json.loads over the large projects: "
             f"{bare['cpu'] * 1e6 / bare['items']:.1f} µs of CPU per session "
@@ -257,7 +122,18 @@ def _measure(
         for mode in ("full", "auto"):
             for group in ("large", "small"):
                 with contextlib.ExitStack() as inner:
-                    run = _exporter_run(inner, sim, mode, group, sizes[group])
+                    run = Run.start(
+                        inner,
+                        sim["simulator"],
+                        mode,
+                        sizes[group],
+                        name=f"{mode} x {group}",
+                        group=group,
+                        page_size=PAGE_SIZE,
+                        concurrency=CONCURRENCY[0],
+                        verbose=True,
+                        exposition=True,
+                    )
                     runs[f"{mode}:{group}"] = run
                     (_full_steps if mode == "full" else _auto_steps)(run, latency)
                     run.set_latency(0.0)
@@ -274,8 +150,7 @@ def _full_steps(run: Run, latency: float) -> None:
         for _ in range(STEADY):
             run.cycle("steady")
     run.set_latency(latency)
-    if run.concurrency != CONCURRENCY[1]:
-        run.set_concurrency(CONCURRENCY[1])
+    run.set_concurrency(CONCURRENCY[1])
     run.cycle("steady")
     if run.group == "large":
         run.set_concurrency(CONCURRENCY[0])
@@ -288,8 +163,7 @@ def _auto_steps(run: Run, latency: float) -> None:
         run.cycle("steady")
     run.set_latency(latency)
     for concurrency in CONCURRENCY:
-        if run.concurrency != concurrency:
-            run.set_concurrency(concurrency)
+        run.set_concurrency(concurrency)
         run.cycle("steady")
 
 
@@ -380,7 +254,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             quick=args.quick, large=args.large, small=args.small, latency_ms=args.latency_ms
         ),
     )
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,6 +1,7 @@
-"""What ``bench.capacity`` prints from its measurements: the measured tables, the model against
-the cycles measured with latency, the extrapolated tables (each titled so), the headline and
-the targets.
+"""What the capacity benchmark prints: measured tables, the model's check, extrapolations.
+
+The measured tables, the model against the cycles measured with latency, the extrapolated
+tables (each titled so), the headline and the targets.
 
 Measured and extrapolated figures never share a table: the model leaves out loopback and GIL
 waits, so whatever it predicts is a little optimistic, and the reader must see which is which.
@@ -10,23 +11,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING
+from typing import Any
 
-from bench.capacity_model import (
+from bench.capacity.model import (
     BUSY,
     CONCURRENCY,
     FULL_EVERY,
     INTERVAL,
     PAGE_SIZE,
-    Cycle,
     Model,
     per_project,
     steady_full,
 )
-from bench.common import BenchError, Outcome, median, table, verdict
-
-if TYPE_CHECKING:
-    from bench.capacity import Run
+from bench.common import BenchError, columns, median, table
+from bench.peers import Cycle, Run
+from bench.targets import Outcome, Target, report
 
 # The model must reproduce each cycle measured with latency this well, or within MODEL_SLACK
 # seconds: a cycle of a fraction of a second is all fixed costs, and what matters is the
@@ -65,6 +64,13 @@ def size_text(size: tuple[int, int]) -> str:
     return f"{size[0]:,} x {size[1]:,}"
 
 
+# The settings a measured cycle ran at: the first columns of every table of cycles.
+SETTINGS = [
+    ("max_concurrency", lambda c: str(c["concurrency"])),
+    ("latency", lambda c: ms_text(c["latency"])),
+]
+
+
 @dataclasses.dataclass(frozen=True)
 class FullListings:
     """What the full listings of the large group measured (latency 0 unless said)."""
@@ -77,43 +83,20 @@ class FullListings:
 
 def report_full(runs: dict[str, Run], bare_us: float, latency: float) -> FullListings:
     print("\n### Measured: full listings (`listing: full`)\n")
-    rows = []
-    for group in ("large", "small"):
-        r = runs[f"full:{group}"]
-        for c in r.cycles:
-            rows.append(
-                [
-                    f"{size_text(r.size)}: {c['kind']}",
-                    str(c["concurrency"]),
-                    ms_text(c["latency"]),
-                    f"{c['requests']:,}",
-                    f"{c['sessions']:,}",
-                    f"{c['wall']:.2f}",
-                    f"{c['cpu']:.2f}",
-                    f"{c['sim_cpu']:.2f}",
-                    f"{c['sessions'] / c['wall']:,.0f}",
-                    f"{c['cpu'] * 1e6 / c['sessions']:.1f}",
-                    f"{c['cpu'] / c['wall']:.2f}",
-                ]
-            )
-    print(
-        table(
-            [
-                "projects x sessions: cycle",
-                "max_concurrency",
-                "latency",
-                "requests",
-                "sessions",
-                "wall s",
-                "exporter CPU s",
-                "simulator CPU s",
-                "sessions/s",
-                "CPU µs/session",
-                "cores used",
-            ],
-            rows,
-        )
-    )
+    spec = [
+        ("projects x sessions: cycle", lambda c: f"{size_text(c['size'])}: {c['kind']}"),
+        *SETTINGS,
+        ("requests", lambda c: f"{c['requests']:,}"),
+        ("sessions", lambda c: f"{c['sessions']:,}"),
+        ("wall s", lambda c: f"{c['wall']:.2f}"),
+        ("exporter CPU s", lambda c: f"{c['cpu']:.2f}"),
+        ("simulator CPU s", lambda c: f"{c['sim_cpu']:.2f}"),
+        ("sessions/s", lambda c: f"{c['sessions'] / c['wall']:,.0f}"),
+        ("CPU µs/session", lambda c: f"{c['cpu'] * 1e6 / c['sessions']:.1f}"),
+        ("cores used", lambda c: f"{c['cpu'] / c['wall']:.2f}"),
+    ]
+    runs_full = [runs["full:large"], runs["full:small"]]
+    print(columns(spec, [{**c, "size": r.size} for r in runs_full for c in r.cycles]))
     large = runs["full:large"]
     steady = {c: steady_full(large, c, 0.0) for c in CONCURRENCY}
     us = median([x["cpu"] * 1e6 / x["sessions"] for x in steady[CONCURRENCY[0]]])
@@ -147,7 +130,7 @@ def report_full(runs: dict[str, Run], bare_us: float, latency: float) -> FullLis
 def report_auto(runs: dict[str, Run]) -> tuple[dict[str, list[Cycle]], dict[str, list[Cycle]]]:
     """The auto exporters' cycles; by group, the incremental ones and the periodic full one."""
     print("\n### Measured: incremental listings (`listing: auto`, the default)\n")
-    rows = []
+    rows: list[dict[str, Any]] = []
     incremental: dict[str, list[Cycle]] = {}
     periodic: dict[str, list[Cycle]] = {}
     for group in ("large", "small"):
@@ -171,34 +154,23 @@ def report_auto(runs: dict[str, Run]) -> tuple[dict[str, list[Cycle]], dict[str,
         if mixed:
             labelled.append((f"mixed incremental and full ({len(mixed)})", mixed))
         labelled += [("incremental", [c]) for c in r.cycles if c["latency"] > 0]
-        for label, cycles in labelled:
-            rows.append(
-                [
-                    f"{size_text(r.size)}: {label}",
-                    str(cycles[0]["concurrency"]),
-                    ms_text(cycles[0]["latency"]),
-                    f"{median([c['requests'] / c['projects'] for c in cycles]):.1f}",
-                    f"{median([c['wall'] for c in cycles]):.2f}",
-                    f"{median([c['cpu'] for c in cycles]):.3f}",
-                    f"{per_project(cycles) * 1000:.2f}",
-                    f"{median([c['sim_cpu'] for c in cycles]):.2f}",
-                ]
-            )
-    print(
-        table(
-            [
-                "projects x sessions: cycle",
-                "max_concurrency",
-                "latency",
-                "requests per project",
-                "wall s",
-                "exporter CPU s",
-                "CPU ms per project",
-                "simulator CPU s",
-            ],
-            rows,
-        )
-    )
+        rows += [
+            {**cs[0], "label": f"{size_text(r.size)}: {label}", "all": cs} for label, cs in labelled
+        ]
+
+    def mid(key: str, row: dict[str, Any], fmt: str) -> str:
+        return format(median([c[key] for c in row["all"]]), fmt)
+
+    spec = [
+        ("projects x sessions: cycle", lambda row: row["label"]),
+        *SETTINGS,
+        ("requests per project", lambda row: f"{per_project(row['all'], 'requests'):.1f}"),
+        ("wall s", lambda row: mid("wall", row, ".2f")),
+        ("exporter CPU s", lambda row: mid("cpu", row, ".3f")),
+        ("CPU ms per project", lambda row: f"{per_project(row['all']) * 1000:.2f}"),
+        ("simulator CPU s", lambda row: mid("sim_cpu", row, ".2f")),
+    ]
+    print(columns(spec, rows))
     print(
         "\nThe incremental cycles' exporter CPU, min to max: "
         + "; ".join(
@@ -221,47 +193,35 @@ def check_model(runs: dict[str, Run]) -> tuple[int, int, str]:
                 continue
             # The simulator's CPU per request is part of the latency a client sees from it.
             seen = c["latency"] + c["sim_cpu"] / c["requests"]
-            predicted = Model.wall(
-                c["projects"],
-                c["requests"] / c["projects"],
-                c["cpu"] / c["projects"],
-                c["concurrency"],
-                seen,
-            )
-            checks.append((r, c, predicted))
+            per = c["projects"]
+            predicted = Model.wall(per, c["requests"] / per, c["cpu"] / per, c["concurrency"], seen)
+            name = f"{r.mode} over {size_text(r.size)}"
+            checks.append({**c, "name": name, "predicted": predicted})
     print("\n### The model against the cycles measured with latency\n")
     print(
         "Given each cycle's measured CPU and requests, and the latency it saw (the simulator's "
         "sleep plus its CPU per request), the model predicts its wall time:\n"
     )
-    print(
-        table(
-            ["exporter: cycle", "max_concurrency", "latency", "measured wall s", "model s", "off"],
-            [
-                [
-                    f"{r.mode} over {size_text(r.size)}"
-                    + (" (incremental)" if c["incremental"] else ""),
-                    str(c["concurrency"]),
-                    ms_text(c["latency"]),
-                    f"{c['wall']:.2f}",
-                    f"{predicted:.2f}",
-                    f"{predicted / c['wall'] - 1:+.0%}",
-                ]
-                for r, c, predicted in checks
-            ],
-        )
-    )
-    bad = [
-        (r, c, p)
-        for r, c, p in checks
-        if abs(p / c["wall"] - 1) > MODEL_TOLERANCE and abs(p - c["wall"]) > MODEL_SLACK
+    spec = [
+        ("exporter: cycle", lambda c: c["name"] + (" (incremental)" if c["incremental"] else "")),
+        *SETTINGS,
+        ("measured wall s", lambda c: f"{c['wall']:.2f}"),
+        ("model s", lambda c: f"{c['predicted']:.2f}"),
+        ("off", lambda c: f"{c['predicted'] / c['wall'] - 1:+.0%}"),
     ]
-    worst_r, worst_c, worst_p = max(checks, key=lambda rcp: abs(rcp[2] / rcp[1]["wall"] - 1))
+    print(columns(spec, checks))
+    off = [abs(c["predicted"] / c["wall"] - 1) for c in checks]
+    bad = [
+        c
+        for c, rel in zip(checks, off, strict=True)
+        if rel > MODEL_TOLERANCE and abs(c["predicted"] - c["wall"]) > MODEL_SLACK
+    ]
+    w = checks[off.index(max(off))]
     worst = (
-        f"worst {worst_p / worst_c['wall'] - 1:+.0%} ({worst_c['wall']:.2f} s measured, "
-        f"{worst_p:.2f} s predicted, {worst_r.mode} over {size_text(worst_r.size)})"
+        f"worst {w['predicted'] / w['wall'] - 1:+.0%} ({w['wall']:.2f} s measured, "
+        f"{w['predicted']:.2f} s predicted, {w['name']})"
     )
-    short = sum(1 for _, c, _ in checks if c["wall"] < 1)
+    short = sum(1 for c in checks if c["wall"] < 1)
     print(
         f"\nThe model leaves out the time a request spends in the client and on loopback and "
         f"the wait for the GIL among lanes, so it predicts a little less than measured: read "
@@ -290,42 +250,21 @@ def report_grid(
         "from a hash of each id), so the average, not the peak, is what a real replica sees. "
         "Over 100 % the polls run late.\n"
     )
-    rows = []
-    for projects in GRID_PROJECTS:
-        for sessions in GRID_SESSIONS:
-            lo = model.cycles(projects, sessions, c_lo, latency)
-            hi = model.cycles(projects, sessions, c_hi, latency)
-            rows.append(
-                [
-                    f"{projects:,} x {sessions:,}",
-                    count_text(projects * sessions),
-                    share_text(lo["full_cpu"]),
-                    share_text(lo["full_wall"]),
-                    share_text(hi["full_wall"]),
-                    share_text(lo["auto_cpu"]),
-                    share_text(lo["auto_wall"]),
-                    share_text(hi["auto_wall"]),
-                    share_text(hi["auto_peak"]),
-                    mib_text(lo["memory"]),
-                ]
-            )
-    print(
-        table(
-            [
-                "projects x sessions",
-                "sessions",
-                "full: CPU",
-                f"full: cycle, c {c_lo}",
-                f"full: cycle, c {c_hi}",
-                "auto: CPU",
-                f"auto: cycle, c {c_lo}",
-                f"auto: cycle, c {c_hi}",
-                f"auto: peak, c {c_hi}",
-                "exporter RSS",
-            ],
-            rows,
-        )
-    )
+    sizes = [(p, s) for p in GRID_PROJECTS for s in GRID_SESSIONS]
+    at = {(p, s, c): model.cycles(p, s, c, latency) for p, s in sizes for c in CONCURRENCY}
+    spec = [
+        ("projects x sessions", lambda ps: f"{ps[0]:,} x {ps[1]:,}"),
+        ("sessions", lambda ps: count_text(ps[0] * ps[1])),
+        ("full: CPU", lambda ps: share_text(at[(*ps, c_lo)]["full_cpu"])),
+        (f"full: cycle, c {c_lo}", lambda ps: share_text(at[(*ps, c_lo)]["full_wall"])),
+        (f"full: cycle, c {c_hi}", lambda ps: share_text(at[(*ps, c_hi)]["full_wall"])),
+        ("auto: CPU", lambda ps: share_text(at[(*ps, c_lo)]["auto_cpu"])),
+        (f"auto: cycle, c {c_lo}", lambda ps: share_text(at[(*ps, c_lo)]["auto_wall"])),
+        (f"auto: cycle, c {c_hi}", lambda ps: share_text(at[(*ps, c_hi)]["auto_wall"])),
+        (f"auto: peak, c {c_hi}", lambda ps: share_text(at[(*ps, c_hi)]["auto_peak"])),
+        ("exporter RSS", lambda ps: mib_text(at[(*ps, c_lo)]["memory"])),
+    ]
+    print(columns(spec, sizes))
     print(
         f"\n(c N: max_concurrency N. exporter RSS: what the polls add, a rough estimate from "
         f"the measured {model.memory_per_session:.0f} B per session and "
@@ -455,28 +394,25 @@ def report_targets(model: Model, checked: tuple[int, int, str], latency: float) 
     c_hi = CONCURRENCY[1]
     tp, ts = TARGET
     at_target = model.cycles(tp, ts, c_hi, latency)
-    outcome: Outcome = [
-        (
+    return report(
+        Target(
             f"the model reproduces every cycle measured with latency within "
             f"{MODEL_TOLERANCE:.0%} (or {MODEL_SLACK:.1f} s)",
             bad == 0,
             f"{count - bad} of {count}; {worst}",
         ),
-        (
+        Target(
             f"one replica polls bench.incremental's target size ({tp} x {ts:,}) with listing "
             f"auto within {BUSY:.0%} of the interval on average (max_concurrency {c_hi}, "
             f"{ms_text(latency)}; extrapolated)",
             at_target["auto_wall"] <= BUSY * INTERVAL,
             f"{share_text(at_target['auto_wall'])} ({share_text(at_target['auto_cpu'])} of a core)",
         ),
-        (
+        Target(
             "... and its periodic full listings of the target size finish within the "
             f"interval even when all fall in one (the worst case; max_concurrency {c_hi}, "
             f"{ms_text(latency)}; extrapolated)",
             at_target["auto_peak"] <= INTERVAL,
             f"{at_target['auto_peak']:.0f} s, {share_text(at_target['auto_peak'])} of the interval",
         ),
-    ]
-    for name, met, detail in outcome:
-        print(f"target: {name}: {verdict(met)}, {detail}")
-    return outcome
+    )
