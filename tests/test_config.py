@@ -9,10 +9,16 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import exporter.config.load as config_module
 from exporter.config import ConfigError, Secret, load_config, parse_config
 from exporter.config.load import parse_yaml
 from exporter.config.project import EU_BASE_URL, NA_BASE_URL
+from exporter.config.schema import (
+    ConfigFile,
+    LlamaCloudSection,
+    ProjectEntry,
+    StateSection,
+    WebSection,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 PID = "00000000-0000-0000-0000-000000000000"
@@ -200,7 +206,7 @@ def test_the_example_config_is_valid_and_complete() -> None:
     assert config.projects
     raw = yaml.safe_load(text)
     # Every key the contract names appears in the example.
-    for key in sorted(config_module._LLAMACLOUD_KEYS - {"api_key_file"}):
+    for key in sorted(set(LlamaCloudSection.model_fields) - {"api_key_file"}):
         assert key in raw["llamacloud"], key
     defaults = parse_config({"projects": [{"id": "p", "api_key": "k"}]}, {})
     assert config.full_listing_every == defaults.full_listing_every
@@ -399,11 +405,11 @@ JSON = st.recursive(
 )
 KNOWN = st.sampled_from(
     sorted(
-        config_module._TOP_KEYS
-        | config_module._LLAMACLOUD_KEYS
-        | config_module._PROJECT_KEYS
-        | config_module._WEB_KEYS
-        | config_module._STATE_KEYS
+        {
+            key
+            for section in (ConfigFile, LlamaCloudSection, ProjectEntry, WebSection, StateSection)
+            for key in section.model_fields
+        }
     )
 )
 # Configs that look like configs: known keys at every level, values of any JSON type.
@@ -427,7 +433,7 @@ def test_any_structure_is_a_config_or_a_config_error(raw: Any) -> None:
         for problem in exc.problems:
             problem.encode("utf-8")  # printable as it is
     else:
-        assert config.projects
+        assert config.projects or config.discovery is not None  # discovery alone is a config
 
 
 YAML_PIECES = st.lists(

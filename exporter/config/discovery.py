@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
-from ..patterns import Pattern, compile_pattern, parse_pattern
+from pydantic import PlainValidator
+
+from ..patterns import Pattern, compile_pattern
+from .fields import Schema, between, pattern, problem, text
 from .project import ProjectConfig
-
-DISCOVERY_KEYS = {"organization_id", "interval_seconds", "include", "exclude"}
-
 
 DEFAULT_INTERVAL_SECONDS = 600.0
 
@@ -41,36 +40,25 @@ class DiscoveryConfig:
         )
 
 
-def parse_discovery(
-    raw: Mapping[str, Any], template: ProjectConfig, problems: list[str]
-) -> DiscoveryConfig:
-    """The ``discovery`` section (a mapping with known keys), problems by key path."""
-    org = raw.get("organization_id")
-    if org is None:
-        org = ""
-    elif not isinstance(org, str):
-        problems.append("discovery.organization_id: must be a string")
-        org = ""
-    interval = raw.get("interval_seconds", DEFAULT_INTERVAL_SECONDS)
-    if isinstance(interval, bool) or not isinstance(interval, (int, float)):
-        problems.append("discovery.interval_seconds: must be a number")
-        interval = DEFAULT_INTERVAL_SECONDS
-    elif not MIN_INTERVAL_SECONDS <= interval <= MAX_INTERVAL_SECONDS:
-        problems.append(
-            f"discovery.interval_seconds: must be between {MIN_INTERVAL_SECONDS:g} and "
-            f"{MAX_INTERVAL_SECONDS:g}"
-        )
-        interval = DEFAULT_INTERVAL_SECONDS
-    include = _pattern(raw, "include", problems) or _EVERYTHING
-    exclude = _pattern(raw, "exclude", problems)
-    return DiscoveryConfig(template, org, float(interval), include, exclude)
-
-
-def _pattern(raw: Mapping[str, Any], key: str, problems: list[str]) -> Pattern | None:
-    value = raw.get(key)
+def _filter(value: Any) -> Pattern | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        problems.append(f"discovery.{key}: must be a regular expression (a string)")
-        return None
-    return parse_pattern(value, f"discovery.{key}", problems)
+        raise problem("must be a regular expression (a string)")
+    return pattern(value)
+
+
+class DiscoverySection(Schema):
+    organization_id: Annotated[str, text] = ""
+    interval_seconds: Annotated[float, between(MIN_INTERVAL_SECONDS, MAX_INTERVAL_SECONDS)] = (
+        DEFAULT_INTERVAL_SECONDS
+    )
+    include: Annotated[Pattern | None, PlainValidator(_filter)] = None
+    exclude: Annotated[Pattern | None, PlainValidator(_filter)] = None
+
+    def settings(self, template: ProjectConfig) -> DiscoveryConfig:
+        """The settings, discovered projects taking ``template``'s key, URL and paging."""
+        include = self.include or _EVERYTHING
+        return DiscoveryConfig(
+            template, self.organization_id, self.interval_seconds, include, self.exclude
+        )
