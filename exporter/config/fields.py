@@ -11,7 +11,7 @@ own wording never reaches a user (it can quote the input: a key), nor does its l
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -170,31 +170,20 @@ def whole(low: int, high: int) -> PlainValidator:
     return PlainValidator(whole_number)
 
 
-def _a_number(value: Any) -> int | float:
-    """An int or a float as it is (``10**400`` compares, where float() would overflow)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise problem("must be a number")
-    return value
+def number(high: float, low: float | None = None) -> PlainValidator:
+    """A number from ``low`` to ``high``; without ``low``, greater than 0. An int stays as it
+    is until it is in bounds (``10**400`` compares, where float() would overflow)."""
 
-
-def positive(high: float) -> PlainValidator:
-    """A number greater than 0 and at most ``high``."""
-
-    def number(value: Any) -> float:
-        if not 0 < _a_number(value) <= high:
+    def check_number(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise problem("must be a number")
+        if low is None and not 0 < value <= high:
             raise problem(f"must be greater than 0 and at most {high:g}")
-        return float(value)
-
-    return PlainValidator(number)
-
-
-def between(low: float, high: float) -> PlainValidator:
-    def number(value: Any) -> float:
-        if not low <= _a_number(value) <= high:
+        if low is not None and not low <= value <= high:
             raise problem(f"must be between {low:g} and {high:g}")
         return float(value)
 
-    return PlainValidator(number)
+    return PlainValidator(check_number)
 
 
 def one_of(choices: tuple[str, ...]) -> PlainValidator:
@@ -223,6 +212,32 @@ def pattern(value: str) -> Pattern:
         return compile_pattern(value)
     except PatternError as exc:
         raise problem(f"invalid regular expression (RE2 syntax, as in Prometheus): {exc}") from None
+
+
+def entries(not_a_mapping: str, entry: Callable[[Any, Any], Any]) -> PlainValidator:
+    """A mapping (``None``: empty) of entries each checked by ``entry(key, value)``: it
+    returns the value to keep (None: leave the entry out), or raises a problem."""
+
+    def check_entries(value: Any) -> dict[Any, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise problem(not_a_mapping)
+        kept: dict[Any, Any] = {}
+        found: Found = []
+        for key, item in value.items():
+            try:
+                checked = entry(key, item)
+            except PydanticCustomError as exc:
+                found.append(((printable(str(key)),), exc.message()))
+            else:
+                if checked is not None:
+                    kept[key] = checked
+        if found:
+            raise located(found)
+        return kept
+
+    return PlainValidator(check_entries)
 
 
 def listed(

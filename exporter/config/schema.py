@@ -1,7 +1,6 @@
 """The schema of ``config.yaml``: every key with its type, bounds and default, declared once.
 
-:class:`ConfigFile` is the whole file; the ``detail`` and ``discovery`` sections are declared
-in their own modules. Each check says what is wrong in the words users read
+:class:`ConfigFile` is the whole file. Each check says what is wrong in the words users read
 (:mod:`.fields`); :mod:`.load` validates the expanded file against this and builds the
 frozen :class:`~exporter.config.settings.Config`.
 """
@@ -15,11 +14,12 @@ from typing import Annotated, Any
 import httpx
 from pydantic import Field, PlainValidator, ValidationInfo, field_validator
 
-from .detail import DetailSection
-from .discovery import DiscoverySection
-from .fields import Schema, between, listed, one_of, positive, problem, reading, text, whole
+from ..aggregate.indexes import DEFAULT_MAX_INDEX_SERIES, RESERVED, Detail, ErrorClass
+from ..patterns import Pattern
+from .discovery import DEFAULT_INTERVAL_SECONDS, EVERYTHING, DiscoveryConfig
+from .fields import Schema, listed, number, one_of, pattern, problem, reading, text, whole
 from .files import MAX_KEY_FILE_BYTES, FileProblem, read_bounded
-from .project import LISTING_MODES
+from .project import LISTING_MODES, ProjectConfig
 from .secret import Secret
 from .settings import DEFAULT_LISTEN_ADDRESS, DEFAULT_MAX_RESPONSE_BYTES, listen_address_problem
 from .sharding import MAX_SHARDS, Shard
@@ -27,6 +27,11 @@ from .sharding import MAX_SHARDS, Shard
 MAX_TIMEOUT_SECONDS = 600.0
 MAX_POLL_INTERVAL_SECONDS = 86_400.0
 MAX_REQUESTS_PER_SECOND = 10_000.0
+MAX_INDEX_SERIES = 1000
+MAX_ERROR_CLASSES = 50
+MIN_DISCOVERY_INTERVAL_SECONDS = 1.0
+MAX_DISCOVERY_INTERVAL_SECONDS = 86_400.0
+_CLASS_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 
 BAD_KEY = "an API key is printable ASCII without spaces (LlamaCloud keys look like llx-...)"
 
@@ -91,14 +96,12 @@ def _api_key_file(value: Any, info: ValidationInfo) -> Secret | None:
 
 def _rate(value: Any) -> float:
     if value == 0:
-        return 0.0
+        return 0.0  # no limit
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         value = -1
     if not 0 < value <= MAX_REQUESTS_PER_SECOND:
-        raise problem(
-            "must be 0 (no limit) or a number greater than 0 and at most "
-            f"{MAX_REQUESTS_PER_SECOND:g}"
-        )
+        limit = f"{MAX_REQUESTS_PER_SECOND:g}"
+        raise problem(f"must be 0 (no limit) or a number greater than 0 and at most {limit}")
     return float(value)
 
 
@@ -130,38 +133,39 @@ PageSize = whole(1, 1000)
 Listing = one_of(LISTING_MODES)
 
 
-class LlamaCloudSection(Schema):
-    """The API and what every project takes unless it says otherwise."""
+class _Api(Schema):
+    """Where an API is and the key to it: in ``llamacloud`` for all, or for one project."""
 
     EITHER = (("api_key", "api_key_file"),)
 
     base_url: BaseUrl = None
     api_key: ApiKey = None
     api_key_file: ApiKeyFile = None
+
+
+class LlamaCloudSection(_Api):
+    """The API and what every project takes unless it says otherwise."""
+
     page_size: Annotated[int, PageSize] = 100
-    timeout_seconds: Annotated[float, positive(MAX_TIMEOUT_SECONDS)] = 30.0
+    timeout_seconds: Annotated[float, number(MAX_TIMEOUT_SECONDS)] = 30.0
     max_retries: Annotated[int, whole(0, 100)] = 5
     max_pages: Annotated[int, whole(1, 10**9)] = 10000
     max_response_bytes: Annotated[int, whole(1024, 2**30)] = DEFAULT_MAX_RESPONSE_BYTES
     max_requests_per_second: Annotated[float, PlainValidator(_rate)] = 0.0  # 0: no limit
     listing: Annotated[str, Listing] = "auto"
     full_listing_every: Annotated[int, whole(1, 1_000_000)] = 10
-    incremental_overlap_seconds: Annotated[float, between(0, MAX_POLL_INTERVAL_SECONDS)] = 300.0
+    incremental_overlap_seconds: Annotated[float, number(MAX_POLL_INTERVAL_SECONDS, 0)] = 300.0
 
 
-class ProjectEntry(Schema):
+class ProjectEntry(_Api):
     """One item of ``projects``: unset keys come from ``llamacloud``."""
 
     NOT_A_MAPPING = "must be a mapping with at least an id"
     EMPTY_IF_NONE = False
-    EITHER = (("api_key", "api_key_file"),)
 
     id: Annotated[str, PlainValidator(_project_id)] = Field("", validate_default=True)
     name: Annotated[str, text] = ""
     organization_id: Annotated[str, text] = ""
-    api_key: ApiKey = None
-    api_key_file: ApiKeyFile = None
-    base_url: BaseUrl = None
     page_size: Annotated[int | None, PageSize] = None
     listing: Annotated[str | None, Listing] = None
 
@@ -190,11 +194,77 @@ class ShardingSection(Schema):
         return Shard(self.index, self.total)
 
 
+def _class_name(value: Any) -> str:
+    if not isinstance(value, str) or not _CLASS_NAME.fullmatch(value):
+        raise problem("must be a lowercase word (a-z, 0-9, _; starting with a letter)")
+    if value in RESERVED:
+        raise problem(f"{value} is reserved")
+    return value
+
+
+def _match(value: Any) -> Pattern:
+    if not isinstance(value, str) or not value:
+        raise problem("required (a regular expression)")
+    return pattern(value)
+
+
+class ErrorClassEntry(Schema):
+    NOT_A_MAPPING = "must be a mapping with name and match"
+    EMPTY_IF_NONE = False
+
+    name: Annotated[str, PlainValidator(_class_name)] = Field("", validate_default=True)
+    match: Annotated[Pattern, PlainValidator(_match)] = Field("", validate_default=True)
+
+
+class DetailSection(Schema):
+    max_index_series: Annotated[int, whole(0, MAX_INDEX_SERIES)] = DEFAULT_MAX_INDEX_SERIES
+    # Absent: the shipped classes; empty (or null): none, every error is "other".
+    error_classes: Annotated[
+        list[ErrorClassEntry] | None,
+        listed(
+            "must be a list of {name, match}",
+            unique="name",
+            duplicate="duplicate class {}",
+            most=(MAX_ERROR_CLASSES, f"at most {MAX_ERROR_CLASSES} classes"),
+        ),
+    ] = None
+
+    def settings(self) -> Detail:
+        if "error_classes" not in self.model_fields_set:
+            return Detail(self.max_index_series)
+        classes = self.error_classes or ()
+        return Detail(self.max_index_series, tuple(ErrorClass(c.name, c.match) for c in classes))
+
+
+def _filter(value: Any) -> Pattern | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise problem("must be a regular expression (a string)")
+    return pattern(value)
+
+
+class DiscoverySection(Schema):
+    organization_id: Annotated[str, text] = ""
+    interval_seconds: Annotated[
+        float, number(MAX_DISCOVERY_INTERVAL_SECONDS, MIN_DISCOVERY_INTERVAL_SECONDS)
+    ] = DEFAULT_INTERVAL_SECONDS
+    include: Annotated[Pattern | None, PlainValidator(_filter)] = None
+    exclude: Annotated[Pattern | None, PlainValidator(_filter)] = None
+
+    def settings(self, template: ProjectConfig) -> DiscoveryConfig:
+        """The settings, discovered projects taking ``template``'s key, URL and paging."""
+        include = self.include or EVERYTHING
+        return DiscoveryConfig(
+            template, self.organization_id, self.interval_seconds, include, self.exclude
+        )
+
+
 class ConfigFile(Schema):
     """The whole file."""
 
     llamacloud: LlamaCloudSection = LlamaCloudSection()
-    poll_interval_seconds: Annotated[float, positive(MAX_POLL_INTERVAL_SECONDS)] = 60.0
+    poll_interval_seconds: Annotated[float, number(MAX_POLL_INTERVAL_SECONDS)] = 60.0
     max_concurrency: Annotated[int, whole(1, 1000)] = 4
     web: WebSection = WebSection()
     state: StateSection = StateSection()

@@ -46,27 +46,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any
 
-from pydantic import Field, PlainValidator, PrivateAttr, ValidationError, ValidationInfo
-from pydantic import field_validator as checked
+from pydantic import Field, PlainValidator, ValidationError
 
 from ..config import ConfigError
-from ..config.fields import (
-    Found,
-    Reading,
-    Schema,
-    did_you_mean,
-    found_in,
-    located,
-    messages,
-    printable,
-    problem,
-    reading,
-)
+from ..config.fields import Reading, Schema, did_you_mean, entries, messages, problem
 from ..config.files import FileProblem, YamlProblem, load_yaml, read_config_text
 from ..text import is_text
-from . import tls
 from .auth import AuthResult, BasicAuth
-from .tls import CLIENT_AUTH_TYPES, CURVES, GO_CIPHER_SUITES, Pem
+from .tls import CLIENT_AUTH_TYPES, GO_CIPHER_SUITES, TLSSection
 
 __all__ = ["CLIENT_AUTH_TYPES", "GO_CIPHER_SUITES", "WebConfig", "WebConfigError"]
 
@@ -293,139 +280,6 @@ def _ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 # --- the schema -------------------------------------------------------------------------
 
 
-def _is_set(value: Any) -> bool:
-    """Whether a TLS key says something (not empty, as exporter-toolkit reads it)."""
-    return value is not None and value != "" and value != [] and value != {}
-
-
-def _inline(kind: str) -> PlainValidator:
-    def pem(value: Any) -> Pem | None:
-        return tls.inline(value, kind, kind) if _is_set(value) else None
-
-    return PlainValidator(pem)
-
-
-def _from_file(kind: str) -> PlainValidator:
-    def pem(value: Any, info: ValidationInfo) -> Pem | None:
-        if not _is_set(value):
-            return None
-        return tls.from_file(value, f"{kind}_file", kind, reading(info).base_dir)
-
-    return PlainValidator(pem)
-
-
-def _ciphers(value: Any, info: ValidationInfo) -> tuple[str, ...]:
-    return tuple(tls.ciphers(value, info.data.get("min_version")))
-
-
-def _sans(value: Any, info: ValidationInfo) -> tuple[str, ...]:
-    sans = tls.strings(value)
-    auth = info.data.get("client_auth_type")
-    if sans and auth is not None and auth not in tls.REQUIRES_CERT:
-        raise problem(
-            "needs client_auth_type RequireAndVerifyClientCert (or RequireAnyClientCert): "
-            "with the others a client may connect without a certificate"
-        )
-    return tuple(sans)
-
-
-def _true_or_false(value: Any) -> bool:
-    if value is None:
-        return True
-    if not isinstance(value, bool):
-        raise problem("must be true or false")
-    return value
-
-
-class TLSSection(Schema):
-    """``tls_server_config``: TLS as soon as anything is set, and then all of it checked."""
-
-    EITHER = (("cert", "cert_file"), ("key", "key_file"), ("client_ca", "client_ca_file"))
-
-    client_auth_type: Annotated[str, PlainValidator(tls.client_auth_type)] = "NoClientCert"
-    min_version: Annotated[str, PlainValidator(lambda v: tls.version(v, "TLS12"))] = "TLS12"
-    max_version: Annotated[str, PlainValidator(lambda v: tls.version(v, "TLS13"))] = "TLS13"
-    cipher_suites: Annotated[tuple[str, ...], PlainValidator(_ciphers)] = ()  # OpenSSL's names
-    prefer_server_cipher_suites: Annotated[bool, PlainValidator(_true_or_false)] = True
-    curve_preferences: Annotated[Any, PlainValidator(lambda v: tls.names(v, CURVES))] = ()
-    client_allowed_sans: Annotated[tuple[str, ...], PlainValidator(_sans)] = ()
-    cert: Annotated[Pem | None, _inline("cert")] = None
-    cert_file: Annotated[Pem | None, _from_file("cert")] = None
-    key: Annotated[Pem | None, _inline("key")] = None
-    key_file: Annotated[Pem | None, _from_file("key")] = None
-    client_ca: Annotated[Pem | None, _inline("client_ca")] = None
-    client_ca_file: Annotated[Pem | None, _from_file("client_ca")] = None
-
-    _context: ssl.SSLContext | None = PrivateAttr(None)
-
-    @checked("max_version")
-    @classmethod
-    def _range(cls, max_version: str, info: ValidationInfo) -> str:
-        found = tls.version_range(info.data.get("min_version"), max_version)
-        if found:
-            raise located(found)
-        return max_version
-
-    @classmethod
-    def together(cls, raw: dict[str, Any], parsed: TLSSection | None) -> Found:
-        if not any(_is_set(v) for v in raw.values()):
-            return []  # no TLS
-
-        def given(kind: str) -> bool:
-            return _is_set(raw.get(kind)) or _is_set(raw.get(f"{kind}_file"))
-
-        found: Found = []
-        if not given("cert"):
-            found.append(
-                (("cert_file",), "required to serve TLS (or the certificate inline as cert)")
-            )
-        if not given("key"):
-            found.append((("key_file",), "required to serve TLS (or the key inline as key)"))
-        auth = tls.policy(raw.get("client_auth_type"))
-        if auth in tls.NEEDS_CA and not given("client_ca"):
-            found.append(
-                (
-                    ("client_ca_file",),
-                    f"required with client_auth_type {auth} "
-                    "(or the CA certificates inline as client_ca)",
-                )
-            )
-        if auth == "NoClientCert" and given("client_ca"):
-            found.append(
-                (
-                    ("client_auth_type",),
-                    "a client CA is set but client_auth_type is NoClientCert, so no client "
-                    "certificate would be asked for (use RequireAndVerifyClientCert)",
-                )
-            )
-        if found or parsed is None:
-            return found
-        try:
-            parsed._context = tls.server_context(parsed.settings())
-        except ValidationError as exc:
-            return found_in(exc)
-        return []
-
-    def settings(self) -> tls.Settings:
-        cert, key = self.cert or self.cert_file, self.key or self.key_file
-        assert cert is not None and key is not None  # required once anything is set
-        return tls.Settings(
-            cert=cert,
-            key=key,
-            client_ca=self.client_ca or self.client_ca_file,
-            client_auth_type=self.client_auth_type,
-            min_version=self.min_version,
-            max_version=self.max_version,
-            ciphers=self.cipher_suites,
-            prefer_server_cipher_suites=self.prefer_server_cipher_suites,
-        )
-
-    @property
-    def context(self) -> ssl.SSLContext | None:
-        """The server's context; None for plain HTTP."""
-        return self._context
-
-
 def _http2(value: Any) -> bool:
     if value is not None and not isinstance(value, bool):
         raise problem("must be true or false")
@@ -437,76 +291,40 @@ def _http2(value: Any) -> bool:
     return False
 
 
-def _headers(value: Any) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise problem("must be a mapping of header names to values")
-    headers: dict[str, str] = {}
-    found: Found = []
-    for name, text in value.items():
-        why = _header_problem(name, text)
-        if why:
-            found.append(((printable(str(name)),), why))
-        elif isinstance(text, str) and text.strip():  # "Unset if blank", as exporter-toolkit has it
-            headers[name] = text.strip()
-    if found:
-        raise located(found)
-    return headers
-
-
-def _header_problem(name: Any, value: Any) -> str | None:
+def _header(name: Any, value: Any) -> str | None:
+    """A header's value, None to leave it unset ("Unset if blank", as exporter-toolkit)."""
     if name not in HEADERS:
         extra = did_you_mean(str(name), HEADERS)
-        return f"this header cannot be set{extra}; allowed: {', '.join(HEADERS)}"
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        return "must be a string"
-    value = value.strip()
-    if value and (_CONTROL.search(value) or not is_text(value) or not value.isascii()):
-        return "must be printable ASCII on one line"
-    allowed = HEADERS[name]
-    if value and allowed and value.lower() not in allowed:
-        return f"must be one of {', '.join(allowed)}"
-    return None
+        raise problem(f"this header cannot be set{extra}; allowed: {', '.join(HEADERS)}")
+    if value is not None and not isinstance(value, str):
+        raise problem("must be a string")
+    value = (value or "").strip()
+    if _CONTROL.search(value) or not is_text(value) or not value.isascii():
+        raise problem("must be printable ASCII on one line")
+    if value and HEADERS[name] and value.lower() not in HEADERS[name]:
+        raise problem(f"must be one of {', '.join(HEADERS[name])}")
+    return value or None
 
 
 class HTTPSection(Schema):
     """``http_server_config``."""
 
     http2: Annotated[bool, PlainValidator(_http2)] = False
-    headers: Annotated[dict[str, str], PlainValidator(_headers)] = Field(default_factory=dict)
+    headers: Annotated[
+        dict[str, str], entries("must be a mapping of header names to values", _header)
+    ] = Field(default_factory=dict)
 
 
-def _users(value: Any) -> dict[str, bytes]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise problem("must be a mapping of user names to bcrypt hashes")
-    users: dict[str, bytes] = {}
-    found: Found = []
-    for name, hashed in value.items():
-        why = _user_problem(name, hashed)
-        if why:
-            found.append(((printable(str(name)),), why))
-        else:
-            users[name] = hashed.strip().encode("ascii")
-    if found:
-        raise located(found)
-    return users
-
-
-def _user_problem(name: Any, hashed: Any) -> str | None:
+def _user(name: Any, hashed: Any) -> bytes:
     if not isinstance(name, str):
-        return "a user name must be a string (quote it)"
+        raise problem("a user name must be a string (quote it)")
     if not is_text(name) or _CONTROL.search(name):
-        return "a user name cannot hold control characters"
+        raise problem("a user name cannot hold control characters")
     if ":" in name:
-        return "a user name cannot hold a colon (HTTP basic auth)"
+        raise problem("a user name cannot hold a colon (HTTP basic auth)")
     if not isinstance(hashed, str) or not _BCRYPT.fullmatch(hashed.strip()):
-        return _BAD_HASH  # never the value: it may be a password
-    return None
+        raise problem(_BAD_HASH)  # never the value: it may be a password
+    return hashed.strip().encode("ascii")
 
 
 def _not_supported(value: Any) -> None:
@@ -518,7 +336,7 @@ class WebConfigFile(Schema):
 
     tls_server_config: TLSSection = TLSSection()
     http_server_config: HTTPSection = HTTPSection()
-    basic_auth_users: Annotated[dict[str, bytes], PlainValidator(_users)] = Field(
-        default_factory=dict
-    )
+    basic_auth_users: Annotated[
+        dict[str, bytes], entries("must be a mapping of user names to bcrypt hashes", _user)
+    ] = Field(default_factory=dict)
     rate_limit: Annotated[None, PlainValidator(_not_supported)] = None  # exporter-toolkit's

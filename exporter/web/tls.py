@@ -1,4 +1,5 @@
-"""TLS for the web config: certificates and keys read and checked, and the server's context.
+"""The web config's ``tls_server_config``: its keys, certificates and keys read and checked,
+and the server's TLS context they make.
 
 Where Python's ``ssl`` module differs from Go's ``crypto/tls``:
 
@@ -41,13 +42,15 @@ import re
 import ssl
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Annotated, Any
 
-from ..config.fields import Found, did_you_mean, located, problem
+from pydantic import PlainValidator, PrivateAttr, ValidationError, ValidationInfo, field_validator
+
+from ..config.fields import Found, Schema, did_you_mean, found_in, located, problem, reading
 from ..config.files import MAX_KEY_FILE_BYTES, FileProblem, read_bounded
 from ..text import is_text
 
@@ -101,7 +104,7 @@ _PEM_CERT = "-----BEGIN CERTIFICATE-----"
 _PEM_KEY = re.compile(r"-----BEGIN ([A-Z]+ )?PRIVATE KEY-----")
 
 
-# ---------------------------------------------------------------------------- settings
+# ----------------------------------------------------------------------------- checks
 
 
 def policy(value: Any) -> str | None:
@@ -112,7 +115,7 @@ def policy(value: Any) -> str | None:
     return name if name in CLIENT_AUTH_TYPES else None
 
 
-def client_auth_type(value: Any) -> str:
+def _client_auth_type(value: Any) -> str:
     name = policy(value)
     if name is None:
         extra = did_you_mean(value, CLIENT_AUTH_TYPES) if isinstance(value, str) else ""
@@ -120,63 +123,47 @@ def client_auth_type(value: Any) -> str:
     return name
 
 
-def version(value: Any, default: str) -> str:
-    if value is None or value == "":
-        return default
-    if isinstance(value, str) and value in TLS_VERSIONS:
-        if value == "TLS13" and not ssl.HAS_TLSv1_3:
-            raise problem("this OpenSSL has no TLS 1.3")
-        return value
-    extra = did_you_mean(value, TLS_VERSIONS) if isinstance(value, str) else ""
-    raise problem(f"must be one of {', '.join(TLS_VERSIONS)}{extra}")
+def _version(default: str) -> PlainValidator:
+    def version(value: Any) -> str:
+        if value is None or value == "":
+            return default
+        if isinstance(value, str) and value in TLS_VERSIONS:
+            if value == "TLS13" and not ssl.HAS_TLSv1_3:
+                raise problem("this OpenSSL has no TLS 1.3")
+            return value
+        extra = did_you_mean(value, TLS_VERSIONS) if isinstance(value, str) else ""
+        raise problem(f"must be one of {', '.join(TLS_VERSIONS)}{extra}")
+
+    return PlainValidator(version)
 
 
-def version_range(min_version: str | None, max_version: str) -> Found:
-    """Problems of ``max_version`` with ``min_version`` (None: that one has a problem)."""
-    if min_version is None:
-        return []
-    found: Found = []
-    if TLS_VERSIONS[max_version] < TLS_VERSIONS[min_version]:
-        found.append(((), "lower than min_version"))
-    if TLS_VERSIONS[max_version] < ssl.TLSVersion.TLSv1_2:
-        found.append(
-            (
-                (),
-                "TLS 1.0 and 1.1 are not supported (OpenSSL refuses them at its default "
-                "security level): use TLS12 or TLS13",
-            )
-        )
-    return found
-
-
-def strings(value: Any) -> list[str]:
+def _strings(value: Any) -> tuple[str, ...]:
     if value is None:
-        return []
+        return ()
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise problem("must be a list of non-empty strings")
-    return value
+    return tuple(value)
 
 
-def names(value: Any, known: tuple[str, ...]) -> list[str]:
+def _names(value: Any, known: Iterable[str]) -> tuple[str, ...]:
     """A list of names out of ``known``: each unknown one said at its index, with a hint."""
-    listed = strings(value)
+    names, known = _strings(value), tuple(known)
     found: Found = [
         ((i,), f"unknown name{did_you_mean(name, known)}; known: {', '.join(known)}")
-        for i, name in enumerate(listed)
+        for i, name in enumerate(names)
         if name not in known
     ]
     if found:
         raise located(found)
-    return listed
+    return names
 
 
-def ciphers(value: Any, min_version: str | None) -> list[str]:
+def _ciphers(value: Any, info: ValidationInfo) -> tuple[str, ...]:
     """OpenSSL's names for the TLS 1.2 suites listed, each checked against this OpenSSL."""
-    listed = names(value, tuple(GO_CIPHER_SUITES))
-    openssl: list[str] = []
+    names, openssl = _names(value, GO_CIPHER_SUITES), []
     found: Found = []
     scratch = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    for i, name in enumerate(listed):
+    for i, name in enumerate(names):
         mapped = GO_CIPHER_SUITES[name]
         if mapped is None:
             continue
@@ -184,52 +171,60 @@ def ciphers(value: Any, min_version: str | None) -> list[str]:
             scratch.set_ciphers(mapped)
         except ssl.SSLError:
             found.append(((i,), f"{name} is not available in this OpenSSL"))
-            continue
-        if mapped not in openssl:
-            openssl.append(mapped)
-    if listed and not openssl and not found and min_version not in (None, "TLS13"):
-        found.append(
-            (
-                (),
-                "only TLS 1.3 suites, which are not configurable, so TLS 1.2 would have no "
-                "cipher suite: add TLS 1.2 suites or set min_version: TLS13",
-            )
-        )
+        else:
+            openssl += [] if mapped in openssl else [mapped]
+    if names and not openssl and not found and info.data.get("min_version") not in (None, "TLS13"):
+        why = "only TLS 1.3 suites, which are not configurable, so TLS 1.2 would have no cipher "
+        found.append(((), why + "suite: add TLS 1.2 suites or set min_version: TLS13"))
     if found:
         raise located(found)
-    return openssl
+    return tuple(openssl)
 
 
-# ---------------------------------------------------------------------------- material
+def _sans(value: Any, info: ValidationInfo) -> tuple[str, ...]:
+    sans, auth = _strings(value), info.data.get("client_auth_type")
+    if sans and auth is not None and auth not in REQUIRES_CERT:
+        raise problem(
+            "needs client_auth_type RequireAndVerifyClientCert (or RequireAnyClientCert): "
+            "with the others a client may connect without a certificate"
+        )
+    return sans
+
+
+def _true_or_false(value: Any) -> bool:
+    if value is not None and not isinstance(value, bool):
+        raise problem("must be true or false")
+    return value is not False
 
 
 @dataclass(frozen=True)
 class Pem:
     """A certificate, key or CA bundle: its text, and the key that gave it (to blame)."""
 
-    text: str = ""
-    key: str = ""
+    text: str
+    key: str
 
     def __repr__(self) -> str:
         return f"Pem({self.key})"  # never the text: it may be a private key
 
 
-def inline(value: Any, key: str, kind: str) -> Pem:
-    """PEM text given in the web config itself (``cert``, ``key``, ``client_ca``)."""
-    if not isinstance(value, str):
-        raise problem("must be PEM text")
-    return _pem(value, key, kind)
-
-
-def from_file(value: Any, key: str, kind: str, base_dir: Path | None) -> Pem:
-    """PEM text from the file named; a relative name is taken from ``base_dir``, the web
-    config's directory (as exporter-toolkit does)."""
+def _material(value: Any, info: ValidationInfo) -> Pem | None:
+    """``cert``/``key``/``client_ca`` inline, or the ``..._file`` naming where it is (taken
+    from the web config's directory when relative, as exporter-toolkit does)."""
+    key = info.field_name or ""
+    kind = key.removesuffix("_file")
+    if not is_set(value):
+        return None
+    if kind == key:
+        if not isinstance(value, str):
+            raise problem("must be PEM text")
+        return _pem(value, key, kind)
     if not isinstance(value, str):
         raise problem("must be a file name")
     if "-----BEGIN" in value or "\n" in value:
         # Never echo it: a key pasted here by mistake must not be printed as a "file name".
         raise problem(f"looks like PEM text, not a file name (use {kind} for that)")
-    path = Path(value)
+    path, base_dir = Path(value), reading(info).base_dir
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
     try:
@@ -258,54 +253,127 @@ def _pem(text: str, key: str, kind: str) -> Pem:
     return Pem(text, key)
 
 
-# ----------------------------------------------------------------------------- context
+def is_set(value: Any) -> bool:
+    """Whether a TLS key says something (as exporter-toolkit reads it: not empty)."""
+    return value is not None and value != "" and value != [] and value != {}
 
 
-@dataclass(frozen=True)
-class Settings:
-    """What the server's context is made of, all of it checked."""
-
-    cert: Pem
-    key: Pem
-    client_ca: Pem | None
-    client_auth_type: str
-    min_version: str
-    max_version: str
-    ciphers: tuple[str, ...]
-    prefer_server_cipher_suites: bool
+Material = Annotated[Pem | None, PlainValidator(_material)]
 
 
-def server_context(settings: Settings) -> ssl.SSLContext:
-    """The TLS context of the server; a key that does not match its certificate (and the
-    like) is a problem now, not at the first handshake."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    with warnings.catch_warnings():  # TLSv1 and TLSv1_1 are deprecated, yet exporters allow them
-        warnings.simplefilter("ignore", DeprecationWarning)
-        context.minimum_version = TLS_VERSIONS[settings.min_version]
-        context.maximum_version = TLS_VERSIONS[settings.max_version]
-    if settings.ciphers:
-        context.set_ciphers(":".join(settings.ciphers))
-    if settings.prefer_server_cipher_suites:
-        context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
-    else:
-        context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
-    _load_chain(context, settings.cert, settings.key)
-    ca = settings.client_ca
-    if ca is not None:
+# ----------------------------------------------------------------------------- section
+
+
+class TLSSection(Schema):
+    """``tls_server_config``: TLS as soon as anything is set, and then all of it checked,
+    down to a context that loads the key with its certificate."""
+
+    EITHER = (("cert", "cert_file"), ("key", "key_file"), ("client_ca", "client_ca_file"))
+
+    client_auth_type: Annotated[str, PlainValidator(_client_auth_type)] = "NoClientCert"
+    min_version: Annotated[str, _version("TLS12")] = "TLS12"
+    max_version: Annotated[str, _version("TLS13")] = "TLS13"
+    cipher_suites: Annotated[tuple[str, ...], PlainValidator(_ciphers)] = ()  # OpenSSL's
+    prefer_server_cipher_suites: Annotated[bool, PlainValidator(_true_or_false)] = True
+    curve_preferences: Annotated[tuple[str, ...], PlainValidator(lambda v: _names(v, CURVES))] = ()
+    client_allowed_sans: Annotated[tuple[str, ...], PlainValidator(_sans)] = ()
+    cert: Material = None
+    cert_file: Material = None
+    key: Material = None
+    key_file: Material = None
+    client_ca: Material = None
+    client_ca_file: Material = None
+
+    _context: ssl.SSLContext | None = PrivateAttr(None)
+
+    @field_validator("max_version")
+    @classmethod
+    def _range(cls, max_version: str, info: ValidationInfo) -> str:
+        min_version = info.data.get("min_version")  # None: it has a problem of its own
+        found: Found = []
+        if min_version is not None and TLS_VERSIONS[max_version] < TLS_VERSIONS[min_version]:
+            found.append(((), "lower than min_version"))
+        if min_version is not None and TLS_VERSIONS[max_version] < ssl.TLSVersion.TLSv1_2:
+            why = "TLS 1.0 and 1.1 are not supported (OpenSSL refuses them at its default "
+            found.append(((), why + "security level): use TLS12 or TLS13"))
+        if found:
+            raise located(found)
+        return max_version
+
+    @classmethod
+    def together(cls, raw: dict[str, Any], parsed: TLSSection | None) -> Found:
+        if not any(is_set(v) for v in raw.values()):
+            return []  # no TLS
+
+        def given(kind: str) -> bool:
+            return is_set(raw.get(kind)) or is_set(raw.get(f"{kind}_file"))
+
+        found: Found = []
+        if not given("cert"):
+            found.append(
+                (("cert_file",), "required to serve TLS (or the certificate inline as cert)")
+            )
+        if not given("key"):
+            found.append((("key_file",), "required to serve TLS (or the key inline as key)"))
+        auth = policy(raw.get("client_auth_type"))
+        if auth in NEEDS_CA and not given("client_ca"):
+            why = f"required with client_auth_type {auth} (or the CA certificates inline as "
+            why += "client_ca)"
+            found.append((("client_ca_file",), why))
+        if auth == "NoClientCert" and given("client_ca"):
+            why = "a client CA is set but client_auth_type is NoClientCert, so no client "
+            why += "certificate would be asked for (use RequireAndVerifyClientCert)"
+            found.append((("client_auth_type",), why))
+        if found or parsed is None:
+            return found
         try:
-            context.load_verify_locations(cadata=ca.text)
-        except ssl.SSLError as exc:
-            raise located(
-                [((ca.key,), f"not valid PEM CA certificates ({_reason(exc)})")]
-            ) from None
-    auth = settings.client_auth_type
-    if auth in REQUIRES_CERT:
-        context.verify_mode = ssl.CERT_REQUIRED
-    elif auth == "VerifyClientCertIfGiven" or (auth == "RequestClientCert" and ca is not None):
-        context.verify_mode = ssl.CERT_OPTIONAL
-    else:
-        context.verify_mode = ssl.CERT_NONE
-    return context
+            parsed._context = parsed._server_context()
+        except ValidationError as exc:
+            return found_in(exc)
+        return []
+
+    @property
+    def context(self) -> ssl.SSLContext | None:
+        """The server's TLS context; None for plain HTTP."""
+        return self._context
+
+    def _server_context(self) -> ssl.SSLContext:
+        """A key that does not match its certificate (and the like) is a problem now, not at
+        the first handshake."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        with (
+            warnings.catch_warnings()
+        ):  # TLSv1 and TLSv1_1 are deprecated, yet exporters allow them
+            warnings.simplefilter("ignore", DeprecationWarning)
+            context.minimum_version = TLS_VERSIONS[self.min_version]
+            context.maximum_version = TLS_VERSIONS[self.max_version]
+        if self.cipher_suites:
+            context.set_ciphers(":".join(self.cipher_suites))
+        if self.prefer_server_cipher_suites:
+            context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+        else:
+            context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+        cert, key = self.cert or self.cert_file, self.key or self.key_file
+        assert cert is not None and key is not None  # required once anything is set
+        _load_chain(context, cert, key)
+        ca = self.client_ca or self.client_ca_file
+        if ca is not None:
+            try:
+                context.load_verify_locations(cadata=ca.text)
+            except ssl.SSLError as exc:
+                raise _at(ca, f"not valid PEM CA certificates ({_reason(exc)})") from None
+        auth = self.client_auth_type
+        if auth in REQUIRES_CERT:
+            context.verify_mode = ssl.CERT_REQUIRED
+        elif auth == "VerifyClientCertIfGiven" or (auth == "RequestClientCert" and ca is not None):
+            context.verify_mode = ssl.CERT_OPTIONAL
+        else:
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+
+def _at(pem: Pem, message: str) -> ValidationError:
+    return located([((pem.key,), message)])
 
 
 def _load_chain(context: ssl.SSLContext, cert: Pem, key: Pem) -> None:
@@ -313,19 +381,16 @@ def _load_chain(context: ssl.SSLContext, cert: Pem, key: Pem) -> None:
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=cert.text)
     except ssl.SSLError as exc:
-        raise located([((cert.key,), f"not a valid PEM certificate ({_reason(exc)})")]) from None
+        raise _at(cert, f"not a valid PEM certificate ({_reason(exc)})") from None
     try:
         with _memory_file(cert.text) as cert_path, _memory_file(key.text) as key_path:
             context.load_cert_chain(cert_path, key_path, password=_no_password)
     except ssl.SSLError as exc:
         if exc.reason == "KEY_VALUES_MISMATCH":
-            why = "the key does not match the certificate"
-        else:
-            why = f"not a valid PEM private key ({_reason(exc)})"
-        raise located([((key.key,), why)]) from None
+            raise _at(key, "the key does not match the certificate") from None
+        raise _at(key, f"not a valid PEM private key ({_reason(exc)})") from None
     except OSError as exc:
-        why = f"cannot load the key ({exc.strerror or type(exc).__name__})"
-        raise located([((key.key,), why)]) from None
+        raise _at(key, f"cannot load the key ({exc.strerror or type(exc).__name__})") from None
 
 
 def _no_password() -> bytes:
