@@ -19,11 +19,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import (
     BaseModel,
     ConfigDict,
-    ModelWrapValidatorHandler,
     PlainValidator,
     ValidationError,
     ValidationInfo,
-    ValidatorFunctionWrapHandler,
     WrapValidator,
     model_validator,
 )
@@ -32,6 +30,7 @@ from pydantic_core import PydanticCustomError
 from ..patterns import Pattern, PatternError, compile_pattern
 
 if TYPE_CHECKING:
+    from pydantic import ModelWrapValidatorHandler, ValidatorFunctionWrapHandler
     from typing_extensions import Self
 
 Loc = tuple[str | int, ...]

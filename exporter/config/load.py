@@ -36,17 +36,16 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
     """Read, expand ``${VAR}`` references and validate a config file."""
-    env = os.environ if env is None else env
+    text = ""
     try:
         text = read_config_text(path)
+        return parse_config(parse_yaml(text), os.environ if env is None else env, Path(path).parent)
     except FileProblem as exc:
-        raise ConfigError([f"config: {exc}"]) from None
-    try:
-        raw = parse_yaml(text)
-        return parse_config(raw, env, base_dir=Path(path).parent)
+        problems = [f"config: {exc}"]
     except ConfigError as exc:
-        # A YAML error may quote a bit of the file: blank anything that looks like a key.
-        raise ConfigError([redact(p, _key_like(text)) for p in exc.problems]) from None
+        problems = exc.problems
+    # A YAML error may quote a bit of the file: blank anything that looks like a key.
+    raise ConfigError([redact(p, _key_like(text)) for p in problems])
 
 
 def parse_yaml(text: str) -> Any:
@@ -82,7 +81,7 @@ def parse_config(raw: Any, env: Mapping[str, str], base_dir: Path | None = None)
         file = ConfigFile.model_validate(raw, context=found)
     except ValidationError as exc:
         problems += messages(exc, "config")
-    except RecursionError:  # parse_yaml bounds depth; a hand-built structure may not be
+    except RecursionError:  # YAML is bounded in depth; a hand-built structure may not be
         problems.append(f"config: nested deeper than {MAX_CONFIG_DEPTH} levels")
     else:
         config = _build(file, env, found.secrets, problems)

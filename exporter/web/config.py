@@ -89,12 +89,8 @@ def load_web_config(path: str | Path) -> WebConfig:
     An empty file (or ``{}``) is valid: no TLS, no authentication.
     """
     try:
-        text = read_config_text(path)
-    except FileProblem as exc:
-        raise WebConfigError([f"web config: {exc}"]) from None
-    try:
-        raw = load_yaml(text)
-    except YamlProblem as exc:
+        raw = load_yaml(read_config_text(path))
+    except (FileProblem, YamlProblem) as exc:
         raise WebConfigError([f"web config: {exc}"]) from None
     return parse_web_config(raw, base_dir=Path(path).parent, path=Path(path))
 
