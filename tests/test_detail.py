@@ -104,6 +104,18 @@ def test_bad_detail_is_a_config_error_with_its_key_path(raw: dict[str, Any], pro
     assert any(p.startswith(problem) or problem in p for p in found), found
 
 
+def test_a_repeated_class_name_is_said_even_when_the_first_class_has_a_problem() -> None:
+    """Every problem at once: the broken expression and the name used twice."""
+    found = detail_problems(
+        error_classes=[{"name": "a", "match": "("}, {"name": "a", "match": "x"}]
+    )
+    assert found == [
+        "detail.error_classes[0].match: invalid regular expression (RE2 syntax, as in "
+        "Prometheus): missing ): (",
+        "detail.error_classes[1].name: duplicate class a",
+    ]
+
+
 @pytest.mark.parametrize(
     ("match", "reason"),
     [
