@@ -147,6 +147,20 @@ def test_missing_projects_and_keys() -> None:
     ]
 
 
+def test_a_missing_variable_is_named_in_a_loaded_file(tmp_path: Path) -> None:
+    """The file's own text is blanked where it may hold a key; ``${VAR}`` holds none."""
+    (tmp_path / "c.yaml").write_text(
+        "llamacloud:\n  api_key: ${LLAMA_CLOUD_API_KEY}\nprojects:\n  - id: p\n"
+    )
+    assert load_problems(tmp_path / "c.yaml") == [
+        "llamacloud.api_key: environment variable LLAMA_CLOUD_API_KEY is not set",
+        "projects[0].api_key: no API key (set projects[0].api_key, llamacloud.api_key "
+        "or the LLAMA_CLOUD_API_KEY environment variable)",
+    ]
+    (tmp_path / "c.yaml").write_text(f"llamacloud:\n  api_key: ${{K:-{KEY}}}\nprojects: 5\n")
+    assert KEY[4:12] not in " ".join(load_problems(tmp_path / "c.yaml"))
+
+
 def test_env_default_and_no_yaml_injection() -> None:
     config = parse_config(
         {"projects": [{"id": "p", "name": "${NAME:-fallback}", "api_key": "${KEY}"}]},

@@ -60,11 +60,15 @@ _KEY_LIKE = re.compile(r"llx-[^\s'\"]+|api_key\s*:\s*['\"]?([^\s'\"#]+)")
 
 
 def _key_like(text: str) -> tuple[str, ...]:
-    """What in a config's text may be a key: ``llx-...`` words and ``api_key`` values."""
+    """What in a config's text may be a key: ``llx-...`` words and ``api_key`` values, but
+    not a plain ``${VAR}``: its name is no secret, and a message about it must name it."""
     found: set[str] = set()
     for match in _KEY_LIKE.finditer(text):
         found.add(match.group(1) or match.group(0))
-    return tuple(found)
+    return tuple(value for value in found if not _PLAIN_REF.fullmatch(value))
+
+
+_PLAIN_REF = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
 
 
 def parse_config(raw: Any, env: Mapping[str, str], base_dir: Path | None = None) -> Config:
