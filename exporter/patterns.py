@@ -65,12 +65,3 @@ def compile_pattern(text: str) -> Pattern:
         if isinstance(reason, bytes):  # RE2's message comes as UTF-8 bytes
             reason = reason.decode("utf-8", "replace")
         raise PatternError(str(reason)) from None
-
-
-def parse_pattern(text: str, key: str, problems: list[str]) -> Pattern | None:
-    """A config key's expression, or None with a problem naming the key."""
-    try:
-        return compile_pattern(text)
-    except PatternError as exc:
-        problems.append(f"{key}: invalid regular expression (RE2 syntax, as in Prometheus): {exc}")
-        return None

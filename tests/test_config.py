@@ -9,10 +9,16 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import exporter.config.load as config_module
 from exporter.config import ConfigError, Secret, load_config, parse_config
 from exporter.config.load import parse_yaml
 from exporter.config.project import EU_BASE_URL, NA_BASE_URL
+from exporter.config.schema import (
+    ConfigFile,
+    LlamaCloudSection,
+    ProjectEntry,
+    StateSection,
+    WebSection,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 PID = "00000000-0000-0000-0000-000000000000"
@@ -141,6 +147,20 @@ def test_missing_projects_and_keys() -> None:
     ]
 
 
+def test_a_missing_variable_is_named_in_a_loaded_file(tmp_path: Path) -> None:
+    """The file's own text is blanked where it may hold a key; ``${VAR}`` holds none."""
+    (tmp_path / "c.yaml").write_text(
+        "llamacloud:\n  api_key: ${LLAMA_CLOUD_API_KEY}\nprojects:\n  - id: p\n"
+    )
+    assert load_problems(tmp_path / "c.yaml") == [
+        "llamacloud.api_key: environment variable LLAMA_CLOUD_API_KEY is not set",
+        "projects[0].api_key: no API key (set projects[0].api_key, llamacloud.api_key "
+        "or the LLAMA_CLOUD_API_KEY environment variable)",
+    ]
+    (tmp_path / "c.yaml").write_text(f"llamacloud:\n  api_key: ${{K:-{KEY}}}\nprojects: 5\n")
+    assert KEY[4:12] not in " ".join(load_problems(tmp_path / "c.yaml"))
+
+
 def test_env_default_and_no_yaml_injection() -> None:
     config = parse_config(
         {"projects": [{"id": "p", "name": "${NAME:-fallback}", "api_key": "${KEY}"}]},
@@ -200,7 +220,7 @@ def test_the_example_config_is_valid_and_complete() -> None:
     assert config.projects
     raw = yaml.safe_load(text)
     # Every key the contract names appears in the example.
-    for key in sorted(config_module._LLAMACLOUD_KEYS - {"api_key_file"}):
+    for key in sorted(set(LlamaCloudSection.model_fields) - {"api_key_file"}):
         assert key in raw["llamacloud"], key
     defaults = parse_config({"projects": [{"id": "p", "api_key": "k"}]}, {})
     assert config.full_listing_every == defaults.full_listing_every
@@ -348,6 +368,44 @@ def test_numbers_are_bounded(key: str, value: Any, problem: str) -> None:
     assert found == [f"llamacloud.{key}: must be {problem}"]
 
 
+NUMBERS = {
+    "page_size": "a whole number",
+    "max_retries": "a whole number",
+    "max_pages": "a whole number",
+    "max_response_bytes": "a whole number",
+    "full_listing_every": "a whole number",
+    "timeout_seconds": "a number",
+    "incremental_overlap_seconds": "a number",
+}
+
+
+@pytest.mark.parametrize("value", ["100", True, "5.0", [5], None])
+@pytest.mark.parametrize("key", sorted(NUMBERS))
+def test_numbers_are_never_taken_from_strings_or_booleans(key: str, value: Any) -> None:
+    """No lax conversion: ``"100"`` is not 100 and ``true`` is not 1, as before."""
+    found = problems({"llamacloud": {key: value}, "projects": [{"id": "p", "api_key": "k"}]})
+    assert found == [f"llamacloud.{key}: must be {NUMBERS[key]}"]
+
+
+def test_no_message_is_in_the_validation_library_s_words() -> None:
+    """Its messages can quote the input; every message is the exporter's own phrase."""
+    secret = "llx-Qw3rTy7UiOp9AsDf"
+    raw = {
+        "llamacloud": {"page_size": secret, "listing": secret, "base_url": [secret]},
+        "projects": [{"id": [secret], "name": {secret: 1}, "api_key": 5, "page_size": {}}],
+        "web": {"listen_address": 8080},
+        "detail": {"error_classes": [{"name": secret, "match": [secret]}, [secret]]},
+        "discovery": {"include": [secret], "interval_seconds": secret},
+        "sharding": {"total": secret},
+        "state": {"path": [secret]},
+    }
+    found = problems(raw)
+    assert len(found) >= 15, found  # each key above has its problem
+    text = "\n".join(found)
+    for word in (secret, "Input should", "input_value", "type=", "pydantic"):
+        assert word not in text, word
+
+
 def test_listing_is_set_per_project_or_for_all() -> None:
     raw = {
         "llamacloud": {
@@ -399,11 +457,11 @@ JSON = st.recursive(
 )
 KNOWN = st.sampled_from(
     sorted(
-        config_module._TOP_KEYS
-        | config_module._LLAMACLOUD_KEYS
-        | config_module._PROJECT_KEYS
-        | config_module._WEB_KEYS
-        | config_module._STATE_KEYS
+        {
+            key
+            for section in (ConfigFile, LlamaCloudSection, ProjectEntry, WebSection, StateSection)
+            for key in section.model_fields
+        }
     )
 )
 # Configs that look like configs: known keys at every level, values of any JSON type.
@@ -427,7 +485,7 @@ def test_any_structure_is_a_config_or_a_config_error(raw: Any) -> None:
         for problem in exc.problems:
             problem.encode("utf-8")  # printable as it is
     else:
-        assert config.projects
+        assert config.projects or config.discovery is not None  # discovery alone is a config
 
 
 YAML_PIECES = st.lists(

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from exporter.aggregate import RunTotals, SessionTracker, aggregate
 from exporter.aggregate.indexes import Detail, IndexSets, pick_indexes
 from exporter.config import ConfigError, load_config, parse_config
-from exporter.config.detail import parse_detail
 from tests.conftest import BACKTRACKING, REPO, WORDS, python_in_a_child, session
 
 KEY = {"LLAMA_CLOUD_API_KEY": "llx-k"}
@@ -105,6 +104,18 @@ def test_bad_detail_is_a_config_error_with_its_key_path(raw: dict[str, Any], pro
     assert any(p.startswith(problem) or problem in p for p in found), found
 
 
+def test_a_repeated_class_name_is_said_even_when_the_first_class_has_a_problem() -> None:
+    """Every problem at once: the broken expression and the name used twice."""
+    found = detail_problems(
+        error_classes=[{"name": "a", "match": "("}, {"name": "a", "match": "x"}]
+    )
+    assert found == [
+        "detail.error_classes[0].match: invalid regular expression (RE2 syntax, as in "
+        "Prometheus): missing ): (",
+        "detail.error_classes[1].name: duplicate class a",
+    ]
+
+
 @pytest.mark.parametrize(
     ("match", "reason"),
     [
@@ -194,11 +205,9 @@ def test_the_built_in_classes_name_the_usual_errors(text: str, name: str) -> Non
     assert Detail().classify(text) == name
 
 
-def test_parse_detail_reports_every_problem_at_once() -> None:
-    problems: list[str] = []
-    parse_detail(
-        {"max_index_series": 1.5, "error_classes": [{"name": "a", "match": "["}, "b"]},
-        problems,
+def test_the_detail_section_reports_every_problem_at_once() -> None:
+    problems = detail_problems(
+        max_index_series=1.5, error_classes=[{"name": "a", "match": "["}, "b"]
     )
     assert len(problems) == 3, problems
 

@@ -21,7 +21,7 @@ import trustme
 import yaml
 
 import exporter.web.auth as basicauth
-import exporter.web.config as webconfig
+import exporter.web.tls as webtls
 from exporter.config.files import MAX_KEY_FILE_BYTES
 from exporter.web import WebConfig, WebConfigError, load_web_config
 from exporter.web.auth import AUTH_CACHE_SIZE
@@ -732,7 +732,7 @@ def test_inline_key_without_memfd_uses_a_file_that_is_removed(
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    monkeypatch.setattr(webconfig, "_memfd", lambda data: None)
+    monkeypatch.setattr(webtls, "_memfd", lambda data: None)
     raw = {
         "tls_server_config": {
             "cert": server_cert.cert_chain_pems[0].bytes().decode(),

@@ -1,10 +1,11 @@
 """YAML in, frozen settings out: the config file and its keys, secrets, and the settings
 of discovery, sharding and detail.
 
-By job: :mod:`.load` (read, expand ``${VAR}``, validate: every problem with its key path),
-:mod:`.settings` and :mod:`.project` (the frozen objects), :mod:`.files` (bounded reads of the
-files a config names), :mod:`.secret` (keys that never print), :mod:`.detail`,
-:mod:`.discovery` and :mod:`.sharding` (their sections).
+By job: :mod:`.load` (read, expand ``${VAR}``, validate, build), :mod:`.schema` (every key
+of the file, declared once), :mod:`.fields` (what the schemas are built of: every problem with
+its key path), :mod:`.settings`, :mod:`.project`, :mod:`.discovery` and :mod:`.sharding` (the
+frozen objects), :mod:`.files` (bounded reads of the files a config names), :mod:`.secret`
+(keys that never print).
 """
 
 from __future__ import annotations

@@ -8,16 +8,12 @@ quote a path or the contents: the caller knows which file it asked for.
 
 from __future__ import annotations
 
-import difflib
 import os
 import stat
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
-
-from ..text import is_text as is_text
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 MAX_KEY_FILE_BYTES = 64 * 1024
@@ -139,57 +135,3 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
     if isinstance(node, yaml.MappingNode):
         return [part for pair in node.value for part in pair]
     return []
-
-
-# ------------------------------------------------------------- keys of a config mapping
-
-
-def section(raw: dict[Any, Any], key: str, known: set[str], problems: list[str]) -> dict[Any, Any]:
-    """The mapping under ``key`` ({} when absent), its unknown keys reported by path."""
-    value = raw.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        problems.append(f"{key}: must be a mapping")
-        return {}
-    unknown_keys(value, known, key + ".", problems)
-    return value
-
-
-def unknown_keys(value: dict[Any, Any], known: set[str], prefix: str, problems: list[str]) -> None:
-    """A problem for each key not in ``known``, with the nearest known one as a hint."""
-    for k in value:
-        if k not in known:
-            problems.append(f"{prefix}{k}: unknown key{did_you_mean(str(k), known)}")
-
-
-def did_you_mean(key: str, known: set[str] | tuple[str, ...]) -> str:
-    """`` (did you mean X?)`` for a near miss (the same word in another case included)."""
-    by_case = {k.lower(): k for k in known}
-    if key.lower() in by_case:
-        match: str | None = by_case[key.lower()]
-    else:
-        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
-        match = close[0] if close else None
-    return f" (did you mean {match}?)" if match else ""
-
-
-def whole_number(
-    d: Mapping[str, Any],
-    key: str,
-    prefix: str,
-    default: int,
-    low: int,
-    high: int,
-    problems: list[str],
-) -> int:
-    """``d[key]`` as a whole number from ``low`` to ``high`` (``default`` when absent); a
-    problem named ``prefix + key`` otherwise, and the default."""
-    value = d.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        problems.append(f"{prefix}{key}: must be a whole number")
-        return default
-    if not low <= value <= high:
-        problems.append(f"{prefix}{key}: must be between {low} and {high}")
-        return default
-    return value

@@ -40,10 +40,9 @@ class Config:
         return replace(self, shard=shard)
 
     def with_listen_address(self, address: str) -> Config:
-        problems: list[str] = []
-        check_listen_address(address, "--web.listen-address", problems)
-        if problems:
-            raise ConfigError(problems)
+        problem = listen_address_problem(address)
+        if problem:
+            raise ConfigError([f"--web.listen-address: {problem}"])
         return replace(self, listen_address=address)
 
 
@@ -60,15 +59,16 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-def check_listen_address(value: Any, where: str, problems: list[str]) -> None:
+def listen_address_problem(value: Any) -> str | None:
+    """What is wrong with a ``HOST:PORT`` to listen on, if anything."""
     if not isinstance(value, str):
-        problems.append(f"{where}: must be HOST:PORT")
-        return
+        return "must be HOST:PORT"
     host, sep, port = value.rpartition(":")
     if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
-        problems.append(f"{where}: must be HOST:PORT with a port from 0 to 65535")
-    elif not _HOST.match(host):
-        problems.append(f"{where}: the host must be a name or an IP address")
+        return "must be HOST:PORT with a port from 0 to 65535"
+    if not _HOST.match(host):
+        return "the host must be a name or an IP address"
+    return None
 
 
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.%a-zA-Z]+\]|[A-Za-z0-9._\-]*|[0-9A-Fa-f:.]+)$")
