@@ -29,7 +29,7 @@ from exporter.config import ProjectConfig, Secret
 from exporter.metrics import StoreCollector
 from exporter.store import ProjectState, Store
 from exporter.web import Limits, MetricsServer, protocol
-from exporter.web.server import WORKERS, HttpServer
+from exporter.web.server import MAX_HEAD_BYTES, WORKERS, HttpServer
 from tests.conftest import REPO, parse_metrics, session, value, wait_for
 
 
@@ -574,6 +574,28 @@ def test_an_oversized_head_gets_431_and_the_connection_closes(
         conn.send(head)
         assert conn.response().status == 431
         assert conn.closed_within(5)
+
+
+def test_the_head_limit_holds_to_the_byte(
+    start_server: Callable[..., MetricsServer], raw: Callable[[int], Raw]
+) -> None:
+    server = start_server()
+
+    def head(size: int, blank: bytes = b"") -> bytes:
+        start = blank + b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: "
+        return start + b"a" * (size - len(start) - 4) + b"\r\n\r\n"
+
+    # Blank lines before the request line count too; the head may come whole or in pieces.
+    for blank in (b"", b"\r\n\n"):
+        for pieces in (1, 3):
+            for size, status in ((MAX_HEAD_BYTES, 200), (MAX_HEAD_BYTES + 1, 431)):
+                data = head(size, blank)
+                assert len(data) == size
+                conn = raw(server.port)
+                step = -(-size // pieces)
+                for start in range(0, size, step):
+                    conn.send(data[start : start + step])
+                assert conn.response().status == status, (blank, pieces, size)
 
 
 @pytest.mark.parametrize(
