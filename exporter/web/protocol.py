@@ -157,12 +157,15 @@ class RequestReader:
                 break
             data = data or await self._more()
         assert isinstance(event, h11.Request)
-        head = seen[: len(seen) - len(parser.trailing_data[0])]
+        after = parser.trailing_data[0]
+        received, length = self._check(event, seen[: len(seen) - len(after)], limit)
+        if not length:
+            self._rest = after + data
+            return received
+        if parser.they_are_waiting_for_100_continue:
+            write(CONTINUE)
         if data:
             parser.receive_data(data)
-        received, length = self._check(event, head, limit)
-        if length and parser.they_are_waiting_for_100_continue:
-            write(CONTINUE)
         # No page takes a body: it is read, within its bound, and dropped.
         while not isinstance(event := _next_event(parser), h11.EndOfMessage):
             if event is h11.NEED_DATA:
