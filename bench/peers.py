@@ -63,7 +63,7 @@ def same_phase_ids(seed: int, count: int, full_every: int = FULL_LISTING_EVERY) 
 
 
 def metrics_app(store: Any) -> Any:
-    """The exporter's ``/metrics`` WSGI app over ``store``, as the daemon builds it."""
+    """The exporter's app over ``store``, as the daemon builds it."""
     from exporter.web.app import make_app
 
     return make_app(store)

@@ -20,8 +20,17 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.simulator import DEFAULT_API_KEY, Simulator
+from exporter.web import WebConfig
+from exporter.web.auth import AuthResult
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def admits(web: WebConfig, authorization: str | None) -> bool:
+    """Whether a request with this Authorization header gets in, as the server asks (here
+    off the event loop, waiting for a bcrypt check if one is needed)."""
+    return web.basic_auth.check(authorization) is AuthResult.GRANTED
+
 
 # A session in the shape of the API reference's example, with every field set.
 SESSION = {

@@ -33,7 +33,7 @@ from exporter import __version__
 from exporter.config import DEFAULT_LISTEN_ADDRESS, Shard, load_config, shard_from_hostname
 from exporter.simulator import DEFAULT_API_KEY, Simulator
 from exporter.web import WebConfig, load_web_config
-from tests.conftest import free_port, lint_problems, tool
+from tests.conftest import admits, free_port, lint_problems, tool
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -606,11 +606,11 @@ def test_web_config_example_loads_and_its_hash_is_of_the_placeholder(
     text = WEB_CONFIG_EXAMPLE.read_text()
     web = lay_out_web_config(tmp_path, text, server_cert)
     assert web.tls_enabled and web.auth_enabled
-    assert web.client_auth_type == "NoClientCert"
-    (user,) = web.users
-    assert web.check_basic_auth(basic(user, EXAMPLE_PASSWORD))
-    assert not web.check_basic_auth(basic(user, EXAMPLE_PASSWORD + "!"))
-    assert not web.check_basic_auth(None)
+    assert web.describe() == "TLS, basic auth for 1 user"
+    (user,) = yaml.safe_load(text)["basic_auth_users"]
+    assert admits(web, basic(user, EXAMPLE_PASSWORD))
+    assert not admits(web, basic(user, EXAMPLE_PASSWORD + "!"))
+    assert not admits(web, None)
 
     # Uncommenting its commented keys (client certificates, headers) gives a valid config too.
     lines = []
@@ -620,8 +620,9 @@ def test_web_config_example_loads_and_its_hash_is_of_the_placeholder(
     uncommented = tmp_path / "uncommented"
     uncommented.mkdir()
     web = lay_out_web_config(uncommented, "\n".join(lines) + "\n", server_cert)
-    assert web.client_auth_type == "RequireAndVerifyClientCert"
-    assert web.client_allowed_sans and web.headers
+    assert web.describe() == "TLS (client certs: RequireAndVerifyClientCert), basic auth for 1 user"
+    assert not web.check_client_cert(None)  # client_allowed_sans: a certificate must name one
+    assert web.headers
 
 
 def uncomment_web_config_lines(text: str, drop_plain_command: bool = False) -> str:
@@ -847,7 +848,7 @@ def test_kubernetes_web_component_is_consistent(
     assert auth["username"]["name"] == auth["password"]["name"]
     scrape = secret(objects, auth["username"]["name"])
     username, password = scrape[auth["username"]["key"]], scrape[auth["password"]["key"]]
-    assert web.check_basic_auth(basic(username, password))
+    assert admits(web, basic(username, password))
     assert password == EXAMPLE_PASSWORD, "the placeholder the docs tell to replace"
     ca_ref = endpoint["tlsConfig"]["ca"]["secret"]
     assert ca_ref["name"] == tls_secret and ca_ref["key"] in tls_files

@@ -28,8 +28,8 @@ from exporter.aggregate import aggregate
 from exporter.config import ProjectConfig, Secret
 from exporter.metrics import StoreCollector
 from exporter.store import ProjectState, Store
-from exporter.web import Limits, MetricsServer
-from exporter.web.server import WORKERS, HttpServer, StartResponse
+from exporter.web import Limits, MetricsServer, protocol
+from exporter.web.server import MAX_HEAD_BYTES, WORKERS, HttpServer
 from tests.conftest import REPO, parse_metrics, session, value, wait_for
 
 
@@ -113,6 +113,21 @@ def test_metrics_text_gzip_and_openmetrics(served: tuple[Store, str]) -> None:
     filtered = httpx.get(url + "/metrics?name[]=llamacloud_up")
     assert filtered.text.startswith("# HELP llamacloud_up ")
     assert "llamacloud_chat_sessions" not in filtered.text
+
+
+def test_gzip_is_sent_only_when_the_first_gzip_in_accept_encoding_wants_it(
+    served: tuple[Store, str],
+) -> None:
+    _, url = served
+    for accept_encoding, encoding in (
+        ("gzip;q=0", "identity"),  # prometheus_client's gzip_accepted would send gzip
+        ("gzip; q=0.000, identity", "identity"),
+        ("identity, GZIP;q=0.5", "gzip"),
+        ("br", "identity"),
+    ):
+        got = httpx.get(url + "/metrics", headers={"Accept-Encoding": accept_encoding})
+        assert got.headers.get("content-encoding", "identity") == encoding, accept_encoding
+        assert "llamacloud_up" in got.text
 
 
 FILTERED = (
@@ -334,10 +349,10 @@ def test_with_every_connection_mid_request_a_new_one_is_closed_at_once(
     entered: list[str] = []
     app = server.app
 
-    def slow_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+    def slow_app(request: protocol.Request) -> protocol.Response:
         entered.append(threading.current_thread().name)
         gate.wait(10)
-        return app(environ, start_response)
+        return app(request)
 
     server.app = slow_app
     busy = [raw(server.port), raw(server.port)]
@@ -561,6 +576,28 @@ def test_an_oversized_head_gets_431_and_the_connection_closes(
         assert conn.closed_within(5)
 
 
+def test_the_head_limit_holds_to_the_byte(
+    start_server: Callable[..., MetricsServer], raw: Callable[[int], Raw]
+) -> None:
+    server = start_server()
+
+    def head(size: int, blank: bytes = b"") -> bytes:
+        start = blank + b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: "
+        return start + b"a" * (size - len(start) - 4) + b"\r\n\r\n"
+
+    # Blank lines before the request line count too; the head may come whole or in pieces.
+    for blank in (b"", b"\r\n\n"):
+        for pieces in (1, 3):
+            for size, status in ((MAX_HEAD_BYTES, 200), (MAX_HEAD_BYTES + 1, 431)):
+                data = head(size, blank)
+                assert len(data) == size
+                conn = raw(server.port)
+                step = -(-size // pieces)
+                for start in range(0, size, step):
+                    conn.send(data[start : start + step])
+                assert conn.response().status == status, (blank, pieces, size)
+
+
 @pytest.mark.parametrize(
     "request_line",
     [
@@ -607,6 +644,115 @@ def test_http_2_gets_505(
     assert conn.response().status == 505
 
 
+SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("attempt", "status"),
+    [
+        pytest.param(
+            b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            411,  # refused before a chunk is read, as every chunked body is
+            id="content-length and transfer-encoding",
+        ),
+        pytest.param(
+            b"POST /-/reload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Length: 5\r\n\r\n0\r\n\r\n",
+            411,
+            id="transfer-encoding and content-length",
+        ),
+        pytest.param(
+            b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+            b"Content-Length: 38\r\n\r\n",
+            400,
+            id="two content-lengths",
+        ),
+        pytest.param(
+            b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 0, 38\r\n\r\n",
+            400,
+            id="a content-length of two values",
+        ),
+        pytest.param(
+            b"POST /-/reload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"0x10\r\n" + b"a" * 16 + b"\r\n0\r\n\r\n",
+            411,  # the bad chunk size is never parsed
+            id="transfer-encoding chunked with a bad chunk size",
+        ),
+        pytest.param(
+            b"POST /-/reload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n",
+            411,
+            id="an unknown transfer-encoding",
+        ),
+        pytest.param(
+            b"POST /-/reload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n",
+            400,
+            id="a space before the colon",
+        ),
+        pytest.param(
+            # A proxy that ends lines at CRLF alone sees one X-A field; this server, as RFC
+            # 9112 lets it, ends them at the bare LF too, and sees the Transfer-Encoding.
+            b"POST /-/reload HTTP/1.1\r\nHost: x\r\nX-A: b\nTransfer-Encoding: chunked\r\n\r\n",
+            411,
+            id="a transfer-encoding after a bare LF",
+        ),
+        pytest.param(
+            b"POST /-/reload HTTP/1.1\r\nHost: x\r\nX-A: b\rTransfer-Encoding: chunked\r\n\r\n",
+            400,
+            id="a bare CR in a header",
+        ),
+        pytest.param(
+            b"POST /-/reload HTTP/1.1\r\nHost: x\r\nX-A: b\r\n Transfer-Encoding: chunked\r\n\r\n",
+            400,
+            id="a transfer-encoding folded into another header",
+        ),
+        pytest.param(
+            b"GET /healthz HTTP/1.1 /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+            400,
+            id="spaces in the request target",
+        ),
+        pytest.param(b"GET /healthz HTTP/1.1\r\n\r\n", 400, id="no host"),
+        pytest.param(b"GET /healthz HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", 400, id="two hosts"),
+    ],
+)
+def test_a_smuggling_attempt_is_refused_and_what_follows_it_is_never_served(
+    start_server: Callable[..., MetricsServer],
+    raw: Callable[[int], Raw],
+    attempt: bytes,
+    status: int,
+) -> None:
+    server = start_server()
+    asked: list[str] = []
+    app = server.app
+
+    def watched(request: protocol.Request) -> protocol.Response:
+        asked.append(request.path)
+        return app(request)
+
+    server.app = watched
+    framed = raw(server.port)  # the control: a well-framed request and the same one after it
+    framed.send(b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab" + SMUGGLED)
+    assert [framed.response().status, framed.response().status] == [403, 404]
+    assert asked == ["/-/reload", "/smuggled"]
+    asked.clear()
+
+    conn = raw(server.port)
+    conn.send(attempt + SMUGGLED)
+    assert conn.response().status == status
+    assert conn.closed_within(5)
+    assert b"HTTP/1.1 " not in conn.buffer  # no second answer
+    assert asked == []  # the app saw neither
+    assert scrape(server).status_code == 200
+
+
+def test_an_http_1_0_request_needs_no_host(
+    start_server: Callable[..., MetricsServer], raw: Callable[[int], Raw]
+) -> None:
+    conn = raw(start_server().port)
+    conn.send(b"GET /healthz HTTP/1.0\r\n\r\n")
+    assert conn.response().body == b"ok\n"
+
+
 def test_request_bodies_come_by_content_length_and_small(
     start_server: Callable[..., MetricsServer], raw: Callable[[int], Raw]
 ) -> None:
@@ -641,9 +787,8 @@ def test_a_client_that_never_reads_its_response_is_dropped(
 ) -> None:
     big = b"x" * (32 << 20)  # more than the socket buffers on both sides hold
 
-    def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
-        start_response("200 OK", [("Content-Type", "application/octet-stream")])
-        return [big]
+    def app(request: protocol.Request) -> protocol.Response:
+        return protocol.Response("200 OK", (("Content-Type", "application/octet-stream"),), big)
 
     server = HttpServer("127.0.0.1", 0, app, Limits(write_timeout=0.5))
     servers.append(server)
@@ -668,11 +813,14 @@ def test_a_client_that_never_reads_its_response_is_dropped(
 def test_a_failing_app_gets_500_and_the_server_goes_on(
     servers: list[HttpServer], raw: Callable[[int], Raw]
 ) -> None:
-    def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
-        if environ["PATH_INFO"] == "/boom":
+    def app(request: protocol.Request) -> protocol.Response:
+        if request.path == "/boom":
             raise RuntimeError("boom")
-        start_response("200 OK", [("Content-Type", "text/plain")])
-        return [environ["wsgi.input"].read()]
+        if request.path == "/split":  # a header that would split the response head in two
+            return protocol.Response("200 OK", (("X-A", "b\r\nX-Injected: 1"),))
+        return protocol.Response(
+            "200 OK", (("Content-Type", "text/plain"),), request.query.encode()
+        )
 
     server = HttpServer("127.0.0.1", 0, app)
     servers.append(server)
@@ -680,8 +828,12 @@ def test_a_failing_app_gets_500_and_the_server_goes_on(
     conn = raw(server.port)
     conn.get("/boom")
     assert conn.response().status == 500
-    conn.get("/echo", "Content-Length: 4", method="POST")
-    conn.send(b"ping")
+    conn.get("/split")
+    split = conn.response()
+    assert split.status == 500
+    assert "x-injected" not in split.headers
+    conn.get("/echo?ping", "Content-Length: 4", method="POST")
+    conn.send(b"abcd")  # read and dropped: no page takes a body
     assert conn.response().body == b"ping"
 
 
@@ -764,12 +916,17 @@ def test_out_of_file_descriptors_the_accept_loop_backs_off_quietly() -> None:
     assert logs.count("http_accept_resumed") == 1, logs
 
 
-def test_a_content_length_of_thousands_of_digits_is_413_not_a_crash(
+def test_a_content_length_of_thousands_of_digits_is_refused_not_a_crash(
     start_server: Callable[..., MetricsServer], raw: Callable[[int], Raw]
 ) -> None:
-    conn = raw(start_server().port)
-    conn.send(b"POST /-/reload HTTP/1.1\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n")
-    assert conn.response().status == 413
+    server = start_server()
+    # 20 digits are a length (too large); past that, h11 takes none for a length at all.
+    for digits, status in ((20, 413), (5000, 400)):
+        conn = raw(server.port)
+        conn.get("/-/reload", "Content-Length: " + "9" * digits, method="POST")
+        assert conn.response().status == status
+        assert conn.closed_within(5)
+    assert scrape(server).status_code == 200
 
 
 def test_an_accept_header_prometheus_client_cannot_read_gets_the_text_format(
@@ -795,11 +952,10 @@ def test_clients_that_stop_reading_cannot_hold_the_server(
     big = b"x" * (16 << 20)  # more than the kernel buffers of a socket take
     app = server.app
 
-    def large(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        if environ["PATH_INFO"] == "/metrics":
-            start_response("200 OK", [("Content-Type", "text/plain")])
-            return [big]
-        return app(environ, start_response)
+    def large(request: protocol.Request) -> protocol.Response:
+        if request.path == "/metrics":
+            return protocol.Response("200 OK", (("Content-Type", "text/plain"),), big)
+        return app(request)
 
     server.app = large
     stalled = []

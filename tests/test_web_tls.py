@@ -72,17 +72,30 @@ def served_certificate(port: int, context: ssl.SSLContext) -> bytes:
     return der
 
 
+@pytest.fixture
+def serve(
+    sim: Any, tmp_path: Path, start_exporter: Callable[..., Exporter]
+) -> Callable[..., Exporter]:
+    """The exporter over one project of the simulator, with no sessions, behind a web config;
+    ``extra`` goes on its command line, ``client`` to its requests (as for start_exporter)."""
+
+    def start(web: Path, *extra: str, **client: Any) -> Exporter:
+        sim.set_sessions("p", [])
+        config = write_config(tmp_path / "c.yaml", sim.base_url, ["p"])
+        return start_exporter(config, "--web.config.file", str(web), *extra, **client)
+
+    return start
+
+
 def port_of(exp: Exporter) -> int:
     return int(exp.url.rsplit(":", 1)[1])
 
 
 def test_metrics_over_tls_with_a_real_handshake(
-    sim: Any, tmp_path: Path, start_exporter: Callable[..., Exporter], ca: trustme.CA
+    tmp_path: Path, serve: Callable[..., Exporter], ca: trustme.CA
 ) -> None:
     web = tls_web_config(ca, tmp_path)
-    config = write_config(tmp_path / "c.yaml", sim.base_url, ["p"])
-    sim.set_sessions("p", [])
-    exp = start_exporter(config, "--web.config.file", str(web), verify=trust(ca))
+    exp = serve(web, verify=trust(ca))
     assert exp.url.startswith("https://")
     assert exp.get("/metrics").status_code == 200
     # Plain HTTP gets no answer; a client that does not trust the CA fails the handshake.
@@ -94,7 +107,7 @@ def test_metrics_over_tls_with_a_real_handshake(
 
 
 def test_a_client_certificate_is_required_when_asked_for(
-    sim: Any, tmp_path: Path, start_exporter: Callable[..., Exporter], ca: trustme.CA
+    tmp_path: Path, serve: Callable[..., Exporter], ca: trustme.CA
 ) -> None:
     cert, key = server_files(ca, tmp_path)
     client_ca = trustme.CA()
@@ -109,14 +122,8 @@ def test_a_client_certificate_is_required_when_asked_for(
             "client_auth_type": "RequireAndVerifyClientCert",
         },
     )
-    sim.set_sessions("p", [])
     good = client_ca.issue_cert("prometheus.example")
-    exp = start_exporter(
-        write_config(tmp_path / "c.yaml", sim.base_url, ["p"]),
-        "--web.config.file",
-        str(web),
-        verify=trust(ca, good),
-    )
+    exp = serve(web, verify=trust(ca, good))
     assert exp.get("/metrics").status_code == 200
     stranger = trustme.CA().issue_cert("prometheus.example")
     for context in (trust(ca), trust(ca, stranger)):
@@ -125,17 +132,10 @@ def test_a_client_certificate_is_required_when_asked_for(
 
 
 def test_basic_auth_guards_every_endpoint_and_is_never_logged(
-    sim: Any, tmp_path: Path, start_exporter: Callable[..., Exporter]
+    tmp_path: Path, serve: Callable[..., Exporter]
 ) -> None:
     web = web_config(tmp_path / "web.yml", basic_auth_users={USER: password_hash()})
-    sim.set_sessions("p", [])
-    exp = start_exporter(
-        write_config(tmp_path / "c.yaml", sim.base_url, ["p"]),
-        "--web.config.file",
-        str(web),
-        "--web.enable-lifecycle",
-        auth=(USER, PASSWORD),
-    )
+    exp = serve(web, "--web.enable-lifecycle", auth=(USER, PASSWORD))
     assert exp.get("/metrics").status_code == 200
     for path in ("/metrics", "/healthz", "/readyz", "/", "/nope"):
         for auth in (None, (USER, "wrong"), ("someone", PASSWORD)):
@@ -150,16 +150,10 @@ def test_basic_auth_guards_every_endpoint_and_is_never_logged(
 
 
 def test_a_reload_picks_up_a_renewed_certificate_and_keeps_the_old_web_config_if_broken(
-    sim: Any, tmp_path: Path, start_exporter: Callable[..., Exporter], ca: trustme.CA
+    tmp_path: Path, serve: Callable[..., Exporter], ca: trustme.CA
 ) -> None:
     web = tls_web_config(ca, tmp_path)
-    sim.set_sessions("p", [])
-    exp = start_exporter(
-        write_config(tmp_path / "c.yaml", sim.base_url, ["p"]),
-        "--web.config.file",
-        str(web),
-        verify=trust(ca),
-    )
+    exp = serve(web, verify=trust(ca))
     first = served_certificate(port_of(exp), trust(ca))
     server_files(ca, tmp_path)  # renewed in place, as cert-manager or certbot do
     exp.proc.send_signal(signal.SIGHUP)
@@ -223,7 +217,7 @@ def test_check_config_validates_the_web_config(tmp_path: Path, ca: trustme.CA) -
 
 
 def test_a_flood_of_wrong_passwords_never_locks_out_the_right_one(
-    sim: Any, tmp_path: Path, start_exporter: Callable[..., Exporter]
+    tmp_path: Path, serve: Callable[..., Exporter]
 ) -> None:
     """Before, a check that found bcrypt busy failed at once: six guessing clients kept it
     busy, and a user's first login (after a start or a reload) was a 401."""
@@ -234,13 +228,7 @@ def test_a_flood_of_wrong_passwords_never_locks_out_the_right_one(
         for name, password in logins.items()
     }
     web = web_config(tmp_path / "web.yml", basic_auth_users={USER: password_hash(), **users})
-    sim.set_sessions("p", [])
-    exp = start_exporter(
-        write_config(tmp_path / "c.yaml", sim.base_url, ["p"]),
-        "--web.config.file",
-        str(web),
-        auth=(USER, PASSWORD),
-    )
+    exp = serve(web, auth=(USER, PASSWORD))
     assert exp.get("/metrics").status_code == 200  # remembered from now on
     stop = threading.Event()
     answers: list[int] = []
@@ -364,17 +352,10 @@ def test_clients_that_never_finish_a_handshake_cannot_starve_the_others(
 
 
 def test_the_container_health_check_passes_behind_tls_and_basic_auth(
-    sim: Any, tmp_path: Path, start_exporter: Callable[..., Exporter], ca: trustme.CA
+    tmp_path: Path, serve: Callable[..., Exporter], ca: trustme.CA
 ) -> None:
     web = tls_web_config(ca, tmp_path, basic_auth_users={USER: password_hash()})
-    sim.set_sessions("p", [])
-    exp = start_exporter(
-        write_config(tmp_path / "c.yaml", sim.base_url, ["p"]),
-        "--web.config.file",
-        str(web),
-        verify=trust(ca),
-        auth=(USER, PASSWORD),
-    )
+    exp = serve(web, verify=trust(ca), auth=(USER, PASSWORD))
 
     def health(url: str) -> int:
         env = {"LLAMACLOUD_EXPORTER_HEALTHCHECK_URL": url, "PATH": "/usr/bin:/bin"}

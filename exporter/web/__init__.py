@@ -1,6 +1,7 @@
 """The HTTP side: a bounded server, its web config (TLS, basic auth) and the exporter's app.
 
-By job: :mod:`.server` (connections, deadlines, HTTP/1.1), :mod:`.config` (the
+By job: :mod:`.server` (connections, threads, deadlines, bytes held), :mod:`.protocol`
+(HTTP/1.1 requests read with h11, the app's request and response), :mod:`.config` (the
 exporter-toolkit web config), :mod:`.auth` (bcrypt checks at a bounded cost), :mod:`.app`
 (``/metrics``, ``/healthz``, ``/readyz``, ``/-/reload`` and the landing page).
 """

@@ -1,8 +1,9 @@
 """The exporter's HTTP endpoints: /metrics, /healthz, /readyz, POST /-/reload and a landing page.
 
-:func:`make_app` is the WSGI app; :class:`MetricsServer` serves it on the bounded server of
-:mod:`exporter.web.server` (its own event-loop thread and a few worker threads), so a scrape never
-waits for the poller's event loop and no client can exhaust the process's threads or files.
+:func:`make_app` is the app, from a request to its response; :class:`MetricsServer` serves it
+on the bounded server of :mod:`exporter.web.server` (its own event-loop thread and a few worker
+threads), so a scrape never waits for the poller's event loop and no client can exhaust the
+process's threads or files.
 A web config (``--web.config.file``) adds TLS and basic auth in front of every endpoint;
 :class:`MetricsServer` checks passwords on the server's event loop before a worker thread
 takes the request, so requests waiting for a bcrypt check never hold one.
@@ -12,9 +13,9 @@ from __future__ import annotations
 
 import html
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Any
 from urllib.parse import parse_qs
 
 from prometheus_client.exposition import choose_encoder
@@ -24,13 +25,8 @@ from ..metrics import StoreCollector, TextExposition
 from ..store import ProjectState, Store
 from .auth import AuthResult
 from .config import WebConfig
+from .protocol import App, Headers, Request, Response
 from .server import HttpServer, Limits
-
-StartResponse = Callable[..., Any]
-Environ = dict[str, Any]
-
-# The environ key of the AuthResult the server found for a request (no header can make it).
-AUTH_RESULT = "llamacloud_exporter.basic_auth"
 
 
 def _fmt_time(ts: float | None) -> str:
@@ -77,8 +73,10 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head>
 """.encode()
 
 
-def _accepts_gzip(environ: Environ) -> bool:
-    for token in environ.get("HTTP_ACCEPT_ENCODING", "").split(","):
+def _accepts_gzip(accept_encoding: str) -> bool:
+    """Whether the first gzip in Accept-Encoding is wanted: ``gzip;q=0`` says no, which
+    prometheus_client's ``gzip_accepted`` would take for yes."""
+    for token in accept_encoding.split(","):
         coding, _, params = token.partition(";")
         if coding.strip().lower() == "gzip":
             return params.replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
@@ -103,86 +101,74 @@ def make_app(
     store: Store,
     reload: Callable[[], Reload | None] = lambda: None,
     web: Callable[[], WebConfig | None] = lambda: None,
-) -> Callable[[Environ, StartResponse], Any]:
+) -> App:
     # Every /metrics answer, ?name[]= filtered or not, comes from the per-project cache.
     exposition = TextExposition(StoreCollector(store), store)
     # One reload at a time holds a worker (up to a minute); more would starve the scrapes.
     reloading = threading.Lock()
 
-    def guarded(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    def guarded(request: Request) -> Response:
         """Basic auth before anything else, and the web config's headers on every answer."""
         config = web()
         if config is None:
-            return app(environ, start_response)
-        extra = list(config.headers.items())
-
-        def respond(status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
-            return start_response(status, [*headers, *extra], *exc_info)
-
-        result = environ.get(AUTH_RESULT)
-        if not isinstance(result, AuthResult):  # served by a server that did not check it
-            result = config.basic_auth.check(environ.get("HTTP_AUTHORIZATION"))
+            return app(request)
+        result = request.auth
+        if result is None:  # served by a server that did not check it
+            result = config.basic_auth.check(request.header("authorization"))
         if result is AuthResult.BUSY:
-            return _text(
-                respond,
+            response = _text(
                 "503 Service Unavailable",
                 b"too many password checks at once: try again\n",
-                [("Retry-After", "1")],
+                ("Retry-After", "1"),
             )
         # Never logged, and a wrong password says no more than a missing one.
-        if result is not AuthResult.GRANTED:
-            return _text(
-                respond,
+        elif result is not AuthResult.GRANTED:
+            response = _text(
                 "401 Unauthorized",
                 b"unauthorized\n",
-                [("WWW-Authenticate", 'Basic realm="llamacloud-exporter", charset="UTF-8"')],
+                ("WWW-Authenticate", 'Basic realm="llamacloud-exporter", charset="UTF-8"'),
             )
-        return app(environ, respond)
+        else:
+            response = app(request)
+        return replace(response, headers=(*response.headers, *config.headers.items()))
 
-    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "/")
+    def app(request: Request) -> Response:
+        path = request.path
         allowed = ROUTES.get(path)
         if allowed is None:
-            return _text(start_response, "404 Not Found", b"not found\n")
-        if environ.get("REQUEST_METHOD") not in allowed:
+            return _text("404 Not Found", b"not found\n")
+        if request.method not in allowed:
             use = " or ".join(allowed)
             return _text(
-                start_response,
-                "405 Method Not Allowed",
-                f"use {use}\n".encode(),
-                [("Allow", ", ".join(allowed))],
+                "405 Method Not Allowed", f"use {use}\n".encode(), ("Allow", ", ".join(allowed))
             )
         if path == "/metrics":
             # Negotiated and filtered as prometheus_client does it; the body comes from the cache.
-            names = parse_qs(environ.get("QUERY_STRING", "")).get("name[]")
+            names = parse_qs(request.query).get("name[]")
             try:
-                _, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
+                _, content_type = choose_encoder(request.header("accept"))
             except Exception:  # "version=abc": prometheus_client cannot read it
                 _, content_type = choose_encoder("")
             openmetrics = content_type.startswith("application/openmetrics-text")
-            headers = [("Content-Type", content_type)]
-            if _accepts_gzip(environ):
+            headers: Headers = (("Content-Type", content_type),)
+            if _accepts_gzip(request.header("accept-encoding")):
                 body = exposition.render_gzip(openmetrics=openmetrics, names=names)
-                headers.append(("Content-Encoding", "gzip"))
+                headers += (("Content-Encoding", "gzip"),)
             else:
                 body = exposition.render(openmetrics=openmetrics, names=names)
-            headers.append(("Content-Length", str(len(body))))
-            start_response("200 OK", headers)
-            return [body]
+            return Response("200 OK", headers, body)
         if path == "/-/reload":
             handler = reload()
             if handler is None:
                 return _text(
-                    start_response,
                     "403 Forbidden",
                     b"reloading over HTTP is off: start with --config and --web.enable-lifecycle\n",
                 )
             if not reloading.acquire(blocking=False):
                 return _text(
-                    start_response,
                     "503 Service Unavailable",
                     b"a reload is already running: try again when it has finished\n",
-                    [("Retry-After", "5")],
+                    ("Retry-After", "5"),
                 )
             try:
                 ok, message = handler()
@@ -191,38 +177,22 @@ def make_app(
             finally:
                 reloading.release()
             status = "200 OK" if ok else "500 Internal Server Error"
-            return _text(start_response, status, message.encode() + b"\n")
+            return _text(status, message.encode() + b"\n")
         if path == "/healthz":
-            return _text(start_response, "200 OK", b"ok\n")
+            return _text("200 OK", b"ok\n")
         if path == "/readyz":
             if store.ready():
-                return _text(start_response, "200 OK", b"ready\n")
-            return _text(start_response, "503 Service Unavailable", b"waiting for the first poll\n")
-        body = landing_page(store)
-        start_response(
-            "200 OK",
-            [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body)))],
+                return _text("200 OK", b"ready\n")
+            return _text("503 Service Unavailable", b"waiting for the first poll\n")
+        return Response(
+            "200 OK", (("Content-Type", "text/html; charset=utf-8"),), landing_page(store)
         )
-        return [body]
 
     return guarded
 
 
-def _text(
-    start_response: StartResponse,
-    status: str,
-    body: bytes,
-    extra: list[tuple[str, str]] | None = None,
-) -> list[bytes]:
-    start_response(
-        status,
-        [
-            ("Content-Type", "text/plain; charset=utf-8"),
-            ("Content-Length", str(len(body))),
-            *(extra or []),
-        ],
-    )
-    return [body]
+def _text(status: str, body: bytes, *extra: tuple[str, str]) -> Response:
+    return Response(status, (("Content-Type", "text/plain; charset=utf-8"), *extra), body)
 
 
 class MetricsServer(HttpServer):
@@ -252,13 +222,14 @@ class MetricsServer(HttpServer):
             prepare=self._check_password,
         )
 
-    async def _check_password(self, environ: Environ) -> None:
+    async def _check_password(self, request: Request) -> Request:
         """The request's basic auth, checked on the event loop: a request waiting for its
         bcrypt check holds no worker thread, so the workers go on serving the others."""
         web = self.web
-        if web is not None and web.auth_enabled:
-            header = environ.get("HTTP_AUTHORIZATION")
-            environ[AUTH_RESULT] = await web.basic_auth.check_async(header)
+        if web is None or not web.auth_enabled:
+            return request
+        result = await web.basic_auth.check_async(request.header("authorization"))
+        return replace(request, auth=result)
 
     @property
     def scheme(self) -> str:

@@ -79,10 +79,6 @@ class BasicAuth:
         self._max_cost = max((_cost(h) for h in self._users.values()), default=0)
         self._checks = _Checks()
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self._users)
-
     def carry_over(self, previous: BasicAuth) -> None:
         """Keep ``previous``'s remembered and queued checks when its users and hashes are
         exactly these; with any change, nothing is kept (a changed hash starts afresh)."""

@@ -52,7 +52,7 @@ from ..config import ConfigError
 from ..config.fields import Reading, Schema, did_you_mean, entries, messages, problem
 from ..config.files import FileProblem, YamlProblem, load_yaml, read_config_text
 from ..text import is_text
-from .auth import AuthResult, BasicAuth
+from .auth import BasicAuth
 from .tls import CLIENT_AUTH_TYPES, GO_CIPHER_SUITES, TLSSection
 
 __all__ = ["CLIENT_AUTH_TYPES", "GO_CIPHER_SUITES", "WebConfig", "WebConfigError"]
@@ -173,20 +173,6 @@ class WebConfig:
         """Headers to add to every response (read-only)."""
         return self._headers
 
-    @property
-    def users(self) -> tuple[str, ...]:
-        """The basic-auth user names, sorted (never the hashes)."""
-        return tuple(sorted(self._users))
-
-    @property
-    def client_auth_type(self) -> str:
-        """The client certificate policy, by its exporter-toolkit name."""
-        return self._client_auth_type
-
-    @property
-    def client_allowed_sans(self) -> frozenset[str]:
-        return self._allowed_sans
-
     def ssl_context(self) -> ssl.SSLContext | None:
         """The server's TLS context (the same object every call), or ``None`` for plain HTTP.
 
@@ -230,17 +216,6 @@ class WebConfig:
     def basic_auth(self) -> BasicAuth:
         """The basic-auth checks of ``basic_auth_users`` (see :mod:`exporter.web.auth`)."""
         return self._auth
-
-    def check_basic_auth(self, authorization_header: str | None) -> bool:
-        """Whether a request's ``Authorization`` header lets it in, waiting for a bcrypt
-        check if need be (call it off the event loop, or await ``basic_auth.check_async``).
-
-        True when no users are configured. Otherwise the header must be ``Basic`` (any case)
-        and base64 of UTF-8 ``user:password`` whose password matches the user's bcrypt hash
-        (cut at 72 bytes, as bcrypt, Go and htpasswd do). False too when it could not be
-        checked (:attr:`AuthResult.BUSY`: the bcrypt queue was full, or the wait too long).
-        """
-        return self._auth.check(authorization_header) is AuthResult.GRANTED
 
     def carry_over(self, previous: WebConfig | None) -> None:
         """What a reload keeps of the config this one replaces: the remembered password
