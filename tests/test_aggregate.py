@@ -221,7 +221,7 @@ def test_a_session_listed_twice_counts_once() -> None:
 def test_restored_baseline_counts_from_the_first_poll() -> None:
     first = SessionTracker()
     aggregate([[session("a"), session("b")]], first)
-    restored = SessionTracker(dict(first.fingerprints()))
+    restored = SessionTracker(first.rows())
     result = aggregate([[session("a"), session("b", turns=5), session("c")]], restored)
     assert not result.baseline
     assert result.new_runs.runs == 2

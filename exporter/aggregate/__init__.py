@@ -32,7 +32,7 @@ from .runs import (
     run_status,
     utc_timestamp,
 )
-from .tracker import MISSED, UNREAD, ListingState, SavedSession, SessionTracker
+from .tracker import MISSED, ListingState, SavedSession, SessionTracker
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -40,7 +40,6 @@ __all__ = [
     "NEVER_RUN",
     "STATUSES",
     "TOKEN_BUCKETS",
-    "UNREAD",
     "Exemplar",
     "Histogram",
     "InvalidItem",

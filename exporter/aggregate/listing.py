@@ -35,7 +35,6 @@ from .tracker import (
     _SLOT_MASK,
     _STATUS_MASK,
     MISSED,
-    UNREAD,
     ListingState,
     SessionTracker,
     _packed,
@@ -221,14 +220,6 @@ class Listing:
                     self._store(sid, value, fp, run, index_set)
                     if self._counting and run is not None:
                         self._count_run(run, job, sid, updated)
-                elif check_missed and tracker._flags[slot] & UNREAD:
-                    # Saved by an older version without its run: read it now, count nothing.
-                    try:
-                        run = None if job is None else read_run(job, fp)
-                    except InvalidItem:
-                        invalid += 1
-                        continue
-                    self._store(sid, value, fp, run, index_set)
                 elif check_missed and tracker._flags[slot] & MISSED:
                     # Absent from the last full listing, back now: it moved while that one
                     # paged.

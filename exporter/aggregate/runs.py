@@ -380,7 +380,7 @@ class RunTotals:
                 raise ValueError(f"{key}: bucket layout changed")
             return Histogram(bounds, tuple(count(c) for c in counts), amount(total))
 
-        by_class = data.get("errors_by_class", {})  # absent from files saved before classes
+        by_class = field("errors_by_class")
         if type(by_class) is not dict or not all(type(k) is str for k in by_class):
             raise ValueError("errors_by_class: not an object of counts")
         totals = cls(

@@ -31,10 +31,7 @@ _SLOT_BITS = 32
 _SLOT_MASK = (1 << _SLOT_BITS) - 1
 _STATUS_MASK = 3  # flags: 0 never_run, 1 ok, 2 error ...
 MISSED = 4  # ... and absent from the last full listing (kept until absent from two)
-# ... and its run not read yet (a state file from before contributions were saved): the
-# next listing reads it even with an unchanged fingerprint, and counts nothing for it.
-UNREAD = 8
-_FLAG_BITS = _STATUS_MASK | MISSED | UNREAD
+_FLAG_BITS = _STATUS_MASK | MISSED
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,13 +266,9 @@ class SessionTracker:
     )
 
     def __init__(
-        self,
-        sessions: Iterable[SavedSession] | dict[str, int] | None = None,
-        state: ListingState | None = None,
+        self, sessions: Iterable[SavedSession] | None = None, state: ListingState | None = None
     ) -> None:
-        """Restore a baseline from a state file: saved sessions, or bare fingerprints (an
-        older file: those count as missed once, so a first listing that misses one drops it
-        as older versions did)."""
+        """Restore a baseline from the sessions a state file saved."""
         self._index: dict[str, int] = {}
         self._flags = bytearray()
         self._fps = array("I")  # each slot's fingerprint, to check a remembered page
@@ -295,20 +288,14 @@ class SessionTracker:
         self._seen_count = 0
         self._has_baseline = sessions is not None
         self.state = state if state is not None and self._has_baseline else ListingState()
-        if isinstance(sessions, dict):
-            rows: Iterable[SavedSession] = (
-                (sid, fp, MISSED | UNREAD, 0.0, 0.0, 0.0, 0.0, ()) for sid, fp in sessions.items()
-            )
-        else:
-            rows = sessions or ()
-        for sid, fp, flags, i, o, t, d, *indexes in rows:
+        for sid, fp, flags, i, o, t, d, indexes in sessions or ():
             slot = self._new_slot()
             self._index[sid] = ((fp & _FP_MASK) << _SLOT_BITS) | slot
             self._flags[slot] = flags & _FLAG_BITS
             self._fps[slot] = fp & _FP_MASK
             self._runs.put(slot, i, o, t, d, fresh=True)
             try:
-                self._indexes.put(slot, indexes[0] if indexes else ())
+                self._indexes.put(slot, indexes)
             except InvalidIndexIds:  # an edited file: the next listing reads every page
                 self._indexes.put(slot, ())
                 self.state = ListingState()

@@ -39,7 +39,7 @@ from ..aggregate import ListingState, PollResult, RunTotals, SavedSession, Sessi
 
 log = structlog.get_logger("exporter.state")
 
-# 1: fingerprints only; 2 adds contributions and listing state; 3 each session's indexes
+# A file of another version is moved aside (as an unknown schema) and a fresh baseline starts.
 SCHEMA_VERSION = 3
 # How long a write waits for another process's lock on the database (a backup, an
 # ``sqlite3`` shell) before it fails; a short external lock is waited out.
@@ -61,13 +61,11 @@ _PROBE = {"duration_ms": 1234.5, "error": "x", "is_error": True, "total_input_to
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _SIBLINGS = ("-wal", "-shm", "-journal")  # files SQLite keeps beside a database
-_V1_SESSIONS = ("project_id", "session_id", "fingerprint")
 _RUN_COLUMNS = ("input_tokens", "output_tokens", "turns", "duration_ms")
-_V2_SESSIONS = (*_V1_SESSIONS, "flags", *_RUN_COLUMNS)
 _COLUMNS = {
     "meta": ("key", "value"),
     "totals": ("project_id", "data", "has_baseline"),
-    "sessions": (*_V2_SESSIONS, "index_ids"),
+    "sessions": ("project_id", "session_id", "fingerprint", "flags", *_RUN_COLUMNS, "index_ids"),
     "listing": ("project_id", "data"),
 }
 _SCHEMA = (
@@ -77,20 +75,12 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS sessions ("
     " project_id TEXT NOT NULL, session_id TEXT NOT NULL, fingerprint INTEGER NOT NULL,"
     # NUMERIC keeps whole numbers as integers and fractions as reals, as the API sent them.
-    " flags INTEGER NOT NULL DEFAULT 12, input_tokens NUMERIC NOT NULL DEFAULT 0,"
-    " output_tokens NUMERIC NOT NULL DEFAULT 0, turns NUMERIC NOT NULL DEFAULT 0,"
-    " duration_ms NUMERIC NOT NULL DEFAULT 0,"
+    " flags INTEGER NOT NULL, input_tokens NUMERIC NOT NULL, output_tokens NUMERIC NOT NULL,"
+    " turns NUMERIC NOT NULL, duration_ms NUMERIC NOT NULL,"
     # The indexes it is bound to, one per line (index ids are printable); NULL for none.
     " index_ids TEXT,"
     " PRIMARY KEY (project_id, session_id)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS listing (project_id TEXT PRIMARY KEY, data TEXT NOT NULL)",
-)
-# A version 1 file gains the new columns; its sessions are flagged missed once and their run
-# not read yet (flags 12), so the first listing after the upgrade reads each run it lists
-# (counting nothing) and drops, as before, the sessions it does not list.
-_MIGRATE_V1 = (
-    "ALTER TABLE sessions ADD COLUMN flags INTEGER NOT NULL DEFAULT 12",
-    *(f"ALTER TABLE sessions ADD COLUMN {c} NUMERIC NOT NULL DEFAULT 0" for c in _RUN_COLUMNS),
 )
 _SESSION_ROWS = "session_id, fingerprint, flags, " + ", ".join(_RUN_COLUMNS) + ", index_ids"
 _SQLITE_CORRUPT = 11
@@ -383,15 +373,9 @@ class StateFile:
         if "meta" not in tables or _columns(db, "meta") != _COLUMNS["meta"]:
             return FOREIGN
         meta = dict(db.execute("SELECT key, value FROM meta"))
-        version = meta.get("schema_version", str(SCHEMA_VERSION))
-        if version not in ("1", "2", str(SCHEMA_VERSION)):
+        if meta.get("schema_version", str(SCHEMA_VERSION)) != str(SCHEMA_VERSION):
             return UNKNOWN_SCHEMA
-        expected = dict(_COLUMNS)
-        if version == "1":
-            expected["sessions"] = _V1_SESSIONS
-        elif version == "2":
-            expected["sessions"] = _V2_SESSIONS
-        for table, columns in expected.items():
+        for table, columns in _COLUMNS.items():
             if table in tables and _columns(db, table) != columns:
                 return FOREIGN
         if "totals" in tables:
@@ -412,20 +396,18 @@ class StateFile:
             ).fetchone()
             if bad is not None:
                 return BAD_SESSIONS
-            if version != "1":
-                amounts = " OR ".join(
-                    f"typeof({c}) NOT IN ('real', 'integer')"
-                    f" OR NOT ({c} >= 0 AND {c} < {_MAX_SAVED})"
-                    for c in _RUN_COLUMNS
-                )
-                bad = db.execute(
-                    "SELECT 1 FROM sessions WHERE typeof(flags) != 'integer' OR flags < 0"
-                    f" OR flags > 14 OR (flags & 3) = 3 OR {amounts}"
-                    + (" OR typeof(index_ids) NOT IN ('null', 'text')" if version != "2" else "")
-                    + " LIMIT 1"
-                ).fetchone()
-                if bad is not None:
-                    return BAD_SESSIONS
+            amounts = " OR ".join(
+                f"typeof({c}) NOT IN ('real', 'integer') OR NOT ({c} >= 0 AND {c} < {_MAX_SAVED})"
+                for c in _RUN_COLUMNS
+            )
+            # Flags: a status (0 never run, 1 ok, 2 error), and 4 when missed once.
+            bad = db.execute(
+                "SELECT 1 FROM sessions WHERE typeof(flags) != 'integer' OR flags NOT IN"
+                f" (0, 1, 2, 4, 5, 6) OR {amounts} OR typeof(index_ids) NOT IN ('null', 'text')"
+                " LIMIT 1"
+            ).fetchone()
+            if bad is not None:
+                return BAD_SESSIONS
         return None
 
     def _move_aside(self, reason: str) -> None:
@@ -453,16 +435,6 @@ class StateFile:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             with _committed(db):
-                tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
-                if "sessions" in tables and _columns(db, "sessions") == _V1_SESSIONS:
-                    for statement in _MIGRATE_V1:
-                        db.execute(statement)
-                if "sessions" in tables and _columns(db, "sessions") == _V2_SESSIONS:
-                    # Which indexes its sessions are bound to is not known: drop the
-                    # listing state, so the first listing is a full one that reads them all.
-                    db.execute("ALTER TABLE sessions ADD COLUMN index_ids TEXT")
-                    if "listing" in tables:
-                        db.execute("DELETE FROM listing")
                 for statement in _SCHEMA:
                     db.execute(statement)
                 probe = str(fingerprint_probe())
