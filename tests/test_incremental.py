@@ -260,7 +260,7 @@ def test_auto_equals_full_after_every_full_listing(
         assert auto_api.items == full_api.items  # the same history for both
         live = {item["session_id"] for item in full_api.items}
         shifted = any(e[0] == "delete" for k, evs in events.items() if k > 0 for e in evs)
-        if shifted and live - {sid for sid, _ in full.fingerprints()}:
+        if shifted and live - {sid for sid, *_ in full.rows()}:
             # A deletion while the listing paged shifted a session past it. Full listings
             # count it at the next poll; an incremental one only at the next full listing,
             # so a run it had in between is missed: the limit of offset tokens the README
@@ -279,7 +279,6 @@ def test_auto_equals_full_after_every_full_listing(
         if not b.incremental and (b.missed == 0 or previous_full):
             compared += 1
             assert gauges(b) == gauges(a)
-            assert b.snapshot.duplicate_items == a.snapshot.duplicate_items
             assert auto_totals == full_totals
             assert len(auto) == len(full)
         previous_full = not b.incremental

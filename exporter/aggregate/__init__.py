@@ -18,25 +18,19 @@ from .runs import (
     InvalidItem,
     PollResult,
     ProjectSnapshot,
-    Run,
     RunTotals,
     RunTuple,
     fingerprint,
     latest,
     newer,
-    parse_datetime,
-    parse_run,
-    parse_timestamp,
     read_exemplar,
     read_run,
-    run_status,
     utc_timestamp,
 )
-from .tracker import MISSED, ListingState, SavedSession, SessionTracker
+from .tracker import ListingState, SavedSession, SessionTracker
 
 __all__ = [
     "DURATION_BUCKETS",
-    "MISSED",
     "NEVER_RUN",
     "STATUSES",
     "TOKEN_BUCKETS",
@@ -47,7 +41,6 @@ __all__ = [
     "ListingState",
     "PollResult",
     "ProjectSnapshot",
-    "Run",
     "RunTotals",
     "RunTuple",
     "SavedSession",
@@ -56,11 +49,7 @@ __all__ = [
     "fingerprint",
     "latest",
     "newer",
-    "parse_datetime",
-    "parse_run",
-    "parse_timestamp",
     "read_exemplar",
     "read_run",
-    "run_status",
     "utc_timestamp",
 ]

@@ -75,7 +75,6 @@ class Listing:
         self._pages: dict[Hashable, _PageSummary] = {}  # read whole by this listing
         self._newest: datetime | None = None
         self._invalid = 0
-        self._duplicates = 0
         self._runs = 0
         self._errors = 0
         self._error_classes: dict[str, int] = {}
@@ -210,8 +209,7 @@ class Listing:
                         self._count_run(run, job, sid, updated)
             else:
                 slot = value & slot_mask
-                if seen[slot]:
-                    self._duplicates += 1
+                if seen[slot]:  # listed twice: counted once
                     remember = False  # what a duplicate means depends on the pages before
                     continue
                 seen[slot] = 1
@@ -456,7 +454,6 @@ class Listing:
             duration_seconds=duration_ms / 1000.0,
             last_updated=newest,
             invalid_items=self._invalid,
-            duplicate_items=self._duplicates,
             by_index=index_series(unbound, per_index, tracker._shown),
         )
         new_runs = RunTotals(

@@ -26,8 +26,6 @@ NEVER_RUN = 0  # fingerprint of a session that has no job_metadata
 
 _FP_BITS = 28
 _FP_MASK = (1 << _FP_BITS) - 1
-_GEN_BITS = 32
-_GEN_MASK = (1 << _GEN_BITS) - 1
 _NONE = -7  # stands for a missing or null field inside a fingerprint
 _BOOL = -8  # marks a boolean where a count belongs
 
@@ -36,23 +34,11 @@ class InvalidItem(ValueError):
     """An item whose shape breaks the API reference; it is skipped and counted."""
 
 
-def parse_datetime(value: str) -> datetime:
-    """ISO 8601, naive when it has no zone (the caller reads that as UTC)."""
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        return _parse_timestamp_slow(value)
-
-
 def utc_timestamp(dt: datetime) -> float:
     """Unix seconds; a datetime without a zone is UTC."""
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return dt.timestamp()
-
-
-def parse_timestamp(value: str) -> float:
-    return utc_timestamp(parse_datetime(value))
 
 
 def _parse_timestamp_slow(value: str) -> datetime:
@@ -154,39 +140,6 @@ def fingerprint(job_metadata: dict[str, Any]) -> int:
         )
         & _FP_MASK
     ) or 1
-
-
-@dataclass(frozen=True, slots=True)
-class Run:
-    """The most recent run of one session, as read from its ``job_metadata``."""
-
-    is_error: bool
-    duration_seconds: float | None
-    input_tokens: float | None
-    output_tokens: float | None
-    turns: float | None
-    fingerprint: int
-
-
-def parse_run(job_metadata: Any) -> Run | None:
-    """Read ``job_metadata`` into a :class:`Run`; None means the session never ran."""
-    if job_metadata is None:
-        return None
-    is_error, d, i, o, t, fingerprint = read_run(job_metadata)
-    return Run(
-        is_error=is_error,
-        duration_seconds=None if d is None else d / 1000.0,
-        input_tokens=None if i is None else float(i),
-        output_tokens=None if o is None else float(o),
-        turns=None if t is None else float(t),
-        fingerprint=fingerprint,
-    )
-
-
-def run_status(run: Run | None) -> str:
-    if run is None:
-        return "never_run"
-    return "error" if run.is_error else "ok"
 
 
 # The latest run a counter or a bucket counted: its session, the value it added and when it
@@ -440,7 +393,6 @@ class ProjectSnapshot:
     duration_seconds: float = 0.0
     last_updated: float | None = None
     invalid_items: int = 0
-    duplicate_items: int = 0
     # (index_id, sessions) of llamacloud_chat_sessions_by_index: the shown indexes, "other"
     # and "none".
     by_index: tuple[tuple[str, int], ...] = ()

@@ -340,10 +340,6 @@ class SessionTracker:
                 indexes.sets[indexes.ids[slot]],
             )
 
-    def fingerprints(self) -> Iterator[tuple[str, int]]:
-        for sid, value in self._index.items():
-            yield sid, value >> _SLOT_BITS
-
     def plan(
         self, *, auto: bool, full_every: int, overlap: float, now: float | None = None
     ) -> float | None:

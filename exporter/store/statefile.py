@@ -35,7 +35,14 @@ from types import TracebackType
 
 import structlog
 
-from ..aggregate import ListingState, PollResult, RunTotals, SavedSession, SessionTracker, parse_run
+from ..aggregate import (
+    ListingState,
+    PollResult,
+    RunTotals,
+    SavedSession,
+    SessionTracker,
+    fingerprint,
+)
 
 log = structlog.get_logger("exporter.state")
 
@@ -113,9 +120,7 @@ class StateUnwritable(StateError):
 
 
 def fingerprint_probe() -> int:
-    run = parse_run(_PROBE)
-    assert run is not None
-    return run.fingerprint
+    return fingerprint(_PROBE)
 
 
 @dataclass(frozen=True)
