@@ -182,7 +182,7 @@ def _aggregate_only(
     The second (steady-state) pass is measured, so this row plus a bare loop is a rough
     breakdown of the exporter's poll.
     """
-    from exporter.aggregate import SessionTracker
+    from exporter.aggregate import Listing, SessionTracker
 
     pages = []
     with httpx.Client(headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
@@ -197,7 +197,7 @@ def _aggregate_only(
     tracker = SessionTracker()
     for _pass in ("baseline", "steady state"):
         wall0, cpu0 = time.perf_counter(), time.process_time()
-        listing = tracker.begin()
+        listing = Listing(tracker)
         for page in pages:
             listing.add(page)
         result = listing.finish()

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from exporter.aggregate import (
     DURATION_BUCKETS,
     TOKEN_BUCKETS,
+    Listing,
     RunTotals,
     RunTuple,
     SessionTracker,
@@ -208,7 +209,7 @@ def test_a_session_missed_once_and_back_is_never_created_again() -> None:
 def test_a_failed_poll_leaves_the_tracker_as_it_was() -> None:
     tracker = SessionTracker()
     aggregate([[session("a"), session("b")]], tracker)
-    listing = tracker.begin()
+    listing = Listing(tracker)
     listing.add([session("a", turns=9), session("new")])
     tracker.rollback()
     result = aggregate([[session("a", turns=9), session("b"), session("new")]], tracker)
@@ -218,7 +219,7 @@ def test_a_failed_poll_leaves_the_tracker_as_it_was() -> None:
 
 def test_a_failed_baseline_poll_stays_a_baseline() -> None:
     tracker = SessionTracker()
-    listing = tracker.begin()
+    listing = Listing(tracker)
     listing.add([session("a")])
     tracker.rollback()
     assert len(tracker) == 0

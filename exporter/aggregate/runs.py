@@ -24,8 +24,7 @@ TOKEN_BUCKETS: tuple[float, ...] = tuple(float(4**i) for i in range(14))
 STATUSES = ("never_run", "ok", "error")
 NEVER_RUN = 0  # fingerprint of a session that has no job_metadata
 
-_FP_BITS = 28
-_FP_MASK = (1 << _FP_BITS) - 1
+FP_MASK = (1 << 28) - 1  # a fingerprint's bits
 _NONE = -7  # stands for a missing or null field inside a fingerprint
 _BOOL = -8  # marks a boolean where a count belongs
 
@@ -41,8 +40,10 @@ def utc_timestamp(dt: datetime) -> float:
     return dt.timestamp()
 
 
-def _parse_timestamp_slow(value: str) -> datetime:
-    """Forms that Python 3.10's ``fromisoformat`` rejects: ``Z`` and odd fractions."""
+def parse_datetime_slow(value: str) -> datetime:
+    """An ISO 8601 timestamp that ``datetime.fromisoformat`` refused, naive when it has no zone
+    (read as UTC): Python 3.10's rejects ``Z`` and odd fractions. A listing tries
+    ``fromisoformat`` first, inline, since it reads one timestamp per session."""
     text = value.strip()
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
@@ -138,7 +139,7 @@ def fingerprint(job_metadata: dict[str, Any]) -> int:
                 _NONE if error is None else error,
             )
         )
-        & _FP_MASK
+        & FP_MASK
     ) or 1
 
 
@@ -224,7 +225,9 @@ class Histogram:
         )
 
 
-class _HistogramBuilder:
+class HistogramBuilder:
+    """One listing's observations of a histogram, built into a :class:`Histogram` at its end."""
+
     __slots__ = ("bounds", "counts", "exemplars", "total")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
