@@ -19,19 +19,16 @@ from structlog.testing import capture_logs
 
 from exporter.aggregate import RunTotals, SessionTracker, aggregate
 from exporter.store import StateError, StateFile, check_state_path
-from exporter.store.statefile import (
-    BAD_SESSIONS,
-    BAD_TOTALS,
+from exporter.store.sqlitefile import (
     CORRUPT,
     EMPTY_FILE,
-    FOREIGN,
     MOVED_ASIDE_INFIX,
     NOT_SQLITE,
-    UNKNOWN_SCHEMA,
     StateInUse,
     _lock_file,
     _Transaction,
 )
+from exporter.store.statefile import BAD_SESSIONS, BAD_TOTALS, FOREIGN, UNKNOWN_SCHEMA
 from tests.conftest import REPO, session
 
 ROOT = os.geteuid() == 0
@@ -380,7 +377,8 @@ def test_a_failed_commit_rolls_back_and_releases_the_lock(fail_rollback: bool) -
 
 SECOND_EXPORTER = """
 import sys
-from exporter.store.statefile import StateFile, StateInUse
+from exporter.store.sqlitefile import StateInUse
+from exporter.store.statefile import StateFile
 try:
     state = StateFile(sys.argv[1])
 except StateInUse as exc:
