@@ -10,12 +10,10 @@ listing's pass over the pages).
 from .listing import Listing, aggregate
 from .runs import (
     DURATION_BUCKETS,
-    NEVER_RUN,
     STATUSES,
     TOKEN_BUCKETS,
     Exemplar,
     Histogram,
-    InvalidItem,
     PollResult,
     ProjectSnapshot,
     RunTotals,
@@ -23,20 +21,16 @@ from .runs import (
     fingerprint,
     latest,
     newer,
-    read_exemplar,
     read_run,
-    utc_timestamp,
 )
 from .tracker import ListingState, SavedSession, SessionTracker
 
 __all__ = [
     "DURATION_BUCKETS",
-    "NEVER_RUN",
     "STATUSES",
     "TOKEN_BUCKETS",
     "Exemplar",
     "Histogram",
-    "InvalidItem",
     "Listing",
     "ListingState",
     "PollResult",
@@ -49,7 +43,5 @@ __all__ = [
     "fingerprint",
     "latest",
     "newer",
-    "read_exemplar",
     "read_run",
-    "utc_timestamp",
 ]
