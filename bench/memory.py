@@ -23,7 +23,9 @@ CHANGED_SHARE = 0.02
 def _feed(tracker: Any, sessions: int, changed_share: float) -> Any:
     """One listing, each page remembered under a key as the poller remembers page bodies
     (so what the tracker keeps to take an unchanged page unread is counted too)."""
-    listing = tracker.begin()
+    from exporter.aggregate import Listing
+
+    listing = Listing(tracker)
     for number, page in enumerate(synthetic_pages(sessions, changed_share=changed_share)):
         listing.add(page, (number, changed_share), None)
     return listing.finish()
@@ -31,14 +33,14 @@ def _feed(tracker: Any, sessions: int, changed_share: float) -> Any:
 
 def _getsizeof_estimate(tracker: Any) -> float | None:
     """sys.getsizeof of the index (dict, keys, values) and the per-slot arrays, per session."""
-    index = getattr(tracker, "_index", None)
+    index = getattr(tracker, "index", None)
     if not isinstance(index, dict) or not index:
         return None
     getsizeof = sys.getsizeof
     size = getsizeof(index)
     for sid, value in index.items():
         size += getsizeof(sid) + getsizeof(value)
-    size += getsizeof(tracker._flags) + getsizeof(tracker._free) + getsizeof(tracker._runs.big)
+    size += getsizeof(tracker.flags) + getsizeof(tracker._free) + getsizeof(tracker._runs.big)
     size += sum(getsizeof(column) for column in tracker._runs.columns)
     size += getsizeof(tracker._runs.duration) + getsizeof(tracker._fps)
     for page in tracker._pages.values():

@@ -185,13 +185,13 @@ def _aggregate_only(base_url: str, project_id: str, key: str) -> dict[str, float
     """
     import orjson
 
-    from exporter.aggregate import SessionTracker
+    from exporter.aggregate import Listing, SessionTracker
 
     pages = bare_listing(base_url, project_id, key, orjson.loads, keep=True).pages or []
     tracker = SessionTracker()
     for _pass in ("baseline", "steady state"):
         wall0, cpu0 = time.perf_counter(), time.process_time()
-        listing = tracker.begin()
+        listing = Listing(tracker)
         for page in pages:
             listing.add(page)
         result = listing.finish()

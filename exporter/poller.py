@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from .aggregate import PollResult, SessionTracker
+from .aggregate import Listing, PollResult, SessionTracker
 from .client import ApiClient, PollError, Stopped
 from .config import Config, ProjectConfig
 from .store import StateFile, Store
@@ -287,7 +287,7 @@ class Poller:
         # Each project at its own point of the full-listing cycle: a thousand projects started
         # together must not all read every page at the same poll.
         phase = zlib.crc32(project.id.encode("utf-8", "replace")) % config.full_listing_every
-        listing = tracker.begin(cutoff, config.incremental_overlap_seconds, config.detail, phase)
+        listing = Listing(tracker, cutoff, config.incremental_overlap_seconds, config.detail, phase)
         pages = items = 0
         listed = self._client.pages(
             project, config.max_pages, config.max_response_bytes, reuse=listing.reuse

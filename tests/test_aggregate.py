@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -11,12 +12,13 @@ from hypothesis import strategies as st
 from exporter.aggregate import (
     DURATION_BUCKETS,
     TOKEN_BUCKETS,
+    Listing,
     RunTotals,
+    RunTuple,
     SessionTracker,
     aggregate,
-    parse_run,
-    parse_timestamp,
-    run_status,
+    fingerprint,
+    read_run,
 )
 from tests.conftest import SESSION, session
 
@@ -45,7 +47,18 @@ def test_buckets_follow_the_genai_conventions() -> None:
     ],
 )
 def test_status_rule(job: dict[str, Any] | None, status: str) -> None:
-    assert run_status(parse_run(job)) == status
+    snap = aggregate([[{"session_id": "a", "job_metadata": job}]]).snapshot
+    assert snap.by_status() == {"never_run": 0, "ok": 0, "error": 0, status: 1}
+
+
+def utc(stamp: str) -> float:
+    """Unix seconds of an ISO 8601 timestamp with a zone."""
+    return datetime.fromisoformat(stamp).timestamp()
+
+
+def run_of(job: Any) -> RunTuple | None:
+    """(is_error, duration_ms, input, output, turns, fingerprint); None: never ran."""
+    return None if job is None else read_run(job)
 
 
 def test_example_session_from_the_api_reference() -> None:
@@ -56,7 +69,7 @@ def test_example_session_from_the_api_reference() -> None:
     assert snap.output_tokens == 20
     assert snap.turns == 2
     assert snap.duration_seconds == 1.5
-    assert snap.last_updated == parse_timestamp("2026-04-22T12:34:41.342245+00:00")
+    assert snap.last_updated == utc("2026-04-22T12:34:41.342245+00:00")
 
 
 @pytest.mark.parametrize(
@@ -71,7 +84,8 @@ def test_example_session_from_the_api_reference() -> None:
     ],
 )
 def test_timestamps_without_a_zone_are_utc(stamp: str) -> None:
-    assert parse_timestamp(stamp) == 1776861281.0
+    listed = {"session_id": "a", "last_updated_at": stamp}
+    assert aggregate([[listed]]).snapshot.last_updated == 1776861281.0
 
 
 def test_missing_null_and_unknown_fields_are_tolerated() -> None:
@@ -91,7 +105,7 @@ def test_missing_null_and_unknown_fields_are_tolerated() -> None:
     snap = aggregate([items]).snapshot
     assert (snap.never_run, snap.ok, snap.error, snap.invalid_items) == (2, 1, 0, 0)
     assert snap.input_tokens == 0
-    assert snap.last_updated == parse_timestamp("2026-01-01T00:00:00Z")
+    assert snap.last_updated == utc("2026-01-01T00:00:00+00:00")
 
 
 @pytest.mark.parametrize(
@@ -195,7 +209,7 @@ def test_a_session_missed_once_and_back_is_never_created_again() -> None:
 def test_a_failed_poll_leaves_the_tracker_as_it_was() -> None:
     tracker = SessionTracker()
     aggregate([[session("a"), session("b")]], tracker)
-    listing = tracker.begin()
+    listing = Listing(tracker)
     listing.add([session("a", turns=9), session("new")])
     tracker.rollback()
     result = aggregate([[session("a", turns=9), session("b"), session("new")]], tracker)
@@ -205,7 +219,7 @@ def test_a_failed_poll_leaves_the_tracker_as_it_was() -> None:
 
 def test_a_failed_baseline_poll_stays_a_baseline() -> None:
     tracker = SessionTracker()
-    listing = tracker.begin()
+    listing = Listing(tracker)
     listing.add([session("a")])
     tracker.rollback()
     assert len(tracker) == 0
@@ -213,15 +227,15 @@ def test_a_failed_baseline_poll_stays_a_baseline() -> None:
 
 
 def test_a_session_listed_twice_counts_once() -> None:
-    result = aggregate([[session("a")], [session("a"), session("b")]])
+    result = aggregate([[session("a")], [session("a", turns=7), session("b")]])
     assert result.snapshot.sessions == 2
-    assert result.snapshot.duplicate_items == 1
+    assert result.snapshot.turns == 2 + 2  # the first listing of a counts, not the second
 
 
 def test_restored_baseline_counts_from_the_first_poll() -> None:
     first = SessionTracker()
     aggregate([[session("a"), session("b")]], first)
-    restored = SessionTracker(dict(first.fingerprints()))
+    restored = SessionTracker(first.rows())
     result = aggregate([[session("a"), session("b", turns=5), session("c")]], restored)
     assert not result.baseline
     assert result.new_runs.runs == 2
@@ -271,12 +285,12 @@ def _unique(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def test_totals_equal_the_sum_of_the_parts(items: list[dict[str, Any]], page: int) -> None:
     pages = [items[i : i + page] for i in range(0, len(items), page)]
     snap = aggregate(pages).snapshot
-    runs = [parse_run(item["job_metadata"]) for item in items]
+    runs = [run_of(item["job_metadata"]) for item in items]
     assert snap.sessions == len(items)
     assert snap.never_run == sum(r is None for r in runs)
-    assert snap.error == sum(r is not None and r.is_error for r in runs)
-    assert snap.input_tokens == pytest.approx(sum(r.input_tokens or 0 for r in runs if r))
-    assert snap.turns == pytest.approx(sum(r.turns or 0 for r in runs if r))
+    assert snap.error == sum(r is not None and r[0] for r in runs)
+    assert snap.input_tokens == pytest.approx(sum(r[2] or 0 for r in runs if r))
+    assert snap.turns == pytest.approx(sum(r[4] or 0 for r in runs if r))
     # Splitting one listing into pages changes nothing.
     assert aggregate([items]).snapshot == snap
 
@@ -315,8 +329,7 @@ def test_runs_counted_match_the_changes(
     expected_created = sum(item["session_id"] not in old for item in after)
 
     def fp(job: Any) -> int:
-        run = parse_run(job)
-        return 0 if run is None else run.fingerprint
+        return 0 if job is None else fingerprint(job)
 
     expected_runs = sum(
         item["job_metadata"] is not None
@@ -385,12 +398,12 @@ def test_exemplars_point_at_the_latest_run_counted() -> None:
         tracker,
     )
     totals = result.new_runs
-    noon = parse_timestamp("2026-05-01T12:00:00Z")
+    noon = utc("2026-05-01T12:00:00+00:00")
     assert totals.runs_exemplar == ("a", 1.0, noon)
-    assert totals.errors_exemplar == ("b", 1.0, parse_timestamp("2026-05-01T10:00:00Z"))
+    assert totals.errors_exemplar == ("b", 1.0, utc("2026-05-01T10:00:00+00:00"))
     buckets = dict(zip((*DURATION_BUCKETS, math.inf), totals.duration.exemplars, strict=True))
     assert buckets[0.04] == ("a", 0.035, noon)  # 30 ms and 35 ms share it: the later wins
-    assert buckets[5.12] == ("c", 5.0, parse_timestamp("2026-05-01T09:00:00Z"))
+    assert buckets[5.12] == ("c", 5.0, utc("2026-05-01T09:00:00+00:00"))
     assert sum(e is not None for e in buckets.values()) == 2
     # Added to the totals, a later poll's exemplars replace older ones, bucket by bucket.
     later = aggregate([[stamped("a", "2026-05-02T00:00:00Z", duration_ms=5001)]], tracker)

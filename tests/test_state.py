@@ -19,20 +19,16 @@ from structlog.testing import capture_logs
 
 from exporter.aggregate import RunTotals, SessionTracker, aggregate
 from exporter.store import StateError, StateFile, check_state_path
-from exporter.store.statefile import (
-    BAD_SESSIONS,
-    BAD_TOTALS,
+from exporter.store.sqlitefile import (
     CORRUPT,
     EMPTY_FILE,
-    FOREIGN,
     MOVED_ASIDE_INFIX,
     NOT_SQLITE,
-    UNKNOWN_SCHEMA,
     StateInUse,
     _lock_file,
     _Transaction,
-    fingerprint_probe,
 )
+from exporter.store.statefile import BAD_SESSIONS, BAD_TOTALS, FOREIGN, UNKNOWN_SCHEMA
 from tests.conftest import REPO, session
 
 ROOT = os.geteuid() == 0
@@ -381,7 +377,8 @@ def test_a_failed_commit_rolls_back_and_releases_the_lock(fail_rollback: bool) -
 
 SECOND_EXPORTER = """
 import sys
-from exporter.store.statefile import StateFile, StateInUse
+from exporter.store.sqlitefile import StateInUse
+from exporter.store.statefile import StateFile
 try:
     state = StateFile(sys.argv[1])
 except StateInUse as exc:
@@ -481,6 +478,27 @@ def totals_data(**changes: Any) -> str:
     return json.dumps(data)
 
 
+def older_schema(version: int) -> Callable[[Path], None]:
+    """A state file as schema ``version`` left it: 2 had no indexes per session, 1 only
+    fingerprints and no listing state."""
+    dropped = ["index_ids"]
+    if version == 1:
+        dropped += ["flags", "input_tokens", "output_tokens", "turns", "duration_ms"]
+
+    def build(path: Path) -> None:
+        make_state(path)
+        db = sqlite3.connect(path)
+        with db:
+            for column in dropped:
+                db.execute(f"ALTER TABLE sessions DROP COLUMN {column}")
+            if version == 1:
+                db.execute("DROP TABLE listing")
+            db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+        db.close()
+
+    return build
+
+
 def foreign(path: Path) -> None:
     db = sqlite3.connect(path)
     with db:
@@ -497,6 +515,9 @@ UNUSABLE: dict[str, tuple[Callable[[Path], None], str]] = {
         edited("UPDATE meta SET value = '4' WHERE key = 'schema_version'"),
         UNKNOWN_SCHEMA,
     ),
+    # Never released: a fresh baseline, as for any schema this version does not know.
+    "schema-1": (older_schema(1), UNKNOWN_SCHEMA),
+    "schema-2": (older_schema(2), UNKNOWN_SCHEMA),
     "other-database": (foreign, FOREIGN),
     "totals-not-json": (edited("UPDATE totals SET data = '{\"runs\": 1'"), BAD_TOTALS),
     "totals-nan": (
@@ -529,88 +550,12 @@ UNUSABLE: dict[str, tuple[Callable[[Path], None], str]] = {
     ),
     "session-fingerprint": (edited("UPDATE sessions SET fingerprint = 'x'"), BAD_SESSIONS),
     "session-flags": (edited("UPDATE sessions SET flags = 3"), BAD_SESSIONS),
+    "session-flags-unknown": (edited("UPDATE sessions SET flags = 8"), BAD_SESSIONS),
     "session-tokens-text": (edited("UPDATE sessions SET input_tokens = 'x'"), BAD_SESSIONS),
     "session-turns-negative": (edited("UPDATE sessions SET turns = -1"), BAD_SESSIONS),
     "session-duration-infinite": (edited("UPDATE sessions SET duration_ms = 9e999"), BAD_SESSIONS),
     "session-index-ids-blob": (edited("UPDATE sessions SET index_ids = x'00'"), BAD_SESSIONS),
 }
-
-
-def test_a_version_2_file_is_upgraded_and_relists_every_page(tmp_path: Path) -> None:
-    """A file from before index sets were saved: counters, runs and fingerprints carry on, and
-    the first listing is a full one that learns which indexes each session is bound to."""
-    path = tmp_path / "s.db"
-    items = [dict(session(f"s{i}"), index_ids=[f"i{i % 2}"]) for i in range(4)]
-    with StateFile(path) as state:
-        tracker = SessionTracker()
-        totals = poll_and_save(state, tracker, RunTotals(), items)
-    with sqlite3.connect(path) as db:
-        db.execute("ALTER TABLE sessions DROP COLUMN index_ids")
-        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
-        db.execute("UPDATE listing SET data = ?", (json.dumps({"ordered": True, "newest": 1e9}),))
-    db.close()
-    with StateFile(path) as state:
-        assert state.moved_aside is None
-        saved = state.load(["p"])["p"]
-        assert saved.totals == totals
-        assert saved.listing is None  # no listing state: the next listing reads every page
-        restored = SessionTracker(saved.sessions, saved.listing)
-        assert restored.plan(auto=True, full_every=10, overlap=300) is None
-        result = aggregate([items], restored)
-        assert result.new_runs.runs == 0
-        assert result.snapshot.by_index == (("i0", 2), ("i1", 2), ("other", 0), ("none", 0))
-
-
-def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
-    """Counters and fingerprints of a file written before contributions were saved carry on."""
-    path = tmp_path / "s.db"
-    with sqlite3.connect(path) as db:
-        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        db.execute(
-            "CREATE TABLE totals (project_id TEXT PRIMARY KEY, data TEXT NOT NULL,"
-            " has_baseline INTEGER NOT NULL)"
-        )
-        db.execute(
-            "CREATE TABLE sessions (project_id TEXT NOT NULL, session_id TEXT NOT NULL,"
-            " fingerprint INTEGER NOT NULL, PRIMARY KEY (project_id, session_id)) WITHOUT ROWID"
-        )
-        db.executemany(
-            "INSERT INTO meta VALUES (?, ?)",
-            [("schema_version", "1"), ("fingerprint_probe", str(fingerprint_probe()))],
-        )
-        db.execute("INSERT INTO totals VALUES ('p', ?, 1)", (totals_data(runs=7),))
-        first = SessionTracker()
-        aggregate([[session("a"), session("gone")]], first)
-        db.executemany("INSERT INTO sessions VALUES ('p', ?, ?)", list(first.fingerprints()))
-    db.close()
-    with StateFile(path) as state:
-        assert state.moved_aside is None
-        saved = state.load(["p"])["p"]
-        assert saved.totals.runs == 7
-        tracker = SessionTracker(saved.sessions, saved.listing)
-        result = aggregate([[session("a"), session("new", turns=4)]], tracker)
-        # a is unchanged (no run), "gone" was absent once already, "new" is a new session.
-        assert (result.new_runs.runs, result.new_runs.sessions_created) == (1, 1)
-        assert result.removed == ("gone",)
-        assert result.snapshot.sessions == 2
-        # The gauges are read from the listing, as a fresh start would give them.
-        fresh = aggregate([[session("a"), session("new", turns=4)]]).snapshot
-        assert (
-            result.snapshot.by_status()
-            == fresh.by_status()
-            == {
-                "never_run": 0,
-                "ok": 2,
-                "error": 0,
-            }
-        )
-        assert (result.snapshot.input_tokens, result.snapshot.turns) == (
-            fresh.input_tokens,
-            fresh.turns,
-        )
-        state.save("p", saved.totals + result.new_runs, result, tracker)
-    with StateFile(path) as state:
-        assert sorted(state.load(["p"])["p"].sessions or []) == sorted(tracker.rows())
 
 
 @pytest.mark.parametrize("kind", list(UNUSABLE))
@@ -867,6 +812,7 @@ resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
 state = StateFile(sys.argv[1])
 saved = state.load(["p"]).get("p")
 report = {"read_only": state.read_only, "loaded": saved and saved.totals.to_dict()}
+report["moved_aside"] = state.moved_aside and state.moved_aside[1]
 report["loaded_again"] = list(state.load(["p"]))  # the copy in memory is let go
 tracker = SessionTracker(saved.sessions, saved.listing) if saved else SessionTracker()
 live = saved.totals if saved else RunTotals()
@@ -910,25 +856,17 @@ def crashed_state(path: Path) -> RunTotals:
     return totals
 
 
-def version_2_state(path: Path) -> RunTotals:
-    """The state ``make_state`` saves, in a file of schema version 2 (upgraded when opened)."""
-    totals = make_state(path)
-    with sqlite3.connect(path) as db:
-        db.execute("ALTER TABLE sessions DROP COLUMN index_ids")
-        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
-    db.close()
-    return totals
-
-
-@pytest.mark.parametrize("before", ["closed", "crashed", "version-2", "missing"])
+@pytest.mark.parametrize("before", ["closed", "crashed", "schema-2", "missing"])
 def test_a_full_disk_at_start_serves_the_saved_state_and_saves_it_once_there_is_room(
     tmp_path: Path, before: str
 ) -> None:
     """A restart on a full disk must not fail (a crash loop) nor drop the saved counters: they
     are read, saves fail until the disk has room, then the whole state is written."""
     path = tmp_path / "s.db"
-    made = {"closed": make_state, "crashed": crashed_state, "version-2": version_2_state}
+    made = {"closed": make_state, "crashed": crashed_state}
     totals = made[before](path) if before in made else None
+    if before == "schema-2":  # moved aside: a fresh baseline
+        older_schema(2)(path)
 
     proc = exporter_process(FULL_DISK_EXPORTER, str(path))
     out, err = proc.communicate(timeout=60)
@@ -940,7 +878,8 @@ def test_a_full_disk_at_start_serves_the_saved_state_and_saves_it_once_there_is_
     assert loaded == totals
     assert report["loaded_again"] == []
     assert report["failed"].startswith(f"StateUnwritable: cannot write {path}")
-    assert report["file_while_full"] == (before != "missing")  # no empty file left behind
+    assert report["moved_aside"] == (UNKNOWN_SCHEMA if before == "schema-2" else None)
+    assert report["file_while_full"] == (before in made)  # no empty file left behind
     assert report["writable"]
     with StateFile(path) as state:
         assert state.moved_aside is None

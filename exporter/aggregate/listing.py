@@ -1,8 +1,9 @@
 """One poll's pass over the listed items: the hot loop, page by page.
 
-:class:`Listing` folds each page into the tracker (what did not change since it was read is
-only looked up), takes an unchanged page body unread, stops an incremental listing at its
-cutoff, and at the end hands out the snapshot and the new runs.
+:class:`Listing` folds each page into a :class:`~.tracker.SessionTracker` (what did not change
+since it was read is only looked up), takes an unchanged page body unread, stops an
+incremental listing at its cutoff, and at the end hands out the snapshot and the new runs.
+It reaches the tracker only through the members the tracker's docstring names.
 """
 
 from __future__ import annotations
@@ -12,34 +13,31 @@ from collections.abc import Hashable, Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from .indexes import Detail, InvalidIndexIds, index_series, pick_indexes
+from .indexes import Detail, InvalidIndexIds
 from .runs import (
     DURATION_BUCKETS,
     NEVER_RUN,
     TOKEN_BUCKETS,
     Exemplar,
+    HistogramBuilder,
     InvalidItem,
     PollResult,
-    ProjectSnapshot,
     RunTotals,
     RunTuple,
-    _HistogramBuilder,
-    _parse_timestamp_slow,
     fingerprint,
     latest,
+    parse_datetime_slow,
     read_run,
     utc_timestamp,
 )
 from .tracker import (
-    _SLOT_BITS,
-    _SLOT_MASK,
-    _STATUS_MASK,
     MISSED,
-    UNREAD,
+    SLOT_BITS,
+    SLOT_MASK,
     ListingState,
+    PageSummary,
     SessionTracker,
-    _packed,
-    _PageSummary,
+    memo_hash,
 )
 
 
@@ -49,13 +47,20 @@ class Listing:
     def __init__(
         self,
         tracker: SessionTracker,
-        cutoff: float | None,
-        overlap: float,
-        detail: Detail,
+        cutoff: float | None = None,
+        overlap: float = 300.0,
+        detail: Detail | None = None,
         phase: int = 0,
     ) -> None:
+        """Start a listing into ``tracker``; with ``cutoff`` (Unix seconds) it is incremental:
+        it stops after a page whose sessions were all last updated before the cutoff.
+        ``detail``: how many indexes keep their own series, and the error classes (the
+        defaults when None). ``phase``: a baseline listing counts as that many polls since a
+        full listing, so projects that start together do not all list in full at the same
+        later poll."""
+        tracker.start()
         self._tracker = tracker
-        self._detail = detail
+        self._detail = Detail() if detail is None else detail
         self._phase = phase
         self._counting = tracker.has_baseline
         self._cut_aware = self._cut_naive = None
@@ -72,11 +77,9 @@ class Listing:
         self._unordered = False  # an item newer than the one before it, or without a stamp
         self._broken = False  # ... newer by more than the overlap, or without a stamp
         self._previous: datetime | None = None
-        self._changed_flags: list[str] = []
-        self._pages: dict[Hashable, _PageSummary] = {}  # read whole by this listing
+        self._pages: dict[Hashable, PageSummary] = {}  # read whole by this listing
         self._newest: datetime | None = None
         self._invalid = 0
-        self._duplicates = 0
         self._runs = 0
         self._errors = 0
         self._error_classes: dict[str, int] = {}
@@ -86,9 +89,9 @@ class Listing:
         self._new_input = 0.0
         self._new_output = 0.0
         self._new_turns = 0.0
-        self._duration_hist = _HistogramBuilder(DURATION_BUCKETS)
-        self._input_hist = _HistogramBuilder(TOKEN_BUCKETS)
-        self._output_hist = _HistogramBuilder(TOKEN_BUCKETS)
+        self._duration_hist = HistogramBuilder(DURATION_BUCKETS)
+        self._input_hist = HistogramBuilder(TOKEN_BUCKETS)
+        self._output_hist = HistogramBuilder(TOKEN_BUCKETS)
 
     @property
     def incremental(self) -> bool:
@@ -108,9 +111,10 @@ class Listing:
         same body in the next listing costs a lookup per session (:meth:`reuse`).
         """
         tracker = self._tracker
-        index = tracker._index
-        seen = tracker._seen
-        check_missed = tracker._missed > 0
+        index = tracker.index
+        seen = tracker.seen
+        flags = tracker.flags
+        check_missed = tracker.missed > 0
         newest = self._newest
         entry = self._previous
         entry_unordered, entry_broken = self._unordered, self._broken
@@ -122,17 +126,17 @@ class Listing:
         cut_naive, cut_aware = self._cut_naive, self._cut_aware
         all_old = cut_aware is not None
         any_valid = missing = False
-        invalid = seen_count = 0
+        invalid = 0
         remember = key is not None
         nonempty = bool(items)
         slots: list[int] = []
         fps: list[int] = []  # fingerprint and index set of each session, for the page memo
         sets: list[int] = []
-        indexes = tracker._indexes
+        indexes = tracker.indexes
         index_sets, set_lists = indexes.ids, indexes.lists
         by_key, intern = indexes.by_key, indexes.intern
         fromisoformat = datetime.fromisoformat
-        slot_bits, slot_mask = _SLOT_BITS, _SLOT_MASK
+        slot_bits, slot_mask = SLOT_BITS, SLOT_MASK
         for item in items:
             if type(item) is not dict:
                 invalid += 1
@@ -163,7 +167,7 @@ class Listing:
                     try:
                         updated = fromisoformat(stamp)
                     except ValueError:
-                        updated = _parse_timestamp_slow(stamp)
+                        updated = parse_datetime_slow(stamp)
                 # A tracked session mostly lists what it listed last time: one list compare.
                 listed = item.get("index_ids")
                 if listed is None:
@@ -204,57 +208,36 @@ class Listing:
                 if all_old and updated >= (cut_naive if updated.tzinfo is None else cut_aware):  # type: ignore[operator]
                     all_old = False
             if value is None:
-                slot = self._store(sid, None, fp, run, index_set)
+                slot = tracker.store(sid, None, fp, run, index_set)
                 if self._counting:
                     self._created += 1
                     if run is not None:
                         self._count_run(run, job, sid, updated)
             else:
                 slot = value & slot_mask
-                if seen[slot]:
-                    self._duplicates += 1
+                if seen[slot]:  # listed twice: counted once
                     remember = False  # what a duplicate means depends on the pages before
                     continue
                 seen[slot] = 1
-                seen_count += 1
                 if run is not None or value >> slot_bits != fp:
-                    self._store(sid, value, fp, run, index_set)
+                    tracker.store(sid, value, fp, run, index_set)
                     if self._counting and run is not None:
                         self._count_run(run, job, sid, updated)
-                elif check_missed and tracker._flags[slot] & UNREAD:
-                    # Saved by an older version without its run: read it now, count nothing.
-                    try:
-                        run = None if job is None else read_run(job, fp)
-                    except InvalidItem:
-                        invalid += 1
-                        continue
-                    self._store(sid, value, fp, run, index_set)
-                elif check_missed and tracker._flags[slot] & MISSED:
-                    # Absent from the last full listing, back now: it moved while that one
-                    # paged.
-                    if tracker._undo is not None:
-                        tracker._undo.append((sid, value, slot, *tracker._slot(slot)))
-                    tracker._flags[slot] &= ~MISSED
-                    tracker._missed -= 1
-                    self._changed_flags.append(sid)
-                    if index_sets[slot] != index_set:
-                        indexes.move(slot, index_set)
-                elif index_sets[slot] != index_set:  # bound to other indexes, run unchanged
-                    if tracker._undo is not None:
-                        tracker._undo.append((sid, value, slot, *tracker._slot(slot)))
-                    indexes.move(slot, index_set)
+                elif (check_missed and flags[slot] & MISSED) or index_sets[slot] != index_set:
+                    # Run unchanged, but absent from the last full listing (it moved while
+                    # that one paged) or bound to other indexes.
+                    tracker.relist(sid, value, index_set)
             if remember:
                 slots.append(slot)
                 fps.append(fp)
                 sets.append(index_set)
-        tracker._seen_count += seen_count
         self._invalid += invalid
-        summary = _PageSummary(
+        summary = PageSummary(
             token,
             nonempty,
             any_valid,
             _packed(slots) if remember else range(0),  # what is not kept is not packed
-            _memo_hash(fps, sets) if remember else 0,
+            memo_hash(fps, sets) if remember else 0,
             invalid,
             first,
             previous,
@@ -269,7 +252,7 @@ class Listing:
 
     def _join(
         self,
-        page: _PageSummary,
+        page: PageSummary,
         entry: datetime | None,
         entry_unordered: bool,
         entry_broken: bool,
@@ -296,25 +279,11 @@ class Listing:
         """Take a page body the last listing read whole, unparsed: (its next page token,
         whether it had no items, whether to stop here), or None to have it parsed.
 
-        Taken only when each of its sessions is tracked with the fingerprint it had on the
-        page and not yet seen by this listing, and none is flagged missed: then reading it
-        again would change nothing but the marks this makes.
+        Taken when reading it again would change nothing (:meth:`SessionTracker.take`).
         """
-        page = self._tracker._pages.get(key)
+        page = self._tracker.take(key)
         if page is None:
             return None
-        tracker = self._tracker
-        seen, flags = tracker._seen, tracker._flags
-        slots = page.slots
-        fps, index_sets = tracker._fps, tracker._indexes.ids
-        if _memo_hash(map(fps.__getitem__, slots), map(index_sets.__getitem__, slots)) != page.fps:
-            return None
-        for slot in slots:
-            if seen[slot] or flags[slot] & MISSED:
-                return None
-        for slot in slots:
-            seen[slot] = 1
-        tracker._seen_count += len(slots)
         self._invalid += page.invalid
         self._pages[key] = page
         all_old = self._cut_aware is not None and not page.missing
@@ -325,47 +294,6 @@ class Listing:
             page, self._previous, self._unordered, self._broken, all_old, self._newest
         )
         return page.token, not page.nonempty, stop
-
-    def _store(
-        self, sid: str, old: int | None, fp: int, run: RunTuple | None, index_set: int
-    ) -> int:
-        """Write a session's new fingerprint, contribution and index set, logging the old
-        for undo."""
-        tracker = self._tracker
-        flags = tracker._flags
-        indexes = tracker._indexes
-        if old is None:
-            tracker._seen_count += 1
-            slot = tracker._free.pop() if tracker._free else tracker._new_slot()
-            tracker._seen[slot] = 1
-            if tracker._undo is not None:
-                tracker._undo.append((sid, None, slot, 0, 0.0, 0.0, 0.0, 0.0, 0))
-            indexes.ids[slot] = index_set
-            indexes.counts[index_set] += 1
-        else:
-            slot = old & _SLOT_MASK
-            if tracker._undo is not None:
-                tracker._undo.append((sid, old, slot, *tracker._slot(slot)))
-            if indexes.ids[slot] != index_set:
-                indexes.move(slot, index_set)
-            tracker._status[flags[slot] & _STATUS_MASK] -= 1
-            if flags[slot] & MISSED:
-                tracker._missed -= 1
-                self._changed_flags.append(sid)
-        tracker._index[sid] = (fp << _SLOT_BITS) | slot
-        fresh = old is None
-        if run is None:
-            status = 0
-            if not fresh:
-                tracker._runs.put(slot, 0, 0, 0, 0)
-        else:
-            is_error, d, i, o, t, _ = run
-            status = 2 if is_error else 1
-            tracker._runs.put(slot, i, o, t, d, fresh)
-        flags[slot] = status
-        tracker._fps[slot] = fp
-        tracker._status[status] += 1
-        return slot
 
     def _count_run(self, run: RunTuple, job: Any, sid: str, updated: datetime | None) -> None:
         is_error, d, i, o, t, _ = run
@@ -395,36 +323,7 @@ class Listing:
         tracker = self._tracker
         baseline = not self._counting
         full = not self._stopped
-        removed: list[str] = []
-        missed: list[str] = []
-        if full and len(tracker._index) != tracker._seen_count:
-            seen = tracker._seen
-            flags = tracker._flags
-            for sid, value in list(tracker._index.items()):
-                slot = value & _SLOT_MASK
-                if seen[slot]:
-                    continue
-                if flags[slot] & MISSED:
-                    tracker._missed -= 1
-                    tracker._remove(sid, value)
-                    removed.append(sid)
-                else:
-                    flags[slot] |= MISSED
-                    tracker._missed += 1
-                    missed.append(sid)
-        tracker._indexes.release()
-        if tracker._indexes.reused:
-            # An index set id freed before names another set now: a page remembered by an
-            # earlier listing that holds it would be taken for what it meant then. (This
-            # listing's pages are sound: a slot's set changes only as its item is read.)
-            tracker._pages = {} if removed else self._pages
-            tracker._indexes.reused = False
-        elif removed:
-            tracker._pages = {}  # freed slots may be taken by other sessions
-        elif full:
-            tracker._pages = self._pages
-        else:
-            tracker._pages.update(self._pages)
+        removed, missed, changed = tracker.end(full, self._pages)
         old = tracker.state
         newest = self._last_updated()
         if full:
@@ -441,33 +340,7 @@ class Listing:
         if state.ordered != old.ordered:
             change = "incremental" if state.ordered else "full"
         tracker.state = state
-        if tracker._undo is None:
-            changed = None
-        else:
-            names = dict.fromkeys(sid for sid, *_ in tracker._undo)
-            names.update(dict.fromkeys(self._changed_flags))
-            names.update(dict.fromkeys(missed))
-            changed = tuple(sid for sid in names if sid in tracker._index)
-        tracker._has_baseline = True
-        tracker._undo = None
-        tracker._seen = bytearray()  # a byte per session, needed only while a listing runs
-        never_run, ok, error = tracker._status
-        total_in, total_out, turns, duration_ms = tracker._runs.sums()
-        unbound, per_index = tracker._indexes.by_index()
-        tracker._shown = pick_indexes(per_index, tracker._shown, self._detail.max_index_series)
-        snapshot = ProjectSnapshot(
-            never_run=never_run,
-            ok=ok,
-            error=error,
-            input_tokens=total_in,
-            output_tokens=total_out,
-            turns=turns,
-            duration_seconds=duration_ms / 1000.0,
-            last_updated=newest,
-            invalid_items=self._invalid,
-            duplicate_items=self._duplicates,
-            by_index=index_series(unbound, per_index, tracker._shown),
-        )
+        snapshot = tracker.snapshot(self._detail.max_index_series, newest, self._invalid)
         new_runs = RunTotals(
             runs=self._runs,
             errors=self._errors,
@@ -494,10 +367,16 @@ class Listing:
         )
 
 
-def _memo_hash(fps: Iterable[int], sets: Iterable[int]) -> int:
-    """What a remembered page's sessions must still hold for the page to be taken unread:
-    their fingerprints and index sets, in order."""
-    return hash((array("I", fps).tobytes(), array("I", sets).tobytes()))
+def _packed(slots: list[int]) -> range | array[int]:
+    """Slots as a range when they are consecutive (a page of sessions first seen together),
+    else as an array of 4 bytes each."""
+    if (
+        slots
+        and slots[-1] - slots[0] == len(slots) - 1
+        and slots == list(range(slots[0], slots[-1] + 1))
+    ):
+        return range(slots[0], slots[-1] + 1)
+    return array("I", slots)
 
 
 def _later(a: datetime, b: datetime) -> bool:
@@ -517,7 +396,7 @@ def _gap(earlier: datetime, later: datetime) -> timedelta:
 
 def aggregate(pages: Iterable[Iterable[Any]], tracker: SessionTracker | None = None) -> PollResult:
     """All pages of one listing at once: the convenient form for tests and tools."""
-    listing = (SessionTracker() if tracker is None else tracker).begin()
+    listing = Listing(SessionTracker() if tracker is None else tracker)
     for page in pages:
         listing.add(page)
     return listing.finish()

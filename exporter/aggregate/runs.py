@@ -24,24 +24,13 @@ TOKEN_BUCKETS: tuple[float, ...] = tuple(float(4**i) for i in range(14))
 STATUSES = ("never_run", "ok", "error")
 NEVER_RUN = 0  # fingerprint of a session that has no job_metadata
 
-_FP_BITS = 28
-_FP_MASK = (1 << _FP_BITS) - 1
-_GEN_BITS = 32
-_GEN_MASK = (1 << _GEN_BITS) - 1
+FP_MASK = (1 << 28) - 1  # a fingerprint's bits
 _NONE = -7  # stands for a missing or null field inside a fingerprint
 _BOOL = -8  # marks a boolean where a count belongs
 
 
 class InvalidItem(ValueError):
     """An item whose shape breaks the API reference; it is skipped and counted."""
-
-
-def parse_datetime(value: str) -> datetime:
-    """ISO 8601, naive when it has no zone (the caller reads that as UTC)."""
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        return _parse_timestamp_slow(value)
 
 
 def utc_timestamp(dt: datetime) -> float:
@@ -51,12 +40,10 @@ def utc_timestamp(dt: datetime) -> float:
     return dt.timestamp()
 
 
-def parse_timestamp(value: str) -> float:
-    return utc_timestamp(parse_datetime(value))
-
-
-def _parse_timestamp_slow(value: str) -> datetime:
-    """Forms that Python 3.10's ``fromisoformat`` rejects: ``Z`` and odd fractions."""
+def parse_datetime_slow(value: str) -> datetime:
+    """An ISO 8601 timestamp that ``datetime.fromisoformat`` refused, naive when it has no zone
+    (read as UTC): Python 3.10's rejects ``Z`` and odd fractions. A listing tries
+    ``fromisoformat`` first, inline, since it reads one timestamp per session."""
     text = value.strip()
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
@@ -152,41 +139,8 @@ def fingerprint(job_metadata: dict[str, Any]) -> int:
                 _NONE if error is None else error,
             )
         )
-        & _FP_MASK
+        & FP_MASK
     ) or 1
-
-
-@dataclass(frozen=True, slots=True)
-class Run:
-    """The most recent run of one session, as read from its ``job_metadata``."""
-
-    is_error: bool
-    duration_seconds: float | None
-    input_tokens: float | None
-    output_tokens: float | None
-    turns: float | None
-    fingerprint: int
-
-
-def parse_run(job_metadata: Any) -> Run | None:
-    """Read ``job_metadata`` into a :class:`Run`; None means the session never ran."""
-    if job_metadata is None:
-        return None
-    is_error, d, i, o, t, fingerprint = read_run(job_metadata)
-    return Run(
-        is_error=is_error,
-        duration_seconds=None if d is None else d / 1000.0,
-        input_tokens=None if i is None else float(i),
-        output_tokens=None if o is None else float(o),
-        turns=None if t is None else float(t),
-        fingerprint=fingerprint,
-    )
-
-
-def run_status(run: Run | None) -> str:
-    if run is None:
-        return "never_run"
-    return "error" if run.is_error else "ok"
 
 
 # The latest run a counter or a bucket counted: its session, the value it added and when it
@@ -271,7 +225,9 @@ class Histogram:
         )
 
 
-class _HistogramBuilder:
+class HistogramBuilder:
+    """One listing's observations of a histogram, built into a :class:`Histogram` at its end."""
+
     __slots__ = ("bounds", "counts", "exemplars", "total")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
@@ -380,7 +336,7 @@ class RunTotals:
                 raise ValueError(f"{key}: bucket layout changed")
             return Histogram(bounds, tuple(count(c) for c in counts), amount(total))
 
-        by_class = data.get("errors_by_class", {})  # absent from files saved before classes
+        by_class = field("errors_by_class")
         if type(by_class) is not dict or not all(type(k) is str for k in by_class):
             raise ValueError("errors_by_class: not an object of counts")
         totals = cls(
@@ -440,7 +396,6 @@ class ProjectSnapshot:
     duration_seconds: float = 0.0
     last_updated: float | None = None
     invalid_items: int = 0
-    duplicate_items: int = 0
     # (index_id, sessions) of llamacloud_chat_sessions_by_index: the shown indexes, "other"
     # and "none".
     by_index: tuple[tuple[str, int], ...] = ()

@@ -2,7 +2,8 @@
 
 :class:`SessionTracker` keeps, per project, each session's fingerprint, status and flags,
 its most recent run and its bound indexes, with exact running sums; it plans the next
-listing and undoes a failed one. A listing (:mod:`.listing`) reads pages into it.
+listing and undoes a failed one. A listing (:mod:`.listing`) reads pages into it through
+the members its docstring names; this module knows nothing of listings.
 """
 
 from __future__ import annotations
@@ -11,13 +12,10 @@ from array import array
 from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .indexes import Detail, IndexSets, InvalidIndexIds
-from .runs import _FP_MASK
-
-if TYPE_CHECKING:
-    from .listing import Listing
+from .indexes import IndexSets, InvalidIndexIds, index_series, pick_indexes
+from .runs import FP_MASK, ProjectSnapshot, RunTuple
 
 # A saved session: id, fingerprint, flags (status | missed), then its most recent run's
 # input tokens, output tokens, turns and duration in milliseconds, and its bound indexes.
@@ -27,14 +25,12 @@ SavedSession = tuple[str, int, int, float, float, float, float, tuple[str, ...]]
 # its old index set.
 _Undo = tuple[str, int | None, int, int, float, float, float, float, int]
 
-_SLOT_BITS = 32
-_SLOT_MASK = (1 << _SLOT_BITS) - 1
+# A tracked session's value in ``SessionTracker.index``: ``fingerprint << SLOT_BITS | slot``.
+SLOT_BITS = 32
+SLOT_MASK = (1 << SLOT_BITS) - 1
 _STATUS_MASK = 3  # flags: 0 never_run, 1 ok, 2 error ...
 MISSED = 4  # ... and absent from the last full listing (kept until absent from two)
-# ... and its run not read yet (a state file from before contributions were saved): the
-# next listing reads it even with an unchanged fingerprint, and counts nothing for it.
-UNREAD = 8
-_FLAG_BITS = _STATUS_MASK | MISSED | UNREAD
+_FLAG_BITS = _STATUS_MASK | MISSED
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,29 +177,18 @@ class _Runs:
         self.exact = (_Exact(), _Exact(), _Exact(), _Exact())
 
 
-def _packed(slots: list[int]) -> range | array[int]:
-    """Slots as a range when they are consecutive (a page of sessions first seen together),
-    else as an array of 4 bytes each."""
-    if (
-        slots
-        and slots[-1] - slots[0] == len(slots) - 1
-        and slots == list(range(slots[0], slots[-1] + 1))
-    ):
-        return range(slots[0], slots[-1] + 1)
-    return array("I", slots)
-
-
-class _PageSummary:
+class PageSummary:
     """What one page body gave a listing, so the same body can be taken again unread: its
-    sessions (their slots, a range when they are consecutive as they mostly are, and a hash
-    of their fingerprints), counts and what it says about order and time."""
+    sessions (their slots, a range when they are consecutive as they mostly are, and the
+    :func:`memo_hash` of their fingerprints and index sets), counts and what it says about
+    order and time. A listing makes them; the tracker keeps them until the next listing."""
 
     __slots__ = (
         "broken",
         "first",
-        "fps",
         "invalid",
         "last",
+        "memo",
         "missing",
         "newest",
         "nonempty",
@@ -219,7 +204,7 @@ class _PageSummary:
         nonempty: bool,
         valid: bool,
         slots: range | array[int],
-        fps: int,
+        memo: int,
         invalid: int,
         first: datetime | None,
         last: datetime | None,
@@ -229,88 +214,88 @@ class _PageSummary:
         missing: bool,
     ) -> None:
         self.token, self.nonempty, self.valid = token, nonempty, valid
-        self.slots, self.fps, self.invalid = slots, fps, invalid
+        self.slots, self.memo, self.invalid = slots, memo, invalid
         self.first, self.last, self.newest = first, last, newest
         self.unordered, self.broken, self.missing = unordered, broken, missing
+
+
+def memo_hash(fps: Iterable[int], sets: Iterable[int]) -> int:
+    """What a remembered page's sessions must still hold for the page to be taken unread:
+    their fingerprints and index sets, in order."""
+    return hash((array("I", fps).tobytes(), array("I", sets).tobytes()))
 
 
 class SessionTracker:
     """What each listed session contributes, per project, packed for memory.
 
-    A dict maps each session id to ``fingerprint << 32 | slot``; per slot, a byte holds the
-    status and the missed flag, and :class:`_Runs` the most recent run's input and output
+    A dict maps each session id to ``fingerprint << SLOT_BITS | slot``; per slot, a byte holds
+    the status and the missed flag, and :class:`_Runs` the most recent run's input and output
     tokens, turns and duration. Gauges are exact sums over those (correctly rounded, so the
     order sessions were met in never changes a value), which lets a listing that reads only
     what changed give the same gauges as one that reads it all.
 
     Updated in place as pages arrive, with an undo log so a poll that fails half way
     leaves it as it was.
+
+    A listing calls :meth:`start`; its hot loop reads ``index``, ``flags`` and ``indexes``
+    directly (a method call per session would cost more than the rest of the loop) and
+    marks each session it meets in ``seen``, and writes nothing else but through
+    :meth:`store` and :meth:`relist`; it takes a remembered page with :meth:`take`, and
+    ends with :meth:`end`, a new ``state`` and :meth:`snapshot`.
     """
 
     __slots__ = (
-        "_flags",
         "_fps",
         "_free",
         "_has_baseline",
-        "_index",
-        "_indexes",
         "_missed",
         "_pages",
         "_runs",
         "_saved_missed",
         "_saved_status",
-        "_seen",
-        "_seen_count",
         "_shown",
         "_status",
         "_top",
         "_undo",
+        "flags",
+        "index",
+        "indexes",
+        "seen",
         "state",
     )
 
     def __init__(
-        self,
-        sessions: Iterable[SavedSession] | dict[str, int] | None = None,
-        state: ListingState | None = None,
+        self, sessions: Iterable[SavedSession] | None = None, state: ListingState | None = None
     ) -> None:
-        """Restore a baseline from a state file: saved sessions, or bare fingerprints (an
-        older file: those count as missed once, so a first listing that misses one drops it
-        as older versions did)."""
-        self._index: dict[str, int] = {}
-        self._flags = bytearray()
+        """Restore a baseline from the sessions a state file saved."""
+        self.index: dict[str, int] = {}  # session id: fingerprint << SLOT_BITS | slot
+        self.flags = bytearray()  # by slot: status | MISSED
         self._fps = array("I")  # each slot's fingerprint, to check a remembered page
         self._runs = _Runs()
-        self._indexes = IndexSets()
+        self.indexes = IndexSets()
         self._shown: tuple[str, ...] = ()  # indexes with their own series, most sessions first
         # Page bodies read whole by the last listings, by key: what reading one again gives.
-        self._pages: dict[Hashable, _PageSummary] = {}
+        self._pages: dict[Hashable, PageSummary] = {}
         self._free: list[int] = []
         self._top = 0  # slots below it have been used; the rest of the capacity never was
         self._status = [0, 0, 0]
         self._missed = 0
-        self._seen = bytearray()
+        self.seen = bytearray()  # by slot: met by the listing under way
         self._undo: list[_Undo] | None = None
         self._saved_status: list[int] = []
         self._saved_missed = 0
-        self._seen_count = 0
         self._has_baseline = sessions is not None
         self.state = state if state is not None and self._has_baseline else ListingState()
-        if isinstance(sessions, dict):
-            rows: Iterable[SavedSession] = (
-                (sid, fp, MISSED | UNREAD, 0.0, 0.0, 0.0, 0.0, ()) for sid, fp in sessions.items()
-            )
-        else:
-            rows = sessions or ()
-        for sid, fp, flags, i, o, t, d, *indexes in rows:
+        for sid, fp, flags, i, o, t, d, indexes in sessions or ():
             slot = self._new_slot()
-            self._index[sid] = ((fp & _FP_MASK) << _SLOT_BITS) | slot
-            self._flags[slot] = flags & _FLAG_BITS
-            self._fps[slot] = fp & _FP_MASK
+            self.index[sid] = ((fp & FP_MASK) << SLOT_BITS) | slot
+            self.flags[slot] = flags & _FLAG_BITS
+            self._fps[slot] = fp & FP_MASK
             self._runs.put(slot, i, o, t, d, fresh=True)
             try:
-                self._indexes.put(slot, indexes[0] if indexes else ())
+                self.indexes.put(slot, indexes)
             except InvalidIndexIds:  # an edited file: the next listing reads every page
-                self._indexes.put(slot, ())
+                self.indexes.put(slot, ())
                 self.state = ListingState()
             self._status[flags & _STATUS_MASK] += 1
             if flags & MISSED:
@@ -318,13 +303,13 @@ class SessionTracker:
 
     def _new_slot(self) -> int:
         """A slot never used yet; capacity grows by a sixteenth at a time, not slot by slot."""
-        if self._top == len(self._flags):
+        if self._top == len(self.flags):
             more = max(64, self._top // 16)
-            self._flags.extend(bytes(more))
+            self.flags.extend(bytes(more))
             self._fps.extend(array("I", bytes(4 * more)))
-            self._seen.extend(bytes(more))
+            self.seen.extend(bytes(more))
             self._runs.grow(more)
-            self._indexes.grow(more)
+            self.indexes.grow(more)
         self._top += 1
         return self._top - 1
 
@@ -332,30 +317,31 @@ class SessionTracker:
     def has_baseline(self) -> bool:
         return self._has_baseline
 
+    @property
+    def missed(self) -> int:
+        """How many sessions are flagged missed."""
+        return self._missed
+
     def __len__(self) -> int:
-        return len(self._index)
+        return len(self.index)
 
     def rows(self, names: Iterable[str] | None = None) -> Iterator[SavedSession]:
         """Saved form of every session, or of the named ones still tracked."""
-        index = self._index
+        index = self.index
         if names is None:
             items: Iterable[tuple[str, int]] = index.items()
         else:
             items = ((sid, index[sid]) for sid in names if sid in index)
-        indexes = self._indexes
+        indexes = self.indexes
         for sid, value in items:
-            slot = value & _SLOT_MASK
+            slot = value & SLOT_MASK
             yield (
                 sid,
-                value >> _SLOT_BITS,
-                self._flags[slot],
+                value >> SLOT_BITS,
+                self.flags[slot],
                 *self._runs.get(slot),
                 indexes.sets[indexes.ids[slot]],
             )
-
-    def fingerprints(self) -> Iterator[tuple[str, int]]:
-        for sid, value in self._index.items():
-            yield sid, value >> _SLOT_BITS
 
     def plan(
         self, *, auto: bool, full_every: int, overlap: float, now: float | None = None
@@ -381,71 +367,200 @@ class SessionTracker:
         newest = state.newest if now is None else min(state.newest, now)
         return newest - overlap
 
-    def begin(
-        self,
-        cutoff: float | None = None,
-        overlap: float = 300.0,
-        detail: Detail | None = None,
-        phase: int = 0,
-    ) -> Listing:
-        """Start a listing; with ``cutoff`` (Unix seconds) it is incremental: it stops after
-        a page whose sessions were all last updated before the cutoff. ``detail``: how many
-        indexes keep their own series, and the error classes (the defaults when None).
-        ``phase``: a baseline listing counts as that many polls since a full listing, so
-        projects that start together do not all list in full at the same later poll."""
-        self._seen = bytearray(len(self._flags))
-        self._seen_count = 0
+    def start(self) -> None:
+        """A listing begins: what it meets is marked in ``seen``, what it changes is logged
+        for :meth:`rollback` (but in a baseline listing, which a rollback undoes whole)."""
+        self.seen = bytearray(len(self.flags))
         self._undo = [] if self._has_baseline else None
         self._saved_status = list(self._status)
         self._saved_missed = self._missed
-        from .listing import Listing
 
-        return Listing(self, cutoff, overlap, Detail() if detail is None else detail, phase)
+    def store(
+        self, sid: str, old: int | None, fp: int, run: RunTuple | None, index_set: int
+    ) -> int:
+        """Write a new or changed session (``old``: its value in ``index``, None when new): its
+        fingerprint, contribution and index set, logging the old for undo; its slot."""
+        flags = self.flags
+        indexes = self.indexes
+        if old is None:
+            slot = self._free.pop() if self._free else self._new_slot()
+            self.seen[slot] = 1
+            if self._undo is not None:
+                self._undo.append((sid, None, slot, 0, 0.0, 0.0, 0.0, 0.0, 0))
+            indexes.ids[slot] = index_set
+            indexes.counts[index_set] += 1
+        else:
+            slot = old & SLOT_MASK
+            if self._undo is not None:
+                self._undo.append((sid, old, slot, *self._slot(slot)))
+            if indexes.ids[slot] != index_set:
+                indexes.move(slot, index_set)
+            self._status[flags[slot] & _STATUS_MASK] -= 1
+            if flags[slot] & MISSED:
+                self._missed -= 1
+        self.index[sid] = (fp << SLOT_BITS) | slot
+        fresh = old is None
+        if run is None:
+            status = 0
+            if not fresh:
+                self._runs.put(slot, 0, 0, 0, 0)
+        else:
+            is_error, d, i, o, t, _ = run
+            status = 2 if is_error else 1
+            self._runs.put(slot, i, o, t, d, fresh)
+        flags[slot] = status
+        self._fps[slot] = fp
+        self._status[status] += 1
+        return slot
+
+    def relist(self, sid: str, value: int, index_set: int) -> None:
+        """A session listed again with its run unchanged, but flagged missed (it moved while
+        the last full listing paged: it is back) or bound to other indexes."""
+        slot = value & SLOT_MASK
+        if self._undo is not None:
+            self._undo.append((sid, value, slot, *self._slot(slot)))
+        if self.flags[slot] & MISSED:
+            self.flags[slot] &= ~MISSED
+            self._missed -= 1
+        if self.indexes.ids[slot] != index_set:
+            self.indexes.move(slot, index_set)
+
+    def take(self, key: Hashable) -> PageSummary | None:
+        """The page body the last listings read whole under ``key``, its sessions marked seen,
+        when reading it again would change nothing but those marks: each of its sessions
+        tracked with the fingerprint and index set it had on the page, none seen yet by this
+        listing nor flagged missed. Else None: it is to be read."""
+        page = self._pages.get(key)
+        if page is None:
+            return None
+        seen, flags = self.seen, self.flags
+        slots = page.slots
+        fps, index_sets = self._fps, self.indexes.ids
+        if memo_hash(map(fps.__getitem__, slots), map(index_sets.__getitem__, slots)) != page.memo:
+            return None
+        for slot in slots:
+            if seen[slot] or flags[slot] & MISSED:
+                return None
+        for slot in slots:
+            seen[slot] = 1
+        return page
+
+    def end(
+        self, full: bool, pages: dict[Hashable, PageSummary]
+    ) -> tuple[list[str], list[str], tuple[str, ...] | None]:
+        """The listing under way ended; ``pages``: the bodies it read whole, to remember.
+
+        A full listing drops the sessions it did not meet that were flagged missed, and flags
+        the others it did not meet. Returns the sessions dropped, those flagged, and those to
+        save (written or flagged; None for all of them, after a baseline listing).
+        """
+        removed: list[str] = []
+        missed: list[str] = []
+        if full and len(self.index) != self.seen.count(1):
+            seen = self.seen
+            flags = self.flags
+            for sid, value in list(self.index.items()):
+                slot = value & SLOT_MASK
+                if seen[slot]:
+                    continue
+                if flags[slot] & MISSED:
+                    self._missed -= 1
+                    self._remove(sid, value)
+                    removed.append(sid)
+                else:
+                    flags[slot] |= MISSED
+                    self._missed += 1
+                    missed.append(sid)
+        self.indexes.release()
+        if self.indexes.reused:
+            # An index set id freed before names another set now: a page remembered by an
+            # earlier listing that holds it would be taken for what it meant then. (This
+            # listing's pages are sound: a slot's set changes only as its item is read.)
+            self._pages = {} if removed else pages
+            self.indexes.reused = False
+        elif removed:
+            self._pages = {}  # freed slots may be taken by other sessions
+        elif full:
+            self._pages = pages
+        else:
+            self._pages.update(pages)
+        if self._undo is None:
+            changed = None
+        else:
+            names = dict.fromkeys(sid for sid, *_ in self._undo)
+            names.update(dict.fromkeys(missed))
+            changed = tuple(sid for sid in names if sid in self.index)
+        self._has_baseline = True
+        self._undo = None
+        self.seen = bytearray()  # a byte per session, needed only while a listing runs
+        return removed, missed, changed
+
+    def snapshot(
+        self, max_index_series: int, last_updated: float | None, invalid_items: int
+    ) -> ProjectSnapshot:
+        """The gauges of every tracked session, as a listing ends; the indexes shown by name
+        are picked again (one shown stays until another has more by the margin)."""
+        never_run, ok, error = self._status
+        total_in, total_out, turns, duration_ms = self._runs.sums()
+        unbound, per_index = self.indexes.by_index()
+        self._shown = pick_indexes(per_index, self._shown, max_index_series)
+        return ProjectSnapshot(
+            never_run=never_run,
+            ok=ok,
+            error=error,
+            input_tokens=total_in,
+            output_tokens=total_out,
+            turns=turns,
+            duration_seconds=duration_ms / 1000.0,
+            last_updated=last_updated,
+            invalid_items=invalid_items,
+            by_index=index_series(unbound, per_index, self._shown),
+        )
 
     def rollback(self) -> None:
         """Undo the listing under way: a failed poll changes nothing."""
         undo = self._undo
         self._undo = None
         if undo is None:  # a failed baseline poll: start afresh
-            self._index.clear()
+            self.index.clear()
             self._free = []
             self._top = 0
-            self._flags[:] = bytes(len(self._flags))
+            self.flags[:] = bytes(len(self.flags))
             self._fps[:] = array("I", bytes(4 * len(self._fps)))
             self._pages = {}
             self._runs.clear()
-            self._indexes.clear()
+            self.indexes.clear()
             self._status = [0, 0, 0]
             self._missed = 0
             return
-        indexes = self._indexes
+        indexes = self.indexes
         for sid, old, slot, flags, i, o, t, d, index_set in reversed(undo):
             if old is None:
-                del self._index[sid]
+                del self.index[sid]
                 self._free.append(slot)
                 self._fps[slot] = 0
                 indexes.counts[indexes.ids[slot]] -= 1
                 indexes.ids[slot] = 0
             else:
-                self._index[sid] = old
-                self._fps[slot] = old >> _SLOT_BITS
+                self.index[sid] = old
+                self._fps[slot] = old >> SLOT_BITS
                 indexes.move(slot, index_set)
-            self._flags[slot] = flags
+            self.flags[slot] = flags
             self._runs.put(slot, i, o, t, d)
         self._status = self._saved_status
         self._missed = self._saved_missed
 
     def _slot(self, slot: int) -> tuple[int, float, float, float, float, int]:
         """A slot's flags, run and index set, as the undo log keeps them."""
-        return (self._flags[slot], *self._runs.get(slot), self._indexes.ids[slot])
+        return (self.flags[slot], *self._runs.get(slot), self.indexes.ids[slot])
 
     def _remove(self, sid: str, value: int) -> None:
-        slot = value & _SLOT_MASK
-        del self._index[sid]
-        self._status[self._flags[slot] & _STATUS_MASK] -= 1
-        self._flags[slot] = 0
+        slot = value & SLOT_MASK
+        del self.index[sid]
+        self._status[self.flags[slot] & _STATUS_MASK] -= 1
+        self.flags[slot] = 0
         self._fps[slot] = 0
         self._runs.put(slot, 0, 0, 0, 0)
-        self._indexes.counts[self._indexes.ids[slot]] -= 1
-        self._indexes.ids[slot] = 0
+        self.indexes.counts[self.indexes.ids[slot]] -= 1
+        self.indexes.ids[slot] = 0
         self._free.append(slot)

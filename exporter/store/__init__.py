@@ -5,7 +5,8 @@ and the optional state file that carries the counters over restarts.
 from __future__ import annotations
 
 from .snapshots import ProjectState, Store
-from .statefile import StateError, StateFile, check_state_path
+from .sqlitefile import StateError
+from .statefile import StateFile, check_state_path
 
 __all__ = [
     "ProjectState",
