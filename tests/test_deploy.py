@@ -43,6 +43,7 @@ RULE_TESTS = sorted((DEPLOY / "prometheus" / "tests").glob("*.yml"))
 K8S = DEPLOY / "kubernetes"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "llamacloud-exporter.json"
 COMPOSE = DEPLOY / "docker-compose.yml"
+COMPOSE_SCHEMAS = sorted((REPO / "tests" / "schemas").glob("compose-spec*.json"))
 DOCKERFILE = REPO / "Dockerfile"
 RUNBOOK = DEPLOY / "RUNBOOK.md"
 DEFAULT_PORT = int(DEFAULT_LISTEN_ADDRESS.rsplit(":", 1)[1])
@@ -428,6 +429,46 @@ def bind_mounts(service: dict[str, Any]) -> Iterator[tuple[str, str]]:
         source, target = volume.split(":")[:2]
         if source.startswith("."):
             yield source, target
+
+
+def compose_variants() -> dict[str, str]:
+    """docker-compose.yml as shipped, and with the commented HA pair and web config enabled."""
+    text = COMPOSE.read_text()
+    return {
+        "as shipped": text,
+        "HA pair": uncomment_ha_lines(text),
+        "web config": uncomment_web_config_lines(text, drop_plain_command=True),
+    }
+
+
+@pytest.mark.parametrize("schema", COMPOSE_SCHEMAS, ids=lambda path: path.stem)
+def test_compose_file_follows_the_compose_schema(schema: Path) -> None:
+    """Compose v2's schema and v1's (tests/schemas/README.md): a file both take runs with
+    ``docker compose`` and with Debian's ``docker-compose``, which refused a top-level name."""
+    import jsonschema
+
+    document = json.loads(schema.read_text())
+    # Their $schema spell the drafts' URIs in ways jsonschema does not look up: by name, then.
+    drafts = {"draft-07": jsonschema.Draft7Validator, "2019-09": jsonschema.Draft201909Validator}
+    (draft,) = [cls for name, cls in drafts.items() if name in document["$schema"]]
+    validator = draft(document)
+    for variant, text in compose_variants().items():
+        errors = [error.message for error in validator.iter_errors(yaml.safe_load(text))]
+        assert not errors, f"{variant}, against {schema.name}: {errors}"
+
+
+def test_compose_v1_reads_the_file(tmp_path: Path) -> None:
+    """``docker-compose config`` (v1, where installed) takes every variant of the file."""
+    compose_v1 = shutil.which("docker-compose")
+    if not compose_v1:  # optional: the schemas above hold the file to the same rules
+        pytest.skip("docker-compose is not installed")
+    for n, (variant, text) in enumerate(compose_variants().items()):
+        path = tmp_path / f"docker-compose-{n}.yml"
+        path.write_text(text)
+        # Relative paths resolve from deploy/, as for the file there.
+        command = (compose_v1, "--project-directory", str(DEPLOY), "-f", str(path))
+        result = run(*command, "config", "-q", cwd=tmp_path)
+        assert result.returncode == 0, f"{variant}: {result.stdout}{result.stderr}"
 
 
 def test_compose_mounts_exist_in_the_repository() -> None:
