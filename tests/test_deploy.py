@@ -850,18 +850,8 @@ def web_component() -> dict[str, Any]:
 
 
 def web_component_objects() -> dict[str, dict[str, Any]]:
-    """The component's resources by name, patched Deployment and ServiceMonitor included."""
-    component = web_component()
-    objects = {}
-    for resource in component["resources"]:
-        for doc in yaml.safe_load_all((WEB_COMPONENT / resource).read_text()):
-            objects[doc["metadata"]["name"] + "/" + doc["kind"]] = doc
-    for patch in component["patches"]:
-        kind, name = patch["target"]["kind"], patch["target"]["name"]
-        base = k8s_object(kind)
-        assert base["metadata"]["name"] == name
-        objects[f"{name}/{kind}"] = json_patch(base, load_yaml(WEB_COMPONENT / patch["path"]))
-    return objects
+    """The base's objects with the tls-basic-auth component applied."""
+    return with_component(WEB_COMPONENT)
 
 
 def secret(objects: dict[str, dict[str, Any]], name: str) -> dict[str, str]:
@@ -878,7 +868,9 @@ def test_kubernetes_web_component_is_consistent(
     # Off by default: the base kustomization names it in a comment only.
     base = (K8S / "kustomization.yaml").read_text()
     assert "components" not in load_yaml(K8S / "kustomization.yaml")
-    assert re.search(r"^# components:\n#   - " + WEB_COMPONENT.name + "$", base, re.M)
+    assert re.search(
+        r"^# components:\n(#   - [\w-]+\n)*#   - " + WEB_COMPONENT.name + "$", base, re.M
+    )
     # The optional Certificate is listed commented.
     assert re.search(
         r"^  # - certificate\.yaml", (WEB_COMPONENT / "kustomization.yaml").read_text(), re.M
@@ -976,11 +968,14 @@ def sharded_component() -> dict[str, Any]:
     return data
 
 
-def with_component(directory: Path) -> dict[str, dict[str, Any]]:
-    """The base's objects with a component applied as kustomize applies it: resources added,
-    JSON patches applied to their targets, ``$patch: delete`` patches removing theirs."""
+def with_component(
+    directory: Path, objects: dict[str, dict[str, Any]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The base's objects (or ``objects``) with a component applied as kustomize applies it:
+    resources added, JSON patches applied to their targets (kind and name are regular
+    expressions), ``$patch: delete`` patches removing theirs."""
     component: dict[str, Any] = load_yaml(directory / "kustomization.yaml")
-    objects = k8s_objects()
+    objects = copy.deepcopy(objects if objects is not None else k8s_objects())
     for resource in component.get("resources", []):
         for doc in yaml.safe_load_all((directory / resource).read_text()):
             key = doc["metadata"]["name"] + "/" + doc["kind"]
@@ -988,14 +983,37 @@ def with_component(directory: Path) -> dict[str, dict[str, Any]]:
             objects[key] = doc
     for patch in component.get("patches", []):
         if "target" in patch:
-            key = f"{patch['target']['name']}/{patch['target']['kind']}"
-            objects[key] = json_patch(objects[key], load_yaml(directory / patch["path"]))
+            target = patch["target"]
+            keys = [
+                key
+                for key, doc in objects.items()
+                if re.fullmatch(target["kind"], doc["kind"])
+                and re.fullmatch(target["name"], doc["metadata"]["name"])
+            ]
+            assert keys, f"{patch['path']}: no {target['kind']} {target['name']}"
+            for key in keys:
+                objects[key] = json_patch(objects[key], load_yaml(directory / patch["path"]))
         else:
             doc = load_yaml(directory / patch["path"])
             assert doc.pop("$patch") == "delete", patch["path"]
             key = f"{doc['metadata']['name']}/{doc['kind']}"
             assert objects.pop(key, None), f"{patch['path']} deletes {key}, which is not there"
     return objects
+
+
+def test_kubernetes_sharded_then_tls_basic_auth_gives_shards_with_tls() -> None:
+    """sharded, then tls-basic-auth: the StatefulSet serves what the ServiceMonitor scrapes;
+    the other order fails (it would scrape plain-HTTP pods over HTTPS)."""
+    objects = with_component(WEB_COMPONENT, with_component(SHARDED_COMPONENT))
+    assert "llamacloud-exporter/Deployment" not in objects
+    spec = objects["llamacloud-exporter/StatefulSet"]["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert "--web.config.file" in container["args"] and "--shard.from-hostname" in container["args"]
+    assert "projected" in spec["volumes"][0]
+    (endpoint,) = objects["llamacloud-exporter/ServiceMonitor"]["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https"
+    with pytest.raises((AssertionError, KeyError)):
+        with_component(SHARDED_COMPONENT, with_component(WEB_COMPONENT))
 
 
 def test_kubernetes_sharded_component_is_consistent() -> None:
@@ -1064,9 +1082,9 @@ def test_kubernetes_sharded_component_is_consistent() -> None:
     assert Path(config["state"]["path"]).parent == Path(STATE_DIR)
 
 
-def build_kustomization(tmp_path: Path, edit: Any) -> dict[str, dict[str, Any]]:
+def kustomize(tmp_path: Path, edit: Any) -> subprocess.CompletedProcess[str]:
     """``kubectl kustomize`` of a copy of deploy/kubernetes whose kustomization.yaml text
-    ``edit`` changed; the objects by ``name/Kind``."""
+    ``edit`` changed."""
     kubectl = shutil.which("kubectl")
     if not kubectl:  # optional: CI checks the component through its patches alone
         pytest.skip("kubectl is not installed")
@@ -1077,7 +1095,12 @@ def build_kustomization(tmp_path: Path, edit: Any) -> dict[str, dict[str, Any]]:
     edited = edit(text)
     assert edited != text
     kustomization.write_text(edited)
-    result = run(kubectl, "kustomize", str(copy_dir))
+    return run(kubectl, "kustomize", str(copy_dir))
+
+
+def build_kustomization(tmp_path: Path, edit: Any) -> dict[str, dict[str, Any]]:
+    """:func:`kustomize`'s objects by ``name/Kind``."""
+    result = kustomize(tmp_path, edit)
     assert result.returncode == 0, result.stderr
     return {
         f"{doc['metadata']['name']}/{doc['kind']}": doc
@@ -1134,6 +1157,20 @@ def test_kubernetes_sharded_component_with_tls_basic_auth_as_the_readme_says(
         assert container[probe] == web["containers"][0][probe], probe
     assert pod["volumes"][0] == web["volumes"][0]
     assert built["llamacloud-exporter/ServiceMonitor"]["spec"]["endpoints"][0]["scheme"] == "https"
+
+
+def test_kubernetes_tls_basic_auth_before_sharded_fails_the_build(tmp_path: Path) -> None:
+    """Listed the wrong way round, kustomize fails and says where, instead of rendering a
+    ServiceMonitor that scrapes plain-HTTP shards over HTTPS."""
+    lines = "components:\n  - tls-basic-auth\n  - sharded\n"
+    result = kustomize(
+        tmp_path,
+        lambda text: re.sub(
+            r"^# components:\n(#   - [\w-]+\n)+", lambda _: lines, text, flags=re.M
+        ),
+    )
+    assert result.returncode != 0, result.stdout
+    assert "sharded" in result.stderr and "volumes/0/configMap/name" in result.stderr, result.stderr
 
 
 # ---------------------------------------------------------------------------------- dashboard
