@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import bcrypt
 import pytest
 import trustme
 import yaml
@@ -710,6 +711,43 @@ def test_web_config_example_loads_and_its_hash_is_of_the_placeholder(
     web = lay_out_web_config(uncommented, "\n".join(lines) + "\n", server_cert)
     assert web.client_auth_type == "RequireAndVerifyClientCert"
     assert web.client_allowed_sans and web.headers
+
+
+BCRYPT_RECIPES = (REPO / "README.md", DEPLOY / "README.md", WEB_CONFIG_EXAMPLE)
+
+
+def test_bcrypt_recipes_make_cost_10_hashes_with_the_venvs_python() -> None:
+    """Every documented way to make a hash gives the example's cost (10), and the Python
+    one-liner runs with the Python the exporter is installed in: it prints a hash of the
+    password it reads."""
+    one_liners: list[str] = []
+    for path in BCRYPT_RECIPES:
+        text = path.read_text()
+        for costs in re.findall(r"htpasswd -nBC (\d+)", text):
+            assert costs == "10", f"{path.name}: htpasswd -nBC {costs}"
+        for line in text.splitlines():
+            if "bcrypt.hashpw(" in line:
+                one_liners.append(line.lstrip("# ").strip())
+    assert one_liners
+    for line in one_liners:
+        python, flag, code = shlex.split(line)
+        assert (python, flag) == (".venv/bin/python", "-c"), line
+        assert "gensalt(10)" in code, line
+        # No terminal (a session of its own): getpass reads the password from stdin.
+        made = subprocess.run(
+            [sys.executable, "-c", code],
+            input=EXAMPLE_PASSWORD + "\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            start_new_session=True,
+        )
+        assert made.returncode == 0, made.stderr
+        hashed = made.stdout.strip()
+        assert hashed.startswith("$2b$10$"), hashed
+        assert bcrypt.checkpw(EXAMPLE_PASSWORD.encode(), hashed.encode())
+    example = load_yaml(WEB_CONFIG_EXAMPLE)["basic_auth_users"]
+    assert all(value.startswith("$2b$10$") for value in example.values())
 
 
 def uncomment_web_config_lines(text: str, drop_plain_command: bool = False) -> str:
@@ -1572,3 +1610,44 @@ def test_dockerfile_install_works_in_a_fresh_venv(tmp_path: Path) -> None:
         demo.terminate()
         demo.wait(timeout=15)
     assert run(python, *health[1:], env=env, timeout=30).returncode != 0
+
+
+def test_readme_recipe_runs_a_config_against_the_simulator(tmp_path: Path) -> None:
+    """The README's recipe as a newcomer runs it: the simulator prints the ids the README
+    shows, and the config with LLAMA_CLOUD_BASE_URL passes --check-config and polls."""
+    text = (REPO / "README.md").read_text()
+    (block,) = [
+        b
+        for b in re.findall(r"^```sh\n(.*?)^```$", text, re.M | re.S)
+        if "LLAMA_CLOUD_BASE_URL" in b
+    ]
+    lines = block.splitlines()
+    start = shlex.split(lines[0].rstrip(" &"))
+    assert start[:3] == [".venv/bin/python", "-m", "exporter.simulator"], lines[0]
+    printed = [line.removeprefix("# ") for line in lines if line.startswith("# ")]
+    (exports,) = [shlex.split(line)[1:] for line in lines if line.startswith("export ")]
+    env = dict(os.environ, **dict(pair.split("=", 1) for pair in exports))
+    config = tmp_path / "sim-config.yaml"
+    config.write_text(block.split("<<'EOF'\n", 1)[1].split("\nEOF\n", 1)[0] + "\n")
+
+    args = start[3:]
+    args[args.index("--listen") + 1] = f"127.0.0.1:{free_port()}"
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "exporter.simulator", *args], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert sim.stdout is not None
+        said = [sim.stdout.readline().strip() for _ in printed]
+        url = said[0].rsplit(" ", 1)[1]
+        assert said[1:] == printed[1:], "the README shows other ids than the simulator prints"
+        env["LLAMA_CLOUD_BASE_URL"] = url  # the README's address, on a free port here
+        for mode in ("--check-config", "--once"):
+            command = [sys.executable, "-m", "exporter", mode, "--config", str(config)]
+            result = run(*command, env=env, cwd=tmp_path)
+            assert result.returncode == 0, f"{mode}: {result.stdout[-2000:]}{result.stderr}"
+        ids = yaml.safe_load(config.read_text())["projects"]
+        for project in ids:
+            assert f'llamacloud_up{{project_id="{project["id"]}"}} 1.0' in result.stdout
+    finally:
+        sim.terminate()
+        sim.wait(timeout=15)
