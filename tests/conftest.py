@@ -84,14 +84,18 @@ def python_in_a_child(code: str, deadline: float = 60.0) -> str:
     return done.stdout
 
 
-# What promtool check metrics says of the contract itself: shared/DESIGN.md names the shard
-# count llamacloud_shard_total (as users' rules will), a gauge with the suffix of a counter.
-KNOWN_LINT = ('llamacloud_shard_total non-counter metrics should not have "_total" suffix',)
+# Metrics of the contract (shared/DESIGN.md) that the dashboard and the rules read and that the
+# exporter does not expose yet: tests that want data for every panel leave theirs out. A name
+# leaves this set when the collector names it (tests/test_deploy.py checks), and its panels
+# are then held to their data like every other.
+NOT_YET_EXPOSED = frozenset(
+    {"llamacloud_chat_run_error_ratio_objective", "llamacloud_chat_session_reads_pending"}
+)
 
 
 def lint_problems(output: str) -> list[str]:
-    """promtool check metrics' complaints, less the known one."""
-    return [line for line in output.splitlines() if line.strip() and line not in KNOWN_LINT]
+    """promtool check metrics' complaints: every line it prints (none is expected)."""
+    return [line for line in output.splitlines() if line.strip()]
 
 
 def tool(name: str) -> str:

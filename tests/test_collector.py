@@ -173,7 +173,7 @@ FILTERS = [
         "llamacloud_api_requests_total",
         "llamacloud_discovery_errors_total",
         "llamacloud_config_last_reload_success_timestamp_seconds",
-        "llamacloud_shard_total",
+        "llamacloud_shards",
     ],
     ["llamacloud_chat_run_errors_by_class_total", "llamacloud_poll_errors_total", "target_info"],
 ]

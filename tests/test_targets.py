@@ -129,7 +129,7 @@ def test_replicas_split_the_discovered_projects(
         wait_for(lambda e=exporter, m=mine: polled(e.metrics()) == m, 30, f"shard {i}'s projects")
         samples = exporter.metrics()
         assert value(samples, "llamacloud_shard_index") == i
-        assert value(samples, "llamacloud_shard_total") == 3
+        assert value(samples, "llamacloud_shards") == 3
         assert value(samples, "llamacloud_discovery_projects") == len(every)  # each lists all
         shares.append(mine)
     assert set().union(*shares) == every

@@ -128,7 +128,7 @@ class StoreCollector(Collector):
             value=self._store.shard[0],
         )
         yield GaugeMetricFamily(
-            "llamacloud_shard_total",
+            "llamacloud_shards",
             "How many shards split the projects; 1 when not sharded.",
             value=self._store.shard[1],
         )
