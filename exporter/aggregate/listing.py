@@ -182,6 +182,8 @@ class Listing:
                     index_set = by_key.get(tuple(listed), -1)
                     if index_set < 0:
                         index_set = intern(listed)
+                        # Past 65,536 sets the slots' ids move to a wider array.
+                        index_sets = indexes.ids
             except (InvalidItem, InvalidIndexIds, TypeError):
                 invalid += 1
                 continue
