@@ -16,6 +16,7 @@ import structlog
 from .aggregate import Listing, PollResult, SessionTracker
 from .client import ApiClient, PollError, Stopped
 from .config import Config, ProjectConfig
+from .histories import Reads, count_as_latest, read_pending
 from .store import StateFile, Store
 
 log = structlog.get_logger("exporter.poller")
@@ -48,9 +49,13 @@ class Poller:
         self._trackers: dict[str, SessionTracker] = {}
         self._projects: dict[str, ProjectConfig] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        # Projects whose key the API refused for session histories (401, 403): counted as
+        # ``runs: latest`` until their config changes or the exporter restarts.
+        self._refused: set[str] = set()
         self._stop: asyncio.Event | None = None
         self._lanes = _Lanes(config.max_concurrency)
         store.set_error_classes(config.detail.class_names)
+        store.max_index_series = config.detail.max_index_series
         # With discovery, projects saved but not (yet) listed are kept until the first
         # discovery says which remain: one that comes back takes its saved state.
         ids = None if config.discovery is not None else (p.id for p in config.projects)
@@ -126,6 +131,7 @@ class Poller:
         """
         old = self._config
         self._store.set_error_classes(config.detail.class_names)
+        self._store.max_index_series = config.detail.max_index_series
         wanted = {p.id: p for p in config.projects}
         for pid in [pid for pid in self._projects if pid not in wanted]:
             task = self._tasks.pop(pid, None)
@@ -133,6 +139,7 @@ class Poller:
                 task.cancel()
             del self._projects[pid]
             del self._trackers[pid]
+            self._refused.discard(pid)
             self._store.remove_project(pid)
             await self._forget_saved(pid)
         for pid, project in wanted.items():
@@ -144,6 +151,7 @@ class Poller:
                     self._start(pid)
             elif project != self._projects[pid]:
                 self._projects[pid] = project
+                self._refused.discard(pid)
                 self._store.update_info(project)
         if config.max_concurrency != old.max_concurrency:
             self._lanes = _Lanes(config.max_concurrency)
@@ -228,11 +236,24 @@ class Poller:
             duration=duration,
             finished=self._clock(),
             pages=pages,
+            reads_pending=len(tracker.pending),
         )
+        reads = await self._read_histories(project, tracker)
+        if reads is not None:
+            state = self._store.record_reads(
+                project.id, reads.totals, pending=len(tracker.pending), invalid=reads.invalid
+            )
         if self._state is not None:
             try:
                 # On a daemon thread: SIGTERM never waits for a locked state file.
-                await in_thread(self._state.save, project.id, state.totals, result, tracker)
+                await in_thread(
+                    self._state.save,
+                    project.id,
+                    state.totals,
+                    result,
+                    tracker,
+                    () if reads is None else reads.sessions,
+                )
             except Exception as exc:
                 self._store.count_state_save_failure()
                 log.error(
@@ -266,13 +287,66 @@ class Poller:
             missed=result.missed,
             items=items,
             sessions=result.snapshot.sessions,
-            new_runs=result.new_runs.runs,
-            new_errors=result.new_runs.errors,
+            new_runs=result.new_runs.runs + (reads.runs if reads else 0),
+            new_errors=result.new_runs.errors + (reads.totals.errors if reads else 0),
+            **_read_fields(reads, len(tracker.pending)),
             invalid_items=result.snapshot.invalid_items,
             baseline=result.baseline,
             duration_seconds=round(duration, 3),
         )
         return True
+
+    def _exact(self, project: ProjectConfig) -> bool:
+        """Whether the project's runs are counted from session histories now."""
+        return (
+            project.runs == "exact"
+            and self._config.max_session_reads_per_poll > 0
+            and project.id not in self._refused
+        )
+
+    async def _read_histories(
+        self, project: ProjectConfig, tracker: SessionTracker
+    ) -> Reads | None:
+        """After a listing: read the changed sessions' histories within the budget, or count
+        them as ``latest`` does where histories are not read (any more). A failure here costs
+        the reads, never the poll."""
+        if not tracker.pending:
+            return None
+        config = self._config
+        try:
+            if not self._exact(project):
+                return count_as_latest(tracker, config.detail)
+            reads = await in_thread(
+                read_pending,
+                self._client,
+                project,
+                tracker,
+                config.max_session_reads_per_poll,
+                config.max_response_bytes,
+                config.detail,
+            )
+        except Stopped:
+            raise asyncio.CancelledError() from None
+        except Exception as exc:  # a bug must cost the reads, never the daemon
+            log.error("session_reads_internal_error", project_id=project.id, exc_info=exc)
+            return None
+        if reads.refused is not None:
+            self._refused.add(project.id)
+            log.error(
+                "session_reads_refused",
+                project_id=project.id,
+                status=reads.refused,
+                hint="the API key may list this project's sessions but not read their "
+                "histories: runs are counted as llamacloud.runs: latest (a session that ran "
+                "twice between two polls counts once) until the config changes or the "
+                "exporter restarts; give the key read access, or set runs: latest",
+            )
+            latest = count_as_latest(tracker, config.detail)
+            reads.totals = reads.totals + latest.totals
+            reads.sessions += latest.sessions
+            reads.runs += latest.runs
+            reads.counted_as_latest += latest.counted_as_latest
+        return reads
 
     def _list(self, project: ProjectConfig) -> tuple[PollResult, int, int]:
         """Fetch and aggregate every page; runs in a worker thread, off the event loop."""
@@ -287,7 +361,14 @@ class Poller:
         # Each project at its own point of the full-listing cycle: a thousand projects started
         # together must not all read every page at the same poll.
         phase = zlib.crc32(project.id.encode("utf-8", "replace")) % config.full_listing_every
-        listing = Listing(tracker, cutoff, config.incremental_overlap_seconds, config.detail, phase)
+        listing = Listing(
+            tracker,
+            cutoff,
+            config.incremental_overlap_seconds,
+            config.detail,
+            phase,
+            exact=self._exact(project),
+        )
         pages = items = 0
         listed = self._client.pages(
             project, config.max_pages, config.max_response_bytes, reuse=listing.reuse
@@ -358,6 +439,20 @@ class Poller:
             )
         else:
             log.warning("poll_failed", status=status, **fields)
+
+
+def _read_fields(reads: Reads | None, pending: int) -> dict[str, int]:
+    """The poll log line's account of history reads (none without exact counting)."""
+    if reads is None:
+        return {"reads_pending": pending} if pending else {}
+    return {
+        "reads": len(reads.sessions),
+        "read_runs": reads.runs,
+        "reads_not_found": reads.not_found,
+        "reads_failed": reads.failed,
+        "counted_as_latest": reads.counted_as_latest,
+        "reads_pending": pending,
+    }
 
 
 def concurrent_polls(max_concurrency: int) -> int:

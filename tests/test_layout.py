@@ -23,7 +23,7 @@ STAGES = (
     ),
     ("exporter.metrics",),
     ("exporter.web",),
-    ("exporter.logs", "exporter.openfiles", "exporter.poller"),
+    ("exporter.logs", "exporter.openfiles", "exporter.histories", "exporter.poller"),
     ("exporter.targets",),
     ("exporter.simulator",),
     ("exporter.cli", "exporter.healthcheck", "exporter.__main__", "exporter"),

@@ -479,9 +479,11 @@ def totals_data(**changes: Any) -> str:
 
 
 def older_schema(version: int) -> Callable[[Path], None]:
-    """A state file as schema ``version`` left it: 2 had no indexes per session, 1 only
-    fingerprints and no listing state."""
-    dropped = ["index_ids"]
+    """A state file as schema ``version`` left it: 3 had no exact counting, 2 no indexes per
+    session either, 1 only fingerprints and no listing state."""
+    dropped = ["version", "counted", "last_fp", "pending"]
+    if version <= 2:
+        dropped += ["index_ids"]
     if version == 1:
         dropped += ["flags", "input_tokens", "output_tokens", "turns", "duration_ms"]
 
@@ -512,12 +514,13 @@ UNUSABLE: dict[str, tuple[Callable[[Path], None], str]] = {
     "garbage": (lambda p: p.write_bytes(b"counters: 12\n\x00\xff" * 500), NOT_SQLITE),
     "truncated": (truncated, CORRUPT),
     "future-schema": (
-        edited("UPDATE meta SET value = '4' WHERE key = 'schema_version'"),
+        edited("UPDATE meta SET value = '5' WHERE key = 'schema_version'"),
         UNKNOWN_SCHEMA,
     ),
     # Never released: a fresh baseline, as for any schema this version does not know.
     "schema-1": (older_schema(1), UNKNOWN_SCHEMA),
     "schema-2": (older_schema(2), UNKNOWN_SCHEMA),
+    "schema-3": (older_schema(3), UNKNOWN_SCHEMA),
     "other-database": (foreign, FOREIGN),
     "totals-not-json": (edited("UPDATE totals SET data = '{\"runs\": 1'"), BAD_TOTALS),
     "totals-nan": (

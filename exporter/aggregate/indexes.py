@@ -209,3 +209,30 @@ def index_series(
     named = set(shown)
     other = sum(n for i, n in counts.items() if i not in named)
     return (*((i, counts[i]) for i in shown), (OTHER, other), (NONE, none))
+
+
+def fold_skips(
+    saved: tuple[tuple[str, int], ...],
+    new: tuple[tuple[str, int], ...],
+    shown: Iterable[str],
+    limit: int,
+) -> tuple[tuple[str, int], ...]:
+    """``new`` index skips added to the ``saved`` totals under the cap: an index keeps its own
+    series when it has one already, or when it is shown (``sessions_by_index``) and fewer than
+    ``limit`` have one; the rest go to ``other``. A count never moves from one series to
+    another, so every series only grows."""
+    if not new:
+        return saved
+    sums = dict(saved)
+    shown = set(shown)
+    named = sum(1 for i in sums if i not in RESERVED)
+    for index_id, n in new:
+        if index_id in RESERVED:
+            index_id = OTHER
+        elif index_id not in sums:
+            if index_id in shown and named < limit:
+                named += 1
+            else:
+                index_id = OTHER
+        sums[index_id] = sums.get(index_id, 0) + n
+    return tuple(sorted(sums.items()))

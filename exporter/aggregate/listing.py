@@ -12,20 +12,17 @@ from array import array
 from collections.abc import Hashable, Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from zlib import crc32
 
 from .indexes import Detail, InvalidIndexIds
 from .runs import (
-    DURATION_BUCKETS,
+    FP_MASK,
     NEVER_RUN,
-    TOKEN_BUCKETS,
-    Exemplar,
-    HistogramBuilder,
     InvalidItem,
     PollResult,
-    RunTotals,
+    RunCounter,
     RunTuple,
     fingerprint,
-    latest,
     parse_datetime_slow,
     read_run,
     utc_timestamp,
@@ -51,14 +48,18 @@ class Listing:
         overlap: float = 300.0,
         detail: Detail | None = None,
         phase: int = 0,
+        exact: bool = False,
     ) -> None:
         """Start a listing into ``tracker``; with ``cutoff`` (Unix seconds) it is incremental:
         it stops after a page whose sessions were all last updated before the cutoff.
         ``detail``: how many indexes keep their own series, and the error classes (the
         defaults when None). ``phase``: a baseline listing counts as that many polls since a
         full listing, so projects that start together do not all list in full at the same
-        later poll."""
+        later poll. ``exact`` (``runs: exact``): a session that changed since it was counted is
+        handed to the tracker to have its history read, and its run is not counted here;
+        else the listed run is counted when it differs from the one seen last."""
         tracker.start()
+        self._exact = exact
         self._tracker = tracker
         self._detail = Detail() if detail is None else detail
         self._phase = phase
@@ -80,18 +81,8 @@ class Listing:
         self._pages: dict[Hashable, PageSummary] = {}  # read whole by this listing
         self._newest: datetime | None = None
         self._invalid = 0
-        self._runs = 0
-        self._errors = 0
-        self._error_classes: dict[str, int] = {}
-        self._runs_exemplar: Exemplar | None = None
-        self._errors_exemplar: Exemplar | None = None
         self._created = 0
-        self._new_input = 0.0
-        self._new_output = 0.0
-        self._new_turns = 0.0
-        self._duration_hist = HistogramBuilder(DURATION_BUCKETS)
-        self._input_hist = HistogramBuilder(TOKEN_BUCKETS)
-        self._output_hist = HistogramBuilder(TOKEN_BUCKETS)
+        self._counter = RunCounter(self._detail.classify)
 
     @property
     def incremental(self) -> bool:
@@ -114,6 +105,9 @@ class Listing:
         index = tracker.index
         seen = tracker.seen
         flags = tracker.flags
+        versions = tracker.versions
+        exact = self._exact
+        check_versions = exact and tracker.state.versioned
         check_missed = tracker.missed > 0
         newest = self._newest
         entry = self._previous
@@ -187,6 +181,10 @@ class Listing:
             except (InvalidItem, InvalidIndexIds, TypeError):
                 invalid += 1
                 continue
+            # With exact counting a session's version holds its last_updated_at as well.
+            ver = (
+                (fp ^ crc32(stamp.encode("utf-8", "replace"))) & FP_MASK if exact and stamp else fp
+            )
             any_valid = True
             if updated is None:
                 self._unordered = self._broken = missing = True
@@ -210,28 +208,35 @@ class Listing:
                 if all_old and updated >= (cut_naive if updated.tzinfo is None else cut_aware):  # type: ignore[operator]
                     all_old = False
             if value is None:
-                slot = tracker.store(sid, None, fp, run, index_set)
+                slot = tracker.store(sid, None, fp, run, index_set, ver)
                 if self._counting:
                     self._created += 1
                     if run is not None:
-                        self._count_run(run, job, sid, updated)
+                        self._new_run(slot, sid, NEVER_RUN, run, job, updated)
             else:
                 slot = value & slot_mask
                 if seen[slot]:  # listed twice: counted once
                     remember = False  # what a duplicate means depends on the pages before
                     continue
                 seen[slot] = 1
-                if run is not None or value >> slot_bits != fp:
-                    tracker.store(sid, value, fp, run, index_set)
-                    if self._counting and run is not None:
-                        self._count_run(run, job, sid, updated)
+                old_fp = value >> slot_bits
+                changed = run is not None or old_fp != fp
+                if not changed and versions[slot] != ver:
+                    if check_versions:
+                        changed = True  # ran again with the same figures
+                    else:  # versions of another kind until now: not a change
+                        tracker.reversion(sid, value, ver)
+                if changed:
+                    tracker.store(sid, value, fp, run, index_set, ver)
+                    if self._counting:
+                        self._new_run(slot, sid, old_fp, run, job, updated)
                 elif (check_missed and flags[slot] & MISSED) or index_sets[slot] != index_set:
                     # Run unchanged, but absent from the last full listing (it moved while
                     # that one paged) or bound to other indexes.
                     tracker.relist(sid, value, index_set)
             if remember:
                 slots.append(slot)
-                fps.append(fp)
+                fps.append(ver)
                 sets.append(index_set)
         self._invalid += invalid
         summary = PageSummary(
@@ -297,26 +302,23 @@ class Listing:
         )
         return page.token, not page.nonempty, stop
 
-    def _count_run(self, run: RunTuple, job: Any, sid: str, updated: datetime | None) -> None:
-        is_error, d, i, o, t, _ = run
-        ts = None if updated is None else utc_timestamp(updated)
-        self._runs += 1
-        self._runs_exemplar = latest(self._runs_exemplar, (sid, 1.0, ts))
-        if is_error:
-            self._errors += 1
-            self._errors_exemplar = latest(self._errors_exemplar, (sid, 1.0, ts))
-            name = self._detail.classify(job.get("error"))
-            self._error_classes[name] = self._error_classes.get(name, 0) + 1
-        if i is not None:
-            self._new_input += i
-            self._input_hist.observe(i)
-        if o is not None:
-            self._new_output += o
-            self._output_hist.observe(o)
-        if t is not None:
-            self._new_turns += t
-        if d is not None:
-            self._duration_hist.observe(d / 1000.0, sid, ts)
+    def _new_run(
+        self,
+        slot: int,
+        sid: str,
+        old_fp: int,
+        run: RunTuple | None,
+        job: Any,
+        updated: datetime | None,
+    ) -> None:
+        """A session met after the baseline changed, or is new: its history is to be read
+        (exact), or its listed run is counted (latest)."""
+        if self._exact:
+            self._tracker.changed(sid, old_fp)
+        elif run is not None:
+            ts = None if updated is None else utc_timestamp(updated)
+            self._counter.count(run, job.get("error"), sid, ts)
+            self._tracker.uncounted(sid, slot)
 
     def _last_updated(self) -> float | None:
         return None if self._newest is None else utc_timestamp(self._newest)
@@ -333,30 +335,21 @@ class Listing:
             # the overlap, so sessions that move while it pages do not turn it off.
             ordered = not self._unordered or (old.ordered and not self._broken)
             ordered = ordered and newest is not None
-            state = ListingState(ordered, newest, self._phase if baseline else 0, bool(missed))
+            state = ListingState(
+                ordered, newest, self._phase if baseline else 0, bool(missed), self._exact
+            )
         else:
             if newest is None or (old.newest is not None and old.newest > newest):
                 newest = old.newest
-            state = ListingState(True, newest, old.since_full + 1, False)
+            state = ListingState(
+                True, newest, old.since_full + 1, False, old.versioned and self._exact
+            )
         change = None
         if state.ordered != old.ordered:
             change = "incremental" if state.ordered else "full"
         tracker.state = state
         snapshot = tracker.snapshot(self._detail.max_index_series, newest, self._invalid)
-        new_runs = RunTotals(
-            runs=self._runs,
-            errors=self._errors,
-            input_tokens=self._new_input,
-            output_tokens=self._new_output,
-            turns=self._new_turns,
-            sessions_created=self._created,
-            duration=self._duration_hist.build(),
-            input_usage=self._input_hist.build(),
-            output_usage=self._output_hist.build(),
-            errors_by_class=tuple(sorted(self._error_classes.items())),
-            runs_exemplar=self._runs_exemplar,
-            errors_exemplar=self._errors_exemplar,
-        )
+        new_runs = self._counter.totals(self._created)
         return PollResult(
             snapshot,
             new_runs,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import zlib
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -250,6 +250,89 @@ class HistogramBuilder:
         return Histogram(self.bounds, tuple(self.counts), self.total, tuple(self.exemplars))
 
 
+class RunCounter:
+    """New runs as a poll meets them (from a listing, or from session histories), built into
+    :class:`RunTotals` at the end: counts, sums, histograms, error classes, exemplars and the
+    indexes each run could not query."""
+
+    __slots__ = (
+        "_classify",
+        "_duration",
+        "_error_classes",
+        "_errors_exemplar",
+        "_input",
+        "_output",
+        "_runs_exemplar",
+        "_skips",
+        "errors",
+        "input_tokens",
+        "output_tokens",
+        "runs",
+        "turns",
+    )
+
+    def __init__(self, classify: Callable[[Any], str]) -> None:
+        """``classify``: an error text's class name (``Detail.classify``)."""
+        self._classify = classify
+        self.runs = self.errors = 0
+        self.input_tokens = self.output_tokens = self.turns = 0.0
+        self._error_classes: dict[str, int] = {}
+        self._skips: dict[str, int] = {}
+        self._runs_exemplar: Exemplar | None = None
+        self._errors_exemplar: Exemplar | None = None
+        self._duration = HistogramBuilder(DURATION_BUCKETS)
+        self._input = HistogramBuilder(TOKEN_BUCKETS)
+        self._output = HistogramBuilder(TOKEN_BUCKETS)
+
+    def count(
+        self,
+        run: RunTuple,
+        error: Any,
+        sid: str,
+        ts: float | None,
+        skipped: Iterable[str] = (),
+    ) -> None:
+        """One run of session ``sid`` (``ts``: when, Unix seconds, if known), its error text
+        and the index ids it skipped."""
+        is_error, d, i, o, t, _ = run
+        self.runs += 1
+        self._runs_exemplar = latest(self._runs_exemplar, (sid, 1.0, ts))
+        if is_error:
+            self.errors += 1
+            self._errors_exemplar = latest(self._errors_exemplar, (sid, 1.0, ts))
+            name = self._classify(error)
+            self._error_classes[name] = self._error_classes.get(name, 0) + 1
+        if i is not None:
+            self.input_tokens += i
+            self._input.observe(i)
+        if o is not None:
+            self.output_tokens += o
+            self._output.observe(o)
+        if t is not None:
+            self.turns += t
+        if d is not None:
+            self._duration.observe(d / 1000.0, sid, ts)
+        for index_id in skipped:
+            self._skips[index_id] = self._skips.get(index_id, 0) + 1
+
+    def totals(self, sessions_created: int = 0) -> RunTotals:
+        return RunTotals(
+            runs=self.runs,
+            errors=self.errors,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            turns=self.turns,
+            sessions_created=sessions_created,
+            duration=self._duration.build(),
+            input_usage=self._input.build(),
+            output_usage=self._output.build(),
+            errors_by_class=tuple(sorted(self._error_classes.items())),
+            runs_exemplar=self._runs_exemplar,
+            errors_exemplar=self._errors_exemplar,
+            index_skips=tuple(sorted(self._skips.items())),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class RunTotals:
     """Counters of runs observed since the baseline; a poll adds its new runs to them."""
@@ -267,6 +350,9 @@ class RunTotals:
     errors_by_class: tuple[tuple[str, int], ...] = ()
     runs_exemplar: Exemplar | None = None
     errors_exemplar: Exemplar | None = None
+    # Runs that could not query an index they asked for (``skipped_index_ids``), by index id,
+    # sorted; past the cap of shown indexes they are summed as ``other`` (:func:`fold_skips`).
+    index_skips: tuple[tuple[str, int], ...] = ()
 
     def __add__(self, other: RunTotals) -> RunTotals:
         return RunTotals(
@@ -282,6 +368,7 @@ class RunTotals:
             errors_by_class=_add_counts(self.errors_by_class, other.errors_by_class),
             runs_exemplar=newer(self.runs_exemplar, other.runs_exemplar),
             errors_exemplar=newer(self.errors_exemplar, other.errors_exemplar),
+            index_skips=_add_counts(self.index_skips, other.index_skips),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -297,6 +384,7 @@ class RunTotals:
             "input_usage": [list(self.input_usage.counts), self.input_usage.total],
             "output_usage": [list(self.output_usage.counts), self.output_usage.total],
             "errors_by_class": dict(self.errors_by_class),
+            "index_skips": dict(self.index_skips),
             "exemplars": {
                 "runs": self.runs_exemplar,
                 "errors": self.errors_exemplar,
@@ -336,9 +424,12 @@ class RunTotals:
                 raise ValueError(f"{key}: bucket layout changed")
             return Histogram(bounds, tuple(count(c) for c in counts), amount(total))
 
-        by_class = field("errors_by_class")
-        if type(by_class) is not dict or not all(type(k) is str for k in by_class):
-            raise ValueError("errors_by_class: not an object of counts")
+        def counts(key: str) -> tuple[tuple[str, int], ...]:
+            value = field(key)
+            if type(value) is not dict or not all(type(k) is str and is_text(k) for k in value):
+                raise ValueError(f"{key}: not an object of counts")
+            return tuple(sorted((k, count(v)) for k, v in value.items()))
+
         totals = cls(
             runs=count(field("runs")),
             errors=count(field("errors")),
@@ -349,7 +440,8 @@ class RunTotals:
             duration=histogram("duration", DURATION_BUCKETS),
             input_usage=histogram("input_usage", TOKEN_BUCKETS),
             output_usage=histogram("output_usage", TOKEN_BUCKETS),
-            errors_by_class=tuple(sorted((k, count(v)) for k, v in by_class.items())),
+            errors_by_class=counts("errors_by_class"),
+            index_skips=counts("index_skips"),
         )
         return totals.with_saved_exemplars(data.get("exemplars"))
 

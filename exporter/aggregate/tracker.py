@@ -8,29 +8,57 @@ the members its docstring names; this module knows nothing of listings.
 
 from __future__ import annotations
 
+import zlib
 from array import array
 from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from .indexes import IndexSets, InvalidIndexIds, index_series, pick_indexes
-from .runs import FP_MASK, ProjectSnapshot, RunTuple
+from .runs import FP_MASK, NEVER_RUN, ProjectSnapshot, RunTuple
 
-# A saved session: id, fingerprint, flags (status | missed), then its most recent run's
-# input tokens, output tokens, turns and duration in milliseconds, and its bound indexes.
-SavedSession = tuple[str, int, int, float, float, float, float, tuple[str, ...]]
 
-# Undo log entry: session id, its old index value (None: new), slot, old flags and run, and
-# its old index set.
-_Undo = tuple[str, int | None, int, int, float, float, float, float, int]
+class SavedSession(NamedTuple):
+    """A session as the state file keeps it."""
+
+    session_id: str
+    fingerprint: int
+    flags: int  # status | missed | runs counted (see ``SessionTracker``)
+    input_tokens: float  # of its most recent run
+    output_tokens: float
+    turns: float
+    duration_ms: float
+    index_ids: tuple[str, ...]
+    # What it was last listed with: the fingerprint, and with ``runs: exact`` its
+    # last_updated_at too (:func:`version`); None: the fingerprint alone.
+    version: int | None = None
+    counted: int | None = None  # stop events of its history counted; None: unknown
+    last_fp: int | None = None  # the last counted run's fingerprint, if not the listed one
+    pending: bool = False  # changed since counted: its history is to be read
+
+
+# Undo log entry: session id, its old index value (None: new), slot, old flags and run, its
+# old index set and version.
+_Undo = tuple[str, int | None, int, int, float, float, float, float, int, int]
 
 # A tracked session's value in ``SessionTracker.index``: ``fingerprint << SLOT_BITS | slot``.
 SLOT_BITS = 32
 SLOT_MASK = (1 << SLOT_BITS) - 1
 _STATUS_MASK = 3  # flags: 0 never_run, 1 ok, 2 error ...
 MISSED = 4  # ... and absent from the last full listing (kept until absent from two)
-_FLAG_BITS = _STATUS_MASK | MISSED
+# ... and in the high four bits the stop events of its history counted so far, 0 to 14; 15
+# means more (kept in a dict) or unknown (a session of the baseline, or counted as latest).
+COUNT_SHIFT = 4
+_COUNT_ELSEWHERE = 15
+_COUNT_MASK = _COUNT_ELSEWHERE << COUNT_SHIFT
+_FLAG_BITS = _STATUS_MASK | MISSED | _COUNT_MASK
+
+
+def version(fp: int, stamp: str) -> int:
+    """What says that a session changed, with ``runs: exact``: its run's fingerprint and its
+    ``last_updated_at`` (a run like the one before changes only the latter)."""
+    return (fp ^ zlib.crc32(stamp.encode("utf-8", "replace"))) & FP_MASK
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +69,9 @@ class ListingState:
     newest: float | None = None  # newest last_updated_at of the last complete listing
     since_full: int = 0  # incremental listings since the last full one
     full_next: bool = False  # a full listing missed sessions: confirm with another
+    # Sessions' versions hold their last_updated_at (a full listing with ``runs: exact``
+    # wrote them): a version that differs then means a change.
+    versioned: bool = False
 
 
 _U32 = 2**32 - 1
@@ -237,19 +268,23 @@ class SessionTracker:
     Updated in place as pages arrive, with an undo log so a poll that fails half way
     leaves it as it was.
 
-    A listing calls :meth:`start`; its hot loop reads ``index``, ``flags`` and ``indexes``
-    directly (a method call per session would cost more than the rest of the loop) and
-    marks each session it meets in ``seen``, and writes nothing else but through
-    :meth:`store` and :meth:`relist`; it takes a remembered page with :meth:`take`, and
-    ends with :meth:`end`, a new ``state`` and :meth:`snapshot`.
+    A listing calls :meth:`start`; its hot loop reads ``index``, ``flags``, ``versions`` and
+    ``indexes`` directly (a method call per session would cost more than the rest of the
+    loop) and marks each session it meets in ``seen``, and writes nothing else but through
+    :meth:`store`, :meth:`relist`, :meth:`reversion`, :meth:`changed` and :meth:`uncounted`;
+    it takes a remembered page with :meth:`take`, and ends with :meth:`end`, a new ``state``
+    and :meth:`snapshot`. Reads of session histories (``runs: exact``) then take
+    :meth:`to_read` and report with :meth:`read`, :meth:`drop_pending` and :meth:`requeue`.
     """
 
     __slots__ = (
-        "_fps",
+        "_counted",
         "_free",
         "_has_baseline",
+        "_last",
         "_missed",
         "_pages",
+        "_pending_undo",
         "_runs",
         "_saved_missed",
         "_saved_status",
@@ -260,8 +295,10 @@ class SessionTracker:
         "flags",
         "index",
         "indexes",
+        "pending",
         "seen",
         "state",
+        "versions",
     )
 
     def __init__(
@@ -269,8 +306,18 @@ class SessionTracker:
     ) -> None:
         """Restore a baseline from the sessions a state file saved."""
         self.index: dict[str, int] = {}  # session id: fingerprint << SLOT_BITS | slot
-        self.flags = bytearray()  # by slot: status | MISSED
-        self._fps = array("I")  # each slot's fingerprint, to check a remembered page
+        self.flags = bytearray()  # by slot: status | MISSED | runs counted
+        # Each slot's version (:func:`version`, or the fingerprint alone): what a listing
+        # compares to see a change, and a remembered page is checked by.
+        self.versions = array("I")
+        self._counted: dict[str, int] = {}  # runs counted, where the flags cannot hold them
+        # Sessions changed since they were counted, longest waiting first: their history is
+        # to be read (``runs: exact``).
+        self.pending: dict[str, None] = {}
+        # The fingerprint of the last run counted, where it is not the one listed: the
+        # session changed since, or a read counted a run the listing has not shown yet.
+        self._last: dict[str, int] = {}
+        self._pending_undo: list[tuple[str, bool]] = []
         self._runs = _Runs()
         self.indexes = IndexSets()
         self._shown: tuple[str, ...] = ()  # indexes with their own series, most sessions first
@@ -286,11 +333,20 @@ class SessionTracker:
         self._saved_missed = 0
         self._has_baseline = sessions is not None
         self.state = state if state is not None and self._has_baseline else ListingState()
-        for sid, fp, flags, i, o, t, d, indexes in sessions or ():
+        for row in sessions or ():
+            sid, fp, flags, i, o, t, d, indexes, ver, counted, last_fp, pending = (
+                row if type(row) is SavedSession else SavedSession(*row)
+            )
             slot = self._new_slot()
-            self.index[sid] = ((fp & FP_MASK) << SLOT_BITS) | slot
-            self.flags[slot] = flags & _FLAG_BITS
-            self._fps[slot] = fp & FP_MASK
+            fp &= FP_MASK
+            self.index[sid] = (fp << SLOT_BITS) | slot
+            self.flags[slot] = flags & (_STATUS_MASK | MISSED)
+            self._set_counted(sid, slot, counted)
+            self.versions[slot] = fp if ver is None else ver & FP_MASK
+            if last_fp is not None:
+                self._last[sid] = last_fp & FP_MASK
+            if pending:
+                self.pending[sid] = None
             self._runs.put(slot, i, o, t, d, fresh=True)
             try:
                 self.indexes.put(slot, indexes)
@@ -306,7 +362,7 @@ class SessionTracker:
         if self._top == len(self.flags):
             more = max(64, self._top // 16)
             self.flags.extend(bytes(more))
-            self._fps.extend(array("I", bytes(4 * more)))
+            self.versions.extend(array("I", bytes(4 * more)))
             self.seen.extend(bytes(more))
             self._runs.grow(more)
             self.indexes.grow(more)
@@ -333,14 +389,19 @@ class SessionTracker:
         else:
             items = ((sid, index[sid]) for sid in names if sid in index)
         indexes = self.indexes
+        fps, last, pending = self.versions, self._last, self.pending
         for sid, value in items:
             slot = value & SLOT_MASK
-            yield (
+            yield SavedSession(
                 sid,
                 value >> SLOT_BITS,
-                self.flags[slot],
+                self.flags[slot] & (_STATUS_MASK | MISSED),
                 *self._runs.get(slot),
                 indexes.sets[indexes.ids[slot]],
+                fps[slot],
+                self.counted(sid, slot),
+                last.get(sid),
+                sid in pending,
             )
 
     def plan(
@@ -374,21 +435,31 @@ class SessionTracker:
         self._undo = [] if self._has_baseline else None
         self._saved_status = list(self._status)
         self._saved_missed = self._missed
+        self._pending_undo = []
 
     def store(
-        self, sid: str, old: int | None, fp: int, run: RunTuple | None, index_set: int
+        self,
+        sid: str,
+        old: int | None,
+        fp: int,
+        run: RunTuple | None,
+        index_set: int,
+        ver: int | None = None,
     ) -> int:
         """Write a new or changed session (``old``: its value in ``index``, None when new): its
-        fingerprint, contribution and index set, logging the old for undo; its slot."""
+        fingerprint, contribution, index set and version (None: the fingerprint), logging
+        the old for undo; its slot. A new session has no runs counted yet (after the
+        baseline) or an unknown number (in the baseline)."""
         flags = self.flags
         indexes = self.indexes
         if old is None:
             slot = self._free.pop() if self._free else self._new_slot()
             self.seen[slot] = 1
             if self._undo is not None:
-                self._undo.append((sid, None, slot, 0, 0.0, 0.0, 0.0, 0.0, 0))
+                self._undo.append((sid, None, slot, 0, 0.0, 0.0, 0.0, 0.0, 0, 0))
             indexes.ids[slot] = index_set
             indexes.counts[index_set] += 1
+            counted = 0 if self._has_baseline else _COUNT_MASK
         else:
             slot = old & SLOT_MASK
             if self._undo is not None:
@@ -398,6 +469,7 @@ class SessionTracker:
             self._status[flags[slot] & _STATUS_MASK] -= 1
             if flags[slot] & MISSED:
                 self._missed -= 1
+            counted = flags[slot] & _COUNT_MASK
         self.index[sid] = (fp << SLOT_BITS) | slot
         fresh = old is None
         if run is None:
@@ -408,10 +480,102 @@ class SessionTracker:
             is_error, d, i, o, t, _ = run
             status = 2 if is_error else 1
             self._runs.put(slot, i, o, t, d, fresh)
-        flags[slot] = status
-        self._fps[slot] = fp
+        flags[slot] = status | counted
+        self.versions[slot] = fp if ver is None else ver
         self._status[status] += 1
         return slot
+
+    def counted(self, sid: str, slot: int) -> int | None:
+        """How many stop events of the session's history are counted; None: unknown."""
+        n = self.flags[slot] >> COUNT_SHIFT
+        return n if n != _COUNT_ELSEWHERE else self._counted.get(sid)
+
+    def _set_counted(self, sid: str, slot: int, n: int | None) -> None:
+        if n is not None and n < _COUNT_ELSEWHERE:
+            self._counted.pop(sid, None)
+            field = n << COUNT_SHIFT
+        else:
+            if n is None:
+                self._counted.pop(sid, None)
+            else:
+                self._counted[sid] = n
+            field = _COUNT_MASK
+        self.flags[slot] = (self.flags[slot] & ~_COUNT_MASK) | field
+
+    def changed(self, sid: str, old_fp: int) -> None:
+        """A listing met a tracked or new session that changed since it was counted (its
+        fingerprint was ``old_fp``; NEVER_RUN for a new one): its history is to be read."""
+        fresh = sid not in self._last
+        if fresh:
+            self._last[sid] = old_fp
+        if sid not in self.pending:
+            self.pending[sid] = None
+            self._pending_undo.append((sid, fresh))
+
+    def uncounted(self, sid: str, slot: int) -> None:
+        """A listing counted the session's run itself (``runs: latest``): how many runs of its
+        history are counted is not known any more."""
+        self._set_counted(sid, slot, None)
+        self._last.pop(sid, None)
+
+    def to_read(self, limit: int) -> list[tuple[str, int, int | None]]:
+        """The ``limit`` sessions waiting longest for a read: (id, fingerprint of the last
+        run counted, stop events counted or None)."""
+        out: list[tuple[str, int, int | None]] = []
+        for sid in self.pending:
+            if len(out) >= limit:
+                break
+            value = self.index.get(sid)
+            if value is None:  # not tracked any more
+                continue
+            slot = value & SLOT_MASK
+            out.append((sid, self._last.get(sid, value >> SLOT_BITS), self.counted(sid, slot)))
+        return out
+
+    def read(self, sid: str, counted: int, last_fp: int) -> None:
+        """A read of the session's history counted its runs up to ``counted`` stop events, the
+        last with fingerprint ``last_fp``."""
+        self.pending.pop(sid, None)
+        value = self.index.get(sid)
+        if value is None:
+            self._last.pop(sid, None)
+            return
+        self._set_counted(sid, value & SLOT_MASK, counted)
+        if last_fp == value >> SLOT_BITS:
+            self._last.pop(sid, None)
+        else:
+            self._last[sid] = last_fp
+
+    def drop_pending(self, sid: str) -> None:
+        """The session's history is gone (404): its changes are not counted."""
+        self.pending.pop(sid, None)
+        self._last.pop(sid, None)
+
+    def requeue(self, sid: str) -> None:
+        """A read failed: the session waits again, behind the others."""
+        if self.pending.pop(sid, 0) is None:
+            self.pending[sid] = None
+
+    def take_pending_runs(self) -> list[tuple[str, RunTuple | None]]:
+        """Every pending session, with its listed run where it differs from the last one
+        counted, as ``runs: latest`` would have counted it (its error text is not kept:
+        class ``other``), else None; none is pending afterwards."""
+        out: list[tuple[str, RunTuple | None]] = []
+        for sid in self.pending:
+            value = self.index.get(sid)
+            if value is None:
+                continue
+            fp, slot = value >> SLOT_BITS, value & SLOT_MASK
+            if fp != NEVER_RUN and fp != self._last.get(sid, fp):
+                i, o, t, d = self._runs.get(slot)
+                is_error = self.flags[slot] & _STATUS_MASK == 2
+                out.append((sid, (is_error, d, i, o, t, fp)))
+            else:
+                out.append((sid, None))
+            self._set_counted(sid, slot, None)
+            self._last.pop(sid, None)
+        self.pending.clear()
+        return out
 
     def relist(self, sid: str, value: int, index_set: int) -> None:
         """A session listed again with its run unchanged, but flagged missed (it moved while
@@ -425,6 +589,14 @@ class SessionTracker:
         if self.indexes.ids[slot] != index_set:
             self.indexes.move(slot, index_set)
 
+    def reversion(self, sid: str, value: int, ver: int) -> None:
+        """A session's version, where versions did not hold its last_updated_at yet: not a
+        change (see ``ListingState.versioned``)."""
+        slot = value & SLOT_MASK
+        if self._undo is not None:
+            self._undo.append((sid, value, slot, *self._slot(slot)))
+        self.versions[slot] = ver
+
     def take(self, key: Hashable) -> PageSummary | None:
         """The page body the last listings read whole under ``key``, its sessions marked seen,
         when reading it again would change nothing but those marks: each of its sessions
@@ -435,7 +607,7 @@ class SessionTracker:
             return None
         seen, flags = self.seen, self.flags
         slots = page.slots
-        fps, index_sets = self._fps, self.indexes.ids
+        fps, index_sets = self.versions, self.indexes.ids
         if memo_hash(map(fps.__getitem__, slots), map(index_sets.__getitem__, slots)) != page.memo:
             return None
         for slot in slots:
@@ -492,6 +664,7 @@ class SessionTracker:
             changed = tuple(sid for sid in names if sid in self.index)
         self._has_baseline = True
         self._undo = None
+        self._pending_undo = []
         self.seen = bytearray()  # a byte per session, needed only while a listing runs
         return removed, missed, changed
 
@@ -521,12 +694,20 @@ class SessionTracker:
         """Undo the listing under way: a failed poll changes nothing."""
         undo = self._undo
         self._undo = None
+        for sid, fresh in reversed(self._pending_undo):
+            self.pending.pop(sid, None)
+            if fresh:
+                self._last.pop(sid, None)
+        self._pending_undo = []
         if undo is None:  # a failed baseline poll: start afresh
             self.index.clear()
+            self._counted.clear()
+            self._last.clear()
+            self.pending.clear()
             self._free = []
             self._top = 0
             self.flags[:] = bytes(len(self.flags))
-            self._fps[:] = array("I", bytes(4 * len(self._fps)))
+            self.versions[:] = array("I", bytes(4 * len(self.versions)))
             self._pages = {}
             self._runs.clear()
             self.indexes.clear()
@@ -534,32 +715,40 @@ class SessionTracker:
             self._missed = 0
             return
         indexes = self.indexes
-        for sid, old, slot, flags, i, o, t, d, index_set in reversed(undo):
+        for sid, old, slot, flags, i, o, t, d, index_set, ver in reversed(undo):
             if old is None:
                 del self.index[sid]
                 self._free.append(slot)
-                self._fps[slot] = 0
+                self.versions[slot] = 0
                 indexes.counts[indexes.ids[slot]] -= 1
                 indexes.ids[slot] = 0
             else:
                 self.index[sid] = old
-                self._fps[slot] = old >> SLOT_BITS
+                self.versions[slot] = ver
                 indexes.move(slot, index_set)
             self.flags[slot] = flags
             self._runs.put(slot, i, o, t, d)
         self._status = self._saved_status
         self._missed = self._saved_missed
 
-    def _slot(self, slot: int) -> tuple[int, float, float, float, float, int]:
-        """A slot's flags, run and index set, as the undo log keeps them."""
-        return (self.flags[slot], *self._runs.get(slot), self.indexes.ids[slot])
+    def _slot(self, slot: int) -> tuple[int, float, float, float, float, int, int]:
+        """A slot's flags, run, index set and version, as the undo log keeps them."""
+        return (
+            self.flags[slot],
+            *self._runs.get(slot),
+            self.indexes.ids[slot],
+            self.versions[slot],
+        )
 
     def _remove(self, sid: str, value: int) -> None:
         slot = value & SLOT_MASK
         del self.index[sid]
+        self._counted.pop(sid, None)
+        self._last.pop(sid, None)
+        self.pending.pop(sid, None)
         self._status[self.flags[slot] & _STATUS_MASK] -= 1
         self.flags[slot] = 0
-        self._fps[slot] = 0
+        self.versions[slot] = 0
         self._runs.put(slot, 0, 0, 0, 0)
         self.indexes.counts[self.indexes.ids[slot]] -= 1
         self.indexes.ids[slot] = 0

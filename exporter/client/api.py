@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import httpx
 import structlog
@@ -31,6 +31,7 @@ from .body import (
     code_label,
     error_detail,
     failure_reason,
+    parse_body,
     read_body,
 )
 from .deadline import Connection, Watchdog
@@ -385,6 +386,25 @@ class ApiClient:
             params["organization_id"] = project.organization_id
         url = f"{project.base_url}{CHAT_PATH}?{urlencode(params)}"
         return self._listing(url, project.api_key, max_pages, max_bytes, reuse)
+
+    def session(
+        self,
+        project: ProjectConfig,
+        session_id: str,
+        max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    ) -> Any:
+        """One session's history, ``GET /api/v1/chat/{session_id}``, parsed (its shape is the
+        caller's to check): the same key, retries, rate limit, deadline and body bound as a
+        page. Raises :class:`PollError` as a page does (``status`` 404: the session is gone).
+        """
+        if self._stop.is_set():
+            raise Stopped()
+        params: dict[str, str] = {"project_id": project.id}
+        if project.organization_id:
+            params["organization_id"] = project.organization_id
+        url = f"{project.base_url}{CHAT_PATH}/{quote(session_id, safe='')}?{urlencode(params)}"
+        raw = self._get(_origin(url), url, _BearerAuth(project.api_key), max_bytes)
+        return parse_body(raw)[0]
 
     def projects(
         self,

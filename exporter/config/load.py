@@ -118,6 +118,7 @@ def _build(
         page_size=lc.page_size,
         api_key=key,
         listing=lc.listing,
+        runs=lc.runs,
         key_source=source,
     )
     discovery = None
@@ -139,6 +140,7 @@ def _build(
         max_response_bytes=lc.max_response_bytes,
         full_listing_every=lc.full_listing_every,
         incremental_overlap_seconds=lc.incremental_overlap_seconds,
+        max_session_reads_per_poll=lc.max_session_reads_per_poll,
         max_requests_per_second=lc.max_requests_per_second,
         poll_interval_seconds=file.poll_interval_seconds,
         max_concurrency=file.max_concurrency,
@@ -171,6 +173,7 @@ def _project(
         page_size=entry.page_size or template.page_size,
         api_key=key,
         listing=entry.listing or template.listing,
+        runs=entry.runs or template.runs,
         key_source=source,
     )
 

@@ -15,6 +15,11 @@ EU_BASE_URL = "https://api.cloud.eu.llamaindex.ai"
 LISTING_MODES = ("auto", "full")
 
 
+# "exact": a changed session's history is read and every run in it counted; "latest": the
+# listing's run only (a session that ran twice between two polls counts once).
+RUN_MODES = ("exact", "latest")
+
+
 @dataclass(frozen=True)
 class ProjectConfig:
     id: str
@@ -24,6 +29,7 @@ class ProjectConfig:
     page_size: int
     api_key: Secret = field(repr=False)
     listing: str = "auto"  # "auto": incremental once the API shows newest-first; "full"
+    runs: str = "exact"  # RUN_MODES
     # Where the key came from, for messages: "projects[0].api_key", "llamacloud.api_key_file",
     # "the LLAMA_CLOUD_API_KEY environment variable" (never the key).
     key_source: str = ""

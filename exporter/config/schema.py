@@ -19,7 +19,7 @@ from ..patterns import Pattern
 from .discovery import DEFAULT_INTERVAL_SECONDS, EVERYTHING, DiscoveryConfig
 from .fields import Schema, listed, number, one_of, pattern, problem, reading, text, whole
 from .files import MAX_KEY_FILE_BYTES, FileProblem, read_bounded
-from .project import LISTING_MODES, ProjectConfig
+from .project import LISTING_MODES, RUN_MODES, ProjectConfig
 from .secret import Secret
 from .settings import DEFAULT_LISTEN_ADDRESS, DEFAULT_MAX_RESPONSE_BYTES, listen_address_problem
 from .sharding import MAX_SHARDS, Shard
@@ -131,6 +131,7 @@ ApiKeyFile = Annotated[Secret | None, PlainValidator(_api_key_file)]
 BaseUrl = Annotated[str | None, PlainValidator(base_url)]
 PageSize = whole(1, 1000)
 Listing = one_of(LISTING_MODES)
+Runs = one_of(RUN_MODES)
 
 
 class _Api(Schema):
@@ -155,6 +156,8 @@ class LlamaCloudSection(_Api):
     listing: Annotated[str, Listing] = "auto"
     full_listing_every: Annotated[int, whole(1, 1_000_000)] = 10
     incremental_overlap_seconds: Annotated[float, number(MAX_POLL_INTERVAL_SECONDS, 0)] = 300.0
+    runs: Annotated[str, Runs] = "exact"
+    max_session_reads_per_poll: Annotated[int, whole(0, 100_000)] = 100  # 0: no reads
 
 
 class ProjectEntry(_Api):
@@ -168,6 +171,7 @@ class ProjectEntry(_Api):
     organization_id: Annotated[str, text] = ""
     page_size: Annotated[int | None, PageSize] = None
     listing: Annotated[str | None, Listing] = None
+    runs: Annotated[str | None, Runs] = None
 
 
 class WebSection(Schema):

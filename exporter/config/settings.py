@@ -26,6 +26,7 @@ class Config:
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     full_listing_every: int = 10
     incremental_overlap_seconds: float = 300.0
+    max_session_reads_per_poll: int = 100  # per project per poll; 0: no reads (runs: latest)
     max_requests_per_second: float = 0.0  # 0: no limit
     poll_interval_seconds: float = 60.0
     max_concurrency: int = 4

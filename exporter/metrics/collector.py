@@ -273,6 +273,13 @@ class StoreCollector(Collector):
             f"Tokens used per chat session run {_SINCE}.",
             labels=["project_id", "token_type"],
         )
+        skips = CounterMetricFamily(
+            "llamacloud_chat_index_skips",
+            "Chat session runs that asked for an index and could not query it "
+            "(skipped_index_ids), by index; indexes past detail.max_index_series are summed as "
+            f"other, {_SINCE}.",
+            labels=["project_id", "index_id"],
+        )
         for p in projects:
             pid = p.project_id
             t = p.totals
@@ -288,7 +295,9 @@ class StoreCollector(Collector):
             duration.add_metric([pid], _hist_buckets(t.duration), t.duration.total)
             usage.add_metric([pid, "input"], _hist_buckets(t.input_usage), t.input_usage.total)
             usage.add_metric([pid, "output"], _hist_buckets(t.output_usage), t.output_usage.total)
-        yield from (runs, errors, by_class, tokens, turns, created, duration, usage)
+            for index_id, n in t.index_skips:
+                skips.add_metric([pid, index_id], n)
+        yield from (runs, errors, by_class, tokens, turns, created, duration, usage, skips)
 
     def _health(self, projects: tuple[ProjectState, ...]) -> Iterator[Metric]:
         up = GaugeMetricFamily(
@@ -324,7 +333,14 @@ class StoreCollector(Collector):
         )
         invalid = CounterMetricFamily(
             "llamacloud_invalid_items",
-            "Listed items skipped for a bad shape, summed over complete polls.",
+            "Listed items (and stop events of session histories) skipped for a bad shape, "
+            "summed over complete polls.",
+            labels=["project_id"],
+        )
+        pending = GaugeMetricFamily(
+            "llamacloud_chat_session_reads_pending",
+            "Changed chat sessions whose history is still to be read (runs: exact), as of the "
+            "project's last poll; beyond llamacloud.max_session_reads_per_poll they wait.",
             labels=["project_id"],
         )
         for p in projects:
@@ -341,4 +357,15 @@ class StoreCollector(Collector):
             for reason in POLL_ERROR_REASONS:
                 poll_errors.add_metric([pid, reason], failed.get(reason, 0))
             invalid.add_metric([pid], p.invalid_items_total)
-        yield from (up, poll_duration, pages, incremental, last_success, poll_errors, invalid)
+            if p.reads_pending is not None:
+                pending.add_metric([pid], p.reads_pending)
+        yield from (
+            up,
+            poll_duration,
+            pages,
+            incremental,
+            last_success,
+            poll_errors,
+            invalid,
+            pending,
+        )

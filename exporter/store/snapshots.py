@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 from ..aggregate import PollResult, ProjectSnapshot, RunTotals
-from ..aggregate.indexes import OTHER
+from ..aggregate.indexes import DEFAULT_MAX_INDEX_SERIES, OTHER, RESERVED, fold_skips
 from ..config import ProjectConfig
 
 
@@ -30,6 +30,9 @@ class ProjectState:
     last_error: str | None = None  # a fixed reason word, never free text
     poll_errors: tuple[tuple[str, int], ...] = ()
     invalid_items_total: int = 0
+    # Changed sessions whose history is still to be read (``runs: exact``); None until a
+    # poll succeeded.
+    reads_pending: int | None = None
     # The error_class label values to show, each from 0: the configured classes and "other".
     error_classes: tuple[str, ...] = (OTHER,)
 
@@ -52,6 +55,8 @@ class Store:
         self.reload_ok = True
         self.reload_success: float | None = None  # set when the daemon starts
         self._error_classes: tuple[str, ...] = (OTHER,)
+        # The cap on index series (detail.max_index_series), for index skips as for sessions.
+        self.max_index_series = DEFAULT_MAX_INDEX_SERIES
         self.shard = (0, 1)  # (index, total) of this replica
         self.discovery = False  # discovery is configured
         self.discovery_interval = 0.0
@@ -145,7 +150,10 @@ class Store:
         duration: float,
         finished: float,
         pages: int = 0,
+        reads_pending: int = 0,
     ) -> ProjectState:
+        """A complete listing: its snapshot, and its new runs added to the counters;
+        ``reads_pending``: changed sessions it left to be read."""
         with self._lock:
             old = self._projects[project_id]
             new = replace(
@@ -153,7 +161,8 @@ class Store:
                 snapshot=result.snapshot,
                 last_poll_pages=pages,
                 last_poll_incremental=result.incremental,
-                totals=old.totals + result.new_runs,
+                totals=self._added(old.totals, result.new_runs, result.snapshot),
+                reads_pending=reads_pending,
                 up=True,
                 polled=True,
                 last_poll_duration=duration,
@@ -164,6 +173,32 @@ class Store:
             )
             self._projects[project_id] = new
         return self._publish(new)
+
+    def record_reads(
+        self, project_id: str, new_runs: RunTotals, *, pending: int, invalid: int = 0
+    ) -> ProjectState:
+        """Runs counted from session histories after a listing, the sessions still to be
+        read, and stop events of the wrong shape (skipped, counted as invalid items)."""
+        with self._lock:
+            old = self._projects[project_id]
+            new = replace(
+                old,
+                totals=self._added(old.totals, new_runs, old.snapshot),
+                reads_pending=pending,
+                invalid_items_total=old.invalid_items_total + invalid,
+            )
+            self._projects[project_id] = new
+        return self._publish(new)
+
+    def _added(
+        self, totals: RunTotals, new_runs: RunTotals, snapshot: ProjectSnapshot | None
+    ) -> RunTotals:
+        """``new_runs`` added to ``totals``, index skips under the cap of shown indexes."""
+        if not new_runs.index_skips:
+            return totals + new_runs
+        shown = () if snapshot is None else (i for i, _ in snapshot.by_index if i not in RESERVED)
+        skips = fold_skips(totals.index_skips, new_runs.index_skips, shown, self.max_index_series)
+        return replace(totals + replace(new_runs, index_skips=()), index_skips=skips)
 
     def record_failure(
         self,

@@ -16,6 +16,7 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from ..aggregate import (
     ListingState,
@@ -28,7 +29,7 @@ from ..aggregate import (
 from .sqlitefile import SQLiteFile, StateError, path_problem
 
 # A file of another version is moved aside (as an unknown schema) and a fresh baseline starts.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Fingerprints hash numbers with Python's tuple hash; a run whose fingerprint differs after an
 # upgrade would be counted again, so the file remembers this probe's value and drops the
@@ -36,10 +37,20 @@ SCHEMA_VERSION = 3
 _PROBE = {"duration_ms": 1234.5, "error": "x", "is_error": True, "total_input_tokens": 7}
 
 _RUN_COLUMNS = ("input_tokens", "output_tokens", "turns", "duration_ms")
+# Where exact counting left off (``SavedSession``).
+_COUNTING_COLUMNS = ("version", "counted", "last_fp", "pending")
 _COLUMNS = {
     "meta": ("key", "value"),
     "totals": ("project_id", "data", "has_baseline"),
-    "sessions": ("project_id", "session_id", "fingerprint", "flags", *_RUN_COLUMNS, "index_ids"),
+    "sessions": (
+        "project_id",
+        "session_id",
+        "fingerprint",
+        "flags",
+        *_RUN_COLUMNS,
+        "index_ids",
+        *_COUNTING_COLUMNS,
+    ),
     "listing": ("project_id", "data"),
 }
 _SCHEMA = (
@@ -53,10 +64,13 @@ _SCHEMA = (
     " turns NUMERIC NOT NULL, duration_ms NUMERIC NOT NULL,"
     # The indexes it is bound to, one per line (index ids are printable); NULL for none.
     " index_ids TEXT,"
+    # Its version; stop events counted (NULL: unknown); the last counted run's fingerprint
+    # where it is not the listed one; 1 while its history is to be read.
+    " version INTEGER NOT NULL, counted INTEGER, last_fp INTEGER, pending INTEGER NOT NULL,"
     " PRIMARY KEY (project_id, session_id)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS listing (project_id TEXT PRIMARY KEY, data TEXT NOT NULL)",
 )
-_SESSION_ROWS = "session_id, fingerprint, flags, " + ", ".join(_RUN_COLUMNS) + ", index_ids"
+_SESSION_ROWS = ", ".join(_COLUMNS["sessions"][1:])
 
 # Reasons for moving a file aside (besides those of :mod:`.sqlitefile`): short fixed phrases,
 # never any of the file's contents.
@@ -118,7 +132,10 @@ class StateFile(SQLiteFile):
             bad = db.execute(
                 "SELECT 1 FROM sessions WHERE typeof(project_id) != 'text'"
                 " OR typeof(session_id) != 'text' OR typeof(fingerprint) != 'integer'"
-                " OR fingerprint < 0 LIMIT 1"
+                " OR fingerprint < 0 OR typeof(version) != 'integer' OR version < 0"
+                " OR typeof(counted) NOT IN ('null', 'integer') OR counted < 0"
+                " OR typeof(last_fp) NOT IN ('null', 'integer') OR last_fp < 0"
+                " OR pending NOT IN (0, 1) LIMIT 1"
             ).fetchone()
             if bad is not None:
                 return BAD_SESSIONS
@@ -180,7 +197,7 @@ class StateFile(SQLiteFile):
                 listing = None
                 if has_baseline:
                     sessions = [
-                        (*row[:-1], () if row[-1] is None else tuple(row[-1].split("\n")))
+                        _saved(row)
                         for row in db.execute(
                             f"SELECT {_SESSION_ROWS} FROM sessions WHERE project_id = ?", (pid,)
                         )
@@ -193,14 +210,22 @@ class StateFile(SQLiteFile):
         return out
 
     def save(
-        self, project_id: str, totals: RunTotals, result: PollResult, tracker: SessionTracker
+        self,
+        project_id: str,
+        totals: RunTotals,
+        result: PollResult,
+        tracker: SessionTracker,
+        read: Iterable[str] = (),
     ) -> None:
-        """Persist one successful poll. Call it before the project's next poll begins.
+        """Persist one successful poll, and the sessions whose histories it ``read``. Call it
+        before the project's next poll begins.
 
         Raises when the save fails; the project's next save then writes its whole state.
         """
         # None: the whole state (a baseline poll, or the first save after a failed one).
         changed = None if project_id in self._full_save else result.changed
+        if changed is not None and read:
+            changed = tuple(dict.fromkeys((*changed, *read)))
         try:
             with self._transaction() as db:
                 db.execute(
@@ -222,11 +247,8 @@ class StateFile(SQLiteFile):
                     )
                 db.executemany(
                     f"INSERT OR REPLACE INTO sessions (project_id, {_SESSION_ROWS}) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        (project_id, *row[:-1], "\n".join(row[-1]) if row[-1] else None)
-                        for row in tracker.rows(changed)
-                    ),
+                    f"VALUES ({', '.join('?' * len(_COLUMNS['sessions']))})",
+                    ((project_id, *_row(saved)) for saved in tracker.rows(changed)),
                 )
         except BaseException:
             self._full_save.add(project_id)
@@ -238,6 +260,25 @@ class StateFile(SQLiteFile):
         self._full_save.discard(project_id)
         with self._transaction() as db:
             _delete(db, project_id)
+
+
+def _row(saved: SavedSession) -> tuple[object, ...]:
+    """A session's columns (but the project's): its indexes one per line, NULL for none."""
+    return (
+        *saved[:7],
+        "\n".join(saved.index_ids) if saved.index_ids else None,
+        saved.version,
+        saved.counted,
+        saved.last_fp,
+        int(saved.pending),
+    )
+
+
+def _saved(row: Any) -> SavedSession:
+    """A session of its columns, as :func:`_row` wrote them."""
+    *head, indexes, ver, counted, last_fp, pending = row
+    ids = () if indexes is None else tuple(indexes.split("\n"))
+    return SavedSession(*head, ids, ver, counted, last_fp, bool(pending))  # type: ignore[call-arg]
 
 
 def _delete(db: sqlite3.Connection, project_id: str) -> None:
@@ -259,6 +300,7 @@ def _parse_listing(data: object) -> ListingState | None:
     if state is None or not (
         type(state.ordered) is bool
         and type(state.full_next) is bool
+        and type(state.versioned) is bool
         and type(state.since_full) is int
         and state.since_full >= 0
         and (state.newest is None or type(state.newest) in (int, float))
