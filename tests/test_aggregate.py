@@ -359,9 +359,9 @@ def test_gauge_sums_are_the_correctly_rounded_sums_of_what_is_stored(
     writes: list[tuple[int, Any, Any, Any, Any]],
 ) -> None:
     """Overwrites subtract exactly what they replace: the sums never drift from fsum."""
-    from exporter.aggregate.tracker import _Runs
+    from exporter.aggregate.contributions import Runs
 
-    runs = _Runs()
+    runs = Runs()
     runs.grow(10)
     for slot, *fields in writes:
         runs.put(slot, *fields)

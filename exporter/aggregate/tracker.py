@@ -13,8 +13,9 @@ from array import array
 from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
+from .contributions import Runs
 from .indexes import IndexSets, InvalidIndexIds, index_series, pick_indexes
 from .runs import FP_MASK, NEVER_RUN, ProjectSnapshot, RunTuple
 
@@ -74,140 +75,6 @@ class ListingState:
     versioned: bool = False
 
 
-_U32 = 2**32 - 1
-
-
-# Exact sums of doubles: every double is a whole multiple of 2**-1074. Values with at most 64
-# bits after the point (all but the tiniest) are summed scaled by 2**64, which keeps the
-# integers short; the others by 2**1074.
-_FINE = 64
-_TINY = 1074
-
-
-class _Exact:
-    """An exact sum of numbers, correctly rounded when read."""
-
-    __slots__ = ("fine", "tiny")
-
-    def __init__(self) -> None:
-        self.fine = 0
-        self.tiny = 0
-
-    def add(self, value: float, sign: int = 1) -> None:
-        if type(value) is int:
-            self.fine += sign * (value << _FINE)
-            return
-        numerator, denominator = value.as_integer_ratio()
-        bits = denominator.bit_length() - 1
-        if bits <= _FINE:
-            self.fine += sign * (numerator << (_FINE - bits))
-        else:
-            self.tiny += sign * (numerator << (_TINY - bits))
-
-    def value(self, whole: int = 0) -> float:
-        """The sum, plus ``whole``; int / int rounds correctly."""
-        fine = (whole << _FINE) + self.fine
-        if not self.tiny:
-            return fine / (1 << _FINE)
-        return ((fine << (_TINY - _FINE)) + self.tiny) / (1 << _TINY)
-
-
-class _Runs:
-    """Per slot, the most recent run's input and output tokens, turns and duration (ms),
-    and their exact sums.
-
-    Counts go in arrays of unsigned 32-bit integers, which hold nearly every real count in
-    4 bytes; a slot with a count that is not such an integer (a fraction, or 2**32 and more)
-    keeps its three counts in a small dict instead, so every value stays exact. Durations
-    come with fractions: they go in an array of doubles, exact for every accepted value.
-
-    The sums are kept exactly (whole counts as Python integers, the rest in :class:`_Exact`)
-    and updated on every write, so a gauge costs nothing to read, whatever the number of
-    sessions, and is the correctly rounded sum whatever order values came in.
-    """
-
-    __slots__ = ("big", "columns", "duration", "exact", "whole")
-
-    def __init__(self) -> None:
-        self.columns = (array("I"), array("I"), array("I"))
-        self.duration = array("d")
-        self.big: dict[int, tuple[float, float, float]] = {}
-        self.whole = [0, 0, 0]  # sums of the counts in ``columns``
-        self.exact = (_Exact(), _Exact(), _Exact(), _Exact())  # of ``big``, and durations
-
-    def grow(self, count: int) -> None:
-        """``count`` more slots, all zero."""
-        for column in self.columns:
-            column.extend(array("I", bytes(4 * count)))
-        self.duration.extend(array("d", bytes(8 * count)))
-
-    def put(self, slot: int, i: Any, o: Any, t: Any, d: Any, fresh: bool = False) -> None:
-        """Store one slot's values (numbers from 0 to below 2**53, or None for 0);
-        ``fresh``: the slot holds zeros (a new session), nothing to take out first."""
-        i, o, t, d = i or 0, o or 0, t or 0, d or 0
-        ci, co, ct = self.columns
-        whole, exact, big = self.whole, self.exact, self.big
-        if fresh:
-            if d:
-                exact[3].add(d)
-                self.duration[slot] = d
-        else:
-            old = big.pop(slot, None) if big else None
-            if old is None:
-                whole[0] -= ci[slot]
-                whole[1] -= co[slot]
-                whole[2] -= ct[slot]
-            else:
-                exact[0].add(old[0], -1)
-                exact[1].add(old[1], -1)
-                exact[2].add(old[2], -1)
-            previous = self.duration[slot]
-            if previous != d:
-                if previous:
-                    exact[3].add(previous, -1)
-                if d:
-                    exact[3].add(d)
-                self.duration[slot] = d
-        if (
-            type(i) is int
-            and type(o) is int
-            and type(t) is int
-            and i <= _U32
-            and o <= _U32
-            and t <= _U32
-        ):
-            ci[slot], co[slot], ct[slot] = i, o, t
-            whole[0] += i
-            whole[1] += o
-            whole[2] += t
-        else:
-            ci[slot] = co[slot] = ct[slot] = 0
-            big[slot] = (float(i), float(o), float(t))
-            exact[0].add(i)
-            exact[1].add(o)
-            exact[2].add(t)
-
-    def get(self, slot: int) -> tuple[float, float, float, float]:
-        big = self.big.get(slot)
-        if big is not None:
-            return (*big, self.duration[slot])
-        ci, co, ct = self.columns
-        return ci[slot], co[slot], ct[slot], self.duration[slot]
-
-    def sums(self) -> tuple[float, float, float, float]:
-        """The correctly rounded sums."""
-        w, e = self.whole, self.exact
-        return e[0].value(w[0]), e[1].value(w[1]), e[2].value(w[2]), e[3].value()
-
-    def clear(self) -> None:
-        for column in self.columns:
-            column[:] = array("I", bytes(4 * len(column)))
-        self.duration[:] = array("d", bytes(8 * len(self.duration)))
-        self.big.clear()
-        self.whole = [0, 0, 0]
-        self.exact = (_Exact(), _Exact(), _Exact(), _Exact())
-
-
 class PageSummary:
     """What one page body gave a listing, so the same body can be taken again unread: its
     sessions (their slots, a range when they are consecutive as they mostly are, and the
@@ -260,8 +127,9 @@ class SessionTracker:
     """What each listed session contributes, per project, packed for memory.
 
     A dict maps each session id to ``fingerprint << SLOT_BITS | slot``; per slot, a byte holds
-    the status and the missed flag, and :class:`_Runs` the most recent run's input and output
-    tokens, turns and duration. Gauges are exact sums over those (correctly rounded, so the
+    the status, the missed flag and the runs counted, ``versions`` the version, and
+    :class:`~.contributions.Runs` the most recent run's input and output tokens, turns and
+    duration. Gauges are exact sums over those (correctly rounded, so the
     order sessions were met in never changes a value), which lets a listing that reads only
     what changed give the same gauges as one that reads it all.
 
@@ -318,7 +186,7 @@ class SessionTracker:
         # session changed since, or a read counted a run the listing has not shown yet.
         self._last: dict[str, int] = {}
         self._pending_undo: list[tuple[str, bool]] = []
-        self._runs = _Runs()
+        self._runs = Runs()
         self.indexes = IndexSets()
         self._shown: tuple[str, ...] = ()  # indexes with their own series, most sessions first
         # Page bodies read whole by the last listings, by key: what reading one again gives.
