@@ -571,3 +571,22 @@ def test_cli_rejects_a_bad_burst(value: str, capsys: pytest.CaptureFixture[str])
         main(["--burst", value])
     assert exc.value.code == 2
     assert "--burst" in capsys.readouterr().err
+
+
+def test_the_demo_runs_sessions_several_times_between_polls(built: list[Simulator]) -> None:
+    from exporter.cli import run_demo
+
+    with pytest.raises(OSError):
+        run_demo(None)
+    [sim] = built
+    pid = sim.project_ids[0]
+    before = {
+        item["session_id"]: len(sim.history(pid, item["session_id"])) for item in sim.sessions(pid)
+    }
+    sim.step()
+    runs = [
+        len(sim.history(pid, item["session_id"])) - before[item["session_id"]]
+        for item in sim.sessions(pid)
+        if item["session_id"] in before
+    ]
+    assert max(runs) > 1
