@@ -491,6 +491,8 @@ def run_demo(listen_address: str | None, web: WebConfig | None = None) -> int:
         # A few 429s and malformed items, so the failure metrics have something to show.
         faults=FaultConfig(rate_limit_share=0.02, malformed_share=0.003),
         order="newest-first",
+        # A session that runs again often runs several times between two polls.
+        burst=0.6,
     )
     base_url = sim.start()
     try:

@@ -1,11 +1,13 @@
-"""The simulator against the official SDK: every page it serves passes strict validation.
+"""The simulator against the official SDK: every page and history it serves passes strict
+validation.
 
 ``llama-cloud`` (pinned in the test extra) is generated from LlamaCloud's OpenAPI spec. With
 ``_strict_response_validation=True`` it validates each page against its models
 (``ChatListResponse`` in a ``SyncPaginatedCursor``) and raises instead of accepting a field of
 the wrong type, so these tests catch the simulator drifting from the real API's shapes. The same
 goes for ``GET /api/v2/projects`` (``V2ProjectListResponse``), which project discovery pages
-through. The exporter itself never imports the SDK.
+through, and for session histories (``ChatRetrieveResponse``). The exporter itself never imports
+the SDK.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from exporter.simulator import (
     DEFAULT_API_KEY,
     PROJECTS_PATH,
     SHARED_ACCESS,
+    FaultConfig,
     Simulator,
 )
+from tests.conftest import session
 
 try:
     import llama_cloud
@@ -138,6 +142,34 @@ def test_iterating_the_pager_yields_every_session(evolved: Simulator) -> None:
         for project_id in evolved.project_ids[:2]:
             ids = [item.session_id for item in sdk.chat.list(project_id=project_id, page_size=50)]
             assert ids == [item["session_id"] for item in evolved.sessions(project_id)]
+
+
+def test_strict_validation_accepts_every_history() -> None:
+    """Every session's history, sessions that ran several times between listings included, and
+    the sessions of ``set_sessions``; each round-trips, and its stop events are the runs."""
+    with Simulator(projects=1, sessions_per_project=SESSIONS, seed=17, burst=0.7) as sim:
+        pid = sim.project_ids[0]
+        sim.step(STEPS)
+        sim.rerun(pid, sim.sessions(pid)[0]["session_id"], times=3)
+        sim.create_sessions(pid, 3)
+        sim.set_sessions(
+            "set", [session("s1"), session("s2", is_error=None), session("s3", job=None)]
+        )
+        types: set[str | None] = set()
+        with client(sim) as sdk:
+            for project_id in (pid, "set"):
+                for item in sim.sessions(project_id):
+                    got = sdk.chat.retrieve(item["session_id"], project_id=project_id)
+                    assert {k: v for k, v in got.to_dict().items() if k != "events"} == item
+                    stops = [event for event in got.events if event.type == "stop"]
+                    assert [stop.to_dict() for stop in stops] == sim.history(
+                        project_id, item["session_id"]
+                    )
+                    types.update(event.type for event in got.events)
+        assert len(types) == 8  # every kind of event the SDK knows
+        sim.faults = FaultConfig(malformed_history_share=1.0)
+        with client(sim) as sdk, pytest.raises(APIResponseValidationError):
+            sdk.chat.retrieve(sim.sessions(pid)[0]["session_id"], project_id=pid)
 
 
 @pytest.mark.parametrize(

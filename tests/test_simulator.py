@@ -1778,7 +1778,7 @@ def test_one_shot_fault_targets_are_validated(org_sim: Simulator) -> None:
         org_sim.fail_next(endpoint="nope")
     with pytest.raises(ValueError, match="project_id"):
         org_sim.hang_next(project_id=org_sim.project_ids[0], endpoint="projects")
-    assert ENDPOINTS == ("chat", "projects")
+    assert ENDPOINTS == ("chat", "projects", "session")
 
 
 def test_recurring_faults_can_strike_projects(org_sim: Simulator, org_client: httpx.Client) -> None:

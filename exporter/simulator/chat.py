@@ -1,5 +1,6 @@
-"""The chat listing of a ``Simulator`` (which mixes this in): auth, access, pages and their
-cache, as ``GET /api/v1/chat`` answers them.
+"""The chat endpoints of a ``Simulator`` (which mixes this in): auth, access, pages and their
+cache, as ``GET /api/v1/chat`` answers them, and one session with its history, as
+``GET /api/v1/chat/{session_id}`` does.
 
 The state is the simulator's and guarded by its lock: every method here is called with it
 held.
@@ -10,13 +11,15 @@ from __future__ import annotations
 import threading
 
 from .faults import FaultConfig, _malform
-from .model import _Project
+from .history import _history
+from .model import _ENCODER, _find, _Project
 from .paging import PAGE_CACHE_BYTES, _decode_token, _encode_token, _page_size, _render_page
 from .server import _ApiError, _bearer, _missing
 
 
 class _ChatListing:
-    """Listing a project's sessions, page by page, with a byte-bounded cache of pages."""
+    """Listing a project's sessions, page by page, with a byte-bounded cache of pages, and
+    reading one session's history."""
 
     # The simulator's, used here.
     seed: int
@@ -44,22 +47,9 @@ class _ChatListing:
 
         Returns the page and (project_id, offset, page_size); an endless page's offset is 0.
         """
-        key = _bearer(authorization)
-        known = key == self.api_key or any(p.api_key == key for p in self._projects.values())
-        if not known:
-            raise _ApiError(401, "Invalid API key", (("WWW-Authenticate", "Bearer"),))
-        project_id = query.get("project_id")
-        if project_id is None:
-            raise _ApiError(422, _missing("project_id"))
+        key, project_id = self._caller(query, authorization)
         page_size = _page_size(query.get("page_size"), self.max_page_size)
-        project = self._projects.get(project_id)
-        if project is None:
-            raise _ApiError(404, f"Project {project_id} not found")
-        if key != (project.api_key or self.api_key):
-            raise _ApiError(403, "API key does not have access to this project")
-        organization_id = query.get("organization_id")
-        if project.organization_id and organization_id not in (None, project.organization_id):
-            raise _ApiError(404, f"Project {project_id} not found in organization")
+        project = self._opened(key, project_id, query)
         token = query.get("page_token") or None
         kind, number = ("o", 0) if token is None else _decode_token(token, project.tag)
         if project.endless or project_id in self._fault_config.endless_projects:
@@ -68,6 +58,45 @@ class _ChatListing:
         if kind != "o":
             raise _ApiError(400, "Invalid page_token")
         return self._page(project, page_size, number), (project_id, number, page_size)
+
+    def _read_session(
+        self, query: dict[str, str], authorization: str | None, session_id: str
+    ) -> bytes:
+        """A session's listed fields and its ``events``, checked as the listing is, then 404
+        for a session the project does not have."""
+        key, project_id = self._caller(query, authorization)
+        project = self._opened(key, project_id, query)
+        try:
+            _, item = _find(project, session_id)
+        except KeyError:
+            raise _ApiError(404, f"Session {session_id} not found") from None
+        events = _history(self.seed, project, item, self._fault_config.malformed_history_share)
+        return _ENCODER.encode({**item, "events": events}).encode()
+
+    def _caller(self, query: dict[str, str], authorization: str | None) -> tuple[str, str]:
+        """The caller's key (401 for an unknown one) and the ``project_id`` asked for (422
+        when missing)."""
+        key = _bearer(authorization)
+        known = key == self.api_key or any(p.api_key == key for p in self._projects.values())
+        if not known:
+            raise _ApiError(401, "Invalid API key", (("WWW-Authenticate", "Bearer"),))
+        project_id = query.get("project_id")
+        if project_id is None:
+            raise _ApiError(422, _missing("project_id"))
+        return key, project_id
+
+    def _opened(self, key: str, project_id: str, query: dict[str, str]) -> _Project:
+        """The project, if it exists (404) and ``key`` opens it (403) in the organization the
+        query names, if any (404)."""
+        project = self._projects.get(project_id)
+        if project is None:
+            raise _ApiError(404, f"Project {project_id} not found")
+        if key != (project.api_key or self.api_key):
+            raise _ApiError(403, "API key does not have access to this project")
+        organization_id = query.get("organization_id")
+        if project.organization_id and organization_id not in (None, project.organization_id):
+            raise _ApiError(404, f"Project {project_id} not found in organization")
+        return project
 
     def _page(self, project: _Project, page_size: int, offset: int) -> bytes:
         mode = "repeat" if project.repeat_token else "normal"

@@ -14,6 +14,7 @@ from typing import Any
 
 from .core import ORDERS
 from .faults import FaultConfig
+from .model import MAX_RUNS_PER_STEP
 from .projects import ORGANIZATION_ID
 from .server import DEFAULT_API_KEY, ENDPOINTS
 
@@ -65,7 +66,8 @@ def _add_fault_options(parser: argparse.ArgumentParser) -> None:
     defaults = FaultConfig()
     group = parser.add_argument_group(
         "recurring faults",
-        "Injected into GET /api/v1/chat (and GET /api/v2/projects with --fault-endpoint), drawn "
+        "Injected into GET /api/v1/chat (and GET /api/v1/chat/{session_id} or GET /api/v2/projects "
+        "with --fault-endpoint), drawn "
         "from an RNG seeded by --seed, so the same seed and request order give the same faults. "
         "All are off by default. Per request they are checked in this order: a burst 503, a 429, "
         "a random 5xx.",
@@ -138,6 +140,15 @@ def _add_fault_options(parser: argparse.ArgumentParser) -> None:
         "(default: 0)",
     )
     group.add_argument(
+        "--malformed-history-share",
+        type=_share,
+        default=defaults.malformed_history_share,
+        metavar="F",
+        help="share of session histories (GET /api/v1/chat/{session_id}) served with events of "
+        "types the SDK does not know and, half of them, one stop event of the wrong shape, 0..1 "
+        "(default: 0)",
+    )
+    group.add_argument(
         "--endless-project",
         action="append",
         default=[],
@@ -151,8 +162,9 @@ def _add_fault_options(parser: argparse.ArgumentParser) -> None:
         choices=ENDPOINTS,
         default=None,
         metavar="NAME",
-        help="an endpoint the request-level faults above strike: chat (GET /api/v1/chat) or "
-        "projects (GET /api/v2/projects); repeatable (default: chat)",
+        help="an endpoint the request-level faults above strike: chat (GET /api/v1/chat), "
+        "session (GET /api/v1/chat/{session_id}) or projects (GET /api/v2/projects); repeatable "
+        "(default: chat)",
     )
 
 
@@ -167,6 +179,7 @@ def _fault_config(args: argparse.Namespace) -> FaultConfig:
         timeout_seconds=args.timeout_seconds,
         truncate_share=args.truncate_share,
         malformed_share=args.malformed_share,
+        malformed_history_share=args.malformed_history_share,
         endless_projects=tuple(args.endless_project),
         endpoints=tuple(args.fault_endpoint or ("chat",)),
     )
@@ -181,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m exporter.simulator",
         description=(
-            "Serve a simulated LlamaCloud chat API (GET /api/v1/chat) with synthetic, evolving "
+            "Serve a simulated LlamaCloud chat API (GET /api/v1/chat, and each session's history "
+            "at GET /api/v1/chat/{session_id}) with synthetic, evolving "
             "projects, listed by GET /api/v2/projects?organization_id=" + ORGANIZATION_ID + ". "
             "Prints 'simulator listening on URL', one 'project ID' line per project and "
             "'organization ID', then serves until interrupted."
@@ -213,6 +227,15 @@ def main(argv: list[str] | None = None) -> int:
         default=0.1,
         metavar="F",
         help="share of runs that fail, 0..1 (default: 0.1)",
+    )
+    parser.add_argument(
+        "--burst",
+        type=_share,
+        default=0.0,
+        metavar="P",
+        help="chance that a session which runs again while the data evolves runs once more, "
+        f"drawn again after each extra run (at most {MAX_RUNS_PER_STEP} runs a step), so "
+        "several runs fall between two listings, 0..1 (default: 0)",
     )
     parser.add_argument(
         "--latency",
@@ -250,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             api_key=args.api_key,
             faults=_fault_config(args),
             order=args.order,
+            burst=args.burst,
         )
         unknown = [p for p in args.endless_project if p not in simulator.project_ids]
         if unknown:

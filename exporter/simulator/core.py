@@ -1,10 +1,10 @@
-"""The ``Simulator``: the simulated clock, test hooks and fault state, with its projects
-(mixed in from ``projects``) and its chat listing (from ``chat``), behind one lock.
+"""The ``Simulator``: fault state, the request log and the server, with its projects (mixed
+in from ``projects``), its sessions' changes and test hooks (from ``sessions``) and its chat
+listing and session reads (from ``chat``), behind one lock.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading
@@ -12,39 +12,24 @@ from collections import deque
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
-from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from .chat import _ChatListing
 from .faults import FaultConfig, _Decision, _draw_decision, _Fault
-from .model import (
-    _ENCODER,
-    _EPOCH,
-    _TITLES,
-    STEP_SECONDS,
-    _clock_start_us,
-    _evolve,
-    _find,
-    _format_ts,
-    _new_sessions,
-    _parse_us,
-    _Project,
-    _run_dict,
-    _run_values,
-    _ts_style,
-)
+from .model import _EPOCH, _clock_start_us
 from .projects import ORGANIZATION_ID, _list_projects, _Projects
 from .server import (
-    _PATH_ENDPOINTS,
     DEFAULT_API_KEY,
     ENDPOINTS,
     RequestRecord,
     _ApiError,
     _detail_body,
     _Handler,
+    _route,
     _Server,
     _Server6,
 )
+from .sessions import _Sessions
 
 # Listing orders: ``Simulator(order=...)`` and ``--order``.
 ORDERS = ("newest-first", "created")
@@ -53,10 +38,11 @@ REQUEST_LOG_SIZE = 10_000
 _log = logging.getLogger("exporter.simulator")
 
 
-class Simulator(_Projects, _ChatListing):
+class Simulator(_Projects, _Sessions, _ChatListing):
     """A LlamaCloud chat API with synthetic, evolving projects and injectable faults.
 
-    ``GET /api/v1/chat`` lists a project's sessions; ``GET /api/v2/projects`` lists the
+    ``GET /api/v1/chat`` lists a project's sessions, ``GET /api/v1/chat/{session_id}`` reads
+    one with its history (``history`` says which runs it holds); ``GET /api/v2/projects`` lists the
     projects of an organization (the ``projects`` module says who may list which). Projects
     belong to ``organization_id`` unless added with another one, carry generated names
     (``projects()``) and can be added and removed while serving (``add_project``,
@@ -69,7 +55,10 @@ class Simulator(_Projects, _ChatListing):
 
     ``order`` is ``"created"`` (items in creation order; a re-run stays in place) or
     ``"newest-first"`` (by ``last_updated_at`` descending, ties in a stable order; a re-run or a
-    new session goes to the front). ``page_hook``, if set, is called as
+    new session goes to the front). ``burst`` is the chance that a session which ``step()``
+    re-runs runs once more, drawn again after each extra run (at most ``MAX_RUNS_PER_STEP``
+    runs a step), so the exporter sees several runs between two listings; 0, the default,
+    draws nothing and keeps the data of a seed as it was. ``page_hook``, if set, is called as
     ``hook(project_id, offset, page_size)`` after each 200 chat page is rendered and before it
     is sent, outside the lock, so a test can change data in the middle of a listing.
 
@@ -95,11 +84,14 @@ class Simulator(_Projects, _ChatListing):
         order: str = "created",
         clock_start: datetime | None = None,
         organization_id: str = ORGANIZATION_ID,
+        burst: float = 0.0,
     ) -> None:
         if projects < 0 or sessions_per_project < 0:
             raise ValueError("projects and sessions_per_project must not be negative")
         if not 0.0 <= error_share <= 1.0:
             raise ValueError("error_share must be between 0 and 1")
+        if not 0.0 <= burst <= 1.0:
+            raise ValueError("burst must be between 0 and 1")
         if max_page_size < 1:
             raise ValueError("max_page_size must be at least 1")
         if evolve_every is not None and evolve_every <= 0:
@@ -112,6 +104,7 @@ class Simulator(_Projects, _ChatListing):
         self._order = order
         self.page_hook: Callable[[str, int, int], None] | None = None
         self.error_share = error_share
+        self.burst = burst
         self.max_page_size = max_page_size
         self.evolve_every = evolve_every
         self.latency = 0.0
@@ -190,31 +183,6 @@ class Simulator(_Projects, _ChatListing):
         with self._lock:
             return (_EPOCH + timedelta(microseconds=self._clock_us)).replace(tzinfo=timezone.utc)
 
-    def set_sessions(self, project_id: str, items: list[Any]) -> None:
-        """Serve exactly these items (any JSON values, malformed ones included) for golden tests.
-
-        They are listed in the order given, in either listing order; later changes follow it.
-        """
-        encoded = [_ENCODER.encode(item).encode() for item in items]
-        stamps = [
-            _parse_us(item.get("last_updated_at")) if isinstance(item, dict) else None
-            for item in items
-        ]
-        newest = max((us for us in stamps if us is not None), default=0)
-        with self._lock:
-            project = self._projects.get(project_id)
-            if project is None:
-                project = self._create(project_id, None, None, 0, self._clock_us)
-            project.items = encoded
-            project.newest_us = newest
-            self._bump(project)
-
-    def sessions(self, project_id: str) -> list[Any]:
-        """A deep copy of the project's current items, in listing order."""
-        with self._lock:
-            items = list(self._project(project_id).items)
-        return [json.loads(item) for item in items]
-
     def set_endless(self, project_id: str, endless: bool = True) -> None:
         """Make every page repeat the first page's items with a fresh next_page_token, forever."""
         with self._lock:
@@ -225,76 +193,6 @@ class Simulator(_Projects, _ChatListing):
         with self._lock:
             self._project(project_id).repeat_token = repeat
 
-    def step(self, n: int = 1, seconds: float = STEP_SECONDS) -> None:
-        """Advance the simulated clock ``n`` ticks of ``seconds``, evolving every project once
-        per tick."""
-        newest_first = self._order == "newest-first"
-        with self._lock:
-            for _ in range(n):
-                start = self._clock_us
-                self._clock_us += round(seconds * 10**6)
-                for project in self._projects.values():
-                    _evolve(project, start, self._clock_us, newest_first, self.error_share)
-                    self._bump(project)
-
-    # ---------------------------------------------------------- test hooks
-
-    def rerun(self, project_id: str, session_id: str) -> None:
-        """Give a session a new run and the project's newest ``last_updated_at``.
-
-        KeyError for an unknown project or session. Newest first, the session moves to the front.
-        """
-        with self._lock:
-            project = self._project(project_id)
-            index, item = _find(project, session_id)
-            rng = self._hook_rng(project)
-            item["job_metadata"] = _run_dict(*_run_values(rng, self.error_share))
-            if not item.get("generated_title"):
-                item["generated_title"] = _TITLES[int(rng.random() * len(_TITLES))]
-            self._refresh(project, index, item)
-
-    def touch(self, project_id: str, session_id: str) -> None:
-        """Give a session the project's newest ``last_updated_at`` and change nothing else.
-
-        KeyError for an unknown project or session. Newest first, the session moves to the front.
-        """
-        with self._lock:
-            project = self._project(project_id)
-            index, item = _find(project, session_id)
-            self._refresh(project, index, item)
-
-    def delete_session(self, project_id: str, session_id: str) -> None:
-        """Remove a session; KeyError for an unknown project or session."""
-        with self._lock:
-            project = self._project(project_id)
-            index, _ = _find(project, session_id)
-            del project.items[index]
-            self._bump(project)
-
-    def create_sessions(self, project_id: str, count: int = 1) -> list[str]:
-        """Add ``count`` sessions with the project's newest timestamps; returns their ids.
-
-        Newest first they go to the front (the last created first), otherwise to the end.
-        KeyError for an unknown project, ValueError for a negative count.
-        """
-        if count < 0:
-            raise ValueError("count must not be negative")
-        with self._lock:
-            project = self._project(project_id)
-            if not count:
-                return []
-            first = self._next_us(project, count)
-            rng = self._hook_rng(project)
-            items, _ = _new_sessions(
-                project, count, 0, 0, 0.7, error_share=self.error_share, rng=rng, first_us=first
-            )
-            if self._order == "newest-first":
-                project.items[:0] = reversed(items)
-            else:
-                project.items.extend(items)
-            self._bump(project)
-        return [json.loads(item)["session_id"] for item in items]
-
     def on_page(
         self, callback: Callable[[str, int, int], None] | None
     ) -> Callable[[str, int, int], None] | None:
@@ -304,9 +202,9 @@ class Simulator(_Projects, _ChatListing):
 
     # -------------------------------------------------------------- faults
 
-    # A one-shot fault strikes the requests of its ``endpoint``: ``"chat"`` (the default;
-    # ``project_id`` narrows it to one project's), ``"projects"`` (``GET /api/v2/projects``), or
-    # None: either.
+    # A one-shot fault strikes the requests of its ``endpoint``: ``"chat"`` (the listing, the
+    # default), ``"session"`` (``GET /api/v1/chat/{session_id}``; ``project_id`` narrows either
+    # to one project's), ``"projects"`` (``GET /api/v2/projects``), or None: any.
 
     def fail_next(
         self,
@@ -446,46 +344,13 @@ class Simulator(_Projects, _ChatListing):
 
     # ------------------------------------------------------------ internals
 
-    def _hook_rng(self, project: _Project) -> random.Random:
-        if project.hook_rng is None:
-            project.hook_rng = random.Random(f"{self.seed}:{project.project_id}:hooks")
-        return project.hook_rng
-
-    def _next_us(self, project: _Project, count: int = 1) -> int:
-        """The first of ``count`` fresh timestamps (microseconds) for a test hook.
-
-        They follow the clock, every stamp handed out before and the project's newest, so they
-        increase strictly from call to call without reading the wall clock.
-        """
-        first = max(self._clock_us, self._fresh_us, project.newest_us) + 1
-        self._fresh_us = first + count - 1
-        project.newest_us = max(project.newest_us, self._fresh_us)
-        return first
-
-    def _refresh(self, project: _Project, index: int, item: dict[str, Any]) -> None:
-        """Store ``item`` with a fresh newest ``last_updated_at`` (to the front, newest first)."""
-        style = _ts_style(item.get("last_updated_at"))
-        item["last_updated_at"] = _format_ts(self._next_us(project), style)
-        encoded = _ENCODER.encode(item).encode()
-        if self._order == "newest-first":
-            del project.items[index]
-            project.items.insert(0, encoded)
-        else:
-            project.items[index] = encoded
-        self._bump(project)
-
-    def _bump(self, project: _Project) -> None:
-        """Invalidate the project's rendered pages after its data changed."""
-        project.version += 1
-        self._drop_pages(project)
-
     def _add_fault(self, fault: _Fault) -> None:
         if fault.remaining < 1:
             raise ValueError("count must be at least 1")
         if fault.endpoint is not None and fault.endpoint not in ENDPOINTS:
             raise ValueError(f"endpoint must be one of {', '.join(ENDPOINTS)} or None")
         if fault.endpoint == "projects" and fault.project_id is not None:
-            raise ValueError("project_id narrows chat faults only")
+            raise ValueError("project_id narrows chat and session faults only")
         with self._lock:
             self._faults.append(fault)
 
@@ -523,9 +388,9 @@ class Simulator(_Projects, _ChatListing):
         split = urlsplit(target)
         path = split.path
         query = dict(parse_qsl(split.query, keep_blank_values=True))
-        endpoint = _PATH_ENDPOINTS.get(path)
-        # Faults aimed at one project strike its chat listing only.
-        project_id = query.get("project_id") if endpoint == "chat" else None
+        endpoint, session_id = _route(path)
+        # Faults aimed at one project strike its chat listing and its session reads only.
+        project_id = query.get("project_id") if endpoint in ("chat", "session") else None
         latency = self.latency
         if latency > 0:
             stopping.wait(latency)
@@ -546,7 +411,7 @@ class Simulator(_Projects, _ChatListing):
                         self._stalled -= 1
         with self._lock:
             status, body, headers, listed = self._answer(
-                method, endpoint, project_id, query, authorization, decision
+                method, endpoint, project_id, query, authorization, decision, session_id
             )
             if (
                 endpoint is not None
@@ -575,6 +440,7 @@ class Simulator(_Projects, _ChatListing):
         query: dict[str, str],
         authorization: str | None,
         decision: _Decision | None = None,
+        session_id: str | None = None,
     ) -> tuple[int, bytes, tuple[tuple[str, str], ...], tuple[str, int, int] | None]:
         """(status, body, headers, listed): ``listed`` is (project_id, offset, page_size) of a
         rendered chat page, else None."""
@@ -593,6 +459,8 @@ class Simulator(_Projects, _ChatListing):
         try:
             if endpoint == "chat":
                 body, listed = self._list(query, authorization)
+            elif endpoint == "session":
+                body = self._read_session(query, authorization, session_id or "")
             else:
                 body = _list_projects(
                     (p for p in self._projects.values() if p.project_id not in self._hidden),

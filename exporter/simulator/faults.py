@@ -35,7 +35,8 @@ class FaultConfig:
     Every field defaults to "off". The request-level faults apply to the GET requests of the
     ``endpoints`` (``GET /api/v1/chat`` only by default) and are checked in this order: a burst
     503, a 429, a random 5xx; a timeout delays the answer without changing it, and truncation
-    applies to 200 answers. Malformed items and endless listings concern chat listings only.
+    applies to 200 answers. Malformed items and endless listings concern chat listings only,
+    malformed histories session reads only.
     One-shot faults queued with ``fail_next``, ``hang_next`` and ``truncate_next`` take
     precedence over these.
     """
@@ -58,12 +59,17 @@ class FaultConfig:
     """Share of 200 answers whose body is cut in half (invalid JSON, Content-Length matches)."""
     malformed_share: float = 0.0
     """Share of listed items replaced by a malformed one when a page is rendered."""
+    malformed_history_share: float = 0.0
+    """Share of session histories served with events of types the SDK does not know
+    (``citation``, ``progress``), half of them also with one stop event of the wrong shape
+    (``MALFORMED_STOP_KINDS``); the choice is the same each time a history is read."""
     endless_projects: tuple[str, ...] = ()
     """Projects whose listing never ends (as ``set_endless``)."""
     endpoints: tuple[str, ...] = ("chat",)
     """The endpoints whose GET requests the request-level faults strike, by name: ``"chat"``
-    (``GET /api/v1/chat``) and ``"projects"`` (``GET /api/v2/projects``). Requests to an
-    endpoint not named draw nothing, so they do not shift the faults of the others."""
+    (``GET /api/v1/chat``), ``"session"`` (``GET /api/v1/chat/{session_id}``) and
+    ``"projects"`` (``GET /api/v2/projects``). Requests to an endpoint not named draw nothing,
+    so they do not shift the faults of the others."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -72,6 +78,7 @@ class FaultConfig:
             "timeout_share",
             "truncate_share",
             "malformed_share",
+            "malformed_history_share",
         ):
             value = getattr(self, name)
             if not _is_number(value) or not 0.0 <= value <= 1.0:

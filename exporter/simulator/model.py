@@ -1,7 +1,9 @@
 """The synthetic data: projects, sessions and their runs, rendered as the API renders them.
 
 Sessions are generated from a project's seeded RNG and kept as compact JSON bytes; timestamps
-are microseconds since the epoch, formatted the way the API formats them.
+are microseconds since the epoch, formatted the way the API formats them. A session's newest
+run is its ``job_metadata``; the stop events of its earlier runs are kept packed, a few bytes
+each, for the sessions that ran more than once only (``_Project.prior``).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import struct
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
@@ -21,6 +24,8 @@ STEP_SECONDS = 60
 HISTORY_DAYS = 30
 # The values of a session's ``shared_access`` (what its share link grants), the common one first.
 SHARED_ACCESS = ("query", "read_only")
+# The most runs one session makes in one ``step()`` when ``burst`` makes it run again.
+MAX_RUNS_PER_STEP = 8
 
 _EPOCH = datetime(1970, 1, 1)
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
@@ -85,6 +90,9 @@ class _Project:
     """``created_at`` (and ``updated_at``) in microseconds since the epoch."""
     is_default: bool = False
     """Whether it was the first project of its organization (its default project)."""
+    prior: dict[str, bytes] = field(default_factory=dict)
+    """The stop events of each session's runs before its newest (``_pack_stop``), by session id;
+    a session that ran once or never has no entry."""
 
     def __post_init__(self) -> None:
         # Binds page tokens to their project, so a token replayed elsewhere is rejected.
@@ -199,6 +207,103 @@ def _render_run(
     )
 
 
+# The usage a stop event reports, copied from the run's ``job_metadata``.
+_USAGE_KEYS = ("duration_ms", "total_input_tokens", "total_output_tokens", "turns")
+# A packed stop event is a tag and then either the fields of a run the simulator drew (b"F":
+# duration, input and output tokens, turns, the error's place in ``_ERRORS`` plus one or 0,
+# is_error), 21 bytes, or any other stop event as JSON (b"J": its length, then the text).
+_FIXED = struct.Struct("<dIIHBB")
+_LENGTH = struct.Struct("<I")
+
+
+def _stop_of(meta: object) -> dict[str, Any] | None:
+    """The stop event of the run that a ``job_metadata`` describes; None when there was none
+    (null, or not an object).
+
+    A stop event's ``is_error`` is required: a run whose ``job_metadata`` has none failed when
+    it has an error text, as the exporter reads a run's status.
+    """
+    if not isinstance(meta, dict):
+        return None
+    error = meta.get("error")
+    flag = meta.get("is_error")
+    is_error = flag if isinstance(flag, bool) else isinstance(error, str) and error != ""
+    stop: dict[str, Any] = {"type": "stop", "is_error": is_error}
+    if error is not None:
+        stop["error"] = error
+    stop["usage"] = {key: meta[key] for key in _USAGE_KEYS if key in meta}
+    return stop
+
+
+def _fixed_stop(
+    duration: float, tokens_in: int, tokens_out: int, turns: int, code: int, is_error: int
+) -> dict[str, Any]:
+    stop: dict[str, Any] = {"type": "stop", "is_error": bool(is_error)}
+    if code:
+        stop["error"] = _ERRORS[code - 1]
+    stop["usage"] = {
+        "duration_ms": duration,
+        "total_input_tokens": tokens_in,
+        "total_output_tokens": tokens_out,
+        "turns": turns,
+    }
+    return stop
+
+
+def _pack_stop(stop: dict[str, Any]) -> bytes:
+    """A stop event in a few bytes: 22 for one the simulator drew, its JSON for any other."""
+    try:
+        usage = stop["usage"]
+        values = tuple(usage[key] for key in _USAGE_KEYS)
+        code = _ERRORS.index(stop["error"]) + 1 if "error" in stop else 0
+        fixed = _FIXED.pack(*values, code, stop["is_error"])
+    except (KeyError, TypeError, ValueError, struct.error):
+        fixed = b""
+    if (
+        fixed
+        and type(values[0]) is float
+        and all(type(value) is int for value in values[1:])
+        and type(stop["is_error"]) is bool
+        and _fixed_stop(*_FIXED.unpack(fixed)) == stop
+    ):
+        return b"F" + fixed
+    text = _ENCODER.encode(stop).encode()
+    return b"J" + _LENGTH.pack(len(text)) + text
+
+
+def _unpack_stops(blob: bytes) -> list[dict[str, Any]]:
+    """The stop events ``_pack_stop`` packed one after the other, in order."""
+    stops: list[dict[str, Any]] = []
+    at = 0
+    while at < len(blob):
+        tag = blob[at : at + 1]
+        at += 1
+        if tag == b"F":
+            stops.append(_fixed_stop(*_FIXED.unpack_from(blob, at)))
+            at += _FIXED.size
+        else:
+            (length,) = _LENGTH.unpack_from(blob, at)
+            at += _LENGTH.size
+            stops.append(json.loads(blob[at : at + length]))
+            at += length
+    return stops
+
+
+def _push_run(project: _Project, item: dict[str, Any]) -> None:
+    """Keep the stop event of the session's newest run before a newer one replaces it."""
+    session_id = item.get("session_id")
+    stop = _stop_of(item.get("job_metadata"))
+    if stop is not None and isinstance(session_id, str):
+        project.prior[session_id] = project.prior.get(session_id, b"") + _pack_stop(stop)
+
+
+def _session_id(raw: bytes) -> str:
+    """The ``session_id`` of an encoded item ("" when it has none)."""
+    value = json.loads(raw)
+    session_id = value.get("session_id") if isinstance(value, dict) else None
+    return session_id if isinstance(session_id, str) else ""
+
+
 def _new_sessions(
     project: _Project,
     count: int,
@@ -269,9 +374,18 @@ def _find(project: _Project, session_id: str) -> tuple[int, dict[str, Any]]:
 
 
 def _evolve(
-    project: _Project, start_us: int, end_us: int, newest_first: bool, error_share: float
+    project: _Project,
+    start_us: int,
+    end_us: int,
+    newest_first: bool,
+    error_share: float,
+    burst: float = 0.0,
 ) -> None:
     """One tick: some sessions re-run, some are deleted, some appear (a few never run).
+
+    A session that re-runs runs again with probability ``burst``, again and again, up to
+    ``MAX_RUNS_PER_STEP`` runs; with ``burst`` 0 nothing more is drawn, so the data for a seed
+    stays what it was before bursts existed.
 
     Newest first, re-run and new sessions go to the front, newest first among themselves;
     their timestamps then also lie after every timestamp the project has (test hooks may
@@ -291,6 +405,9 @@ def _evolve(
         reruns = min(size - deletes, 1 + rng.randint(0, max(2, round(size * 0.04))))
         chosen = rng.sample(range(size), deletes + reruns)
         gone = set(chosen[:deletes])
+        if project.prior:
+            for index in gone:
+                project.prior.pop(_session_id(items[index]), None)
         rerun_stamps: dict[int, int] = {}
         for index in chosen[deletes:]:
             item = json.loads(items[index])
@@ -300,9 +417,15 @@ def _evolve(
             style = _ts_style(item.get("last_updated_at"))
             us = start_us + 1 + int(rng.random() * span)
             item["last_updated_at"] = _format_ts(us, style)
+            _push_run(project, item)
             item["job_metadata"] = _run_dict(*_run_values(rng, error_share))
             if not item.get("generated_title"):
                 item["generated_title"] = _TITLES[int(rng.random() * len(_TITLES))]
+            for _ in range(MAX_RUNS_PER_STEP - 1 if burst else 0):
+                if rng.random() >= burst:
+                    break
+                _push_run(project, item)
+                item["job_metadata"] = _run_dict(*_run_values(rng, error_share))
             items[index] = _ENCODER.encode(item).encode()
             rerun_stamps[index] = us
         if rerun_stamps:

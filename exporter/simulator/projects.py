@@ -253,6 +253,13 @@ class _Projects:
         except KeyError:
             raise KeyError(f"unknown project {project_id!r}") from None
 
+    def _project_or_new(self, project_id: str) -> _Project:
+        """The project, made on the spot (no key of its own, no sessions) if there is none."""
+        project = self._projects.get(project_id)
+        if project is None:
+            project = self._create(project_id, None, None, 0, self._clock_us)
+        return project
+
     def _new_id(self) -> str:
         """A fresh project id: a UUID4 drawn from the seed's id sequence."""
         while True:

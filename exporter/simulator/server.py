@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
+from urllib.parse import unquote
 
 from .model import _ENCODER
 
@@ -24,12 +25,27 @@ Answer = Callable[
 
 CHAT_PATH = "/api/v1/chat"
 PROJECTS_PATH = "/api/v2/projects"
+# One session with its history: ``CHAT_PATH`` + "/" + the session id (percent-encoded).
+SESSION_PATH = CHAT_PATH + "/{session_id}"
 # The endpoints by the name faults target them with (``fail_next(endpoint=...)``,
 # ``FaultConfig.endpoints``), and the path each name stands for.
-_ENDPOINT_PATHS = {"chat": CHAT_PATH, "projects": PROJECTS_PATH}
+_ENDPOINT_PATHS = {"chat": CHAT_PATH, "projects": PROJECTS_PATH, "session": SESSION_PATH}
 ENDPOINTS = tuple(_ENDPOINT_PATHS)
-_PATH_ENDPOINTS = {path: name for name, path in _ENDPOINT_PATHS.items()}
+_PATH_ENDPOINTS = {CHAT_PATH: "chat", PROJECTS_PATH: "projects"}
+_SESSION_PREFIX = CHAT_PATH + "/"
 DEFAULT_API_KEY = "llx-demo-key"
+
+
+def _route(path: str) -> tuple[str | None, str | None]:
+    """(endpoint name, session id) of a request path; (None, None) for a path not served."""
+    endpoint = _PATH_ENDPOINTS.get(path)
+    if endpoint is not None:
+        return endpoint, None
+    if path.startswith(_SESSION_PREFIX):
+        session_id = unquote(path[len(_SESSION_PREFIX) :])
+        if session_id and "/" not in path[len(_SESSION_PREFIX) :]:
+            return "session", session_id
+    return None, None
 
 
 @dataclass(frozen=True)
@@ -41,6 +57,17 @@ class RequestRecord:
     authorization: str | None
     status: int
     method: str = "GET"
+
+    @property
+    def endpoint(self) -> str | None:
+        """The endpoint's name (``ENDPOINTS``): ``"chat"`` for a listing page, ``"session"`` for
+        a session's history, ``"projects"``; None for a path not served."""
+        return _route(self.path)[0]
+
+    @property
+    def session_id(self) -> str | None:
+        """The session a history read asked for; None for any other request."""
+        return _route(self.path)[1]
 
 
 class _ApiError(Exception):
