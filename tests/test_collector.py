@@ -9,7 +9,7 @@ from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.registry import CollectorRegistry
 
-from exporter.aggregate import SessionTracker, aggregate
+from exporter.aggregate import RunTotals, SessionTracker, aggregate
 from exporter.config import ProjectConfig, Secret
 from exporter.metrics import StoreCollector, TextExposition
 from exporter.store import Store
@@ -141,6 +141,7 @@ def filtered_store(polled: bool = True) -> tuple[CollectorRegistry, TextExpositi
         finished=1e9 + 2,
         pages=3,
     )
+    store.record_reads("p1", RunTotals(index_skips=(("idx-1", 2),)), pending=3)
     store.record_failure("p2", "timeout", duration=30.0, finished=1e9 + 1)
     store.count_request("200")
     store.count_request("429")

@@ -347,7 +347,7 @@ def test_saved_index_sets_restore() -> None:
     tracker = SessionTracker()
     aggregate([[bound("a", "i1", "i2"), bound("b")]], tracker)
     rows = list(tracker.rows())
-    assert sorted(r[-1] for r in rows) == [(), ("i1", "i2")]
+    assert sorted(r.index_ids for r in rows) == [(), ("i1", "i2")]
     restored = SessionTracker(rows, tracker.state)
     result = aggregate([[bound("a", "i1", "i2"), bound("b")]], restored)
     assert result.snapshot.by_index == (("i1", 1), ("i2", 1), ("other", 0), ("none", 1))
@@ -357,7 +357,7 @@ def test_an_unreadable_saved_index_set_forces_a_full_listing() -> None:
     tracker = SessionTracker()
     aggregate([[bound("a", "i1")]], tracker)
     (row,) = tracker.rows()
-    restored = SessionTracker([(*row[:-1], ("",))], tracker.state)
+    restored = SessionTracker([row._replace(index_ids=("",))], tracker.state)
     assert not restored.state.ordered  # the next listing reads every page
 
 
