@@ -148,6 +148,7 @@ class SessionTracker:
     __slots__ = (
         "_counted",
         "_free",
+        "_graves",
         "_has_baseline",
         "_last",
         "_missed",
@@ -186,6 +187,10 @@ class SessionTracker:
         # session changed since, or a read counted a run the listing has not shown yet.
         self._last: dict[str, int] = {}
         self._pending_undo: list[tuple[str, bool]] = []
+        # Sessions the last two full listings dropped, with where counting left off (stop
+        # events counted, the last counted run's fingerprint): a live session that moved
+        # during two listings in a row comes back and must not have its runs counted again.
+        self._graves: tuple[dict[str, tuple[int | None, int]], ...] = ({}, {})
         self._runs = Runs()
         self.indexes = IndexSets()
         self._shown: tuple[str, ...] = ()  # indexes with their own series, most sessions first
@@ -328,6 +333,15 @@ class SessionTracker:
             indexes.ids[slot] = index_set
             indexes.counts[index_set] += 1
             counted = 0 if self._has_baseline else _COUNT_MASK
+            grave = self._grave(sid)
+            if grave is not None:  # back after two listings missed it: go on from there
+                n, self._last[sid] = grave
+                if n is None or n >= _COUNT_ELSEWHERE:
+                    counted = _COUNT_MASK
+                    if n is not None:
+                        self._counted[sid] = n
+                else:
+                    counted = n << COUNT_SHIFT
         else:
             slot = old & SLOT_MASK
             if self._undo is not None:
@@ -352,6 +366,11 @@ class SessionTracker:
         self.versions[slot] = fp if ver is None else ver
         self._status[status] += 1
         return slot
+
+    def _grave(self, sid: str) -> tuple[int | None, int] | None:
+        if not (self._graves[0] or self._graves[1]):
+            return None
+        return self._graves[1].get(sid) or self._graves[0].get(sid)
 
     def counted(self, sid: str, slot: int) -> int | None:
         """How many stop events of the session's history are counted; None: unknown."""
@@ -496,6 +515,9 @@ class SessionTracker:
         """
         removed: list[str] = []
         missed: list[str] = []
+        if full and self._has_baseline:
+            newer = self._graves[1]
+            self._graves = ({sid: g for sid, g in newer.items() if sid not in self.index}, {})
         if full and len(self.index) != self.seen.count(1):
             seen = self.seen
             flags = self.flags
@@ -586,6 +608,8 @@ class SessionTracker:
         for sid, old, slot, flags, i, o, t, d, index_set, ver in reversed(undo):
             if old is None:
                 del self.index[sid]
+                self._last.pop(sid, None)
+                self._counted.pop(sid, None)
                 self._free.append(slot)
                 self.versions[slot] = 0
                 indexes.counts[indexes.ids[slot]] -= 1
@@ -611,6 +635,7 @@ class SessionTracker:
     def _remove(self, sid: str, value: int) -> None:
         slot = value & SLOT_MASK
         del self.index[sid]
+        self._graves[1][sid] = (self.counted(sid, slot), self._last.get(sid, value >> SLOT_BITS))
         self._counted.pop(sid, None)
         self._last.pop(sid, None)
         self.pending.pop(sid, None)
