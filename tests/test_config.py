@@ -359,7 +359,7 @@ def test_a_key_that_cannot_go_in_a_header_is_a_config_error(key: str) -> None:
         ("full_listing_every", 2.5, "a whole number"),
         ("incremental_overlap_seconds", -1, "between 0 and 86400"),
         ("incremental_overlap_seconds", float("nan"), "between 0 and 86400"),
-        ("incremental_overlap_seconds", "5m", "a number"),
+        ("incremental_overlap_seconds", "5m", "a number of seconds, without a unit (got '5m')"),
         ("listing", "sometimes", "one of auto, full"),
     ],
 )

@@ -17,7 +17,18 @@ from pydantic import Field, PlainValidator, ValidationInfo, field_validator
 from ..aggregate.indexes import DEFAULT_MAX_INDEX_SERIES, RESERVED, Detail, ErrorClass
 from ..patterns import Pattern
 from .discovery import DEFAULT_INTERVAL_SECONDS, EVERYTHING, DiscoveryConfig
-from .fields import Schema, listed, number, one_of, pattern, problem, reading, text, whole
+from .fields import (
+    Schema,
+    listed,
+    number,
+    one_of,
+    pattern,
+    problem,
+    reading,
+    text,
+    whole,
+    with_unit,
+)
 from .files import MAX_KEY_FILE_BYTES, FileProblem, read_bounded
 from .project import LISTING_MODES, ProjectConfig
 from .secret import Secret
@@ -98,6 +109,7 @@ def _rate(value: Any) -> float:
     if value == 0:
         return 0.0  # no limit
     if isinstance(value, bool) or not isinstance(value, (int, float)):
+        with_unit(value, "a number of requests per second")
         value = -1
     if not 0 < value <= MAX_REQUESTS_PER_SECOND:
         limit = f"{MAX_REQUESTS_PER_SECOND:g}"
@@ -150,7 +162,7 @@ class LlamaCloudSection(_Api):
     timeout_seconds: Annotated[float, number(MAX_TIMEOUT_SECONDS)] = 30.0
     max_retries: Annotated[int, whole(0, 100)] = 5
     max_pages: Annotated[int, whole(1, 10**9)] = 10000
-    max_response_bytes: Annotated[int, whole(1024, 2**30)] = DEFAULT_MAX_RESPONSE_BYTES
+    max_response_bytes: Annotated[int, whole(1024, 2**30, "bytes")] = DEFAULT_MAX_RESPONSE_BYTES
     max_requests_per_second: Annotated[float, PlainValidator(_rate)] = 0.0  # 0: no limit
     listing: Annotated[str, Listing] = "auto"
     full_listing_every: Annotated[int, whole(1, 1_000_000)] = 10
