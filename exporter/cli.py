@@ -41,6 +41,9 @@ from .web import Limits, MetricsServer, WebConfig, WebConfigError, load_web_conf
 log = structlog.get_logger("exporter")
 
 DEMO_PROJECTS = ("production", "staging", "research")
+# Above the simulated 10 % of failed runs, so the error budget panels show a burn that alerts
+# on nothing; research has none, as a project without an objective shows no line.
+DEMO_OBJECTIVES = (0.2, 0.15, None)
 DEMO_POLL_INTERVAL = 5.0
 
 
@@ -503,8 +506,11 @@ def run_demo(listen_address: str | None, web: WebConfig | None = None) -> int:
                 page_size=100,
                 api_key=Secret(DEFAULT_API_KEY),
                 key_source="the demo's built-in key",
+                error_ratio_objective=objective,
             )
-            for pid, name in zip(sim.project_ids, DEMO_PROJECTS, strict=True)
+            for pid, name, objective in zip(
+                sim.project_ids, DEMO_PROJECTS, DEMO_OBJECTIVES, strict=True
+            )
         )
         config = Config(projects=projects, poll_interval_seconds=DEMO_POLL_INTERVAL)
         if listen_address:

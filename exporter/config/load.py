@@ -119,6 +119,7 @@ def _build(
         api_key=key,
         listing=lc.listing,
         key_source=source,
+        error_ratio_objective=lc.objectives.error_ratio,
     )
     discovery = None
     if file.discovery is not None:
@@ -172,6 +173,7 @@ def _project(
         api_key=key,
         listing=entry.listing or template.listing,
         key_source=source,
+        error_ratio_objective=entry.error_ratio_objective(template.error_ratio_objective),
     )
 
 

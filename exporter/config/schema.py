@@ -138,6 +138,21 @@ def _project_id(value: Any) -> str:
     return value
 
 
+_SHARE = "(a share of runs: 0.01 is 1 %)"
+
+
+def _error_ratio(value: Any) -> float | None:
+    """The share of a project's runs allowed to fail."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        with_unit(value, f"a number greater than 0 and less than 1 {_SHARE}")
+        raise problem(f"must be a number greater than 0 and less than 1 {_SHARE}")
+    if not 0 < value < 1:  # NaN too
+        raise problem(f"must be greater than 0 and less than 1 {_SHARE}")
+    return float(value)
+
+
 ApiKey = Annotated[Secret | None, PlainValidator(_api_key)]
 ApiKeyFile = Annotated[Secret | None, PlainValidator(_api_key_file)]
 BaseUrl = Annotated[str | None, PlainValidator(base_url)]
@@ -155,6 +170,12 @@ class _Api(Schema):
     api_key_file: ApiKeyFile = None
 
 
+class ObjectivesSection(Schema):
+    """What a project's runs are held to; the burn-rate alerts divide by it."""
+
+    error_ratio: Annotated[float | None, PlainValidator(_error_ratio)] = None
+
+
 class LlamaCloudSection(_Api):
     """The API and what every project takes unless it says otherwise."""
 
@@ -167,6 +188,8 @@ class LlamaCloudSection(_Api):
     listing: Annotated[str, Listing] = "auto"
     full_listing_every: Annotated[int, whole(1, 1_000_000)] = 10
     incremental_overlap_seconds: Annotated[float, number(MAX_POLL_INTERVAL_SECONDS, 0)] = 300.0
+    # Every project's, unless it sets its own (``objectives: null`` or ``{}``: none).
+    objectives: ObjectivesSection = ObjectivesSection()
 
 
 class ProjectEntry(_Api):
@@ -180,6 +203,11 @@ class ProjectEntry(_Api):
     organization_id: Annotated[str, text] = ""
     page_size: Annotated[int | None, PageSize] = None
     listing: Annotated[str | None, Listing] = None
+    # Set (null and {} included), it replaces llamacloud.objectives for this project.
+    objectives: ObjectivesSection = ObjectivesSection()
+
+    def error_ratio_objective(self, default: float | None) -> float | None:
+        return self.objectives.error_ratio if "objectives" in self.model_fields_set else default
 
 
 class WebSection(Schema):
