@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import os
 import signal
 import socket
@@ -229,8 +230,26 @@ def with_cli_shard(config: Config, args: argparse.Namespace) -> Config:
     return config
 
 
+def _listen_error(exc: OSError) -> str:
+    """Why the web server cannot listen, in a user's words."""
+    if exc.errno == errno.EADDRINUSE:
+        return "the address is already in use (another exporter, or another program, listens there)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "no network interface of this host has that address"
+    if exc.errno == errno.EACCES:
+        return "permission denied (a port below 1024 needs privileges)"
+    if isinstance(exc, socket.gaierror):
+        return "the host name cannot be resolved"
+    return exc.strerror or type(exc).__name__
+
+
+def count_projects(count: int) -> str:
+    """``1 project``, ``2 projects``."""
+    return f"{count} project{'' if count == 1 else 's'}"
+
+
 def _describe(config: Config) -> str:
-    parts = [f"{len(config.projects)} projects"]
+    parts = [count_projects(len(config.projects))]
     if config.discovery is not None:
         parts.append("and discovery")
     if config.shard.total > 1:
@@ -305,7 +324,15 @@ def run_daemon(
         limits = Limits(max_connections=budget.web_connections)
         server = MetricsServer(host, port, store, limits, web=web)
     except OSError as exc:
-        log.error("listen_failed", address=config.listen_address, error=str(exc))
+        where = "--web.listen-address HOST:PORT"
+        if reread is not None:  # not --demo: the config has a say too
+            where += " (or web.listen_address in the config)"
+        log.error(
+            "listen_failed",
+            address=config.listen_address,
+            error=_listen_error(exc),
+            hint=f"choose another address with {where}",
+        )
         if state:
             state.close()
         return 1
@@ -464,7 +491,7 @@ def _reloader(
                 needs_restart=restart,
                 web=web.describe() if web is not None else "plain HTTP, no auth",
             )
-            message = f"configuration reloaded ({len(config.projects)} projects)"
+            message = f"configuration reloaded ({count_projects(len(config.projects))})"
             if restart:
                 message += "; restart to apply: " + ", ".join(restart)
             return True, message

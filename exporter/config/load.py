@@ -81,14 +81,17 @@ def parse_config(raw: Any, env: Mapping[str, str], base_dir: Path | None = None)
     found = Reading(base_dir)  # and every key value met: no problem may quote one
     try:
         raw = _expand(raw, env, "", problems)
+        # A key whose variable is unset has said so: what its empty value then lacks
+        # ("required", "no API key") would be the same problem twice.
+        unset = {problem.split(": ", 1)[0] for problem in problems}
         found.secrets += _key_values(raw)
         file = ConfigFile.model_validate(raw, context=found)
     except ValidationError as exc:
-        problems += messages(exc, "config")
+        problems += [p for p in messages(exc, "config") if p.split(": ", 1)[0] not in unset]
     except RecursionError:  # YAML is bounded in depth; a hand-built structure may not be
         problems.append(f"config: nested deeper than {MAX_CONFIG_DEPTH} levels")
     else:
-        config = _build(file, env, found.secrets, problems)
+        config = _build(file, env, found.secrets, problems, unset)
     if problems:
         raise ConfigError([redact(p, tuple(found.secrets)) for p in problems])
     return config
@@ -104,12 +107,19 @@ def _key_values(raw: dict[Any, Any]) -> list[str]:
 
 
 def _build(
-    file: ConfigFile, env: Mapping[str, str], secrets: list[str], problems: list[str]
+    file: ConfigFile,
+    env: Mapping[str, str],
+    secrets: list[str],
+    problems: list[str],
+    unset: set[str],
 ) -> Config:
-    """The settings of a valid file; problems of the keys it takes from the environment."""
+    """The settings of a valid file; problems of the keys it takes from the environment
+    (none about a key in ``unset``, whose variable is not set: that was said)."""
     lc = file.llamacloud
     base = lc.base_url or _env_base_url(env, problems) or NA_BASE_URL
     key, source = _default_key(lc, env, secrets, problems)
+    # The default key's variable is unset: projects that lack it were told why.
+    said = bool(unset & {"llamacloud.api_key", "llamacloud.api_key_file"})
     template = ProjectConfig(
         id="",
         name="",
@@ -123,14 +133,15 @@ def _build(
     )
     discovery = None
     if file.discovery is not None:
-        if not key.get():
+        if not key.get() and not said:
             problems.append(
                 "discovery: lists projects with llamacloud.api_key (or api_key_file, or the "
                 f"{API_KEY_ENV} environment variable): set one"
             )
         discovery = file.discovery.settings(template)
     projects = [
-        _project(f"projects[{i}]", p, template, problems) for i, p in enumerate(file.projects or ())
+        _project(f"projects[{i}]", p, template, problems, unset if not said else None)
+        for i, p in enumerate(file.projects or ())
     ]
     return Config(
         projects=tuple(projects),
@@ -152,13 +163,19 @@ def _build(
 
 
 def _project(
-    where: str, entry: ProjectEntry, template: ProjectConfig, problems: list[str]
+    where: str,
+    entry: ProjectEntry,
+    template: ProjectConfig,
+    problems: list[str],
+    unset: set[str] | None,
 ) -> ProjectConfig:
-    """A project: what it sets, the rest from ``llamacloud`` (``template``)."""
+    """A project: what it sets, the rest from ``llamacloud`` (``template``). A missing key is
+    said unless ``unset`` (None: every key) names a key of it whose variable is not set."""
     key, source = entry.api_key or entry.api_key_file, _key_source(entry, where)
     if key is None:
         key, source = template.api_key, template.key_source
-        if not key.get():
+        said = unset is None or bool(unset & {f"{where}.api_key", f"{where}.api_key_file"})
+        if not key.get() and not said:
             problems.append(
                 f"{where}.api_key: no API key (set {where}.api_key, llamacloud.api_key "
                 f"or the {API_KEY_ENV} environment variable)"

@@ -55,6 +55,7 @@ class ConfigError(Exception):
 
     def __init__(self, problems: list[str]) -> None:
         problems = [p.encode("utf-8", "backslashreplace").decode("utf-8") for p in problems]
+        problems = list(dict.fromkeys(problems))  # the same line twice says nothing more
         super().__init__("; ".join(problems))
         self.problems = problems
 
