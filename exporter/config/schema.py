@@ -79,9 +79,15 @@ def _api_key(value: Any) -> Secret | None:
     return Secret(value.strip())
 
 
+def _looks_like_key(value: str) -> bool:
+    """A value of ``api_key_file`` that is more likely a key pasted there than a path."""
+    return value.startswith("llx-") or (len(value) >= 20 and not any(c in value for c in "/.\\"))
+
+
 def _api_key_file(value: Any, info: ValidationInfo) -> Secret | None:
-    """The key in the file named (relative to the config's directory). No problem quotes the
-    name or the contents: a key pasted here by mistake must not be printed back as a name."""
+    """The key in the file named (relative to the config's directory). A problem names the
+    file as it was looked for (a path is no secret), never its contents; and not a value that
+    looks like a key pasted here by mistake, which must not be printed back as a name."""
     if value is None or value == "":
         return None
     if not isinstance(value, str):
@@ -89,17 +95,21 @@ def _api_key_file(value: Any, info: ValidationInfo) -> Secret | None:
     path, base_dir = Path(value), reading(info).base_dir
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
+    named, hint = f"the key file {path}", ""
+    if _looks_like_key(value):
+        named = "the key file"
+        hint = " (the value looks like an API key, not a path: set api_key instead)"
     try:
         data = read_bounded(path, MAX_KEY_FILE_BYTES)
     except FileProblem as exc:
-        raise problem(f"cannot read the key file: {exc}") from None
+        raise problem(f"cannot read {named}: {exc}{hint}") from None
     try:
         key = data.decode("utf-8").strip()
     except UnicodeDecodeError:
-        raise problem("the key file is not UTF-8 text") from None
+        raise problem(f"{named} is not UTF-8 text") from None
     reading(info).secrets.append(key)
     if not key:
-        raise problem("the key file is empty")
+        raise problem(f"{named} is empty")
     if not key_ok(key):
         raise problem(BAD_KEY)
     return Secret(key)
