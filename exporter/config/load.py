@@ -183,7 +183,7 @@ def _project(
     return replace(
         template,
         id=entry.id,
-        name=entry.name or entry.id,
+        name=entry.name,
         organization_id=entry.organization_id,
         base_url=entry.base_url or template.base_url,
         page_size=entry.page_size or template.page_size,
