@@ -284,6 +284,7 @@ def _components(
         on_request=store.count_request,
         max_requests_per_second=config.max_requests_per_second,
         max_connections=api_connections(config),
+        headers=config.api_headers,
     )
     poller = Poller(replica_config(config), store, client, state=state)
     return store, poller, client, Targets.for_poller(config, store, client, poller)

@@ -23,12 +23,14 @@ from pydantic_core import PydanticCustomError
 from ..text import is_text
 from .fields import Reading, messages
 from .files import MAX_CONFIG_DEPTH, FileProblem, YamlProblem, load_yaml, read_config_text
+from .headers import custom_headers
 from .project import NA_BASE_URL, ProjectConfig
 from .schema import BAD_KEY, ConfigFile, LlamaCloudSection, ProjectEntry, base_url, key_ok
 from .secret import Secret, redact
 from .settings import Config, ConfigError
 
 API_KEY_ENV = "LLAMA_CLOUD_API_KEY"
+PARSE_API_KEY_ENV = "LLAMA_PARSE_API_KEY"  # the SDK's fallback
 BASE_URL_ENV = "LLAMA_CLOUD_BASE_URL"
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -159,6 +161,7 @@ def _build(
         detail=file.detail.settings(),
         discovery=discovery,
         shard=file.sharding.shard(),
+        api_headers=custom_headers(env, problems),
     )
 
 
@@ -197,15 +200,17 @@ def _project(
 def _default_key(
     lc: LlamaCloudSection, env: Mapping[str, str], secrets: list[str], problems: list[str]
 ) -> tuple[Secret, str]:
-    """The key of every project that sets none, and where it came from (for messages)."""
+    """The key of every project that sets none, and where it came from (for messages): as
+    the SDK, ``LLAMA_CLOUD_API_KEY``, or ``LLAMA_PARSE_API_KEY`` when that is unset or empty."""
     key = lc.api_key or lc.api_key_file
-    if key is not None or not env.get(API_KEY_ENV):
+    name = next((name for name in (API_KEY_ENV, PARSE_API_KEY_ENV) if env.get(name)), None)
+    if key is not None or name is None:
         return key or Secret(""), _key_source(lc, "llamacloud")
-    value = env[API_KEY_ENV].strip()
+    value = env[name].strip()
     secrets.append(value)
     if not key_ok(value):
-        problems.append(f"{API_KEY_ENV}: {BAD_KEY}")
-    return Secret(value), f"the {API_KEY_ENV} environment variable"
+        problems.append(f"{name}: {BAD_KEY}")
+    return Secret(value), f"the {name} environment variable"
 
 
 def _key_source(section: LlamaCloudSection | ProjectEntry, where: str) -> str:
