@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import os
 import signal
 import socket
@@ -41,6 +42,9 @@ from .web import Limits, MetricsServer, WebConfig, WebConfigError, load_web_conf
 log = structlog.get_logger("exporter")
 
 DEMO_PROJECTS = ("production", "staging", "research")
+# Above the simulated 10 % of failed runs, so the error budget panels show a burn that alerts
+# on nothing; research has none, as a project without an objective shows no line.
+DEMO_OBJECTIVES = (0.2, 0.15, None)
 DEMO_POLL_INTERVAL = 5.0
 
 
@@ -226,8 +230,26 @@ def with_cli_shard(config: Config, args: argparse.Namespace) -> Config:
     return config
 
 
+def _listen_error(exc: OSError) -> str:
+    """Why the web server cannot listen, in a user's words."""
+    if exc.errno == errno.EADDRINUSE:
+        return "the address is already in use (another exporter, or another program, listens there)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "no network interface of this host has that address"
+    if exc.errno == errno.EACCES:
+        return "permission denied (a port below 1024 needs privileges)"
+    if isinstance(exc, socket.gaierror):
+        return "the host name cannot be resolved"
+    return exc.strerror or type(exc).__name__
+
+
+def count_projects(count: int) -> str:
+    """``1 project``, ``2 projects``."""
+    return f"{count} project{'' if count == 1 else 's'}"
+
+
 def _describe(config: Config) -> str:
-    parts = [f"{len(config.projects)} projects"]
+    parts = [count_projects(len(config.projects))]
     if config.discovery is not None:
         parts.append("and discovery")
     if config.shard.total > 1:
@@ -262,6 +284,7 @@ def _components(
         on_request=store.count_request,
         max_requests_per_second=config.max_requests_per_second,
         max_connections=api_connections(config),
+        headers=config.api_headers,
     )
     poller = Poller(replica_config(config), store, client, state=state)
     return store, poller, client, Targets.for_poller(config, store, client, poller)
@@ -302,7 +325,15 @@ def run_daemon(
         limits = Limits(max_connections=budget.web_connections)
         server = MetricsServer(host, port, store, limits, web=web)
     except OSError as exc:
-        log.error("listen_failed", address=config.listen_address, error=str(exc))
+        where = "--web.listen-address HOST:PORT"
+        if reread is not None:  # not --demo: the config has a say too
+            where += " (or web.listen_address in the config)"
+        log.error(
+            "listen_failed",
+            address=config.listen_address,
+            error=_listen_error(exc),
+            hint=f"choose another address with {where}",
+        )
         if state:
             state.close()
         return 1
@@ -461,7 +492,7 @@ def _reloader(
                 needs_restart=restart,
                 web=web.describe() if web is not None else "plain HTTP, no auth",
             )
-            message = f"configuration reloaded ({len(config.projects)} projects)"
+            message = f"configuration reloaded ({count_projects(len(config.projects))})"
             if restart:
                 message += "; restart to apply: " + ", ".join(restart)
             return True, message
@@ -505,8 +536,11 @@ def run_demo(listen_address: str | None, web: WebConfig | None = None) -> int:
                 page_size=100,
                 api_key=Secret(DEFAULT_API_KEY),
                 key_source="the demo's built-in key",
+                error_ratio_objective=objective,
             )
-            for pid, name in zip(sim.project_ids, DEMO_PROJECTS, strict=True)
+            for pid, name, objective in zip(
+                sim.project_ids, DEMO_PROJECTS, DEMO_OBJECTIVES, strict=True
+            )
         )
         config = Config(projects=projects, poll_interval_seconds=DEMO_POLL_INTERVAL)
         if listen_address:

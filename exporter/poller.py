@@ -437,6 +437,15 @@ class Poller:
                 status=status,
                 **fields,
             )
+        elif status == 429:
+            log.warning(
+                "poll_failed",
+                hint="the API is rate limiting this exporter's requests: space them out with "
+                "llamacloud.max_requests_per_second, lower max_concurrency or raise "
+                "poll_interval_seconds",
+                status=status,
+                **fields,
+            )
         else:
             log.warning("poll_failed", status=status, **fields)
 

@@ -118,7 +118,7 @@ def filtered_store(polled: bool = True) -> tuple[CollectorRegistry, TextExpositi
     store = Store(
         [
             ProjectConfig("p1", 'we"ird\\name\nhere\r', "org-ü", "http://x", 100, Secret("k")),
-            ProjectConfig("p2", "p2", "", "http://x", 100, Secret("k")),
+            ProjectConfig("p2", "p2", "", "http://x", 100, Secret("k"), error_ratio_objective=0.01),
             ProjectConfig("p3", "p3", "", "http://x", 100, Secret("k")),
         ]
     )

@@ -250,7 +250,11 @@ def exposition(tmp_path_factory: pytest.TempPathFactory) -> str:
         config.write_text(
             yaml.safe_dump(
                 {
-                    "llamacloud": {"base_url": base_url, "api_key": DEFAULT_API_KEY},
+                    "llamacloud": {
+                        "base_url": base_url,
+                        "api_key": DEFAULT_API_KEY,
+                        "objectives": {"error_ratio": 0.05},  # the burn-rate panels' data
+                    },
                     "projects": [{"id": pid} for pid in sim.project_ids],
                     "discovery": {"organization_id": sim.organization_id},
                 }

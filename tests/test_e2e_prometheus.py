@@ -253,7 +253,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         config.write_text(
             yaml.safe_dump(
                 {
-                    "llamacloud": {"base_url": base_url, "api_key": DEFAULT_API_KEY},
+                    "llamacloud": {
+                        "base_url": base_url,
+                        "api_key": DEFAULT_API_KEY,
+                        "objectives": {"error_ratio": 0.05},  # the burn-rate panels' data
+                    },
                     "projects": [
                         *({"id": pid, "name": f"project-{n}"} for n, pid in enumerate(project_ids)),
                         {"id": MISSING_PROJECT, "name": "missing"},

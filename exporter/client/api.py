@@ -13,7 +13,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -311,10 +311,13 @@ class ApiClient:
         max_requests_per_second: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        headers: Sequence[tuple[str, Secret]] = (),
     ) -> None:
         """``wait(seconds)`` sleeps (between retries, or for the rate limit) and returns True
-        when stopped; ``max_requests_per_second`` 0 means no limit."""
+        when stopped; ``max_requests_per_second`` 0 means no limit. ``headers`` go on every
+        request (``LLAMA_CLOUD_CUSTOM_HEADERS``); the key's ``Authorization`` is set after them."""
         self._timeout = timeout
+        self._headers = tuple(headers)
         self._transport = transport
         self._max_retries = max_retries
         self._on_request = on_request or (lambda code: None)
@@ -338,14 +341,14 @@ class ApiClient:
         self._pool.resize(max_connections)
 
     def _new_client(self) -> httpx.Client:
+        headers = httpx.Headers({"User-Agent": USER_AGENT, "Accept": "application/json"})
+        for name, value in self._headers:  # as in the SDK, they may replace the two above
+            headers[name] = value.get()
+        # Only what the body reader can decompress under its byte bound.
+        headers["Accept-Encoding"] = "gzip"
         return httpx.Client(
             timeout=self._timeout,
-            headers={
-                "User-Agent": USER_AGENT,
-                "Accept": "application/json",
-                # Only what the body reader can decompress under its byte bound.
-                "Accept-Encoding": "gzip",
-            },
+            headers=headers,
             transport=self._transport,
             verify=self._tls or True,
             follow_redirects=False,

@@ -11,6 +11,7 @@ own wording never reaches a user (it can quote the input: a key), nor does its l
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,9 +159,24 @@ def is_set(value: Any) -> bool:
 # ------------------------------------------------------------------------- value checks
 
 
-def whole(low: int, high: int) -> PlainValidator:
+# A number written with a unit ("30s", "5m", "64MiB", "10 seconds"): the value is quoted back,
+# as nothing this short and plain can be a key.
+_WITH_UNIT = re.compile(r"\s*[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(?:[A-Za-z]{1,12}|%)\s*")
+
+
+def with_unit(value: Any, what: str) -> None:
+    """Raise "must be WHAT, without a unit (got '30s')" when ``value`` is a number with a unit."""
+    if isinstance(value, str) and len(value) <= 32 and _WITH_UNIT.fullmatch(value):
+        raise problem(f"must be {what}, without a unit (got {value.strip()!r})")
+
+
+def whole(low: int, high: int, unit: str = "") -> PlainValidator:
+    """A whole number from ``low`` to ``high``; ``unit`` (``"bytes"``) names what it counts."""
+    what = f"a whole number of {unit}" if unit else "a whole number"
+
     def whole_number(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
+            with_unit(value, what)
             raise problem("must be a whole number")
         if not low <= value <= high:
             raise problem(f"must be between {low} and {high}")
@@ -169,12 +185,13 @@ def whole(low: int, high: int) -> PlainValidator:
     return PlainValidator(whole_number)
 
 
-def number(high: float, low: float | None = None) -> PlainValidator:
-    """A number from ``low`` to ``high``; without ``low``, greater than 0. An int stays as it
-    is until it is in bounds (``10**400`` compares, where float() would overflow)."""
+def number(high: float, low: float | None = None, unit: str = "seconds") -> PlainValidator:
+    """A number of ``unit`` from ``low`` to ``high``; without ``low``, greater than 0. An int
+    stays as it is until it is in bounds (``10**400`` compares, where float() would overflow)."""
 
     def check_number(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
+            with_unit(value, f"a number of {unit}")
             raise problem("must be a number")
         if low is None and not 0 < value <= high:
             raise problem(f"must be greater than 0 and at most {high:g}")

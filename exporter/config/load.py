@@ -23,12 +23,14 @@ from pydantic_core import PydanticCustomError
 from ..text import is_text
 from .fields import Reading, messages
 from .files import MAX_CONFIG_DEPTH, FileProblem, YamlProblem, load_yaml, read_config_text
+from .headers import custom_headers
 from .project import NA_BASE_URL, ProjectConfig
 from .schema import BAD_KEY, ConfigFile, LlamaCloudSection, ProjectEntry, base_url, key_ok
 from .secret import Secret, redact
 from .settings import Config, ConfigError
 
 API_KEY_ENV = "LLAMA_CLOUD_API_KEY"
+PARSE_API_KEY_ENV = "LLAMA_PARSE_API_KEY"  # the SDK's fallback
 BASE_URL_ENV = "LLAMA_CLOUD_BASE_URL"
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -81,14 +83,17 @@ def parse_config(raw: Any, env: Mapping[str, str], base_dir: Path | None = None)
     found = Reading(base_dir)  # and every key value met: no problem may quote one
     try:
         raw = _expand(raw, env, "", problems)
+        # A key whose variable is unset has said so: what its empty value then lacks
+        # ("required", "no API key") would be the same problem twice.
+        unset = {problem.split(": ", 1)[0] for problem in problems}
         found.secrets += _key_values(raw)
         file = ConfigFile.model_validate(raw, context=found)
     except ValidationError as exc:
-        problems += messages(exc, "config")
+        problems += [p for p in messages(exc, "config") if p.split(": ", 1)[0] not in unset]
     except RecursionError:  # YAML is bounded in depth; a hand-built structure may not be
         problems.append(f"config: nested deeper than {MAX_CONFIG_DEPTH} levels")
     else:
-        config = _build(file, env, found.secrets, problems)
+        config = _build(file, env, found.secrets, problems, unset)
     if problems:
         raise ConfigError([redact(p, tuple(found.secrets)) for p in problems])
     return config
@@ -104,12 +109,19 @@ def _key_values(raw: dict[Any, Any]) -> list[str]:
 
 
 def _build(
-    file: ConfigFile, env: Mapping[str, str], secrets: list[str], problems: list[str]
+    file: ConfigFile,
+    env: Mapping[str, str],
+    secrets: list[str],
+    problems: list[str],
+    unset: set[str],
 ) -> Config:
-    """The settings of a valid file; problems of the keys it takes from the environment."""
+    """The settings of a valid file; problems of the keys it takes from the environment
+    (none about a key in ``unset``, whose variable is not set: that was said)."""
     lc = file.llamacloud
     base = lc.base_url or _env_base_url(env, problems) or NA_BASE_URL
     key, source = _default_key(lc, env, secrets, problems)
+    # The default key's variable is unset: projects that lack it were told why.
+    said = bool(unset & {"llamacloud.api_key", "llamacloud.api_key_file"})
     template = ProjectConfig(
         id="",
         name="",
@@ -120,17 +132,19 @@ def _build(
         listing=lc.listing,
         runs=lc.runs,
         key_source=source,
+        error_ratio_objective=lc.objectives.error_ratio,
     )
     discovery = None
     if file.discovery is not None:
-        if not key.get():
+        if not key.get() and not said:
             problems.append(
                 "discovery: lists projects with llamacloud.api_key (or api_key_file, or the "
                 f"{API_KEY_ENV} environment variable): set one"
             )
         discovery = file.discovery.settings(template)
     projects = [
-        _project(f"projects[{i}]", p, template, problems) for i, p in enumerate(file.projects or ())
+        _project(f"projects[{i}]", p, template, problems, unset if not said else None)
+        for i, p in enumerate(file.projects or ())
     ]
     return Config(
         projects=tuple(projects),
@@ -149,17 +163,24 @@ def _build(
         detail=file.detail.settings(),
         discovery=discovery,
         shard=file.sharding.shard(),
+        api_headers=custom_headers(env, problems),
     )
 
 
 def _project(
-    where: str, entry: ProjectEntry, template: ProjectConfig, problems: list[str]
+    where: str,
+    entry: ProjectEntry,
+    template: ProjectConfig,
+    problems: list[str],
+    unset: set[str] | None,
 ) -> ProjectConfig:
-    """A project: what it sets, the rest from ``llamacloud`` (``template``)."""
+    """A project: what it sets, the rest from ``llamacloud`` (``template``). A missing key is
+    said unless ``unset`` (None: every key) names a key of it whose variable is not set."""
     key, source = entry.api_key or entry.api_key_file, _key_source(entry, where)
     if key is None:
         key, source = template.api_key, template.key_source
-        if not key.get():
+        said = unset is None or bool(unset & {f"{where}.api_key", f"{where}.api_key_file"})
+        if not key.get() and not said:
             problems.append(
                 f"{where}.api_key: no API key (set {where}.api_key, llamacloud.api_key "
                 f"or the {API_KEY_ENV} environment variable)"
@@ -167,7 +188,7 @@ def _project(
     return replace(
         template,
         id=entry.id,
-        name=entry.name or entry.id,
+        name=entry.name,
         organization_id=entry.organization_id,
         base_url=entry.base_url or template.base_url,
         page_size=entry.page_size or template.page_size,
@@ -175,21 +196,24 @@ def _project(
         listing=entry.listing or template.listing,
         runs=entry.runs or template.runs,
         key_source=source,
+        error_ratio_objective=entry.error_ratio_objective(template.error_ratio_objective),
     )
 
 
 def _default_key(
     lc: LlamaCloudSection, env: Mapping[str, str], secrets: list[str], problems: list[str]
 ) -> tuple[Secret, str]:
-    """The key of every project that sets none, and where it came from (for messages)."""
+    """The key of every project that sets none, and where it came from (for messages): as
+    the SDK, ``LLAMA_CLOUD_API_KEY``, or ``LLAMA_PARSE_API_KEY`` when that is unset or empty."""
     key = lc.api_key or lc.api_key_file
-    if key is not None or not env.get(API_KEY_ENV):
+    name = next((name for name in (API_KEY_ENV, PARSE_API_KEY_ENV) if env.get(name)), None)
+    if key is not None or name is None:
         return key or Secret(""), _key_source(lc, "llamacloud")
-    value = env[API_KEY_ENV].strip()
+    value = env[name].strip()
     secrets.append(value)
     if not key_ok(value):
-        problems.append(f"{API_KEY_ENV}: {BAD_KEY}")
-    return Secret(value), f"the {API_KEY_ENV} environment variable"
+        problems.append(f"{name}: {BAD_KEY}")
+    return Secret(value), f"the {name} environment variable"
 
 
 def _key_source(section: LlamaCloudSection | ProjectEntry, where: str) -> str:

@@ -33,3 +33,5 @@ class ProjectConfig:
     # Where the key came from, for messages: "projects[0].api_key", "llamacloud.api_key_file",
     # "the LLAMA_CLOUD_API_KEY environment variable" (never the key).
     key_source: str = ""
+    # objectives.error_ratio: the share of runs allowed to fail; None: no objective.
+    error_ratio_objective: float | None = None

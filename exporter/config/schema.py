@@ -17,7 +17,18 @@ from pydantic import Field, PlainValidator, ValidationInfo, field_validator
 from ..aggregate.indexes import DEFAULT_MAX_INDEX_SERIES, RESERVED, Detail, ErrorClass
 from ..patterns import Pattern
 from .discovery import DEFAULT_INTERVAL_SECONDS, EVERYTHING, DiscoveryConfig
-from .fields import Schema, listed, number, one_of, pattern, problem, reading, text, whole
+from .fields import (
+    Schema,
+    listed,
+    number,
+    one_of,
+    pattern,
+    problem,
+    reading,
+    text,
+    whole,
+    with_unit,
+)
 from .files import MAX_KEY_FILE_BYTES, FileProblem, read_bounded
 from .project import LISTING_MODES, RUN_MODES, ProjectConfig
 from .secret import Secret
@@ -68,9 +79,15 @@ def _api_key(value: Any) -> Secret | None:
     return Secret(value.strip())
 
 
+def _looks_like_key(value: str) -> bool:
+    """A value of ``api_key_file`` that is more likely a key pasted there than a path."""
+    return value.startswith("llx-") or (len(value) >= 20 and not any(c in value for c in "/.\\"))
+
+
 def _api_key_file(value: Any, info: ValidationInfo) -> Secret | None:
-    """The key in the file named (relative to the config's directory). No problem quotes the
-    name or the contents: a key pasted here by mistake must not be printed back as a name."""
+    """The key in the file named (relative to the config's directory). A problem names the
+    file as it was looked for (a path is no secret), never its contents; and not a value that
+    looks like a key pasted here by mistake, which must not be printed back as a name."""
     if value is None or value == "":
         return None
     if not isinstance(value, str):
@@ -78,17 +95,21 @@ def _api_key_file(value: Any, info: ValidationInfo) -> Secret | None:
     path, base_dir = Path(value), reading(info).base_dir
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
+    named, hint = f"the key file {path}", ""
+    if _looks_like_key(value):
+        named = "the key file"
+        hint = " (the value looks like an API key, not a path: set api_key instead)"
     try:
         data = read_bounded(path, MAX_KEY_FILE_BYTES)
     except FileProblem as exc:
-        raise problem(f"cannot read the key file: {exc}") from None
+        raise problem(f"cannot read {named}: {exc}{hint}") from None
     try:
         key = data.decode("utf-8").strip()
     except UnicodeDecodeError:
-        raise problem("the key file is not UTF-8 text") from None
+        raise problem(f"{named} is not UTF-8 text") from None
     reading(info).secrets.append(key)
     if not key:
-        raise problem("the key file is empty")
+        raise problem(f"{named} is empty")
     if not key_ok(key):
         raise problem(BAD_KEY)
     return Secret(key)
@@ -98,6 +119,7 @@ def _rate(value: Any) -> float:
     if value == 0:
         return 0.0  # no limit
     if isinstance(value, bool) or not isinstance(value, (int, float)):
+        with_unit(value, "a number of requests per second")
         value = -1
     if not 0 < value <= MAX_REQUESTS_PER_SECOND:
         limit = f"{MAX_REQUESTS_PER_SECOND:g}"
@@ -126,6 +148,21 @@ def _project_id(value: Any) -> str:
     return value
 
 
+_SHARE = "(a share of runs: 0.01 is 1 %)"
+
+
+def _error_ratio(value: Any) -> float | None:
+    """The share of a project's runs allowed to fail."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        with_unit(value, f"a number greater than 0 and less than 1 {_SHARE}")
+        raise problem(f"must be a number greater than 0 and less than 1 {_SHARE}")
+    if not 0 < value < 1:  # NaN too
+        raise problem(f"must be greater than 0 and less than 1 {_SHARE}")
+    return float(value)
+
+
 ApiKey = Annotated[Secret | None, PlainValidator(_api_key)]
 ApiKeyFile = Annotated[Secret | None, PlainValidator(_api_key_file)]
 BaseUrl = Annotated[str | None, PlainValidator(base_url)]
@@ -144,6 +181,12 @@ class _Api(Schema):
     api_key_file: ApiKeyFile = None
 
 
+class ObjectivesSection(Schema):
+    """What a project's runs are held to; the burn-rate alerts divide by it."""
+
+    error_ratio: Annotated[float | None, PlainValidator(_error_ratio)] = None
+
+
 class LlamaCloudSection(_Api):
     """The API and what every project takes unless it says otherwise."""
 
@@ -151,13 +194,15 @@ class LlamaCloudSection(_Api):
     timeout_seconds: Annotated[float, number(MAX_TIMEOUT_SECONDS)] = 30.0
     max_retries: Annotated[int, whole(0, 100)] = 5
     max_pages: Annotated[int, whole(1, 10**9)] = 10000
-    max_response_bytes: Annotated[int, whole(1024, 2**30)] = DEFAULT_MAX_RESPONSE_BYTES
+    max_response_bytes: Annotated[int, whole(1024, 2**30, "bytes")] = DEFAULT_MAX_RESPONSE_BYTES
     max_requests_per_second: Annotated[float, PlainValidator(_rate)] = 0.0  # 0: no limit
     listing: Annotated[str, Listing] = "auto"
     full_listing_every: Annotated[int, whole(1, 1_000_000)] = 10
     incremental_overlap_seconds: Annotated[float, number(MAX_POLL_INTERVAL_SECONDS, 0)] = 300.0
     runs: Annotated[str, Runs] = "exact"
     max_session_reads_per_poll: Annotated[int, whole(0, 100_000)] = 100  # 0: no reads
+    # Every project's, unless it sets its own (``objectives: null`` or ``{}``: none).
+    objectives: ObjectivesSection = ObjectivesSection()
 
 
 class ProjectEntry(_Api):
@@ -172,6 +217,11 @@ class ProjectEntry(_Api):
     page_size: Annotated[int | None, PageSize] = None
     listing: Annotated[str | None, Listing] = None
     runs: Annotated[str | None, Runs] = None
+    # Set (null and {} included), it replaces llamacloud.objectives for this project.
+    objectives: ObjectivesSection = ObjectivesSection()
+
+    def error_ratio_objective(self, default: float | None) -> float | None:
+        return self.objectives.error_ratio if "objectives" in self.model_fields_set else default
 
 
 class WebSection(Schema):

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..aggregate.indexes import Detail
 from .discovery import DiscoveryConfig
+from .headers import Headers
 from .project import ProjectConfig
 from .sharding import UNSHARDED, Shard
 
@@ -35,6 +36,8 @@ class Config:
     detail: Detail = field(default_factory=Detail)
     discovery: DiscoveryConfig | None = None
     shard: Shard = UNSHARDED
+    # LLAMA_CLOUD_CUSTOM_HEADERS: sent on every request to the API.
+    api_headers: Headers = field(default=(), repr=False)
 
     def with_shard(self, shard: Shard) -> Config:
         """This config on another shard (``--shard``, ``--shard.from-hostname``)."""
@@ -56,6 +59,7 @@ class ConfigError(Exception):
 
     def __init__(self, problems: list[str]) -> None:
         problems = [p.encode("utf-8", "backslashreplace").decode("utf-8") for p in problems]
+        problems = list(dict.fromkeys(problems))  # the same line twice says nothing more
         super().__init__("; ".join(problems))
         self.problems = problems
 

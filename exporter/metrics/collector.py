@@ -209,11 +209,21 @@ class StoreCollector(Collector):
         )
         info = GaugeMetricFamily(
             "llamacloud_project_info",
-            "Always 1; the configured name and organization of each project.",
+            "Always 1; the configured name (the id when it has none) and organization of each "
+            "project.",
             labels=["project_id", "name", "organization_id"],
         )
+        objective = GaugeMetricFamily(
+            "llamacloud_chat_run_error_ratio_objective",
+            "The share of chat session runs allowed to fail (objectives.error_ratio), from the "
+            "configuration as last loaded, not from a poll: the error budget burn rate is the "
+            "error ratio divided by it. Absent for a project without one.",
+            labels=["project_id"],
+        )
         for p in projects:
-            info.add_metric([p.project_id, p.name, p.organization_id], 1)
+            info.add_metric([p.project_id, p.name or p.project_id, p.organization_id], 1)
+            if p.error_ratio_objective is not None:
+                objective.add_metric([p.project_id], p.error_ratio_objective)
             snap = p.snapshot
             if snap is None:
                 continue
@@ -229,7 +239,7 @@ class StoreCollector(Collector):
                 updated.add_metric([pid], snap.last_updated)
             for index_id, count in snap.by_index:
                 by_index.add_metric([pid, index_id], count)
-        yield from (sessions, tokens, turns, duration, updated, by_index, info)
+        yield from (sessions, tokens, turns, duration, updated, by_index, info, objective)
 
     def _run_counters(self, projects: tuple[ProjectState, ...]) -> Iterator[Metric]:
         runs = CounterMetricFamily(

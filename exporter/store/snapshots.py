@@ -35,6 +35,7 @@ class ProjectState:
     reads_pending: int | None = None
     # The error_class label values to show, each from 0: the configured classes and "other".
     error_classes: tuple[str, ...] = (OTHER,)
+    error_ratio_objective: float | None = None  # objectives.error_ratio, from the config
 
 
 class Store:
@@ -68,7 +69,11 @@ class Store:
 
     def add_project(self, project: ProjectConfig, totals: RunTotals | None = None) -> None:
         state = ProjectState(
-            project.id, project.name, project.organization_id, error_classes=self._error_classes
+            project.id,
+            project.name,
+            project.organization_id,
+            error_classes=self._error_classes,
+            error_ratio_objective=project.error_ratio_objective,
         )
         if totals is not None:
             state = replace(state, totals=totals)
@@ -83,7 +88,12 @@ class Store:
     def update_info(self, project: ProjectConfig) -> None:
         with self._lock:
             old = self._projects[project.id]
-            new = replace(old, name=project.name, organization_id=project.organization_id)
+            new = replace(
+                old,
+                name=project.name,
+                organization_id=project.organization_id,
+                error_ratio_objective=project.error_ratio_objective,
+            )
             self._projects[project.id] = new
         self._publish(new)
 

@@ -18,6 +18,7 @@ import fcntl
 import os
 import sqlite3
 import stat
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -105,6 +106,27 @@ def path_problem(path: Path) -> str | None:
         return f"cannot create {path}: {ancestor} is not a directory"
     if not os.access(ancestor, os.W_OK | os.X_OK):
         return f"cannot create {path}: directory {ancestor} is not writable"
+    return None
+
+
+def creation_problem(path: Path) -> str | None:
+    """Why the daemon could not create the file's directory or a file in it, found by trying:
+    a directory or a file made beside where it would go and removed at once. Permission
+    bits can say yes where the daemon then fails (root, /proc, a read-only mount)."""
+    directory = path.parent
+    missing = None
+    while not directory.exists() and directory != directory.parent:
+        missing, directory = directory, directory.parent
+    try:
+        if missing is not None:
+            os.rmdir(tempfile.mkdtemp(prefix=".llamacloud-exporter-", dir=directory))
+        else:
+            fd, made = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+            os.close(fd)
+            os.unlink(made)
+    except OSError as exc:
+        what = f"directory {missing}" if missing is not None else f"a file in {directory}"
+        return f"cannot create {what}: {exc.strerror or type(exc).__name__}"
     return None
 
 

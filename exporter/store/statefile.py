@@ -26,7 +26,7 @@ from ..aggregate import (
     SessionTracker,
     fingerprint,
 )
-from .sqlitefile import SQLiteFile, StateError, path_problem
+from .sqlitefile import SQLiteFile, StateError, creation_problem, path_problem
 
 # A file of another version is moved aside (as an unknown schema) and a fresh baseline starts.
 SCHEMA_VERSION = 4
@@ -92,8 +92,9 @@ class SavedProject:
 
 
 def check_state_path(path: str) -> str | None:
-    """For ``--check-config``: a problem with ``state.path``, or None. Changes nothing."""
-    problem = path_problem(Path(path))
+    """For ``--check-config``: a problem with ``state.path``, or None, as the daemon would find
+    it. Leaves nothing behind."""
+    problem = path_problem(Path(path)) or creation_problem(Path(path))
     return None if problem is None else f"state.path: {problem}"
 
 

@@ -46,7 +46,7 @@ def _row(p: ProjectState) -> str:
     duration = "" if p.last_poll_duration is None else f"{p.last_poll_duration:.3f} s"
     cells = (
         p.project_id,
-        p.name,
+        p.name or "\u2014",  # none configured: a dash, not the id again
         sessions,
         _fmt_time(p.last_poll_finished),
         duration,
