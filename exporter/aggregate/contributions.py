@@ -44,6 +44,9 @@ class Exact:
         return ((fine << (_TINY - _FINE)) + self.tiny) / (1 << _TINY)
 
 
+_ODD = 2**32 - 1  # a duration kept in ``Runs.odd``
+
+
 class Runs:
     """Per slot, the most recent run's input and output tokens, turns and duration (ms),
     and their exact sums.
@@ -51,18 +54,21 @@ class Runs:
     Counts go in arrays of unsigned 32-bit integers, which hold nearly every real count in
     4 bytes; a slot with a count that is not such an integer (a fraction, or 2**32 and more)
     keeps its three counts in a small dict instead, so every value stays exact. Durations
-    come with fractions: they go in an array of doubles, exact for every accepted value.
+    come in milliseconds with up to three decimals: they go in thousandths of a millisecond,
+    4 bytes each as well (up to 71 minutes); one that does not round-trip exactly that way
+    (more decimals, or longer) is kept as a double in a small dict.
 
     The sums are kept exactly (whole counts as Python integers, the rest in :class:`Exact`)
     and updated on every write, so a gauge costs nothing to read, whatever the number of
     sessions, and is the correctly rounded sum whatever order values came in.
     """
 
-    __slots__ = ("big", "columns", "duration", "exact", "whole")
+    __slots__ = ("big", "columns", "duration", "exact", "odd", "whole")
 
     def __init__(self) -> None:
         self.columns = (array("I"), array("I"), array("I"))
-        self.duration = array("d")
+        self.duration = array("I")  # in microseconds; _ODD: see ``odd``
+        self.odd: dict[int, float] = {}  # durations that are not whole microseconds below _ODD
         self.big: dict[int, tuple[float, float, float]] = {}
         self.whole = [0, 0, 0]  # sums of the counts in ``columns``
         self.exact = (Exact(), Exact(), Exact(), Exact())  # of ``big``, and durations
@@ -71,7 +77,7 @@ class Runs:
         """``count`` more slots, all zero."""
         for column in self.columns:
             column.extend(array("I", bytes(4 * count)))
-        self.duration.extend(array("d", bytes(8 * count)))
+        self.duration.extend(array("I", bytes(4 * count)))
 
     def put(self, slot: int, i: Any, o: Any, t: Any, d: Any, fresh: bool = False) -> None:
         """Store one slot's values (numbers from 0 to below 2**53, or None for 0);
@@ -82,7 +88,7 @@ class Runs:
         if fresh:
             if d:
                 exact[3].add(d)
-                self.duration[slot] = d
+                self._set_duration(slot, d)
         else:
             old = big.pop(slot, None) if big else None
             if old is None:
@@ -93,13 +99,13 @@ class Runs:
                 exact[0].add(old[0], -1)
                 exact[1].add(old[1], -1)
                 exact[2].add(old[2], -1)
-            previous = self.duration[slot]
+            previous = self._duration(slot)
             if previous != d:
                 if previous:
                     exact[3].add(previous, -1)
                 if d:
                     exact[3].add(d)
-                self.duration[slot] = d
+                self._set_duration(slot, d)
         if (
             type(i) is int
             and type(o) is int
@@ -119,12 +125,26 @@ class Runs:
             exact[1].add(o)
             exact[2].add(t)
 
+    def _duration(self, slot: int) -> float:
+        us = self.duration[slot]
+        return self.odd[slot] if us == _ODD else us / 1000
+
+    def _set_duration(self, slot: int, d: float) -> None:
+        us = round(d * 1000)
+        if us < _ODD and us / 1000 == d:
+            self.duration[slot] = us
+            if self.odd:
+                self.odd.pop(slot, None)
+        else:
+            self.duration[slot] = _ODD
+            self.odd[slot] = float(d)
+
     def get(self, slot: int) -> tuple[float, float, float, float]:
         big = self.big.get(slot)
         if big is not None:
-            return (*big, self.duration[slot])
+            return (*big, self._duration(slot))
         ci, co, ct = self.columns
-        return ci[slot], co[slot], ct[slot], self.duration[slot]
+        return ci[slot], co[slot], ct[slot], self._duration(slot)
 
     def sums(self) -> tuple[float, float, float, float]:
         """The correctly rounded sums."""
@@ -134,7 +154,8 @@ class Runs:
     def clear(self) -> None:
         for column in self.columns:
             column[:] = array("I", bytes(4 * len(column)))
-        self.duration[:] = array("d", bytes(8 * len(self.duration)))
+        self.duration[:] = array("I", bytes(4 * len(self.duration)))
+        self.odd.clear()
         self.big.clear()
         self.whole = [0, 0, 0]
         self.exact = (Exact(), Exact(), Exact(), Exact())
