@@ -327,7 +327,7 @@ class Listing:
         tracker = self._tracker
         baseline = not self._counting
         full = not self._stopped
-        removed, missed, changed = tracker.end(full, self._pages)
+        removed, missed, changed, forgotten = tracker.end(full, self._pages)
         old = tracker.state
         newest = self._last_updated()
         if full:
@@ -359,6 +359,7 @@ class Listing:
             incremental=not full,
             missed=len(missed),
             order_change=change,
+            forgotten=tuple(forgotten),
         )
 
 

@@ -515,3 +515,5 @@ class PollResult:
     # "incremental" when this listing enabled incremental listings, "full" when it
     # showed the order broken and turned them off, else None.
     order_change: str | None = None
+    # Sessions dropped two full listings ago and not back: their saved rows go.
+    forgotten: tuple[str, ...] = ()

@@ -54,6 +54,9 @@ COUNT_SHIFT = 4
 _COUNT_ELSEWHERE = 15
 _COUNT_MASK = _COUNT_ELSEWHERE << COUNT_SHIFT
 _FLAG_BITS = _STATUS_MASK | MISSED | _COUNT_MASK
+# A saved row of a session the last full listings dropped: not tracked, only where counting
+# left off, should it come back (``SessionTracker._graves``).
+DROPPED = 8
 
 
 def version(fp: int, stamp: str) -> int:
@@ -210,6 +213,9 @@ class SessionTracker:
             sid, fp, flags, i, o, t, d, indexes, ver, counted, last_fp, pending = (
                 row if type(row) is SavedSession else SavedSession(*row)
             )
+            if flags & DROPPED:
+                self._graves[1][sid] = (counted, fp if last_fp is None else last_fp)
+                continue
             slot = self._new_slot()
             fp &= FP_MASK
             self.index[sid] = (fp << SLOT_BITS) | slot
@@ -276,6 +282,15 @@ class SessionTracker:
                 last.get(sid),
                 sid in pending,
             )
+
+    def grave_rows(self, names: Iterable[str] | None = None) -> Iterator[SavedSession]:
+        """Saved form of the dropped sessions kept for a while (all, or the named ones)."""
+        older, newer = self._graves
+        for sid in (*older, *newer) if names is None else names:
+            grave = newer.get(sid) or older.get(sid)
+            if grave is not None and sid not in self.index:
+                counted, last_fp = grave
+                yield SavedSession(sid, last_fp, DROPPED, 0, 0, 0, 0, (), 0, counted)
 
     def plan(
         self, *, auto: bool, full_every: int, overlap: float, now: float | None = None
@@ -506,17 +521,20 @@ class SessionTracker:
 
     def end(
         self, full: bool, pages: dict[Hashable, PageSummary]
-    ) -> tuple[list[str], list[str], tuple[str, ...] | None]:
+    ) -> tuple[list[str], list[str], tuple[str, ...] | None, list[str]]:
         """The listing under way ended; ``pages``: the bodies it read whole, to remember.
 
         A full listing drops the sessions it did not meet that were flagged missed, and flags
-        the others it did not meet. Returns the sessions dropped, those flagged, and those to
-        save (written or flagged; None for all of them, after a baseline listing).
+        the others it did not meet. Returns the sessions dropped, those flagged, those to
+        save (written or flagged; None for all of them, after a baseline listing), and the
+        dropped sessions forgotten for good (two full listings after they were dropped).
         """
         removed: list[str] = []
         missed: list[str] = []
+        forgotten: list[str] = []
         if full and self._has_baseline:
-            newer = self._graves[1]
+            older, newer = self._graves
+            forgotten = [sid for sid in older if sid not in self.index]
             self._graves = ({sid: g for sid, g in newer.items() if sid not in self.index}, {})
         if full and len(self.index) != self.seen.count(1):
             seen = self.seen
@@ -556,7 +574,7 @@ class SessionTracker:
         self._undo = None
         self._pending_undo = []
         self.seen = bytearray()  # a byte per session, needed only while a listing runs
-        return removed, missed, changed
+        return removed, missed, changed, forgotten
 
     def snapshot(
         self, max_index_series: int, last_updated: float | None, invalid_items: int

@@ -20,6 +20,7 @@ from prometheus_client.samples import Exemplar as PromExemplar
 
 from .. import __version__
 from ..aggregate import STATUSES, Exemplar, Histogram
+from ..aggregate.indexes import OTHER
 from ..store import ProjectState, Store
 from .exposition import go_float
 
@@ -305,7 +306,10 @@ class StoreCollector(Collector):
             duration.add_metric([pid], _hist_buckets(t.duration), t.duration.total)
             usage.add_metric([pid, "input"], _hist_buckets(t.input_usage), t.input_usage.total)
             usage.add_metric([pid, "output"], _hist_buckets(t.output_usage), t.output_usage.total)
-            for index_id, n in t.index_skips:
+            skipped = dict(t.index_skips)
+            if p.snapshot is not None:
+                skipped.setdefault(OTHER, 0)  # from 0, so that increase() sees the first
+            for index_id, n in sorted(skipped.items()):
                 skips.add_metric([pid, index_id], n)
         yield from (runs, errors, by_class, tokens, turns, created, duration, usage, skips)
 

@@ -10,6 +10,7 @@ moving an unusable file aside and the full disk are :mod:`.sqlitefile`'s.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import sqlite3
@@ -144,10 +145,11 @@ class StateFile(SQLiteFile):
                 f"typeof({c}) NOT IN ('real', 'integer') OR NOT ({c} >= 0 AND {c} < {_MAX_SAVED})"
                 for c in _RUN_COLUMNS
             )
-            # Flags: a status (0 never run, 1 ok, 2 error), and 4 when missed once.
+            # Flags: a status (0 never run, 1 ok, 2 error), and 4 when missed once; 8 alone
+            # for a session dropped (where its counting left off, should it come back).
             bad = db.execute(
                 "SELECT 1 FROM sessions WHERE typeof(flags) != 'integer' OR flags NOT IN"
-                f" (0, 1, 2, 4, 5, 6) OR {amounts} OR typeof(index_ids) NOT IN ('null', 'text')"
+                f" (0, 1, 2, 4, 5, 6, 8) OR {amounts} OR typeof(index_ids) NOT IN ('null', 'text')"
                 " LIMIT 1"
             ).fetchone()
             if bad is not None:
@@ -241,15 +243,21 @@ class StateFile(SQLiteFile):
                 )
                 if changed is None:
                     db.execute("DELETE FROM sessions WHERE project_id = ?", (project_id,))
+                    rows = itertools.chain(tracker.rows(), tracker.grave_rows())
                 else:
+                    # A dropped session's row stays, as where counting left off, until it is
+                    # forgotten (``SessionTracker.grave_rows``).
                     db.executemany(
                         "DELETE FROM sessions WHERE project_id = ? AND session_id = ?",
-                        ((project_id, sid) for sid in result.removed),
+                        ((project_id, sid) for sid in (*result.removed, *result.forgotten)),
+                    )
+                    rows = itertools.chain(
+                        tracker.rows(changed), tracker.grave_rows(result.removed)
                     )
                 db.executemany(
                     f"INSERT OR REPLACE INTO sessions (project_id, {_SESSION_ROWS}) "
                     f"VALUES ({', '.join('?' * len(_COLUMNS['sessions']))})",
-                    ((project_id, *_row(saved)) for saved in tracker.rows(changed)),
+                    ((project_id, *_row(saved)) for saved in rows),
                 )
         except BaseException:
             self._full_save.add(project_id)
