@@ -73,6 +73,8 @@ class Api:
         job = None
         if last is not None:
             job = {**last["usage"], "is_error": last["is_error"], "error": last.get("error")}
+            if last["is_error"] and last["usage"]["total_input_tokens"] % 8 == 0:
+                del job["is_error"]  # a failure told by its error text alone
         return {
             "session_id": s.sid,
             "last_updated_at": (EPOCH + timedelta(seconds=s.stamp)).isoformat(),

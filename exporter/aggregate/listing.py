@@ -15,6 +15,7 @@ from typing import Any
 from zlib import crc32
 
 from .indexes import Detail, InvalidIndexIds
+from .pages import PageSummary, memo_hash
 from .runs import (
     FP_MASK,
     NEVER_RUN,
@@ -32,9 +33,7 @@ from .tracker import (
     SLOT_BITS,
     SLOT_MASK,
     ListingState,
-    PageSummary,
     SessionTracker,
-    memo_hash,
 )
 
 

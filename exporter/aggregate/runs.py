@@ -122,6 +122,13 @@ def fingerprint(job_metadata: dict[str, Any]) -> int:
     t = get("turns")
     flag = get("is_error")
     error = get("error")
+    # A run's status, not how it was spelled: a history's stop event always says is_error,
+    # where job_metadata may leave it out and let the error text tell (and an empty text is
+    # none), and both must give the same fingerprint for the same run.
+    if error == "":
+        error = None
+    if flag is None:
+        flag = type(error) is str
     if type(error) is str:
         error = zlib.crc32(error.encode("utf-8", "replace"))
     # A boolean hashes as 0 or 1: where a count belongs it must not pass for one (a run

@@ -58,6 +58,25 @@ def test_a_stop_event_has_the_fingerprint_of_the_listing_that_showed_its_run() -
     assert history.updated == 1767225600.0
 
 
+@pytest.mark.parametrize(
+    ("listed", "event"),
+    [
+        ({"error": "Index not found"}, {"is_error": True, "error": "Index not found"}),
+        ({"error": ""}, {"is_error": False}),
+        ({"error": None, "is_error": None}, {"is_error": False}),
+        ({}, {"is_error": False, "error": ""}),
+    ],
+)
+def test_a_run_has_one_fingerprint_however_its_status_is_spelled(
+    listed: dict[str, Any], event: dict[str, Any]
+) -> None:
+    """job_metadata may leave is_error out and let the error text tell; a stop event always
+    says it. The same run must be found in the history by what the listing showed."""
+    usage = {"duration_ms": 5.0, "total_input_tokens": 1, "total_output_tokens": 2, "turns": 1}
+    (only,) = read_history(body({"type": "stop", "usage": usage, **event})).stops
+    assert only.run[5] == fingerprint({**usage, **listed})
+
+
 def test_unknown_event_types_are_skipped_and_bad_stop_events_counted() -> None:
     history = read_history(
         body(
