@@ -19,9 +19,12 @@ import json
 import math
 import random
 import sys
+import threading
 import time
 import uuid
 import zlib
+from collections import Counter
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from bench.children import Child, commands, peer, reply
@@ -50,14 +53,17 @@ def listing_phase(project_id: str, full_every: int = FULL_LISTING_EVERY) -> int:
     return zlib.crc32(project_id.encode("utf-8", "replace")) % full_every
 
 
-def same_phase_ids(seed: int, count: int, full_every: int = FULL_LISTING_EVERY) -> list[str]:
+def same_phase_ids(
+    seed: int, count: int, full_every: int = FULL_LISTING_EVERY, phase: int = 0
+) -> list[str]:
     """``count`` distinct UUID4 project ids drawn from ``seed`` (the same ones for a seed), all of
-    phase 0 (:func:`listing_phase`); about ``full_every`` draws per id kept."""
+    ``phase`` (:func:`listing_phase`; 0: the periodic full listing is poll ``full_every + 1``,
+    ``full_every - 1``: poll 2); about ``full_every`` draws per id kept."""
     rng = random.Random(f"{seed}:project-ids")
     ids: dict[str, None] = {}
     while len(ids) < count:
         project_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
-        if listing_phase(project_id, full_every) == 0:
+        if listing_phase(project_id, full_every) == phase:
             ids[project_id] = None
     return list(ids)
 
@@ -88,22 +94,41 @@ def child(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _serve_simulator(params: dict[str, Any]) -> dict[str, Any]:
-    """A Simulator (newest first, frozen clock) in this process, changed on command, so its CPU
-    is never the exporter's.
+    """A Simulator (newest first) in this process, changed on command, so its CPU is never the
+    exporter's.
 
     ``params``: ``seed``; ``groups``, {name: [projects, sessions each]}, added in that order,
-    with ids from :func:`same_phase_ids`; ``pool_size`` sessions per project that re-runs are
-    drawn from, sampled from its whole listing (``pool`` ``"listing"``) or newly created
-    (``"created"``: decoding millions of sessions to pick a few would take minutes); and
-    ``latency`` per request. Commands: ``advance`` (``reruns`` re-runs and ``creates`` new
-    sessions in every project, or in those of ``group``) and ``latency`` (``seconds``).
+    with ids from :func:`same_phase_ids` (of ``phase``, 0 unless given); ``pool_size`` sessions
+    per project that re-runs are drawn from, sampled from its whole listing (``pool``
+    ``"listing"``) or newly created (``"created"``: decoding millions of sessions to pick a few
+    would take minutes); ``latency`` per request; ``burst`` and ``clock_start`` (seconds before
+    now) as ``Simulator`` takes them; with ``truth``, the runs its sessions make from then on
+    are summed from their histories (:class:`RunsMade`). Commands: ``advance`` (``reruns``
+    re-runs, each session the next of ``times`` runs in turn, default one, and ``creates`` new
+    sessions in every project, or in those of ``group``), ``step`` (``n`` ticks of the clock,
+    the simulator's own evolution), ``sessions`` (``count`` new sessions of ``runs`` runs each
+    in ``project``: their ids), ``rerun`` (each of ``ids`` in ``project`` once more),
+    ``requests`` (the requests answered since the last time asked, by endpoint, of the last
+    ``REQUEST_LOG_SIZE`` the simulator keeps) and
+    ``latency`` (``seconds``). Every answer holds the resident memory and the requests answered
+    so far, and with ``truth`` the runs made (:meth:`RunsMade.totals`).
     """
     from exporter.simulator import Simulator
 
     rss_before = rss_bytes()
     began = time.perf_counter()
-    sim = Simulator(projects=0, seed=params["seed"], order="newest-first")
-    ids = iter(same_phase_ids(params["seed"], sum(p for p, _ in params["groups"].values())))
+    start = None
+    if "clock_start" in params:
+        start = datetime.now(timezone.utc) - timedelta(seconds=params["clock_start"])
+    sim = Simulator(
+        projects=0,
+        seed=params["seed"],
+        order="newest-first",
+        burst=params.get("burst", 0.0),
+        clock_start=start,
+    )
+    count = sum(p for p, _ in params["groups"].values())
+    ids = iter(same_phase_ids(params["seed"], count, phase=params.get("phase", 0)))
     groups = {
         name: [sim.add_project(next(ids), sessions=sessions) for _ in range(projects)]
         for name, (projects, sessions) in params["groups"].items()
@@ -117,6 +142,7 @@ def _serve_simulator(params: dict[str, Any]) -> dict[str, Any]:
             pools[pid] = picks.sample(listed, min(params["pool_size"], len(listed)))
         else:
             pools[pid] = sim.create_sessions(pid, params["pool_size"])
+    truth = RunsMade(sim) if params.get("truth") else None
     sim.latency = params.get("latency", 0.0)
     url = sim.start()
     ready_seconds = time.perf_counter() - began
@@ -133,19 +159,87 @@ def _serve_simulator(params: dict[str, Any]) -> dict[str, Any]:
     )
     try:
         for command in commands():
-            if command["op"] == "advance":
+            answer: dict[str, Any] = {}
+            op = command["op"]
+            if op == "advance":
+                times = command.get("times", [1])
                 for pid in groups[command["group"]] if "group" in command else sim.project_ids:
-                    for sid in picks.sample(pools[pid], command["reruns"]):
-                        sim.rerun(pid, sid)
+                    chosen = picks.sample(pools[pid], command["reruns"])
+                    for n, sid in enumerate(chosen):
+                        sim.rerun(pid, sid, times=times[n % len(times)])
                     pools[pid].extend(sim.create_sessions(pid, command["creates"]))
-            elif command["op"] == "latency":
+            elif op == "step":
+                sim.step(command.get("n", 1))
+            elif op == "sessions":
+                pid, count, runs = command["project"], command["count"], command["runs"]
+                answer["ids"] = _sessions_of(sim, pid, count, runs)
+            elif op == "rerun":
+                for sid in command["ids"]:
+                    sim.rerun(command["project"], sid)
+            elif op == "requests":
+                answer["endpoints"] = dict(Counter(str(r.endpoint) for r in sim.requests))
+                sim.clear_requests()
+            elif op == "latency":
                 sim.latency = command["seconds"]
             else:
                 raise ValueError(command)
-            reply({"rss": rss_bytes(), "requests": sim.request_count})
+            if truth is not None:
+                answer["truth"] = truth.totals()
+            reply({**answer, "rss": rss_bytes(), "requests": sim.request_count})
     finally:
         sim.stop()
     return {"requests": sim.request_count}
+
+
+def _sessions_of(sim: Any, project_id: str, count: int, runs: int) -> list[str]:
+    """``count`` new sessions of exactly ``runs`` runs each (at least one: a new session may
+    have run once when it was made)."""
+    ids = sim.create_sessions(project_id, count)
+    for sid in ids:
+        more = runs - len(sim.history(project_id, sid))
+        if more > 0:
+            sim.rerun(project_id, sid, times=more)
+    return list(ids)
+
+
+class RunsMade:
+    """The runs a simulator's sessions made since this was built, from their histories (the
+    ground truth that exact counting must reach): after every change, each session listed with
+    a new ``last_updated_at`` (or new) has its history read again and the stop events past those
+    seen before are summed. A session runs and is deleted at different ticks of ``step()``, so
+    reading after each change misses none."""
+
+    def __init__(self, sim: Any) -> None:
+        self._sim = sim
+        self._runs = dict.fromkeys(("runs", "errors", "input_tokens", "output_tokens", "turns"), 0)
+        # By project: each session's last_updated_at and how many stop events it had then.
+        self._seen = {pid: self._read(pid, {}, count=False) for pid in sim.project_ids}
+
+    def _read(
+        self, pid: str, seen: dict[str, tuple[str, int]], *, count: bool = True
+    ) -> dict[str, tuple[str, int]]:
+        now: dict[str, tuple[str, int]] = {}
+        for item in self._sim.sessions(pid):
+            sid, stamp = item["session_id"], item["last_updated_at"]
+            known = seen.get(sid)
+            if known is not None and known[0] == stamp:
+                now[sid] = known
+                continue
+            stops = self._sim.history(pid, sid)
+            for stop in stops[known[1] if known else 0 :] if count else ():
+                usage = stop["usage"]
+                self._runs["runs"] += 1
+                self._runs["errors"] += stop["is_error"] is True
+                self._runs["input_tokens"] += usage["total_input_tokens"]
+                self._runs["output_tokens"] += usage["total_output_tokens"]
+                self._runs["turns"] += usage["turns"]
+            now[sid] = (stamp, len(stops))
+        return now
+
+    def totals(self) -> dict[str, int]:
+        """Runs, errors, input and output tokens and turns made so far, every project's."""
+        self._seen = {pid: self._read(pid, seen) for pid, seen in self._seen.items()}
+        return dict(self._runs)
 
 
 async def _serve_exporter(params: dict[str, Any]) -> dict[str, Any]:
@@ -157,7 +251,9 @@ async def _serve_exporter(params: dict[str, Any]) -> dict[str, Any]:
     with ``compare``, every project's gauges and counters too. ``concurrency`` sets
     max_concurrency as a reload does. With ``exposition`` the ``/metrics`` app is built too,
     without its HTTP server: its exposition cache renders and compresses a project when its
-    poll ends, as in the daemon, and that is part of what a poll costs.
+    poll ends, as in the daemon, and that is part of what a poll costs. ``runs`` is
+    ``llamacloud.runs`` (the exporter's default unless given); ``reads`` counts the history
+    reads a cycle asked for (calls of ``ApiClient.session``, each one request unless retried).
     """
     from exporter.cli import _components
     from exporter.config import Config, ProjectConfig, Secret
@@ -174,11 +270,20 @@ async def _serve_exporter(params: dict[str, Any]) -> dict[str, Any]:
             page_size=params["page_size"],
             api_key=Secret(DEFAULT_API_KEY),
             listing=params["mode"],
+            **({"runs": params["runs"]} if "runs" in params else {}),
         )
         for n, pid in enumerate(params["project_ids"])
     )
     config = Config(projects=projects, max_pages=10**6, max_concurrency=params["max_concurrency"])
     store, poller, client, targets = _components(config, None)
+    reads, lock, session = [0], threading.Lock(), client.session
+
+    def counted_session(*args: Any, **kwargs: Any) -> Any:
+        with lock:  # reads run on the polls' worker threads
+            reads[0] += 1
+        return session(*args, **kwargs)
+
+    client.session = counted_session  # type: ignore[method-assign]
     app = metrics_app(store) if params.get("exposition") else None
     loop = asyncio.get_running_loop()
     reply({"ready": True, "rss": rss_bytes(), "full_listing_every": config.full_listing_every})
@@ -192,7 +297,7 @@ async def _serve_exporter(params: dict[str, Any]) -> dict[str, Any]:
                 continue
             if command["op"] != "cycle":
                 raise ValueError(command)
-            before = store.api_requests()
+            before, reads_before = store.api_requests(), reads[0]
             wall0, cpu0 = time.perf_counter(), time.process_time()
             ok = await poller.poll_all_once()
             wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
@@ -210,6 +315,8 @@ async def _serve_exporter(params: dict[str, Any]) -> dict[str, Any]:
                 "up": sum(s.up for s in states),
                 "errors": sorted({s.last_error for s in states if s.last_error}),
                 "pages": sum(pages),
+                "reads": reads[0] - reads_before,
+                "reads_pending": sum(s.reads_pending or 0 for s in states),
                 "pages_range": [min(pages), max(pages)],
                 "incremental": sum(s.last_poll_incremental for s in states),
                 "sessions": sum(s.snapshot.sessions for s in states if s.snapshot),
@@ -310,10 +417,11 @@ class Run:
         result["sim_cpu"] = proc_cpu_seconds(self.sim.pid) - sim_cpu
         if not result["ok"]:
             raise BenchError(f"{self.name}: a poll failed: {', '.join(result['errors'])}")
-        if result["requests"] != result["pages"]:  # every page is one request unless retried
+        # Every page and history read is one request unless retried.
+        if result["requests"] != result["pages"] + result["reads"]:
             print(
                 f"note: {self.name}: {result['requests']} requests for {result['pages']} pages "
-                f"(retries: {result['codes']})"
+                f"and {result['reads']} history reads (retries: {result['codes']})"
             )
         result.update(
             kind=kind,

@@ -27,7 +27,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as ``python bench/run.py``
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import capacity, idle, incremental, memory, poll, scrape, sharding, soak
+from bench import capacity, histories, idle, incremental, memory, poll, scrape, sharding, soak
 from bench.common import REPO_ROOT, BenchError, header
 from bench.targets import Outcome, print_targets
 
@@ -40,6 +40,7 @@ BENCHMARKS: dict[str, Callable[[Options], Outcome]] = {
     "incremental": lambda o: incremental.run(quick=o.quick),
     "capacity": lambda o: capacity.run(quick=o.quick),
     "sharding": lambda o: sharding.run(quick=o.quick),
+    "histories": lambda o: histories.run(quick=o.quick, rounds=o.rounds),
 }
 ON_REQUEST: dict[str, Callable[[Options], Outcome]] = {
     "soak": lambda o: soak.run(quick=o.quick),  # long: run only when named with --only
