@@ -20,7 +20,7 @@ from exporter.aggregate import (
     fingerprint,
     read_run,
 )
-from tests.conftest import SESSION, session
+from tests.helpers import SESSION, session
 
 
 def test_buckets_follow_the_genai_conventions() -> None:

@@ -22,7 +22,7 @@ from exporter.web import MetricsServer
 from exporter.web.auth import BCRYPT_QUEUE, AuthResult, BasicAuth
 from exporter.web.config import parse_web_config
 from exporter.web.server import WORKERS
-from tests.conftest import admits, wait_for
+from tests.helpers import admits, wait_for
 
 HOLD = b"held until the test lets it go"
 

@@ -15,7 +15,7 @@ import pytest
 from exporter import __version__
 from exporter.simulator import Simulator
 from exporter.store import StateFile
-from tests.conftest import REPO, free_port, parse_metrics, session, value, wait_for, write_config
+from tests.helpers import REPO, free_port, parse_metrics, session, value, wait_for, write_config
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -180,35 +180,31 @@ def test_demo_refuses_a_config_instead_of_ignoring_it(tmp_path: Path) -> None:
 
 
 def test_sighup_never_ends_the_demo(tmp_path: Path) -> None:
-    import signal
-    import time
-
-    import httpx
-
-    from tests.conftest import free_port, wait_for
-
     port = free_port()
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "exporter", "--demo", "--web.listen-address", f"127.0.0.1:{port}"],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    log = tmp_path / "demo.log"
+    with log.open("w") as out:
+        demo = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "exporter", "--demo", "--log.format", "json"),
+                *("--web.listen-address", f"127.0.0.1:{port}"),
+            ],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         url = f"http://127.0.0.1:{port}/healthz"
-
-        def healthy() -> bool:
-            try:
-                return httpx.get(url, timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(healthy, 30, "the demo")
+        wait_for(lambda: httpx.get(url, timeout=2).status_code == 200, 30, "the demo")
         demo.send_signal(signal.SIGHUP)
-        time.sleep(0.5)  # a signal's default action would have ended it by now
+
+        def handled() -> bool:
+            """Said once the signal is handled; its default action would end the process."""
+            assert demo.poll() is None, "SIGHUP ended the demo"
+            return "config_reload_unavailable" in log.read_text()
+
+        wait_for(handled, 30, "SIGHUP handled")
         assert demo.poll() is None
-        assert healthy()
+        assert httpx.get(url, timeout=2).status_code == 200
     finally:
         demo.terminate()
         demo.wait(15)

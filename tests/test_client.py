@@ -24,7 +24,7 @@ from exporter.client.api import RateLimiter, backoff_seconds, retry_after_second
 from exporter.client.body import code_label
 from exporter.config import ProjectConfig, Secret
 from exporter.simulator import DEFAULT_API_KEY, Simulator
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 from tests.hostile import Hostile, Request, Writer, answer, drip, gzip_bomb, page, serve
 
 KEY = "llx-test-key-0123456789"
@@ -604,7 +604,7 @@ def test_the_watchdog_holds_nothing_between_requests(hostile: Hostile) -> None:
 
 def test_a_connection_failure_names_the_host_and_the_cause(hostile: Hostile) -> None:
     """A wrong base_url or no network: the message says where and why, not only "connection"."""
-    from tests.conftest import free_port
+    from tests.helpers import free_port
 
     port = free_port()  # nothing listens there
     refused = listing(ApiClient(max_retries=1), hostile_project(f"http://127.0.0.1:{port}"))

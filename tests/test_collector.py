@@ -13,7 +13,7 @@ from exporter.aggregate import SessionTracker, aggregate
 from exporter.config import ProjectConfig, Secret
 from exporter.metrics import StoreCollector, TextExposition
 from exporter.store import Store
-from tests.conftest import parse_metrics, session, value
+from tests.helpers import parse_metrics, session, value
 
 
 def test_a_project_removed_from_the_store_leaves_no_series() -> None:

@@ -19,8 +19,8 @@ from exporter.config.schema import (
     StateSection,
     WebSection,
 )
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 PID = "00000000-0000-0000-0000-000000000000"
 
 

@@ -17,7 +17,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -34,9 +33,8 @@ from exporter import __version__
 from exporter.config import DEFAULT_LISTEN_ADDRESS, Shard, load_config, shard_from_hostname
 from exporter.simulator import DEFAULT_API_KEY, Simulator
 from exporter.web import WebConfig, load_web_config
-from tests.conftest import NOT_YET_EXPOSED, admits, free_port, lint_problems, tool
+from tests.helpers import NOT_YET_EXPOSED, REPO, admits, free_port, lint_problems, tool, wait_for
 
-REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
 RULES_DIR = DEPLOY / "prometheus" / "rules"
 RULE_FILES = sorted(RULES_DIR.glob("*.yml"))
@@ -652,21 +650,14 @@ def test_compose_ha_pair_comments_fit_together(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------ TLS and basic auth
 
 
-@pytest.fixture(scope="module")
-def server_cert() -> tuple[trustme.CA, trustme.LeafCert]:
-    ca = trustme.CA()
-    return ca, ca.issue_cert("exporter", "llamacloud-exporter", "localhost", "127.0.0.1")
-
-
 def basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 def lay_out_web_config(
-    directory: Path, text: str, cert: tuple[trustme.CA, trustme.LeafCert]
+    directory: Path, text: str, ca: trustme.CA, leaf: trustme.LeafCert
 ) -> WebConfig:
     """Write a web config and the certificate files it names (relative to it), then load it."""
-    ca, leaf = cert
     path = directory / "web-config.yml"
     path.write_text(text)
     tls = yaml.safe_load(text).get("tls_server_config") or {}
@@ -690,10 +681,10 @@ COMMENTED_WEB_KEY = re.compile(
 
 
 def test_web_config_example_loads_and_its_hash_is_of_the_placeholder(
-    tmp_path: Path, server_cert: tuple[trustme.CA, trustme.LeafCert]
+    tmp_path: Path, ca: trustme.CA, server_cert: trustme.LeafCert
 ) -> None:
     text = WEB_CONFIG_EXAMPLE.read_text()
-    web = lay_out_web_config(tmp_path, text, server_cert)
+    web = lay_out_web_config(tmp_path, text, ca, server_cert)
     assert web.tls_enabled and web.auth_enabled
     assert web.describe() == "TLS, basic auth for 1 user"
     (user,) = yaml.safe_load(text)["basic_auth_users"]
@@ -708,7 +699,7 @@ def test_web_config_example_loads_and_its_hash_is_of_the_placeholder(
         lines.append(match["indent"] + match["yaml"] if match else line)
     uncommented = tmp_path / "uncommented"
     uncommented.mkdir()
-    web = lay_out_web_config(uncommented, "\n".join(lines) + "\n", server_cert)
+    web = lay_out_web_config(uncommented, "\n".join(lines) + "\n", ca, server_cert)
     assert web.describe() == "TLS (client certs: RequireAndVerifyClientCert), basic auth for 1 user"
     assert not web.check_client_cert(None)  # client_allowed_sans: a certificate must name one
     assert web.headers
@@ -779,7 +770,7 @@ def mount_for(service: dict[str, Any], path: str) -> tuple[str, str]:
 
 
 def test_compose_web_config_comments_fit_together(
-    tmp_path: Path, server_cert: tuple[trustme.CA, trustme.LeafCert]
+    tmp_path: Path, ca: trustme.CA, server_cert: trustme.LeafCert
 ) -> None:
     """Uncommenting the ``web config`` lines of docker-compose.yml and prometheus.yml gives an
     exporter that reads the example's layout and a Prometheus that can scrape it."""
@@ -842,7 +833,7 @@ def test_compose_web_config_comments_fit_together(
         written = tmp_path / relative
         written.parent.mkdir(parents=True, exist_ok=True)
         if key == "ca_file":
-            written.write_bytes(server_cert[0].cert_pem.bytes())
+            written.write_bytes(ca.cert_pem.bytes())
         else:
             written.write_text(EXAMPLE_PASSWORD + "\n")
     shutil.copytree(RULES_DIR, tmp_path / "rules")
@@ -899,7 +890,7 @@ def secret(objects: dict[str, dict[str, Any]], name: str) -> dict[str, str]:
 
 
 def test_kubernetes_web_component_is_consistent(
-    tmp_path: Path, server_cert: tuple[trustme.CA, trustme.LeafCert]
+    tmp_path: Path, ca: trustme.CA, server_cert: trustme.LeafCert
 ) -> None:
     component = web_component()
     assert component["kind"] == "Component"
@@ -932,7 +923,7 @@ def test_kubernetes_web_component_is_consistent(
     assert str(Path(CONFIG_PATH).parent) == str(Path(web_config).parent)
 
     # Lay the projected volume out in a directory and load it as the exporter would.
-    ca, leaf = server_cert
+    leaf = server_cert
     tls_files = {
         "tls.crt": b"".join(pem.bytes() for pem in leaf.cert_chain_pems),
         "tls.key": leaf.private_key_pem.bytes(),
@@ -1602,11 +1593,12 @@ def test_dockerfile_install_works_in_a_fresh_venv(tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 30
-        while run(python, *health[1:], env=env, timeout=30).returncode != 0:
+
+        def healthy() -> bool:
             assert demo.poll() is None, "the demo exited"
-            assert time.monotonic() < deadline, "HEALTHCHECK never passed"
-            time.sleep(0.2)
+            return run(python, *health[1:], env=env, timeout=30).returncode == 0
+
+        wait_for(healthy, 30, "the HEALTHCHECK to pass", interval=0.2)
     finally:
         demo.terminate()
         demo.wait(timeout=15)

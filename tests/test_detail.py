@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from exporter.aggregate import Listing, RunTotals, SessionTracker, aggregate
 from exporter.aggregate.indexes import Detail, IndexSets, pick_indexes
 from exporter.config import ConfigError, load_config, parse_config
-from tests.conftest import BACKTRACKING, REPO, WORDS, python_in_a_child, session
+from tests.helpers import BACKTRACKING, REPO, WORDS, python_in_a_child, session
 
 KEY = {"LLAMA_CLOUD_API_KEY": "llx-k"}
 

@@ -9,7 +9,7 @@ import pytest
 
 from exporter.config import ConfigError, Shard, parse_config
 from exporter.targets.discovery import read_projects, replica_projects
-from tests.conftest import BACKTRACKING, WORDS, python_in_a_child
+from tests.helpers import BACKTRACKING, WORDS, python_in_a_child
 
 KEY = {"LLAMA_CLOUD_API_KEY": "llx-k"}
 

@@ -21,22 +21,21 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
 
 from exporter.simulator import DEFAULT_API_KEY, Simulator
-from tests.conftest import NOT_YET_EXPOSED, free_port, lint_problems, tool
+from tests.helpers import NOT_YET_EXPOSED, REPO, free_port, lint_problems, tool, wait_for
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
 RULE_FILES = sorted((REPO / "deploy" / "prometheus" / "rules").glob("*.yml"))
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "llamacloud-exporter.json"
 ALERTMANAGER_CONFIG = REPO / "deploy" / "alertmanager" / "alertmanager.yml"
@@ -47,8 +46,10 @@ DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
 SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 # A project the simulator does not know: its polls fail (404), so it is down on purpose.
 MISSING_PROJECT = "00000000-0000-4000-8000-00000000dead"
+# Waits on Prometheus and Alertmanager: their API may answer with an error or no JSON while
+# they start.
+PROMETHEUS: dict[str, Any] = {"exceptions": (OSError, ValueError), "interval": 0.25}
 DEADLINE = 60.0
-T = TypeVar("T")
 
 GAUGES = (
     "llamacloud_chat_sessions",
@@ -87,23 +88,6 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
             return int(response.status), response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
-
-
-def eventually(check: Callable[[], T | None], what: str, timeout: float = DEADLINE) -> T:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-        except (OSError, ValueError) as exc:
-            last = exc
-        else:
-            if result:
-                return result
-            last = result
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -279,7 +263,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             )
         )
         exporter_url = f"http://127.0.0.1:{exporter_port}"
-        eventually(lambda: http_get(f"{exporter_url}/readyz")[0] == 200, "exporter /readyz")
+        wait_for(
+            lambda: http_get(f"{exporter_url}/readyz")[0] == 200,
+            DEADLINE,
+            "exporter /readyz",
+            **PROMETHEUS,
+        )
 
         alertmanager_port = free_port()
         alertmanager_log = tmp / "alertmanager.log"
@@ -299,7 +288,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             )
         )
         alertmanager_url = f"http://127.0.0.1:{alertmanager_port}"
-        eventually(lambda: http_get(f"{alertmanager_url}/-/ready")[0] == 200, "Alertmanager ready")
+        wait_for(
+            lambda: http_get(f"{alertmanager_url}/-/ready")[0] == 200,
+            DEADLINE,
+            "Alertmanager ready",
+            **PROMETHEUS,
+        )
 
         prometheus_port = free_port()
         prometheus_config = tmp / "prometheus.yml"
@@ -339,7 +333,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             )
         )
         prometheus_url = f"http://127.0.0.1:{prometheus_port}"
-        eventually(lambda: http_get(f"{prometheus_url}/-/ready")[0] == 200, "Prometheus ready")
+        wait_for(
+            lambda: http_get(f"{prometheus_url}/-/ready")[0] == 200,
+            DEADLINE,
+            "Prometheus ready",
+            **PROMETHEUS,
+        )
 
         def step() -> None:
             """Re-runs, new and deleted sessions twice a second, so counters move."""
@@ -366,13 +365,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 def test_every_contract_metric_has_series(stack: Stack) -> None:
     for name in (*PER_PROJECT, *GLOBAL):
-        eventually(partial(stack.query, name), f"series of {name}")
+        wait_for(partial(stack.query, name), DEADLINE, f"series of {name}", **PROMETHEUS)
     for name in PER_PROJECT:
         unlabelled = stack.query(f'{name}{{project_id=""}}')
         assert not unlabelled, f"{name} has series without project_id: {unlabelled}"
     for pid in stack.project_ids:
         counted = f'increase(llamacloud_chat_runs_total{{project_id="{pid}"}}[1m]) > 0'
-        eventually(partial(stack.query, counted), f"runs counted for {pid}")
+        wait_for(partial(stack.query, counted), DEADLINE, f"runs counted for {pid}", **PROMETHEUS)
     down = stack.query(f'llamacloud_up{{project_id="{MISSING_PROJECT}"}}')
     assert [float(s["value"][1]) for s in down] == [0.0]
 
@@ -390,10 +389,12 @@ def test_shipped_rules_load_and_evaluate(stack: Stack) -> None:
         assert {rule["name"] for rule in rules} == expected
         return all(rule["health"] == "ok" for rule in rules)
 
-    eventually(evaluated, "every rule evaluated healthy")
-    eventually(
+    wait_for(evaluated, DEADLINE, "every rule evaluated healthy", **PROMETHEUS)
+    wait_for(
         lambda: stack.query("project_id:llamacloud_chat_run_error_ratio:rate5m"),
+        DEADLINE,
         "the recorded error rate",
+        **PROMETHEUS,
     )
 
 
@@ -422,16 +423,20 @@ def test_every_dashboard_query_returns_data(stack: Stack) -> None:
             continue
         # "All" selected: data for every panel, the failing project's poll errors included.
         expanded = expand(expr, everything)
-        eventually(partial(stack.query, expanded), f"data for panel {title!r}")
+        wait_for(
+            partial(stack.query, expanded), DEADLINE, f"data for panel {title!r}", **PROMETHEUS
+        )
         # One healthy project selected: the query still runs.
         stack.query(expand(expr, stack.project_ids[:1]))
 
 
 def test_live_metrics_pass_promtool_check_metrics(stack: Stack) -> None:
     """Once runs were observed (histograms filled), the exposition still lints clean."""
-    eventually(
+    wait_for(
         lambda: stack.query("sum(llamacloud_chat_run_duration_seconds_count) > 0"),
+        DEADLINE,
         "observed runs",
+        **PROMETHEUS,
     )
     status, body = http_get(f"{stack.exporter_url}/metrics")
     assert status == 200
@@ -454,7 +459,9 @@ def test_exemplars_lead_from_a_spike_to_its_session(stack: Stack) -> None:
     """Counters and duration buckets carry the session of their latest run, which Prometheus
     stores and returns: the session the simulator has, stamped when it ran."""
     for query in ("llamacloud_chat_runs_total", "llamacloud_chat_run_duration_seconds_bucket"):
-        found = eventually(partial(exemplars, stack, query), f"exemplars of {query}")
+        found = wait_for(
+            partial(exemplars, stack, query), DEADLINE, f"exemplars of {query}", **PROMETHEUS
+        )
         known = {
             item["session_id"]: item["last_updated_at"]
             for pid in stack.project_ids
@@ -488,8 +495,11 @@ def alert_states(stack: Stack, name: str) -> dict[str, str]:
 
 
 def test_failing_project_trips_project_down(stack: Stack) -> None:
-    states = eventually(
-        lambda: alert_states(stack, "LlamaCloudProjectDown"), "LlamaCloudProjectDown pending"
+    states = wait_for(
+        lambda: alert_states(stack, "LlamaCloudProjectDown"),
+        DEADLINE,
+        "LlamaCloudProjectDown pending",
+        **PROMETHEUS,
     )
     assert set(states) == {MISSING_PROJECT}
     assert states[MISSING_PROJECT] in {"pending", "firing"}
@@ -508,9 +518,11 @@ def test_failing_project_reaches_the_receiver_grouped_by_project(stack: Stack) -
     shipped routes send it to the receiver in a group of its own, by alert and project."""
     shipped = yaml.safe_load(ALERTMANAGER_CONFIG.read_text())["route"]
     assert shipped["group_by"] == ["alertname", "project_id"]
-    sent = eventually(
+    sent = wait_for(
         lambda: notification(stack, "LlamaCloudProjectDown", MISSING_PROJECT),
+        DEADLINE,
         "a LlamaCloudProjectDown notification",
+        **PROMETHEUS,
     )
     assert sent["receiver"] == shipped["receiver"]
     assert sent["status"] == "firing"
@@ -544,7 +556,12 @@ def test_alertmanager_inhibits_what_would_page_twice(stack: Stack) -> None:
     Alertmanager's API as Prometheus sends them."""
     healthy = stack.project_ids[0]
     down = {"alertname": "LlamaCloudProjectDown", "project_id": MISSING_PROJECT}
-    eventually(lambda: alertmanager_state(stack, down) == "active", "the project down, active")
+    wait_for(
+        lambda: alertmanager_state(stack, down) == "active",
+        DEADLINE,
+        "the project down, active",
+        **PROMETHEUS,
+    )
     expected = [
         # The down project's chat alerts say nothing new: its metrics are frozen.
         (alert("LlamaCloudChatErrorRateHigh", MISSING_PROJECT), "suppressed"),
@@ -559,35 +576,44 @@ def test_alertmanager_inhibits_what_would_page_twice(stack: Stack) -> None:
     stack.alertmanager("/alerts", [{"labels": labels, "endsAt": ends} for labels, _ in expected])
     for labels, state in expected:
         check = partial(alertmanager_state, stack, labels)
-        eventually(lambda c=check, s=state: c() == s, f"{labels} {state}")
+        wait_for(lambda c=check, s=state: c() == s, DEADLINE, f"{labels} {state}", **PROMETHEUS)
 
     # No exporter scraped: every other alert, the project down included, is held back.
     absent = {"alertname": "LlamaCloudExporterAbsent", "severity": "critical"}
     stack.alertmanager("/alerts", [{"labels": absent, "endsAt": ends}])
     for labels in (down, alert("LlamaCloudChatErrorRateHigh", healthy)):
         check = partial(alertmanager_state, stack, labels)
-        eventually(lambda c=check: c() == "suppressed", f"{labels} held back")
+        wait_for(lambda c=check: c() == "suppressed", DEADLINE, f"{labels} held back", **PROMETHEUS)
     assert alertmanager_state(stack, absent) == "active"
 
 
 def test_error_spike_trips_the_error_rate_alert(stack: Stack) -> None:
     """Runs last. Quiet while runs succeed; pending once every new run fails, against the
     error-free history before it (at least 30 recorded rates, the scaled half-hour)."""
-    eventually(lambda: stack.query("project_id:llamacloud_chat_runs:rate5m >= 0.02"), "steady runs")
-    eventually(
+    wait_for(
+        lambda: stack.query("project_id:llamacloud_chat_runs:rate5m >= 0.02"),
+        DEADLINE,
+        "steady runs",
+        **PROMETHEUS,
+    )
+    wait_for(
         lambda: stack.query(
             "count_over_time(project_id:llamacloud_chat_runs:rate5m[30s]) >= 25"
             " and min_over_time(project_id:llamacloud_chat_runs:rate5m[30s]) > 0"
         ),
+        DEADLINE,
         "half a minute of runs",
+        **PROMETHEUS,
     )
     assert not stack.query("project_id:llamacloud_chat_run_error_ratio:rate5m > 0")
     assert not alert_states(stack, "LlamaCloudChatErrorRateHigh"), "alert before the spike"
     stack.sim.error_share = 1.0
     try:
-        states = eventually(
+        states = wait_for(
             lambda: alert_states(stack, "LlamaCloudChatErrorRateHigh"),
+            DEADLINE,
             "LlamaCloudChatErrorRateHigh pending or firing",
+            **PROMETHEUS,
         )
     finally:
         stack.sim.error_share = 0.0

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-from pathlib import Path
 
 from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
@@ -19,9 +18,9 @@ from exporter.metrics import StoreCollector
 from exporter.poller import Poller
 from exporter.simulator import DEFAULT_API_KEY, Simulator
 from exporter.store import Store
-from tests.conftest import session
+from tests.helpers import TESTS, session
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = TESTS / "golden"
 
 
 def render(sim: Simulator, steps: list[dict[str, list[object]]]) -> str:

@@ -13,7 +13,7 @@ import httpx
 import yaml
 
 from exporter.simulator import Simulator
-from tests.conftest import BACKTRACKING, WORDS, Exporter, session, value, wait_for, write_config
+from tests.helpers import BACKTRACKING, WORDS, Exporter, session, value, wait_for, write_config
 
 P = "proj-integration"
 
@@ -331,7 +331,7 @@ def test_a_closed_log_pipe_never_stops_the_polls(sim: Simulator, tmp_path: Path)
     import os
     import subprocess
 
-    from tests.conftest import REPO, Exporter, exporter_command, free_port
+    from tests.helpers import REPO, Exporter, exporter_command, free_port
 
     sim.set_sessions(P, [session("a"), session("b")])
     config = write_config(

@@ -30,7 +30,7 @@ from exporter.metrics import StoreCollector
 from exporter.store import ProjectState, Store
 from exporter.web import Limits, MetricsServer, protocol
 from exporter.web.server import MAX_HEAD_BYTES, WORKERS, HttpServer
-from tests.conftest import REPO, parse_metrics, session, value, wait_for
+from tests.helpers import REPO, parse_metrics, session, value, wait_for
 
 
 def project(pid: str, name: str = "") -> ProjectConfig:

@@ -18,7 +18,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
@@ -42,8 +41,8 @@ from exporter.simulator import (
     Simulator,
     main,
 )
+from tests.helpers import REPO, wait_for
 
-REPO = Path(__file__).resolve().parents[1]
 AUTH = {"Authorization": f"Bearer {DEFAULT_API_KEY}"}
 FAULT_FLAGS = (
     "--rate-limit-share",
@@ -543,10 +542,7 @@ def test_evolve_every_changes_data_in_the_background() -> None:
     with Simulator(projects=1, sessions_per_project=20, evolve_every=0.02) as sim:
         project_id = sim.project_ids[0]
         before = sim.sessions(project_id)
-        deadline = time.monotonic() + 20
-        while sim.sessions(project_id) == before:
-            assert time.monotonic() < deadline, "data never evolved"
-            time.sleep(0.02)
+        wait_for(lambda: sim.sessions(project_id) != before, 20, "the data to evolve")
 
 
 # ------------------------------------------------------------------- order and test hooks
@@ -2116,9 +2112,7 @@ def test_stalled_counts_requests_held_by_a_hang() -> None:
 
         thread = threading.Thread(target=request, daemon=True)
         thread.start()
-        deadline = time.monotonic() + 30
-        while sim.stalled == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: sim.stalled > 0, 30, "the request to be held")
         assert sim.stalled == 1
         assert sim.request_count == 0  # held, not yet answered
     thread.join(30)

@@ -29,7 +29,7 @@ from exporter.store.sqlitefile import (
     _Transaction,
 )
 from exporter.store.statefile import BAD_SESSIONS, BAD_TOTALS, FOREIGN, UNKNOWN_SCHEMA
-from tests.conftest import REPO, session
+from tests.helpers import REPO, session, wait_for
 
 ROOT = os.geteuid() == 0
 
@@ -330,9 +330,7 @@ def test_waits_for_the_thread_lock_are_bounded(tmp_path: Path) -> None:
     with locked_by_another_process(path):
         thread = threading.Thread(target=slow, daemon=True)
         thread.start()
-        deadline = time.monotonic() + 5
-        while not state._lock.locked() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(state._lock.locked, 5, "the first save to hold the thread lock")
         result = aggregate([[session("x")]], other)
         started = time.monotonic()
         with pytest.raises(StateError, match="busy"):
@@ -805,7 +803,7 @@ FULL_DISK_EXPORTER = """
 import json, os, resource, sys
 from exporter.aggregate import RunTotals, SessionTracker, aggregate
 from exporter.store.statefile import StateFile
-from tests.conftest import session
+from tests.helpers import session
 
 # As on a full disk: no write may grow a file (Python ignores SIGXFSZ, so writes get EFBIG).
 resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))

@@ -3,7 +3,7 @@ from __future__ import annotations
 from exporter.aggregate import SessionTracker, aggregate
 from exporter.config import ProjectConfig, Secret
 from exporter.store import Store
-from tests.conftest import session
+from tests.helpers import session
 
 
 def project(pid: str) -> ProjectConfig:

@@ -20,7 +20,7 @@ from exporter.store import Store
 from exporter.targets import Targets
 from exporter.targets import replica as targets_module
 from exporter.targets.sharding import owns
-from tests.conftest import REPO, Exporter, Samples, value, wait_for, write_config
+from tests.helpers import REPO, Exporter, Samples, value, wait_for, write_config
 
 
 @pytest.fixture
@@ -462,7 +462,7 @@ def test_saved_projects_wait_three_listings_after_a_restart() -> None:
 def test_a_restart_with_a_gap_in_discovery_counts_the_runs_of_the_gap(
     tmp_path: Path, org: Simulator, start_exporter: Callable[..., Exporter]
 ) -> None:
-    from tests.conftest import session
+    from tests.helpers import session
 
     pid = org.project_ids[0]
     org.set_sessions(pid, [session("a"), session("b")])

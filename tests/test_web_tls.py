@@ -20,18 +20,13 @@ import pytest
 import trustme
 import yaml
 
-from tests.conftest import REPO, Exporter, free_port, wait_for, write_config
+from tests.helpers import REPO, Exporter, free_port, wait_for, write_config
 
 USER, PASSWORD = "prometheus", "correct horse battery staple"
 
 
 def password_hash(password: str = PASSWORD) -> str:
     return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
-
-
-@pytest.fixture
-def ca() -> trustme.CA:
-    return trustme.CA()
 
 
 def server_files(ca: trustme.CA, directory: Path) -> tuple[Path, Path]:

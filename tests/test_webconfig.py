@@ -26,7 +26,7 @@ from exporter.config.files import MAX_KEY_FILE_BYTES
 from exporter.web import WebConfig, WebConfigError, load_web_config
 from exporter.web.auth import AUTH_CACHE_SIZE
 from exporter.web.config import CLIENT_AUTH_TYPES, GO_CIPHER_SUITES, parse_web_config
-from tests.conftest import admits
+from tests.helpers import admits
 
 ALICE_PASSWORD = "alice's secret"
 BOB_PASSWORD = "b0b:with:colons"
@@ -39,18 +39,8 @@ USERS = {"alice": ALICE_HASH, "bob": BOB_HASH}
 
 
 @pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
 def other_ca() -> trustme.CA:
     return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def server_cert(ca: trustme.CA) -> trustme.LeafCert:
-    return ca.issue_cert("localhost", "127.0.0.1")
 
 
 @pytest.fixture(scope="module")
