@@ -1,10 +1,10 @@
+"""config.load: a config file read, ${VAR} expanded, built into frozen settings."""
+
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,15 +19,8 @@ from exporter.config.schema import (
     StateSection,
     WebSection,
 )
+from tests.config.helpers import KEY, PID, load_problems, problems
 from tests.helpers import REPO
-
-PID = "00000000-0000-0000-0000-000000000000"
-
-
-def problems(raw: Any, env: dict[str, str] | None = None) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        parse_config(raw, env or {})
-    return info.value.problems
 
 
 def test_three_keys_are_enough() -> None:
@@ -100,53 +93,6 @@ def test_base_url_from_the_environment() -> None:
     assert parse_config({"projects": [{"id": "p"}]}, env).projects[0].base_url == EU_BASE_URL
 
 
-def test_every_problem_is_reported_with_its_key_path() -> None:
-    found = problems(
-        {
-            "llamacloud": {
-                "page_size": 0,
-                "max_retries": "3",
-                "timout_seconds": 3,
-                "max_requests_per_second": -1,
-            },
-            "projects": [{"id": "a"}, {"name": "no id"}, {"id": "a"}, "b"],
-            "poll_interval_seconds": -1,
-            "max_concurrency": True,
-            "web": {"listen_address": "nowhere"},
-            "extra": 1,
-        },
-        {"LLAMA_CLOUD_API_KEY": "k"},
-    )
-    assert "llamacloud.page_size: must be between 1 and 1000" in found
-    assert "llamacloud.max_retries: must be a whole number" in found
-    assert (
-        "llamacloud.max_requests_per_second: must be 0 (no limit) or a number greater than 0 "
-        "and at most 10000"
-    ) in found
-    assert "llamacloud.timout_seconds: unknown key (did you mean timeout_seconds?)" in found
-    assert "projects[1].id: required" in found
-    assert "projects[2].id: duplicate project id a" in found
-    assert "projects[3]: must be a mapping with at least an id" in found
-    assert "poll_interval_seconds: must be greater than 0 and at most 86400" in found
-    assert "max_concurrency: must be a whole number" in found
-    assert "web.listen_address: must be HOST:PORT with a port from 0 to 65535" in found
-    assert "extra: unknown key" in found
-
-
-def test_missing_projects_and_keys() -> None:
-    assert problems({}) == ["projects: required (a list with at least one project, or discovery)"]
-    found = problems({"projects": [{"id": "p"}]})
-    assert found == [
-        "projects[0].api_key: no API key (set projects[0].api_key, llamacloud.api_key "
-        "or the LLAMA_CLOUD_API_KEY environment variable)"
-    ]
-    assert problems({"projects": [{"id": "p", "api_key": "${NOPE}"}]}) == [
-        "projects[0].api_key: environment variable NOPE is not set",
-        "projects[0].api_key: no API key (set projects[0].api_key, llamacloud.api_key "
-        "or the LLAMA_CLOUD_API_KEY environment variable)",
-    ]
-
-
 def test_a_missing_variable_is_named_in_a_loaded_file(tmp_path: Path) -> None:
     """The file's own text is blanked where it may hold a key; ``${VAR}`` holds none."""
     (tmp_path / "c.yaml").write_text(
@@ -188,30 +134,11 @@ def test_an_unclosed_reference_repeated_expands_at_once() -> None:
     assert done.returncode == 0, done.stderr
 
 
-def test_api_key_and_file_together_is_an_error(tmp_path: Path) -> None:
-    (tmp_path / "k").write_text("x")
-    found = problems(
-        {"projects": [{"id": "p", "api_key": "a", "api_key_file": str(tmp_path / "k")}]}
-    )
-    assert found[0] == "projects[0].api_key_file: set api_key or api_key_file, not both"
-    missing = problems({"projects": [{"id": "p", "api_key_file": str(tmp_path / "none")}]})
-    assert missing[0].startswith("projects[0].api_key_file: cannot read")
-
-
 def test_the_key_never_shows(tmp_path: Path) -> None:
     config = parse_config({"projects": [{"id": "p", "api_key": "llx-secret-123"}]}, {})
     assert "llx-secret-123" not in repr(config)
     assert "llx-secret-123" not in str(config.projects[0])
     assert "llx-secret-123" not in f"{Secret('llx-secret-123')}"
-
-
-def test_invalid_yaml_and_unreadable_files(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("projects: [\n")
-    with pytest.raises(ConfigError, match="invalid YAML at line"):
-        load_config(bad)
-    with pytest.raises(ConfigError, match="cannot read"):
-        load_config(tmp_path / "missing.yaml")
 
 
 def test_the_example_config_is_valid_and_complete() -> None:
@@ -232,180 +159,6 @@ def test_the_example_config_is_valid_and_complete() -> None:
         assert key in text, key
 
 
-# ------------------------------------------------------------ hostile and mistaken configs
-
-KEY = "llx-Zq8mW2xVb7Kp4Rt9Ls3Nd6Hf1Gj5Yc0Ue"
-
-# 554 bytes of anchors that expand to 10**9 values when walked.
-ALIAS_BOMB = """a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
-b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
-c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
-d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
-e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
-f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
-g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
-h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
-i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
-projects: [{id: p, api_key: k}]
-"""
-
-
-def load_problems(path: Path, env: dict[str, str] | None = None) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        load_config(path, env or {})
-    return info.value.problems
-
-
-def test_a_yaml_alias_bomb_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "c.yaml").write_text(ALIAS_BOMB)
-    assert load_problems(tmp_path / "c.yaml") == [
-        "config: expands to more than 1000000 values (YAML aliases)"
-    ]
-
-
-def test_aliases_within_bounds_still_work(tmp_path: Path) -> None:
-    (tmp_path / "c.yaml").write_text(
-        "defaults: &d {api_key: llx-shared, page_size: 50}\n"
-        "projects:\n  - {<<: *d, id: a}\n  - {<<: *d, id: b}\n"
-    )
-    with pytest.raises(ConfigError, match=r"^defaults: unknown key"):
-        load_config(tmp_path / "c.yaml", {})
-    (tmp_path / "c.yaml").write_text(
-        "projects:\n  - &a {api_key: llx-shared, page_size: 50, id: a}\n  - {<<: *a, id: b}\n"
-    )
-    config = load_config(tmp_path / "c.yaml", {})
-    assert [(p.id, p.page_size) for p in config.projects] == [("a", 50), ("b", 50)]
-
-
-@pytest.mark.parametrize(
-    ("text", "problem"),
-    [
-        ("a: &a [*a]\n", "config: a YAML alias refers to itself"),
-        ("a: " + "[" * 200 + "]" * 200 + "\n", "config: nested deeper than 64 levels"),
-        ("a: " + "[" * 5000 + "]" * 5000 + "\n", "config: nested deeper than 64 levels"),
-        ("when: 2026-13-45\n", "config: invalid YAML: a value cannot be read"),
-        (
-            "projects: [\n",
-            "config: invalid YAML at line 2, column 1: expected the node content, but found",
-        ),
-    ],
-)
-def test_odd_yaml_is_a_config_error(tmp_path: Path, text: str, problem: str) -> None:
-    (tmp_path / "c.yaml").write_text(text)
-    found = load_problems(tmp_path / "c.yaml")
-    assert found[0].startswith(problem)
-
-
-def test_a_fifo_or_a_device_is_refused_at_once(tmp_path: Path) -> None:
-    fifo = tmp_path / "key"
-    os.mkfifo(fifo)  # nobody writes: opening it blocking would hang for good
-    found = problems({"projects": [{"id": "p", "api_key_file": str(fifo)}]})
-    assert found == ["projects[0].api_key_file: cannot read the key file: not a regular file"]
-    found = problems({"projects": [{"id": "p", "api_key_file": "/dev/zero"}]})
-    assert found == ["projects[0].api_key_file: cannot read the key file: not a regular file"]
-    assert load_problems(fifo) == [f"config: cannot read {fifo}: not a regular file"]
-
-
-def test_a_key_file_or_a_config_too_large_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "key").write_bytes(b"k" * (64 * 1024 + 1))
-    found = problems({"projects": [{"id": "p", "api_key_file": str(tmp_path / "key")}]})
-    assert found == ["projects[0].api_key_file: cannot read the key file: larger than 65536 bytes"]
-    (tmp_path / "c.yaml").write_bytes(b"#" * (4 * 1024 * 1024 + 1))
-    assert load_problems(tmp_path / "c.yaml") == [
-        f"config: cannot read {tmp_path / 'c.yaml'}: larger than 4194304 bytes"
-    ]
-
-
-def test_a_config_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
-    head = f"projects: [{{id: p, api_key: {KEY}}}]\nname: ".encode()
-    (tmp_path / "c.yaml").write_bytes(head + b"\xff\n")
-    found = load_problems(tmp_path / "c.yaml")
-    assert found == [f"config: not UTF-8 text (an invalid byte at offset {len(head)})"]
-
-
-def test_a_key_pasted_into_api_key_file_is_never_echoed(tmp_path: Path) -> None:
-    found = problems({"projects": [{"id": "p", "api_key_file": KEY}]})
-    assert found == [
-        "projects[0].api_key_file: cannot read the key file: No such file or directory"
-    ]
-    (tmp_path / "c.yaml").write_text(f"projects:\n  - id: p\n    api_key_file: {KEY}\n")
-    assert KEY[4:12] not in " ".join(load_problems(tmp_path / "c.yaml"))
-
-
-def test_a_yaml_error_never_quotes_a_key(tmp_path: Path) -> None:
-    (tmp_path / "c.yaml").write_text(f"projects:\n  - id: p\n    api_key: *{KEY}\n")
-    found = load_problems(tmp_path / "c.yaml")
-    assert found[0].startswith("config: invalid YAML at line 3")
-    assert KEY[4:12] not in found[0]
-
-
-@pytest.mark.parametrize("key", ["llx-ключ-0123456789", "llx-a b", "llx-\x00zero"])
-def test_a_key_that_cannot_go_in_a_header_is_a_config_error(key: str) -> None:
-    found = problems({"projects": [{"id": "p", "api_key": key}]})
-    assert found[0].startswith("projects[0].api_key: an API key is printable ASCII")
-    assert key not in " ".join(found)
-    found = problems({"projects": [{"id": "p"}]}, {"LLAMA_CLOUD_API_KEY": key})
-    assert found[0].startswith("LLAMA_CLOUD_API_KEY: an API key is printable ASCII")
-
-
-@pytest.mark.parametrize(
-    ("key", "value", "problem"),
-    [
-        ("timeout_seconds", 1e300, "greater than 0 and at most 600"),
-        ("timeout_seconds", 10**400, "greater than 0 and at most 600"),
-        ("timeout_seconds", float("nan"), "greater than 0 and at most 600"),
-        ("max_response_bytes", 10**12, "between 1024 and 1073741824"),
-        ("full_listing_every", 0, "between 1 and 1000000"),
-        ("full_listing_every", 2.5, "a whole number"),
-        ("incremental_overlap_seconds", -1, "between 0 and 86400"),
-        ("incremental_overlap_seconds", float("nan"), "between 0 and 86400"),
-        ("incremental_overlap_seconds", "5m", "a number"),
-        ("listing", "sometimes", "one of auto, full"),
-    ],
-)
-def test_numbers_are_bounded(key: str, value: Any, problem: str) -> None:
-    found = problems({"llamacloud": {key: value}, "projects": [{"id": "p", "api_key": "k"}]})
-    assert found == [f"llamacloud.{key}: must be {problem}"]
-
-
-NUMBERS = {
-    "page_size": "a whole number",
-    "max_retries": "a whole number",
-    "max_pages": "a whole number",
-    "max_response_bytes": "a whole number",
-    "full_listing_every": "a whole number",
-    "timeout_seconds": "a number",
-    "incremental_overlap_seconds": "a number",
-}
-
-
-@pytest.mark.parametrize("value", ["100", True, "5.0", [5], None])
-@pytest.mark.parametrize("key", sorted(NUMBERS))
-def test_numbers_are_never_taken_from_strings_or_booleans(key: str, value: Any) -> None:
-    """No lax conversion: ``"100"`` is not 100 and ``true`` is not 1, as before."""
-    found = problems({"llamacloud": {key: value}, "projects": [{"id": "p", "api_key": "k"}]})
-    assert found == [f"llamacloud.{key}: must be {NUMBERS[key]}"]
-
-
-def test_no_message_is_in_the_validation_library_s_words() -> None:
-    """Its messages can quote the input; every message is the exporter's own phrase."""
-    secret = "llx-Qw3rTy7UiOp9AsDf"
-    raw = {
-        "llamacloud": {"page_size": secret, "listing": secret, "base_url": [secret]},
-        "projects": [{"id": [secret], "name": {secret: 1}, "api_key": 5, "page_size": {}}],
-        "web": {"listen_address": 8080},
-        "detail": {"error_classes": [{"name": secret, "match": [secret]}, [secret]]},
-        "discovery": {"include": [secret], "interval_seconds": secret},
-        "sharding": {"total": secret},
-        "state": {"path": [secret]},
-    }
-    found = problems(raw)
-    assert len(found) >= 15, found  # each key above has its problem
-    text = "\n".join(found)
-    for word in (secret, "Input should", "input_value", "type=", "pydantic"):
-        assert word not in text, word
-
-
 def test_listing_is_set_per_project_or_for_all() -> None:
     raw = {
         "llamacloud": {
@@ -424,28 +177,6 @@ def test_listing_is_set_per_project_or_for_all() -> None:
     defaults = parse_config({"projects": [{"id": "a", "api_key": "k"}]}, {})
     assert defaults.projects[0].listing == "auto"
     assert (defaults.full_listing_every, defaults.incremental_overlap_seconds) == (10, 300.0)
-
-
-def test_poll_interval_is_bounded() -> None:
-    found = problems({"poll_interval_seconds": 1e300, "projects": [{"id": "p", "api_key": "k"}]})
-    assert found == ["poll_interval_seconds: must be greater than 0 and at most 86400"]
-
-
-def test_strings_that_are_not_unicode_text_are_config_errors() -> None:
-    found = problems({"projects": [{"id": "p\ud800", "api_key": "k"}]})
-    assert found == ["projects[0].id: not valid Unicode text (an unpaired surrogate)"]
-    found = problems({"projects": [{"id": "p", "api_key": "k", "n\udc00": 1}]})
-    assert found == ["projects[0].n\\udc00: unknown key"]
-
-
-@pytest.mark.parametrize(
-    "url",
-    ["https://user:pw@api.test", "https://api.test/?x=1", "https://api.test/#f", "http://[::1"],
-)
-def test_base_urls_that_cannot_be_used_are_config_errors(url: str) -> None:
-    found = problems({"llamacloud": {"base_url": url}, "projects": [{"id": "p", "api_key": "k"}]})
-    assert found[0].startswith("llamacloud.base_url: must")
-    assert url not in found[0]
 
 
 JSON = st.recursive(

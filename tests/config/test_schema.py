@@ -1,0 +1,112 @@
+"""config.schema: every key of config.yaml, its type, bounds and default; every problem
+with its key path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.config.helpers import problems
+
+
+def test_every_problem_is_reported_with_its_key_path() -> None:
+    found = problems(
+        {
+            "llamacloud": {
+                "page_size": 0,
+                "max_retries": "3",
+                "timout_seconds": 3,
+                "max_requests_per_second": -1,
+            },
+            "projects": [{"id": "a"}, {"name": "no id"}, {"id": "a"}, "b"],
+            "poll_interval_seconds": -1,
+            "max_concurrency": True,
+            "web": {"listen_address": "nowhere"},
+            "extra": 1,
+        },
+        {"LLAMA_CLOUD_API_KEY": "k"},
+    )
+    assert "llamacloud.page_size: must be between 1 and 1000" in found
+    assert "llamacloud.max_retries: must be a whole number" in found
+    assert (
+        "llamacloud.max_requests_per_second: must be 0 (no limit) or a number greater than 0 "
+        "and at most 10000"
+    ) in found
+    assert "llamacloud.timout_seconds: unknown key (did you mean timeout_seconds?)" in found
+    assert "projects[1].id: required" in found
+    assert "projects[2].id: duplicate project id a" in found
+    assert "projects[3]: must be a mapping with at least an id" in found
+    assert "poll_interval_seconds: must be greater than 0 and at most 86400" in found
+    assert "max_concurrency: must be a whole number" in found
+    assert "web.listen_address: must be HOST:PORT with a port from 0 to 65535" in found
+    assert "extra: unknown key" in found
+
+
+def test_missing_projects_and_keys() -> None:
+    assert problems({}) == ["projects: required (a list with at least one project, or discovery)"]
+    found = problems({"projects": [{"id": "p"}]})
+    assert found == [
+        "projects[0].api_key: no API key (set projects[0].api_key, llamacloud.api_key "
+        "or the LLAMA_CLOUD_API_KEY environment variable)"
+    ]
+    assert problems({"projects": [{"id": "p", "api_key": "${NOPE}"}]}) == [
+        "projects[0].api_key: environment variable NOPE is not set",
+        "projects[0].api_key: no API key (set projects[0].api_key, llamacloud.api_key "
+        "or the LLAMA_CLOUD_API_KEY environment variable)",
+    ]
+
+
+def test_api_key_and_file_together_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "k").write_text("x")
+    found = problems(
+        {"projects": [{"id": "p", "api_key": "a", "api_key_file": str(tmp_path / "k")}]}
+    )
+    assert found[0] == "projects[0].api_key_file: set api_key or api_key_file, not both"
+    missing = problems({"projects": [{"id": "p", "api_key_file": str(tmp_path / "none")}]})
+    assert missing[0].startswith("projects[0].api_key_file: cannot read")
+
+
+@pytest.mark.parametrize("key", ["llx-ключ-0123456789", "llx-a b", "llx-\x00zero"])
+def test_a_key_that_cannot_go_in_a_header_is_a_config_error(key: str) -> None:
+    found = problems({"projects": [{"id": "p", "api_key": key}]})
+    assert found[0].startswith("projects[0].api_key: an API key is printable ASCII")
+    assert key not in " ".join(found)
+    found = problems({"projects": [{"id": "p"}]}, {"LLAMA_CLOUD_API_KEY": key})
+    assert found[0].startswith("LLAMA_CLOUD_API_KEY: an API key is printable ASCII")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("timeout_seconds", 1e300, "greater than 0 and at most 600"),
+        ("timeout_seconds", 10**400, "greater than 0 and at most 600"),
+        ("timeout_seconds", float("nan"), "greater than 0 and at most 600"),
+        ("max_response_bytes", 10**12, "between 1024 and 1073741824"),
+        ("full_listing_every", 0, "between 1 and 1000000"),
+        ("full_listing_every", 2.5, "a whole number"),
+        ("incremental_overlap_seconds", -1, "between 0 and 86400"),
+        ("incremental_overlap_seconds", float("nan"), "between 0 and 86400"),
+        ("incremental_overlap_seconds", "5m", "a number"),
+        ("listing", "sometimes", "one of auto, full"),
+    ],
+)
+def test_numbers_are_bounded(key: str, value: Any, problem: str) -> None:
+    found = problems({"llamacloud": {key: value}, "projects": [{"id": "p", "api_key": "k"}]})
+    assert found == [f"llamacloud.{key}: must be {problem}"]
+
+
+def test_poll_interval_is_bounded() -> None:
+    found = problems({"poll_interval_seconds": 1e300, "projects": [{"id": "p", "api_key": "k"}]})
+    assert found == ["poll_interval_seconds: must be greater than 0 and at most 86400"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://user:pw@api.test", "https://api.test/?x=1", "https://api.test/#f", "http://[::1"],
+)
+def test_base_urls_that_cannot_be_used_are_config_errors(url: str) -> None:
+    found = problems({"llamacloud": {"base_url": url}, "projects": [{"id": "p", "api_key": "k"}]})
+    assert found[0].startswith("llamacloud.base_url: must")
+    assert url not in found[0]
