@@ -13,16 +13,16 @@ from exporter.aggregate.indexes import Detail, IndexSets, pick_indexes
 from exporter.config import ConfigError, load_config, parse_config
 from tests.helpers import BACKTRACKING, REPO, WORDS, python_in_a_child, session
 
-KEY = {"LLAMA_CLOUD_API_KEY": "llx-k"}
+ENV = {"LLAMA_CLOUD_API_KEY": "llx-k"}
 
 
 def detail(**raw: Any) -> Detail:
-    return parse_config({"projects": [{"id": "p"}], "detail": raw}, KEY).detail
+    return parse_config({"projects": [{"id": "p"}], "detail": raw}, ENV).detail
 
 
 def detail_problems(**raw: Any) -> list[str]:
     with pytest.raises(ConfigError) as info:
-        parse_config({"projects": [{"id": "p"}], "detail": raw}, KEY)
+        parse_config({"projects": [{"id": "p"}], "detail": raw}, ENV)
     return info.value.problems
 
 
@@ -40,7 +40,7 @@ def failed(sid: str, error: str | None) -> dict[str, Any]:
 
 
 def test_defaults_cap_indexes_at_20_and_ship_common_error_classes() -> None:
-    config = parse_config({"projects": [{"id": "p"}]}, KEY)
+    config = parse_config({"projects": [{"id": "p"}]}, ENV)
     assert config.detail.max_index_series == 20
     assert config.detail.class_names[-1] == "other"
     assert {"timeout", "rate_limit"} <= set(config.detail.class_names)
@@ -160,7 +160,7 @@ def test_a_backtracking_class_classifies_4_kib_of_words_at_once() -> None:
 from exporter.config import parse_config
 raw = {{"projects": [{{"id": "p"}}], "detail": {{"error_classes": [
     {{"name": "slow", "match": {BACKTRACKING!r}}}]}}}}
-d = parse_config(raw, {KEY!r}).detail
+d = parse_config(raw, {ENV!r}).detail
 print(d.classify({WORDS!r}), d.classify({WORDS!r} * 3), d.classify("upstream call: timeout"))
 """
     assert python_in_a_child(code).split() == ["other", "other", "slow"]
@@ -420,7 +420,7 @@ def test_errors_by_class_add_up_and_survive_the_state_file_form() -> None:
 
 def test_the_example_config_spells_out_the_built_in_classes() -> None:
     """config.example.yaml shows the classes a config without error_classes gets."""
-    example = load_config(REPO / "config.example.yaml", KEY)
+    example = load_config(REPO / "config.example.yaml", ENV)
     shown = [(c.name, c.match.pattern) for c in example.detail.error_classes]
     assert shown == [(c.name, c.match.pattern) for c in Detail().error_classes]
     assert example.detail.max_index_series == Detail().max_index_series

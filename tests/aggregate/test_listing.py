@@ -35,8 +35,8 @@ from exporter.aggregate import (
     aggregate,
 )
 from exporter.simulator import Simulator
+from tests.aggregate.test_tracker import jobs  # every shape of job_metadata the API may send
 from tests.helpers import Exporter, Samples, session, value, wait_for, write_config
-from tests.test_aggregate import jobs  # every shape of job_metadata the API may send
 
 EPOCH = datetime(2026, 11, 1, tzinfo=timezone.utc)
 # What a session's index_ids may be: none in three spellings, one, two, repeats, reordered.
