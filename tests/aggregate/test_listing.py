@@ -1,12 +1,12 @@
-"""Incremental listings stay exact: ``auto`` against ``full`` over the same API history.
+"""aggregate.listing: one listing's pass over the pages, items of every shape, and
+incremental listings that stay exact.
 
-The API here is a small in-process model with offset page tokens, listing newest first or in
+The incremental part runs an in-process API with offset page tokens, listing newest first or in
 creation order, whose sessions change between and *during* listings (a re-run moves a session
 to page one, a creation shifts every later item down, a deletion shifts them up). Two trackers
 poll copies of it that go through the same changes at the same points: one always reads every
 page, the other plans incremental listings as the poller does. Whenever the incremental one
-makes a full listing, its gauges and counters must be the full one's.
-"""
+makes a full listing, its gauges and counters must be the full one's."""
 
 from __future__ import annotations
 
@@ -14,11 +14,8 @@ import copy
 import itertools
 import json
 import os
-import signal
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -31,21 +28,198 @@ from exporter.aggregate import (
     ListingState,
     PollResult,
     RunTotals,
+    RunTuple,
     SessionTracker,
     aggregate,
+    read_run,
 )
-from exporter.simulator import Simulator
-from tests.aggregate.test_tracker import jobs  # every shape of job_metadata the API may send
-from tests.helpers import Exporter, Samples, session, value, wait_for, write_config
+from tests.aggregate.helpers import (
+    EPOCH,
+    _unique,
+    at,
+    bound,
+    invalid_items,
+    jobs,
+    newest_first,
+    stamp,
+    utc,
+    valid_items,
+)
+from tests.helpers import SESSION, session
 
-EPOCH = datetime(2026, 11, 1, tzinfo=timezone.utc)
+
+def run_of(job: Any) -> RunTuple | None:
+    """(is_error, duration_ms, input, output, turns, fingerprint); None: never ran."""
+    return None if job is None else read_run(job)
+
+
+def test_example_session_from_the_api_reference() -> None:
+    result = aggregate([[SESSION]])
+    snap = result.snapshot
+    assert (snap.never_run, snap.ok, snap.error) == (0, 1, 0)
+    assert snap.input_tokens == 100
+    assert snap.output_tokens == 20
+    assert snap.turns == 2
+    assert snap.duration_seconds == 1.5
+    assert snap.last_updated == utc("2026-04-22T12:34:41.342245+00:00")
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        "2026-04-22T12:34:41",
+        "2026-04-22T12:34:41Z",
+        "2026-04-22T12:34:41+00:00",
+        "2026-04-22T14:34:41+02:00",
+        "2026-04-22T12:34:41.000Z",
+        "2026-04-22T12:34:41.0000000",
+    ],
+)
+def test_timestamps_without_a_zone_are_utc(stamp: str) -> None:
+    listed = {"session_id": "a", "last_updated_at": stamp}
+    assert aggregate([[listed]]).snapshot.last_updated == 1776861281.0
+
+
+def test_missing_null_and_unknown_fields_are_tolerated() -> None:
+    items = [
+        {"session_id": "a", "last_updated_at": "2026-01-01T00:00:00"},
+        {"session_id": "b", "last_updated_at": None, "job_metadata": None, "new_field": [1]},
+        {
+            "session_id": "c",
+            "job_metadata": {
+                "duration_ms": None,
+                "total_input_tokens": None,
+                "turns": None,
+                "something_new": {"x": 1},
+            },
+        },
+    ]
+    snap = aggregate([items]).snapshot
+    assert (snap.never_run, snap.ok, snap.error, snap.invalid_items) == (2, 1, 0, 0)
+    assert snap.input_tokens == 0
+    assert snap.last_updated == utc("2026-01-01T00:00:00+00:00")
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        "not an object",
+        None,
+        [1, 2],
+        {"last_updated_at": "2026-01-01T00:00:00"},
+        {"session_id": None},
+        {"session_id": 12},
+        {"session_id": ""},
+        {"session_id": "x", "job_metadata": "yes"},
+        {"session_id": "x", "job_metadata": {"total_input_tokens": "12"}},
+        {"session_id": "x", "job_metadata": {"total_input_tokens": True}},
+        {"session_id": "x", "job_metadata": {"total_output_tokens": -3}},
+        {"session_id": "x", "job_metadata": {"duration_ms": float("nan")}},
+        {"session_id": "x", "job_metadata": {"is_error": "true"}},
+        {"session_id": "x", "job_metadata": {"error": 500}},
+        {"session_id": "x", "last_updated_at": "yesterday"},
+        {"session_id": "x", "last_updated_at": 1700000000},
+    ],
+)
+def test_items_of_the_wrong_shape_are_skipped_and_counted(item: Any) -> None:
+    result = aggregate([[item, session("good")]])
+    assert result.snapshot.invalid_items == 1
+    assert result.snapshot.sessions == 1
+    assert result.snapshot.input_tokens == 100
+
+
+def test_a_session_listed_twice_counts_once() -> None:
+    result = aggregate([[session("a")], [session("a", turns=7), session("b")]])
+    assert result.snapshot.sessions == 2
+    assert result.snapshot.turns == 2 + 2  # the first listing of a counts, not the second
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(valid_items, max_size=40).map(_unique), st.integers(1, 7))
+def test_totals_equal_the_sum_of_the_parts(items: list[dict[str, Any]], page: int) -> None:
+    pages = [items[i : i + page] for i in range(0, len(items), page)]
+    snap = aggregate(pages).snapshot
+    runs = [run_of(item["job_metadata"]) for item in items]
+    assert snap.sessions == len(items)
+    assert snap.never_run == sum(r is None for r in runs)
+    assert snap.error == sum(r is not None and r[0] for r in runs)
+    assert snap.input_tokens == pytest.approx(sum(r[2] or 0 for r in runs if r))
+    assert snap.turns == pytest.approx(sum(r[4] or 0 for r in runs if r))
+    # Splitting one listing into pages changes nothing.
+    assert aggregate([items]).snapshot == snap
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(valid_items, max_size=30).map(_unique),
+    st.lists(invalid_items, max_size=10),
+    st.randoms(use_true_random=False),
+)
+def test_invalid_items_never_change_the_totals(
+    items: list[dict[str, Any]], bad: list[Any], rnd: Any
+) -> None:
+    clean = aggregate([items]).snapshot
+    mixed_items: list[Any] = [*items, *bad]
+    rnd.shuffle(mixed_items)
+    mixed = aggregate([mixed_items]).snapshot
+    assert mixed.invalid_items == len(bad)
+    assert (mixed.never_run, mixed.ok, mixed.error) == (clean.never_run, clean.ok, clean.error)
+    assert mixed.input_tokens == pytest.approx(clean.input_tokens)
+    assert mixed.turns == pytest.approx(clean.turns)
+
+
+def test_a_boolean_where_a_count_belongs_is_never_taken_for_an_unchanged_run() -> None:
+    tracker = SessionTracker()
+    aggregate([[session("a", turns=1)]], tracker)
+    result = aggregate([[session("a", turns=True)]], tracker)
+    assert result.snapshot.invalid_items == 1
+
+
+def test_a_remembered_page_is_read_again_when_a_session_was_rebound_since() -> None:
+    """A body read whole and met again unchanged is taken unread, unless one of its sessions
+    is now bound otherwise (an incremental listing met it elsewhere in between)."""
+    tracker = SessionTracker()
+    first = [bound("a", "i1")]
+    listing = Listing(tracker)
+    listing.add(first, key="page-a")
+    listing.add([bound("b", "i1")], key="page-c")  # i1 stays in use
+    listing.finish()
+    listing = Listing(tracker, cutoff=4e9)  # 2096: it stops after its first page
+    assert listing.add([bound("a", "i2")], key="page-b")
+    result = listing.finish()
+    assert result.incremental  # which keeps the pages remembered before
+    assert result.snapshot.by_index[:2] == (("i1", 1), ("i2", 1))
+    listing = Listing(tracker)
+    # page-a's body again, as it was: the tracker now says i2, so it must be parsed.
+    assert listing.reuse("page-a") is None
+    listing.add(first, key="page-a")
+    assert listing.reuse("page-c") is not None  # unchanged, and nobody on it moved
+    assert listing.finish().snapshot.by_index[0] == ("i1", 2)
+
+
+def test_a_remembered_page_is_read_again_when_its_index_set_id_names_another_set() -> None:
+    """Set ids are reused once no session holds them: a page remembered with the old meaning
+    must not be taken unread for the new one."""
+    tracker = SessionTracker()
+    listing = Listing(tracker)
+    listing.add([bound("s", "a")], key="page-p")  # s holds the first set id, for ("a",)
+    listing.add([bound("t", "z")], key="page-t")
+    listing.finish()
+    listing = Listing(tracker, cutoff=4e9)  # incremental: page-p stays remembered
+    listing.add([bound("s", "b")], key="page-q")  # ("a",) is held by nobody now: freed
+    listing.finish()
+    listing = Listing(tracker, cutoff=4e9)
+    listing.add([bound("s", "c")], key="page-r")  # ("c",) takes the freed id
+    listing.finish()
+    listing = Listing(tracker)
+    assert listing.reuse("page-p") is None  # s's id is page-p's again, meaning ("c",) now
+    listing.add([bound("s", "a")], key="page-p")
+    result = listing.finish()
+    assert ("a", 1) in result.snapshot.by_index and ("c", 1) not in result.snapshot.by_index
+
+
 # What a session's index_ids may be: none in three spellings, one, two, repeats, reordered.
 BINDINGS: tuple[Any, ...] = (None, [], ["i1"], ["i1", "i2"], ["i2"], ["i2", "i1", "i1"], "gone")
-
-
-def stamp(seconds: float, naive: bool = False) -> str:
-    moment = EPOCH + timedelta(seconds=seconds)
-    return (moment.replace(tzinfo=None) if naive else moment).isoformat()
 
 
 @dataclass
@@ -291,18 +465,6 @@ def test_auto_equals_full_after_every_full_listing(
     assert auto_pages <= full_pages
 
 
-def at(sid: str, seconds: float | None, **job: Any) -> dict[str, Any]:
-    """A session last updated ``seconds`` after the epoch (None: no timestamp)."""
-    item = session(sid, **job)
-    item["last_updated_at"] = None if seconds is None else stamp(seconds)
-    return item
-
-
-def newest_first(n: int, start: float = 0.0) -> list[dict[str, Any]]:
-    """``n`` sessions, one a second, listed newest first."""
-    return [at(f"s{i}", start + i) for i in reversed(range(n))]
-
-
 def test_a_newest_first_listing_enables_incremental_and_stops_at_the_cutoff() -> None:
     tracker = SessionTracker()
     items = newest_first(1000)
@@ -322,28 +484,6 @@ def test_a_newest_first_listing_enables_incremental_and_stops_at_the_cutoff() ->
     result = listing.finish()
     assert result.incremental and result.new_runs.runs == 1
     assert result.snapshot == aggregate(pages, SessionTracker()).snapshot
-
-
-def test_plan_full_every_nth_poll_and_after_a_miss() -> None:
-    tracker = SessionTracker()
-    aggregate([newest_first(5)], tracker)
-    plans = []
-    for _ in range(7):
-        cutoff = tracker.plan(auto=True, full_every=3, overlap=0)
-        plans.append(cutoff is not None)
-        listing = Listing(tracker, cutoff, 0)
-        items = newest_first(5)
-        for page in (items[:2], items[2:]):
-            if listing.add(page):
-                break
-        assert listing.finish().incremental == plans[-1]
-    assert plans == [True, True, False, True, True, False, True]
-    assert tracker.plan(auto=False, full_every=3, overlap=0) is None
-    # A full listing that misses a session is followed by another full one.
-    tracker = SessionTracker()
-    aggregate([newest_first(5)], tracker)
-    assert aggregate([newest_first(4)], tracker).missed == 1
-    assert tracker.plan(auto=True, full_every=10, overlap=0) is None
 
 
 def test_an_order_broken_beyond_the_overlap_turns_incremental_off() -> None:
@@ -372,207 +512,6 @@ def test_a_listing_out_of_order_never_turns_incremental_on() -> None:
     assert aggregate([missing], SessionTracker()).order_change is None
 
 
-# ------------------------------------------------- the daemon against the simulator, over HTTP
-
-SESSIONS = 2000  # 20 pages of 100
-
-
-@pytest.fixture
-def newest_sim() -> Iterator[Simulator]:
-    with Simulator(
-        projects=1, sessions_per_project=SESSIONS, seed=11, order="newest-first"
-    ) as simulator:
-        yield simulator
-
-
-def poll_events(exp: Exporter) -> list[dict[str, Any]]:
-    lines = (json.loads(line) for line in exp.logs().splitlines() if line.startswith("{"))
-    return [line for line in lines if line.get("event") == "poll_succeeded"]
-
-
-def sessions_listed(samples: Samples, pid: str) -> float:
-    return sum(
-        value(samples, "llamacloud_chat_sessions", project_id=pid, status=s) or 0
-        for s in ("never_run", "ok", "error")
-    )
-
-
-def test_a_session_that_runs_again_during_a_listing_is_never_counted_as_new(
-    newest_sim: Simulator, tmp_path: Path, start_exporter: Callable[..., Exporter]
-) -> None:
-    """Newest first with offset tokens: the re-run session jumps to page one, behind the
-    listing, which never sees it. It must stay listed and its run count once."""
-    pid = newest_sim.project_ids[0]
-    reruns = 6
-    done: list[str] = []
-
-    def rerun_behind(project_id: str, offset: int, size: int) -> None:
-        if offset == 500 and len(done) < reruns:  # after page 6: a session from page 20
-            last = newest_sim.sessions(project_id)[-1]["session_id"]
-            newest_sim.rerun(project_id, last)
-            done.append(last)
-
-    config = write_config(
-        tmp_path / "c.yaml", newest_sim.base_url, [pid], llamacloud={"listing": "full"}
-    )
-    exp = start_exporter(config)
-    exp.wait_metric("llamacloud_up", {"project_id": pid}, lambda v: v == 1)
-    newest_sim.page_hook = rerun_behind
-
-    # Every scrape while sessions move: nothing dips, nothing is created.
-    def every_rerun_counted() -> bool:
-        m = exp.metrics()
-        assert sessions_listed(m, pid) == SESSIONS
-        assert value(m, "llamacloud_chat_sessions_created_total", project_id=pid) == 0
-        return value(m, "llamacloud_chat_runs_total", project_id=pid) == reruns
-
-    wait_for(every_rerun_counted, 60, "every re-run counted")
-    newest_sim.page_hook = None
-    polls = len(poll_events(exp))
-    wait_for(lambda: len(poll_events(exp)) >= polls + 2, what="two more polls")
-    m = exp.metrics()
-    assert value(m, "llamacloud_chat_runs_total", project_id=pid) == reruns
-    assert value(m, "llamacloud_chat_sessions_created_total", project_id=pid) == 0
-    assert sessions_listed(m, pid) == SESSIONS
-    assert any(event["missed"] > 0 for event in poll_events(exp))  # the case did happen
-
-
-def test_auto_reads_what_changed_and_counts_what_full_counts(
-    newest_sim: Simulator, tmp_path: Path, start_exporter: Callable[..., Exporter]
-) -> None:
-    pid = newest_sim.project_ids[0]
-    full = start_exporter(
-        write_config(
-            tmp_path / "full.yaml", newest_sim.base_url, [pid], llamacloud={"listing": "full"}
-        )
-    )
-    auto = start_exporter(
-        write_config(
-            tmp_path / "auto.yaml",
-            newest_sim.base_url,
-            [pid],
-            llamacloud={"full_listing_every": 4},
-        )
-    )
-    m = auto.wait_metric("llamacloud_poll_incremental", {"project_id": pid}, lambda v: v == 1)
-    # Steady state: page one holds the newest session, page two is all older than the cutoff.
-    assert value(m, "llamacloud_poll_pages", project_id=pid) == 2
-    full.wait_metric("llamacloud_up", {"project_id": pid}, lambda v: v == 1)
-    ids = [item["session_id"] for item in newest_sim.sessions(pid)]
-    for sid in (ids[5], ids[700], ids[1999]):
-        newest_sim.rerun(pid, sid)
-    newest_sim.delete_session(pid, ids[1500])
-    created = newest_sim.create_sessions(pid, 2)
-    newest_sim.rerun(pid, created[0])
-
-    def settled(exp: Exporter, runs: float | None = None) -> Samples | None:
-        samples = exp.metrics()
-        counted = value(samples, "llamacloud_chat_runs_total", project_id=pid) or 0
-        ok = counted >= 4 and sessions_listed(samples, pid) == SESSIONS + 1
-        return samples if ok and runs in (None, counted) else None
-
-    # The deleted session leaves at auto's next full listings; runs count at once.
-    got_full = wait_for(lambda: settled(full), what="full listings settle")
-    runs = value(got_full, "llamacloud_chat_runs_total", project_id=pid)
-    got_auto = wait_for(lambda: settled(auto, runs), what="auto listings settle")
-    for name, labels in (
-        ("llamacloud_chat_sessions_created_total", {}),
-        ("llamacloud_chat_run_errors_total", {}),
-        ("llamacloud_chat_tokens_total", {"token_type": "input"}),
-        ("llamacloud_chat_turns_total", {}),
-        ("llamacloud_chat_session_tokens", {"token_type": "output"}),
-        ("llamacloud_chat_session_turns", {}),
-        ("llamacloud_chat_session_duration_seconds", {}),
-        ("llamacloud_chat_last_updated_timestamp_seconds", {}),
-    ):
-        assert value(got_auto, name, project_id=pid, **labels) == value(
-            got_full, name, project_id=pid, **labels
-        ), name
-    assert value(got_auto, "llamacloud_chat_sessions_created_total", project_id=pid) == 2
-    # Every 4th poll at the latest is a full listing; the others read two pages or three.
-    events = poll_events(auto)
-    assert all(e["pages"] <= 3 for e in events if e["incremental"])
-    assert all(e["pages"] >= SESSIONS // 100 for e in events if not e["incremental"])
-    streak = longest = 0
-    for e in events:
-        streak = streak + 1 if e["incremental"] else 0
-        longest = max(longest, streak)
-    assert 1 <= longest <= 3
-
-
-def test_an_order_broken_mid_run_goes_back_to_full_listings_once(
-    newest_sim: Simulator, tmp_path: Path, start_exporter: Callable[..., Exporter]
-) -> None:
-    pid = newest_sim.project_ids[0]
-    exp = start_exporter(write_config(tmp_path / "c.yaml", newest_sim.base_url, [pid]))
-    exp.wait_metric("llamacloud_poll_incremental", {"project_id": pid}, lambda v: v == 1)
-    # Now in creation order, an hour apart: the first pages hold the oldest sessions.
-    items = [at(f"c{i}", 3600.0 * i) for i in range(300)]
-    newest_sim.set_sessions(pid, items)
-    m = exp.wait_metric(
-        "llamacloud_chat_sessions", {"project_id": pid, "status": "ok"}, lambda v: v == 300
-    )
-    polls = len(poll_events(exp))
-    wait_for(lambda: len(poll_events(exp)) >= polls + 3, what="three more polls")
-    m = exp.metrics()
-    assert value(m, "llamacloud_poll_incremental", project_id=pid) == 0
-    assert value(m, "llamacloud_poll_pages", project_id=pid) == 3
-    lines = [json.loads(line) for line in exp.logs().splitlines() if line.startswith("{")]
-    turned = [line for line in lines if line.get("event") == "listing_full"]
-    assert len(turned) == 1 and turned[0]["project_id"] == pid
-    # In order again: incremental once more.
-    newest_sim.set_sessions(pid, list(reversed(items)))
-    exp.wait_metric("llamacloud_poll_incremental", {"project_id": pid}, lambda v: v == 1)
-
-
-def test_a_restart_continues_incrementally_and_exactly(
-    newest_sim: Simulator, tmp_path: Path, start_exporter: Callable[..., Exporter]
-) -> None:
-    pid = newest_sim.project_ids[0]
-    config = write_config(
-        tmp_path / "c.yaml", newest_sim.base_url, [pid], state={"path": str(tmp_path / "s.db")}
-    )
-    exp = start_exporter(config)
-    exp.wait_metric("llamacloud_poll_incremental", {"project_id": pid}, lambda v: v == 1)
-    ids = [item["session_id"] for item in newest_sim.sessions(pid)]
-    newest_sim.rerun(pid, ids[3])
-    exp.wait_metric("llamacloud_chat_runs_total", {"project_id": pid}, lambda v: v == 1)
-    exp.proc.send_signal(signal.SIGTERM)
-    assert exp.proc.wait(timeout=30) == 0
-    newest_sim.rerun(pid, ids[1000])
-    newest_sim.rerun(pid, ids[1999])
-
-    again = start_exporter(config)
-    m = again.wait_metric("llamacloud_chat_runs_total", {"project_id": pid}, lambda v: v == 3)
-    first = poll_events(again)[0]
-    assert first["incremental"] and first["pages"] <= 3 and not first["baseline"]
-    assert sessions_listed(m, pid) == SESSIONS
-    assert value(m, "llamacloud_chat_sessions_created_total", project_id=pid) == 0
-    # The gauges moved by exactly what the two re-runs changed: a full listing agrees.
-    fresh = start_exporter(write_config(tmp_path / "full.yaml", newest_sim.base_url, [pid]))
-    f = fresh.wait_metric("llamacloud_up", {"project_id": pid}, lambda v: v == 1)
-    for name, labels in (
-        ("llamacloud_chat_session_tokens", {"token_type": "input"}),
-        ("llamacloud_chat_session_duration_seconds", {}),
-        ("llamacloud_chat_session_turns", {}),
-    ):
-        assert value(m, name, project_id=pid, **labels) == value(f, name, project_id=pid, **labels)
-
-
-def test_a_reload_to_listing_full_reads_every_page(
-    newest_sim: Simulator, tmp_path: Path, start_exporter: Callable[..., Exporter]
-) -> None:
-    pid = newest_sim.project_ids[0]
-    path = tmp_path / "c.yaml"
-    exp = start_exporter(write_config(path, newest_sim.base_url, [pid]))
-    exp.wait_metric("llamacloud_poll_incremental", {"project_id": pid}, lambda v: v == 1)
-    write_config(path, newest_sim.base_url, [pid], llamacloud={"listing": "full"})
-    exp.proc.send_signal(signal.SIGHUP)
-    m = exp.wait_metric("llamacloud_poll_incremental", {"project_id": pid}, lambda v: v == 0)
-    assert value(m, "llamacloud_poll_pages", project_id=pid) == SESSIONS // 100
-    assert value(m, "llamacloud_config_last_reload_successful") == 1
-
-
 def test_a_session_stamped_in_the_future_never_hides_later_changes() -> None:
     tracker = SessionTracker()
     items = [at("future", 10**8), *newest_first(300)]
@@ -583,43 +522,3 @@ def test_a_session_stamped_in_the_future_never_hides_later_changes() -> None:
     assert tracker.plan(auto=True, full_every=10, overlap=60, now=zero + 250) == zero + 190
     listing = Listing(tracker, -1e20, 60)  # before year 1: a full listing, not a crash
     assert not listing.incremental
-
-
-def test_a_full_listing_parses_only_the_pages_that_changed(
-    tmp_path: Path, start_exporter: Callable[..., Exporter]
-) -> None:
-    """Creation order: a re-run changes its own page only; the others are taken unread."""
-    with Simulator(projects=1, sessions_per_project=1000, seed=5, order="created") as simulator:
-        pid = simulator.project_ids[0]
-        exp = start_exporter(write_config(tmp_path / "c.yaml", simulator.base_url, [pid]))
-        wait_for(lambda: len(poll_events(exp)) >= 2, what="two polls")
-        steady = poll_events(exp)[-1]
-        assert (steady["pages"], steady["items"], steady["incremental"]) == (10, 0, False)
-        sid = simulator.sessions(pid)[450]["session_id"]
-        simulator.rerun(pid, sid)  # stays on page 5 in creation order
-        m = exp.wait_metric("llamacloud_chat_runs_total", {"project_id": pid}, lambda v: v == 1)
-        assert sessions_listed(m, pid) == 1000
-        changed = next(e for e in poll_events(exp) if e["new_runs"] == 1)
-        assert (changed["pages"], changed["items"]) == (10, 100)
-
-
-def test_projects_started_together_list_in_full_at_different_polls() -> None:
-    """The baseline counts as ``phase`` polls since a full listing: with full_listing_every
-    10, phase 3 lists in full again after 6 incremental polls, and every 10 polls after."""
-    items = newest_first(20)
-    pages = [items[i : i + 5] for i in range(0, 20, 5)]
-
-    def poll(cutoff: float | None) -> bool:
-        listing = Listing(tracker, cutoff, 0.0, phase=3)
-        for page in pages:
-            if listing.add(page):
-                break
-        return listing.finish().incremental
-
-    tracker = SessionTracker()
-    poll(None)
-    fulls = []
-    for n in range(22):
-        if not poll(tracker.plan(auto=True, full_every=10, overlap=0.0)):
-            fulls.append(n)
-    assert fulls == [6, 16]

@@ -27,3 +27,12 @@ def load_problems(path: Path, env: dict[str, str] | None = None) -> list[str]:
     with pytest.raises(ConfigError) as info:
         load_config(path, env or {})
     return info.value.problems
+
+
+ENV = {"LLAMA_CLOUD_API_KEY": "llx-k"}
+
+
+def detail_problems(**raw: Any) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"projects": [{"id": "p"}], "detail": raw}, ENV)
+    return info.value.problems

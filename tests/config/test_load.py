@@ -9,6 +9,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from exporter.aggregate.indexes import Detail
 from exporter.config import ConfigError, Secret, load_config, parse_config
 from exporter.config.load import parse_yaml
 from exporter.config.project import EU_BASE_URL, NA_BASE_URL
@@ -19,7 +20,7 @@ from exporter.config.schema import (
     StateSection,
     WebSection,
 )
-from tests.config.helpers import KEY, PID, load_problems, problems
+from tests.config.helpers import ENV, KEY, PID, load_problems, problems
 from tests.helpers import REPO
 
 
@@ -265,3 +266,11 @@ def test_messages_say_where_each_key_came_from(tmp_path: Path) -> None:
     assert b.key_source == "projects[1].api_key in the config"
     (env,) = parse_config({"projects": [{"id": "c"}]}, {"LLAMA_CLOUD_API_KEY": "llx-e"}).projects
     assert env.key_source == "the LLAMA_CLOUD_API_KEY environment variable"
+
+
+def test_the_example_config_spells_out_the_built_in_classes() -> None:
+    """config.example.yaml shows the classes a config without error_classes gets."""
+    example = load_config(REPO / "config.example.yaml", ENV)
+    shown = [(c.name, c.match.pattern) for c in example.detail.error_classes]
+    assert shown == [(c.name, c.match.pattern) for c in Detail().error_classes]
+    assert example.detail.max_index_series == Detail().max_index_series

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from tests.config.helpers import problems
+from exporter.config import parse_config
+from tests.aggregate.helpers import detail
+from tests.config.helpers import ENV, detail_problems, problems
 
 
 def test_every_problem_is_reported_with_its_key_path() -> None:
@@ -110,3 +112,70 @@ def test_base_urls_that_cannot_be_used_are_config_errors(url: str) -> None:
     found = problems({"llamacloud": {"base_url": url}, "projects": [{"id": "p", "api_key": "k"}]})
     assert found[0].startswith("llamacloud.base_url: must")
     assert url not in found[0]
+
+
+# ------------------------------------------------------------------------------ config
+
+
+def test_defaults_cap_indexes_at_20_and_ship_common_error_classes() -> None:
+    config = parse_config({"projects": [{"id": "p"}]}, ENV)
+    assert config.detail.max_index_series == 20
+    assert config.detail.class_names[-1] == "other"
+    assert {"timeout", "rate_limit"} <= set(config.detail.class_names)
+    assert detail(error_classes=[]).class_names == ("other",)
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        (
+            {"error_classes": [{"name": "bad", "match": "(unclosed"}]},
+            "detail.error_classes[0].match: invalid regular expression (RE2 syntax, as in "
+            "Prometheus): missing ): (unclosed",
+        ),
+        ({"error_classes": [{"name": "x"}]}, "detail.error_classes[0].match: required"),
+        (
+            {"error_classes": [{"name": "Timeout!", "match": "t"}]},
+            "detail.error_classes[0].name: must be a lowercase word",
+        ),
+        ({"error_classes": [{"name": "other", "match": "t"}]}, "name: other is reserved"),
+        (
+            {"error_classes": [{"name": "other\n", "match": "t"}]},
+            "detail.error_classes[0].name: must be a lowercase word",
+        ),
+        (
+            {"error_classes": [{"name": "a", "match": "x"}, {"name": "a", "match": "y"}]},
+            "detail.error_classes[1].name: duplicate class a",
+        ),
+        (
+            {"error_classes": [{"name": "a", "match": "x", "regex": "y"}]},
+            "detail.error_classes[0].regex: unknown key",
+        ),
+        ({"error_classes": "timeout"}, "detail.error_classes: must be a list"),
+        ({"max_index_series": -1}, "detail.max_index_series: must be between 0 and 1000"),
+        ({"max_index_series": "20"}, "detail.max_index_series: must be a whole number"),
+        ({"max_index_sereis": 5}, "detail.max_index_sereis: unknown key"),
+    ],
+)
+def test_bad_detail_is_a_config_error_with_its_key_path(raw: dict[str, Any], problem: str) -> None:
+    found = detail_problems(**raw)
+    assert any(p.startswith(problem) or problem in p for p in found), found
+
+
+def test_a_repeated_class_name_is_said_even_when_the_first_class_has_a_problem() -> None:
+    """Every problem at once: the broken expression and the name used twice."""
+    found = detail_problems(
+        error_classes=[{"name": "a", "match": "("}, {"name": "a", "match": "x"}]
+    )
+    assert found == [
+        "detail.error_classes[0].match: invalid regular expression (RE2 syntax, as in "
+        "Prometheus): missing ): (",
+        "detail.error_classes[1].name: duplicate class a",
+    ]
+
+
+def test_the_detail_section_reports_every_problem_at_once() -> None:
+    problems = detail_problems(
+        max_index_series=1.5, error_classes=[{"name": "a", "match": "["}, "b"]
+    )
+    assert len(problems) == 3, problems
