@@ -11,27 +11,27 @@ from exporter.config import ConfigError, Shard, parse_config
 from exporter.targets.discovery import read_projects, replica_projects
 from tests.helpers import BACKTRACKING, WORDS, python_in_a_child
 
-KEY = {"LLAMA_CLOUD_API_KEY": "llx-k"}
+ENV = {"LLAMA_CLOUD_API_KEY": "llx-k"}
 
 
-def config(**top: Any) -> Any:
-    return parse_config(top, KEY)
+def parsed(**top: Any) -> Any:
+    return parse_config(top, ENV)
 
 
-def problems(raw: dict[str, Any], env: dict[str, str] | None = None) -> list[str]:
+def problems_with_key(raw: dict[str, Any], env: dict[str, str] | None = None) -> list[str]:
     with pytest.raises(ConfigError) as info:
-        parse_config(raw, KEY if env is None else env)
+        parse_config(raw, ENV if env is None else env)
     return info.value.problems
 
 
 def test_discovery_alone_is_a_config() -> None:
-    c = config(discovery={"organization_id": "org-1"})
+    c = parsed(discovery={"organization_id": "org-1"})
     assert c.projects == ()
     assert c.discovery is not None
     assert (c.discovery.organization_id, c.discovery.interval_seconds) == ("org-1", 600.0)
     assert c.discovery.wants("anything")
     # Discovered projects take the llamacloud section's settings.
-    c = config(
+    c = parsed(
         llamacloud={"base_url": "http://127.0.0.1:1", "page_size": 7, "listing": "full"},
         discovery={},
     )
@@ -46,7 +46,7 @@ def test_discovery_alone_is_a_config() -> None:
 
 
 def test_include_and_exclude_search_the_name() -> None:
-    c = config(discovery={"include": "^prod|^staging", "exclude": "-old$"})
+    c = parsed(discovery={"include": "^prod|^staging", "exclude": "-old$"})
     assert c.discovery is not None
     wants = c.discovery.wants
     assert wants("production") and wants("staging-eu")
@@ -75,7 +75,7 @@ def test_include_and_exclude_search_the_name() -> None:
     ],
 )
 def test_bad_discovery_names_the_key(section: dict[str, Any], problem: str) -> None:
-    found = problems({"discovery": section})
+    found = problems_with_key({"discovery": section})
     assert any(p.startswith(problem) for p in found), found
 
 
@@ -87,7 +87,7 @@ def test_a_backtracking_filter_reads_a_long_name_at_once() -> None:
 from exporter.config import parse_config
 from exporter.targets.discovery import read_projects
 for key in ("include", "exclude"):
-    c = parse_config({{"discovery": {{key: {BACKTRACKING!r}}}}}, {KEY!r})
+    c = parse_config({{"discovery": {{key: {BACKTRACKING!r}}}}}, {ENV!r})
     items = [{{"id": "a", "name": {name!r}}}, {{"id": "b", "name": "prod: timeout"}}]
     print(key, *(p.id for p in read_projects(items, c.discovery)[0]))
 """
@@ -97,13 +97,13 @@ for key in ("include", "exclude"):
 def test_discovery_settings_compare_by_their_expressions() -> None:
     """A reload compares them: the same text is the same setting, however often compiled."""
     settings = {"include": "^prod", "exclude": "-old$"}
-    first, again = config(discovery=settings).discovery, config(discovery=settings).discovery
+    first, again = parsed(discovery=settings).discovery, parsed(discovery=settings).discovery
     assert first == again and hash(first.include) == hash(again.include)
-    assert config(discovery={**settings, "include": "^staging"}).discovery != first
+    assert parsed(discovery={**settings, "include": "^staging"}).discovery != first
 
 
 def test_discovery_needs_a_key_of_its_own() -> None:
-    found = problems({"discovery": {}, "projects": [{"id": "p", "api_key": "llx-p"}]}, {})
+    found = problems_with_key({"discovery": {}, "projects": [{"id": "p", "api_key": "llx-p"}]}, {})
     assert found == [
         "discovery: lists projects with llamacloud.api_key (or api_key_file, or the "
         "LLAMA_CLOUD_API_KEY environment variable): set one"
@@ -111,18 +111,18 @@ def test_discovery_needs_a_key_of_its_own() -> None:
 
 
 def test_sharding_in_the_config() -> None:
-    assert config(projects=[{"id": "p"}], sharding={"index": 2, "total": 3}).shard == Shard(2, 3)
-    assert config(projects=[{"id": "p"}]).shard == Shard(0, 1)
-    assert problems({"projects": [{"id": "p"}], "sharding": {"index": 3, "total": 3}}) == [
+    assert parsed(projects=[{"id": "p"}], sharding={"index": 2, "total": 3}).shard == Shard(2, 3)
+    assert parsed(projects=[{"id": "p"}]).shard == Shard(0, 1)
+    assert problems_with_key({"projects": [{"id": "p"}], "sharding": {"index": 3, "total": 3}}) == [
         "sharding.index: must be below sharding.total (3)"
     ]
-    assert problems({"projects": [{"id": "p"}], "sharding": {"total": 0}}) == [
+    assert problems_with_key({"projects": [{"id": "p"}], "sharding": {"total": 0}}) == [
         "sharding.total: must be between 1 and 10000"
     ]
 
 
 def template() -> Any:
-    c = config(discovery={"exclude": "^scratch-"})
+    c = parsed(discovery={"exclude": "^scratch-"})
     assert c.discovery is not None
     return c.discovery
 
@@ -150,7 +150,7 @@ def test_listed_projects_are_read_and_filtered() -> None:
 
 
 def test_a_static_entry_wins_over_a_discovered_one() -> None:
-    c = config(projects=[{"id": "p1", "name": "mine", "api_key": "llx-own"}], discovery={})
+    c = parsed(projects=[{"id": "p1", "name": "mine", "api_key": "llx-own"}], discovery={})
     assert c.discovery is not None
     discovered, _ = read_projects(
         [{"id": "p1", "name": "listed"}, {"id": "p2", "name": "other"}], c.discovery
