@@ -255,3 +255,14 @@ class Exporter:
     def wait_log(self, text: str, timeout: float = 30.0) -> str:
         """The log once it holds ``text`` (an event name, say)."""
         return wait_for(lambda: text in self.logs() and self.logs(), timeout, f"{text!r} logged")
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        timeout=60,
+    )

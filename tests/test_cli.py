@@ -1,5 +1,8 @@
+""""""
+
 from __future__ import annotations
 
+import asyncio
 import json
 import resource
 import signal
@@ -15,7 +18,16 @@ import pytest
 from exporter import __version__
 from exporter.simulator import Simulator
 from exporter.store import StateFile
-from tests.helpers import REPO, free_port, parse_metrics, session, value, wait_for, write_config
+from tests.helpers import (
+    REPO,
+    free_port,
+    parse_metrics,
+    run_cli,
+    session,
+    value,
+    wait_for,
+    write_config,
+)
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -368,3 +380,32 @@ def test_a_restart_on_a_full_disk_serves_the_saved_counters_and_saves_once_there
         saved = again.load(["p"])["p"]
     assert saved.totals.runs == 2
     assert {row[0] for row in saved.sessions or ()} == {"a", "b"}
+
+
+def test_shard_flags(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("projects: [{id: p, api_key: llx-k}]\nsharding: {total: 3}\n")
+    ok = run_cli("--config", str(config), "--check-config", "--shard", "1/4")
+    assert ok.returncode == 0, ok.stderr
+    assert "shard 1/4" in ok.stdout
+    pod = {"HOSTNAME": "llamacloud-exporter-2"}
+    ok = run_cli("--config", str(config), "--check-config", "--shard.from-hostname", env=pod)
+    assert "shard 2/3" in ok.stdout, ok.stderr  # the total from sharding.total
+    ok = run_cli(
+        *("--config", str(config), "--check-config", "--shard.from-hostname"),
+        *("--shard.total", "5"),
+        env=pod,
+    )
+    assert "shard 2/5" in ok.stdout, ok.stderr
+    for args, env, problem in [
+        (("--shard", "4/4"), {}, "INDEX must be from 0 to 3"),
+        (("--shard", "0/1000000000"), {}, "TOTAL must be from 1 to 10000"),
+        (("--shard", ""), {}, "is not INDEX/TOTAL"),  # an unset ${SHARD}: not every project
+        (("--shard.total", "2"), {}, "--shard.total goes with --shard.from-hostname"),
+        (("--shard.from-hostname", "--shard.total", "2"), pod, "ordinal 2, but there are only 2"),
+        (("--shard.from-hostname",), {"HOSTNAME": "laptop"}, "does not end in -<ordinal>"),
+    ]:
+        bad = run_cli("--config", str(config), "--check-config", *args, env=env)
+        assert bad.returncode == 2 and problem in bad.stderr, (args, bad.stderr)
+    both = run_cli("--config", str(config), "--shard", "0/2", "--shard.from-hostname")
+    assert both.returncode == 2 and "not allowed with" in both.stderr

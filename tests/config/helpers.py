@@ -36,3 +36,13 @@ def detail_problems(**raw: Any) -> list[str]:
     with pytest.raises(ConfigError) as info:
         parse_config({"projects": [{"id": "p"}], "detail": raw}, ENV)
     return info.value.problems
+
+
+def parsed(**top: Any) -> Any:
+    return parse_config(top, ENV)
+
+
+def problems_with_key(raw: dict[str, Any], env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, ENV if env is None else env)
+    return info.value.problems
