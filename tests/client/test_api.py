@@ -1,85 +1,33 @@
-"""The client's corner cases, against httpx.MockTransport, and its bounds against a hostile
-server on loopback."""
+"""client.api: pages followed to the end, retries and backoff as the SDK does them, the
+rate limit, and one bounded pool of connections; against httpx.MockTransport for corner cases
+and a hostile server on loopback for the pool."""
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
-import math
-import socket
 import threading
 import time
-import tracemalloc
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 
 from exporter import __version__
-from exporter.aggregate import aggregate
 from exporter.client import ApiClient, PollError
 from exporter.client.api import RateLimiter, backoff_seconds, retry_after_seconds
-from exporter.client.body import code_label
 from exporter.config import ProjectConfig, Secret
 from exporter.simulator import DEFAULT_API_KEY, Simulator
-from tests.helpers import wait_for
-from tests.hostile import Hostile, Request, Writer, answer, drip, gzip_bomb, page, serve
-
-KEY = "llx-test-key-0123456789"
-PROJECT = ProjectConfig(
-    id="proj-1",
-    name="p",
-    organization_id="org-1",
-    base_url="https://api.example.test",
-    page_size=2,
-    api_key=Secret(KEY),
+from tests.client.helpers import (
+    KEY,
+    PROJECT,
+    Handler,
+    Harness,
+    hostile_project,
+    listing,
+    pages_handler,
 )
-
-Handler = Callable[[httpx.Request], httpx.Response]
-
-
-class Harness:
-    def __init__(self, handler: Handler, max_retries: int = 5) -> None:
-        self.requests: list[httpx.Request] = []
-        self.sleeps: list[float] = []
-        self.codes: list[str] = []
-
-        def record(request: httpx.Request) -> httpx.Response:
-            self.requests.append(request)
-            return handler(request)
-
-        self.client = ApiClient(
-            max_retries=max_retries,
-            transport=httpx.MockTransport(record),
-            rand=lambda: 0.0,
-            on_request=self.codes.append,
-            wait=self.wait,
-        )
-
-    def wait(self, seconds: float) -> bool:
-        """Backoff waits are recorded, not slept: the tests assert them, not the clock."""
-        self.sleeps.append(seconds)
-        return False
-
-    def list(self, max_pages: int = 100) -> list[list[Any]]:
-        try:
-            return [page.items for page in self.client.pages(PROJECT, max_pages)]
-        finally:
-            self.client.close()
-
-    def fails(self, max_pages: int = 100) -> PollError:
-        with pytest.raises(PollError) as info:
-            self.list(max_pages)
-        return info.value
-
-
-def pages_handler(pages: dict[str | None, dict[str, Any]]) -> Handler:
-    def handle(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json=pages[request.url.params.get("page_token")])
-
-    return handle
+from tests.helpers import wait_for
+from tests.hostile import Hostile, Request, Writer, answer, drip, page
 
 
 @pytest.mark.parametrize("last", [{}, {"next_page_token": None}, {"next_page_token": ""}])
@@ -147,21 +95,6 @@ def test_more_than_max_pages_fails() -> None:
 def test_exactly_max_pages_is_fine() -> None:
     h = Harness(pages_handler({None: {"items": [1], "next_page_token": "a"}, "a": {"items": [2]}}))
     assert h.list(max_pages=2) == [[1], [2]]
-
-
-@pytest.mark.parametrize(
-    ("body", "reason"),
-    [
-        (b"<html>oops</html>", "invalid_response"),
-        (b'{"items": [1, 2', "invalid_response"),
-        (b"[1, 2]", "invalid_response"),
-        (b'{"items": {"a": 1}}', "invalid_response"),
-        (b'{"items": [], "next_page_token": 5}', "invalid_response"),
-    ],
-)
-def test_a_bad_body_fails_the_poll(body: bytes, reason: str) -> None:
-    h = Harness(lambda r: httpx.Response(200, content=body))
-    assert h.fails().reason == reason
 
 
 def sequence(*responses: httpx.Response | Exception) -> Handler:
@@ -398,158 +331,6 @@ def test_a_pool_that_shrinks_closes_what_it_no_longer_needs() -> None:
             client.close()
 
 
-# ---------------------------------------------------------------- against a hostile server
-
-
-def fragments_of(key: str, text: str) -> list[str]:
-    """Every run of 8 characters of ``key`` that ``text`` still holds."""
-    return [key[i : i + 8] for i in range(len(key) - 7) if key[i : i + 8] in text]
-
-
-def hostile_project(url: str, key: str = KEY) -> ProjectConfig:
-    return ProjectConfig("proj-1", "p", "", url, 100, Secret(key))
-
-
-@pytest.fixture
-def hostile() -> Iterator[Hostile]:
-    yield from serve(lambda request: answer(200, page([])))
-
-
-def listing(client: ApiClient, project: ProjectConfig, max_bytes: int = 1 << 20) -> PollError:
-    try:
-        with pytest.raises(PollError) as info:
-            list(client.pages(project, 100, max_bytes))
-        return info.value
-    finally:
-        client.close()
-
-
-def test_a_dripping_server_is_cut_at_the_request_deadline(hostile: Hostile) -> None:
-    # A whole answer, a byte every 10 ms: no read ever waits a second, so a timeout per
-    # read never fires, and the answer would take a minute. The request's deadline does.
-    body = page([{"session_id": f"s{i}"} for i in range(200)])
-    head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-    sent = []
-
-    def behaviour(request: Request) -> Writer:
-        write = drip(head + body, every=0.01)
-
-        def counting(sock: socket.socket, stopping: Callable[[], bool]) -> None:
-            try:
-                write(sock, stopping)
-            finally:
-                sent.append(True)
-
-        return counting
-
-    hostile.behaviour = behaviour
-    error = listing(ApiClient(timeout=1.0, max_retries=0), hostile_project(hostile.url))
-    assert error.reason == "timeout"
-    assert not sent  # the server was still dripping: the client gave up, not the server
-
-
-GZIP_BOMB = gzip_bomb(256 << 20)  # 256 MiB of "[" in about 256 KB
-
-
-def test_a_gzip_bomb_fails_with_too_large_before_memory_follows(hostile: Hostile) -> None:
-    hostile.behaviour = lambda request: answer(
-        200, GZIP_BOMB, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}
-    )
-    tracemalloc.start()
-    try:
-        error = listing(ApiClient(max_retries=0), hostile_project(hostile.url), max_bytes=1 << 20)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert error.reason == "too_large"
-    assert peak < 32 << 20  # bytes held at once while reading 256 MiB: a few MiB, not 256
-
-
-def test_a_declared_length_over_the_limit_fails_before_reading(hostile: Hostile) -> None:
-    hostile.behaviour = lambda request: answer(200, b"[" * (2 << 20))
-    error = listing(ApiClient(max_retries=0), hostile_project(hostile.url), max_bytes=1 << 20)
-    assert error.reason == "too_large"
-    assert "max_response_bytes=1048576" in str(error)
-
-
-def test_an_echoed_key_is_blanked_before_the_detail_is_cut(hostile: Hostile) -> None:
-    detail = "x" * 180 + f" your key {KEY} is not valid " + "y" * 50
-    hostile.behaviour = lambda request: answer(400, {"detail": detail})
-    error = listing(ApiClient(max_retries=0), hostile_project(hostile.url))
-    assert error.reason == "client_error"
-    assert fragments_of(KEY, str(error)) == []
-    assert "********" in str(error)
-
-
-def test_a_reason_phrase_with_most_of_the_key_is_blanked(hostile: Hostile) -> None:
-    hostile.behaviour = lambda request: answer(418, b"", reason=f"nope {KEY[2:-3]}")
-    error = listing(ApiClient(max_retries=0), hostile_project(hostile.url))
-    assert fragments_of(KEY, str(error)) == []
-
-
-def test_a_detail_nested_a_thousand_deep_fails_the_poll_cleanly(hostile: Hostile) -> None:
-    nested = b'{"detail":' + b"[" * 1000 + b"]" * 1000 + b"}"
-    hostile.behaviour = lambda request: answer(500, nested)
-    error = listing(ApiClient(max_retries=0), hostile_project(hostile.url))
-    assert error.reason == "server_error"
-    assert "too deeply nested" in str(error)
-
-
-def test_a_megabyte_page_token_fails_the_poll_cleanly(hostile: Hostile) -> None:
-    hostile.behaviour = lambda request: answer(200, page([{"session_id": "a"}], "t" * (1 << 20)))
-    error = listing(ApiClient(max_retries=0), hostile_project(hostile.url), max_bytes=4 << 20)
-    assert error.reason == "invalid_response"
-    assert "page token longer than 8192" in str(error)
-
-
-def test_numbers_too_large_and_lone_surrogates_fail_the_item_not_the_page(
-    hostile: Hostile,
-) -> None:
-    good = {"session_id": "good", "job_metadata": {"total_input_tokens": 5}}
-    raw = (
-        b'{"items":['
-        + orjson.dumps(good)
-        + b',{"session_id":"big","job_metadata":{"total_input_tokens":'
-        + b"9" * 400
-        + b'}},{"session_id":"max1","job_metadata":{"total_output_tokens":1e308}},'
-        + b'{"session_id":"max2","job_metadata":{"total_output_tokens":1e308}},'
-        + b'{"session_id":"\\ud800","job_metadata":null},'
-        + b'{"session_id":"surrogate-in-error","job_metadata":{"error":"\\udc00"}}]}'
-    )
-    hostile.behaviour = lambda request: answer(200, raw)
-    client = ApiClient(max_retries=0)
-    try:
-        result = aggregate(p.items or [] for p in client.pages(hostile_project(hostile.url), 10))
-    finally:
-        client.close()
-    snap = result.snapshot
-    assert snap.sessions == 2  # "good" and the error whose text holds a lone surrogate
-    assert snap.error == 1
-    assert snap.invalid_items == 4
-    assert snap.input_tokens == 5 and snap.output_tokens == 0
-    assert all(math.isfinite(v) for v in (snap.input_tokens, snap.output_tokens, snap.turns))
-
-
-def test_the_code_label_is_one_of_a_bounded_set() -> None:
-    labels = {code_label(status) for status in range(0, 1000)}
-    assert labels == {
-        *("200", "400", "401", "403", "404", "408", "409", "413", "422", "429"),
-        *("500", "502", "503", "504"),
-        *("1xx", "2xx", "3xx", "4xx", "5xx", "other"),
-    }
-
-
-def test_a_server_answering_every_status_keeps_the_code_label_bounded() -> None:
-    statuses = iter(range(100, 1000))
-    h = Harness(lambda request: httpx.Response(next(statuses), json={"detail": "x"}), 0)
-    for _ in range(900):
-        with contextlib.suppress(PollError):
-            list(h.client.pages(PROJECT, 1))
-    h.client.close()
-    assert len(h.codes) == 900
-    assert len(set(h.codes)) <= 20
-
-
 def test_the_key_is_only_in_the_request_header() -> None:
     seen: list[str] = []
 
@@ -560,46 +341,6 @@ def test_the_key_is_only_in_the_request_header() -> None:
 
     Harness(handler).list()
     assert seen == [f"Bearer {KEY}"]
-
-
-def test_a_body_without_length_cut_at_the_deadline_is_a_timeout(hostile: Hostile) -> None:
-    # Without Content-Length the body ends when the connection does: the cut must not pass
-    # for the end of a (then invalid) page.
-    body = page([{"session_id": f"s{i}"} for i in range(200)])
-    hostile.behaviour = lambda request: drip(
-        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + body, every=0.01
-    )
-    error = listing(ApiClient(timeout=1.0, max_retries=0), hostile_project(hostile.url))
-    assert error.reason == "timeout"
-
-
-def test_an_error_answer_with_an_unreadable_body_keeps_its_status(hostile: Hostile) -> None:
-    hostile.behaviour = lambda request: answer(
-        503, b"\x00not brotli", reason="Busy", headers={"Content-Encoding": "br"}
-    )
-    codes: list[str] = []
-    client = ApiClient(max_retries=1, on_request=codes.append, wait=lambda seconds: False)
-    error = listing(client, hostile_project(hostile.url))
-    assert error.reason == "server_error"
-    assert codes == ["503", "503"]  # retried, as a 503 is
-
-
-def test_a_page_too_large_is_counted_by_its_status(hostile: Hostile) -> None:
-    hostile.behaviour = lambda request: answer(200, b"[" * (2 << 20))
-    codes: list[str] = []
-    client = ApiClient(max_retries=0, on_request=codes.append)
-    assert listing(client, hostile_project(hostile.url)).reason == "too_large"
-    assert codes == ["200"]
-
-
-def test_the_watchdog_holds_nothing_between_requests(hostile: Hostile) -> None:
-    client = ApiClient(timeout=600)
-    try:
-        for _ in range(50):
-            list(client.pages(hostile_project(hostile.url), 10))
-        assert client._watchdog._active == set()
-    finally:
-        client.close()
 
 
 def test_a_connection_failure_names_the_host_and_the_cause(hostile: Hostile) -> None:
