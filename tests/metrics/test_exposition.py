@@ -1,4 +1,5 @@
-"""The collector renders the store and never reaches the API."""
+"""metrics.exposition: the cached text formats, byte for byte what prometheus_client
+renders, filtered by name or not."""
 
 from __future__ import annotations
 
@@ -13,36 +14,7 @@ from exporter.aggregate import SessionTracker, aggregate
 from exporter.config import ProjectConfig, Secret
 from exporter.metrics import StoreCollector, TextExposition
 from exporter.store import Store
-from tests.helpers import parse_metrics, session, value
-
-
-def test_a_project_removed_from_the_store_leaves_no_series() -> None:
-    def render(pids: list[str]) -> str:
-        store = Store([ProjectConfig(p, p, "", "http://x", 100, Secret("k")) for p in pids])
-        for p in pids:
-            store.record_success(p, aggregate([[session("a")]]), duration=1, finished=1)
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(StoreCollector(store))
-        return generate_latest(registry).decode()
-
-    assert 'project_id="gone"' in render(["kept", "gone"])
-    text = render(["kept"])
-    assert 'project_id="gone"' not in text
-    assert value(parse_metrics(text), "llamacloud_up", project_id="kept") == 1
-
-
-def test_help_texts_say_values_come_from_the_last_poll() -> None:
-    store = Store([ProjectConfig("p", "p", "", "http://x", 100, Secret("k"))])
-    store.record_success("p", aggregate([[session("a")]]), duration=1, finished=1)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(store))
-    helps = {
-        line.split()[2]: line
-        for line in generate_latest(registry).decode().splitlines()
-        if line.startswith("# HELP llamacloud_chat")
-    }
-    assert helps
-    assert all("last" in line and "poll" in line for line in helps.values()), helps
+from tests.helpers import session
 
 
 def test_the_cached_text_format_equals_prometheus_client_byte_for_byte() -> None:

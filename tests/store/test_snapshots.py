@@ -1,3 +1,5 @@
+"""store.snapshots: the latest state of every project, swapped whole."""
+
 from __future__ import annotations
 
 from exporter.aggregate import SessionTracker, aggregate
