@@ -1,4 +1,5 @@
-"""The daemon behind a web config: a real TLS handshake, client certificates, basic auth."""
+"""The daemon behind a web config: a real TLS handshake, client certificates, basic auth,
+reloads."""
 
 from __future__ import annotations
 

@@ -1,7 +1,4 @@
-"""Basic auth under load: one bcrypt check at a time in arrival order, a bounded queue,
-requests that wait for bcrypt without holding a worker thread, and what a reload keeps. Real
-bcrypt throughout; ``checkpw`` is only watched (and, to make a check "still running", held
-until the test lets it go)."""
+"""The web config file (exporter-toolkit's ``--web.config.file``): checks, TLS, basic auth."""
 
 from __future__ import annotations
 
@@ -11,6 +8,8 @@ import concurrent.futures
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import bcrypt
 import httpx
@@ -18,22 +17,24 @@ import pytest
 
 import exporter.web.auth as basicauth
 from exporter.store import Store
-from exporter.web import MetricsServer
-from exporter.web.auth import BCRYPT_QUEUE, AuthResult, BasicAuth
+from exporter.web import MetricsServer, WebConfig, WebConfigError
+from exporter.web.auth import AUTH_CACHE_SIZE, BCRYPT_QUEUE, AuthResult, BasicAuth
 from exporter.web.config import parse_web_config
 from exporter.web.server import WORKERS
 from tests.helpers import admits, wait_for
+from tests.web.helpers import (
+    ALICE_HASH,
+    ALICE_PASSWORD,
+    BOB_HASH,
+    BOB_PASSWORD,
+    USERS,
+    basic,
+    hashed,
+    load,
+    problems,
+)
 
 HOLD = b"held until the test lets it go"
-
-
-def hashed(password: str, cost: int = 4) -> bytes:
-    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=cost))
-
-
-def basic(user: str, password: str | bytes) -> str:
-    raw = password if isinstance(password, bytes) else password.encode()
-    return "Basic " + base64.b64encode(user.encode() + b":" + raw).decode()
 
 
 @dataclass
@@ -229,3 +230,252 @@ def test_requests_waiting_for_bcrypt_hold_no_worker_and_one_more_gets_503(
         assert checkpw.most_at_once == 1
     finally:
         server.stop()
+
+
+# --- basic auth users -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "hunter2",
+        "$1$saltsalt$abcdefghijklmnopqrstuv",  # md5-crypt
+        "$2b$10$tooShort",
+        "$2x$10$" + "a" * 53,  # not a prefix bcrypt tools make
+        "$2b$99$" + "a" * 53,  # no such cost
+        ALICE_HASH + "hunter2",
+        12345,
+        ["hunter2"],
+        None,
+    ],
+)
+def test_a_value_that_is_not_a_bcrypt_hash_is_never_echoed(tmp_path: Path, value: Any) -> None:
+    with pytest.raises(WebConfigError) as info:
+        load(tmp_path, {"basic_auth_users": {"alice": value}})
+    (problem,) = info.value.problems
+    assert problem.startswith("basic_auth_users.alice: not a bcrypt hash")
+    for text in (str(info.value), repr(info.value)):
+        assert "hunter2" not in text
+        assert "tooShort" not in text
+        assert "12345" not in text
+        assert ALICE_HASH not in text
+
+
+@pytest.mark.parametrize("prefix", ["$2a$", "$2b$", "$2y$"])
+def test_every_bcrypt_prefix(tmp_path: Path, prefix: str) -> None:
+    config = load(tmp_path, {"basic_auth_users": {"alice": prefix + ALICE_HASH[4:]}})
+    assert admits(config, basic("alice", ALICE_PASSWORD))
+
+
+def test_bad_user_names(tmp_path: Path) -> None:
+    text = f"basic_auth_users:\n  42: '{ALICE_HASH}'\n  'a:b': '{ALICE_HASH}'\n  \"a\\tb\": x\n"
+    assert problems(tmp_path, text) == [
+        "basic_auth_users.42: a user name must be a string (quote it)",
+        "basic_auth_users.a:b: a user name cannot hold a colon (HTTP basic auth)",
+        "basic_auth_users.a\tb: a user name cannot hold control characters",
+    ]
+    assert problems(tmp_path, {"basic_auth_users": ["alice"]}) == [
+        "basic_auth_users: must be a mapping of user names to bcrypt hashes"
+    ]
+
+
+# --- basic auth -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def users(tmp_path: Path) -> WebConfig:
+    return load(tmp_path, {"basic_auth_users": USERS})
+
+
+@pytest.fixture
+def checkpw_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bytes, bytes]]:
+    """Every bcrypt.checkpw call, as (password, hash)."""
+    calls: list[tuple[bytes, bytes]] = []
+    real: Callable[[bytes, bytes], bool] = bcrypt.checkpw
+
+    def counting(password: bytes, hashed: bytes) -> bool:
+        calls.append((password, hashed))
+        return real(password, hashed)
+
+    monkeypatch.setattr(bcrypt, "checkpw", counting)
+    return calls
+
+
+def test_right_and_wrong_passwords(users: WebConfig) -> None:
+    assert admits(users, basic("alice", ALICE_PASSWORD))
+    assert admits(users, basic("bob", BOB_PASSWORD))  # colons in the password
+    assert not admits(users, basic("alice", "wrong"))
+    assert not admits(users, basic("alice", BOB_PASSWORD))
+    assert not admits(users, basic("alice", ""))
+    assert not admits(users, basic("Alice", ALICE_PASSWORD))
+
+
+def test_unknown_users_cost_a_bcrypt_check_and_never_pass(
+    users: WebConfig, checkpw_calls: list[tuple[bytes, bytes]]
+) -> None:
+    assert not admits(users, basic("mallory", ALICE_PASSWORD))
+    assert not admits(users, basic("", ALICE_PASSWORD))
+    assert len(checkpw_calls) == 2
+    # Against a hash of the configured cost that is none of the configured hashes.
+    assert all(hashed.startswith(b"$2b$04$") for _, hashed in checkpw_calls)
+    assert not {hashed for _, hashed in checkpw_calls} & {ALICE_HASH.encode(), BOB_HASH.encode()}
+
+
+def test_a_wrong_password_costs_the_same_work_for_every_user_name(
+    tmp_path: Path, checkpw_calls: list[tuple[bytes, bytes]]
+) -> None:
+    """bcrypt's work is 2^cost rounds; before, a wrong password for a user of cost 4 took 2^4,
+    one for an unknown user those of a hash of the most common cost, so a 401's time told
+    which users exist."""
+
+    def work(password: bytes) -> int:
+        return sum(2 ** int(hashed[4:6]) for p, hashed in checkpw_calls if p == password)
+
+    costs = {"alice": 4, "bob": 5, "carol": 7}
+    users = {
+        u: bcrypt.hashpw(u.encode(), bcrypt.gensalt(rounds=c)).decode() for u, c in costs.items()
+    }
+    config = load(tmp_path, {"basic_auth_users": users})
+    for user in ("alice", "bob", "carol", "mallory", "", "alice "):
+        guess = f"{user} guessed wrong".encode()
+        assert not admits(config, basic(user, guess.decode()))
+        assert work(guess) == 2**7, user  # the highest configured cost, for everyone
+    # A right password costs its own hash only: logins do not pay for the equal time.
+    assert admits(config, basic("alice", "alice"))
+    assert work(b"alice") == 2**4
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "",
+        "Basic",
+        "Basic ",
+        "Bearer " + base64.b64encode(b"alice:x").decode(),
+        "Basicx " + base64.b64encode(f"alice:{ALICE_PASSWORD}".encode()).decode(),
+        "Basic !!!not-base64!!!",
+        "Basic " + base64.b64encode(f"alice:{ALICE_PASSWORD}".encode()).decode()[:-2],
+        "Basic " + base64.b64encode(b"alice-without-colon").decode(),
+        "Basic " + base64.b64encode(b"alice:\xff\xfe").decode(),
+        "Basic " + base64.b64encode(b"\xffalice:x").decode(),
+        "Basic \u00e9\u00e9\u00e9\u00e9",
+        "Basic " + "A" * 10_000,
+    ],
+)
+def test_malformed_headers(
+    users: WebConfig, checkpw_calls: list[tuple[bytes, bytes]], header: str | None
+) -> None:
+    assert not admits(users, header)
+    assert checkpw_calls == []
+
+
+@pytest.mark.parametrize("scheme", ["Basic", "basic", "BASIC", "bAsIc"])
+def test_the_scheme_is_case_insensitive(users: WebConfig, scheme: str) -> None:
+    encoded = base64.b64encode(f"alice:{ALICE_PASSWORD}".encode()).decode()
+    assert admits(users, f"{scheme} {encoded}")
+    assert admits(users, f"  {scheme}   {encoded}  ")
+
+
+def test_utf8_names_and_passwords(tmp_path: Path) -> None:
+    hashed = bcrypt.hashpw("pässwörd".encode(), bcrypt.gensalt(rounds=4)).decode()
+    config = load(tmp_path, {"basic_auth_users": {"zoë": hashed}})
+    assert admits(config, basic("zoë", "pässwörd"))
+    assert not admits(config, basic("zoe", "pässwörd"))
+
+
+def test_long_passwords_are_cut_at_72_bytes_like_bcrypt(tmp_path: Path) -> None:
+    hashed = bcrypt.hashpw(b"x" * 72, bcrypt.gensalt(rounds=4)).decode()
+    config = load(tmp_path, {"basic_auth_users": {"alice": hashed}})
+    assert admits(config, basic("alice", "x" * 72))
+    assert admits(config, basic("alice", "x" * 100))
+    assert not admits(config, basic("alice", "x" * 71))
+
+
+def test_a_success_is_cached(users: WebConfig, checkpw_calls: list[tuple[bytes, bytes]]) -> None:
+    header = basic("alice", ALICE_PASSWORD)
+    assert admits(users, header)
+    assert len(checkpw_calls) == 1
+    for _ in range(5):
+        assert admits(users, header)
+    assert len(checkpw_calls) == 1
+    # A different password for the same user is not a cache hit.
+    assert not admits(users, basic("alice", ALICE_PASSWORD + "!"))
+    assert len(checkpw_calls) == 2
+
+
+def test_a_failure_is_remembered_too(
+    users: WebConfig, checkpw_calls: list[tuple[bytes, bytes]]
+) -> None:
+    for _ in range(3):
+        assert not admits(users, basic("alice", "wrong"))
+        assert not admits(users, basic("mallory", "wrong"))
+    assert len(checkpw_calls) == 2  # a guess sent again costs no bcrypt check
+    assert admits(users, basic("alice", ALICE_PASSWORD))
+
+
+def test_the_cache_belongs_to_one_config(
+    tmp_path: Path, checkpw_calls: list[tuple[bytes, bytes]]
+) -> None:
+    header = basic("alice", ALICE_PASSWORD)
+    assert admits(load(tmp_path, {"basic_auth_users": USERS}), header)
+    assert admits(load(tmp_path, {"basic_auth_users": USERS}), header)
+    assert len(checkpw_calls) == 2
+    # After a reload with a new hash, the old password no longer opens the door.
+    new = bcrypt.hashpw(b"new", bcrypt.gensalt(rounds=4)).decode()
+    assert not admits(load(tmp_path, {"basic_auth_users": {"alice": new}}), header)
+
+
+def test_the_cache_is_bounded_and_lru(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, checkpw_calls: list[tuple[bytes, bytes]]
+) -> None:
+    assert AUTH_CACHE_SIZE == 100
+    monkeypatch.setattr(basicauth, "AUTH_CACHE_SIZE", 2)
+    names = ("u1", "u2", "u3")
+    hashes = {n: bcrypt.hashpw(n.encode(), bcrypt.gensalt(rounds=4)).decode() for n in names}
+    config = load(tmp_path, {"basic_auth_users": hashes})
+
+    def check(name: str) -> int:
+        before = len(checkpw_calls)
+        assert admits(config, basic(name, name))
+        return len(checkpw_calls) - before
+
+    assert [check("u1"), check("u2"), check("u1")] == [1, 1, 0]  # u1 is now the newest
+    assert check("u3") == 1  # evicts u2, the least recently used
+    assert [check("u1"), check("u3"), check("u2")] == [0, 0, 1]
+
+
+def test_cache_keys_are_digests_not_passwords(users: WebConfig) -> None:
+    assert admits(users, basic("alice", ALICE_PASSWORD))
+    (key,) = users.basic_auth._checks.good._entries
+    assert len(key) == 32
+    assert ALICE_PASSWORD.encode() not in key
+
+
+def test_checks_from_many_threads(
+    users: WebConfig, checkpw_calls: list[tuple[bytes, bytes]]
+) -> None:
+    results: list[bool] = []
+    lock = threading.Lock()
+    headers = [basic("alice", ALICE_PASSWORD), basic("bob", BOB_PASSWORD), basic("bob", "no")]
+
+    def work(header: str, expected: bool) -> None:
+        for _ in range(10):
+            ok = admits(users, header) is expected
+            with lock:
+                results.append(ok)
+
+    threads = [
+        threading.Thread(target=work, args=(h, i < 2))
+        for _ in range(4)
+        for i, h in enumerate(headers)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 120 and all(results)
+    # Each password checked once: the others joined that check or found its answer remembered.
+    assert sorted(password for password, _ in checkpw_calls) == sorted(
+        [ALICE_PASSWORD.encode(), BOB_PASSWORD.encode(), b"no"]
+    )
