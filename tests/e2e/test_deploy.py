@@ -1520,7 +1520,12 @@ def test_dockerignore_keeps_the_build_inputs_and_nothing_else() -> None:
             for path in [REPO / source, *(REPO / source).rglob("*.py")]:
                 relative = path.relative_to(REPO).as_posix()
                 assert not dockerignored(relative), f"{relative} is copied but .dockerignored"
-    for unwanted in (".git/HEAD", ".venv/pyvenv.cfg", "tests/test_deploy.py", "deploy/README.md"):
+    for unwanted in (
+        ".git/HEAD",
+        ".venv/pyvenv.cfg",
+        "tests/e2e/test_deploy.py",
+        "deploy/README.md",
+    ):
         assert dockerignored(unwanted), unwanted
     assert dockerignored("exporter/__pycache__/cli.cpython-311.pyc")
 
