@@ -1,4 +1,5 @@
-""""""
+"""cli: the command line: --version, --check-config, --once, --demo and the shard flags, and
+the daemon's start (its state file, its loops), as a user runs them."""
 
 from __future__ import annotations
 
