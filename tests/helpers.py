@@ -3,6 +3,7 @@ sessions, configs and a running exporter process. Fixtures are tests/conftest.py
 
 from __future__ import annotations
 
+import base64
 import inspect
 import os
 import shutil
@@ -20,6 +21,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from exporter.config import ProjectConfig, Secret
 from exporter.simulator import DEFAULT_API_KEY
 from exporter.web import WebConfig
 from exporter.web.auth import AuthResult
@@ -73,6 +75,19 @@ def wait_for(
     raise AssertionError(
         f"timed out after {timeout:g} s waiting for {what or _described(predicate)}; last: {last!r}"
     )
+
+
+def project(
+    pid: str,
+    name: str = "",
+    *,
+    organization_id: str = "",
+    base_url: str = "http://127.0.0.1:1",
+    key: str = "k",
+) -> ProjectConfig:
+    """A project to poll or to serve, what a test does not care about filled in (its name is
+    its id unless given)."""
+    return ProjectConfig(pid, name or pid, organization_id, base_url, 100, Secret(key))
 
 
 def admits(web: WebConfig, authorization: str | None) -> bool:
@@ -258,11 +273,22 @@ class Exporter:
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m exporter ARGS`` to its end, with ``env`` on top of this environment."""
     return subprocess.run(
         [sys.executable, "-m", "exporter", *args],
         capture_output=True,
         text=True,
         cwd=REPO,
         env={**os.environ, **(env or {})},
-        timeout=60,
+        timeout=120,
     )
+
+
+def fragments_of(key: str, text: str) -> list[str]:
+    """Every run of 8 characters of ``key`` that ``text`` still holds."""
+    return [key[i : i + 8] for i in range(len(key) - 7) if key[i : i + 8] in text]
+
+
+def basic(user: str, password: str | bytes) -> str:
+    raw = password if isinstance(password, bytes) else password.encode()
+    return "Basic " + base64.b64encode(user.encode() + b":" + raw).decode()

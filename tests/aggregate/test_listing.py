@@ -134,7 +134,7 @@ def test_a_session_listed_twice_counts_once() -> None:
     assert result.snapshot.turns == 2 + 2  # the first listing of a counts, not the second
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(st.lists(valid_items, max_size=40).map(_unique), st.integers(1, 7))
 def test_totals_equal_the_sum_of_the_parts(items: list[dict[str, Any]], page: int) -> None:
     pages = [items[i : i + page] for i in range(0, len(items), page)]
@@ -149,7 +149,7 @@ def test_totals_equal_the_sum_of_the_parts(items: list[dict[str, Any]], page: in
     assert aggregate([items]).snapshot == snap
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(
     st.lists(valid_items, max_size=30).map(_unique),
     st.lists(invalid_items, max_size=10),
@@ -374,7 +374,7 @@ polls = st.lists(
 
 
 @settings(
-    max_examples=int(os.environ.get("INCREMENTAL_EXAMPLES", "300")),
+    max_examples=int(os.environ.get("INCREMENTAL_EXAMPLES", "100")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

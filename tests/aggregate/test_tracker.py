@@ -122,7 +122,7 @@ def test_restored_baseline_counts_from_the_first_poll() -> None:
     assert result.new_runs.sessions_created == 1
 
 
-@settings(max_examples=100, deadline=None)
+@settings(deadline=None)
 @given(
     st.lists(valid_items, max_size=30).map(_unique),
     st.lists(valid_items, max_size=30).map(_unique),
@@ -161,7 +161,7 @@ values = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 9), values, values, values, values), max_size=60))
 def test_gauge_sums_are_the_correctly_rounded_sums_of_what_is_stored(
     writes: list[tuple[int, Any, Any, Any, Any]],

@@ -70,11 +70,6 @@ def pages_handler(pages: dict[str | None, dict[str, Any]]) -> Handler:
 # ---------------------------------------------------------------- against a hostile server
 
 
-def fragments_of(key: str, text: str) -> list[str]:
-    """Every run of 8 characters of ``key`` that ``text`` still holds."""
-    return [key[i : i + 8] for i in range(len(key) - 7) if key[i : i + 8] in text]
-
-
 def hostile_project(url: str, key: str = KEY) -> ProjectConfig:
     return ProjectConfig("proj-1", "p", "", url, 100, Secret(key))
 

@@ -15,7 +15,7 @@ import pytest
 from exporter import __version__
 from exporter.client import ApiClient, PollError
 from exporter.client.api import RateLimiter, backoff_seconds, retry_after_seconds
-from exporter.config import ProjectConfig, Secret
+from exporter.config import ProjectConfig
 from exporter.simulator import DEFAULT_API_KEY, Simulator
 from tests.client.helpers import (
     KEY,
@@ -26,7 +26,7 @@ from tests.client.helpers import (
     listing,
     pages_handler,
 )
-from tests.helpers import wait_for
+from tests.helpers import project, wait_for
 from tests.hostile import Hostile, Request, Writer, answer, drip, page
 
 
@@ -241,9 +241,7 @@ def test_projects_with_their_own_keys_share_a_bounded_pool_of_connections() -> N
     keys = {f"proj-{i:03d}": f"llx-key-{i:03d}" for i in range(300)}
     failures: list[BaseException] = []
     with Simulator(projects=0, api_keys=keys, sessions_per_project=3, seed=3) as sim:
-        projects = [
-            ProjectConfig(pid, pid, "", sim.base_url, 100, Secret(key)) for pid, key in keys.items()
-        ]
+        projects = [project(pid, base_url=sim.base_url, key=key) for pid, key in keys.items()]
         client = ApiClient(max_connections=3, max_retries=0)
 
         def work(share: list[ProjectConfig]) -> None:
@@ -304,8 +302,7 @@ def test_a_request_cut_on_a_kept_alive_connection_spares_the_next_project(
 def test_a_pool_that_shrinks_closes_what_it_no_longer_needs() -> None:
     with Simulator(projects=4, sessions_per_project=1, seed=4) as sim:
         projects = [
-            ProjectConfig(pid, pid, "", sim.base_url, 100, Secret(DEFAULT_API_KEY))
-            for pid in sim.project_ids
+            project(pid, base_url=sim.base_url, key=DEFAULT_API_KEY) for pid in sim.project_ids
         ]
         client = ApiClient(max_connections=4, max_retries=0)
         # The server answers none of the four first pages before it holds all four requests:
@@ -324,8 +321,8 @@ def test_a_pool_that_shrinks_closes_what_it_no_longer_needs() -> None:
             sim.on_page(None)
             client.resize(1)
             assert client.max_connections == 1
-            for project in projects:
-                list(client.pages(project, 10))
+            for listed in projects:
+                list(client.pages(listed, 10))
             wait_for(lambda: sim.open_connections == 1, 10, "the surplus connections to close")
         finally:
             client.close()

@@ -14,7 +14,8 @@ import pytest
 from exporter.aggregate import aggregate
 from exporter.client import ApiClient, PollError
 from exporter.client.body import code_label
-from tests.client.helpers import KEY, PROJECT, Harness, fragments_of, hostile_project, listing
+from tests.client.helpers import KEY, PROJECT, Harness, hostile_project, listing
+from tests.helpers import fragments_of
 from tests.hostile import Hostile, answer, gzip_bomb, page
 
 

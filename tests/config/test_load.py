@@ -207,7 +207,7 @@ CONFIGS = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(CONFIGS)
 def test_any_structure_is_a_config_or_a_config_error(raw: Any) -> None:
     try:
@@ -244,7 +244,7 @@ YAML_PIECES = st.lists(
 ).map("".join)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(deadline=None)
 @given(st.text(max_size=300) | YAML_PIECES | CONFIGS.map(lambda raw: yaml.safe_dump(raw)))
 def test_any_yaml_text_is_a_config_or_a_config_error(text: str) -> None:
     try:

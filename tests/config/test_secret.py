@@ -12,12 +12,9 @@ from hypothesis import strategies as st
 
 from exporter.config import Secret, redact, secret
 from exporter.config.secret import BLANK
+from tests.helpers import fragments_of
 
 KEY = "llx-Hk3vR9wq2LmZ8pXc5Tn7Bd1Gf4Js6Ya0Ue"
-
-
-def fragments_of(key: str, text: str) -> list[str]:
-    return [key[i : i + 8] for i in range(len(key) - 7) if key[i : i + 8] in text]
 
 
 def test_a_secret_never_shows_itself() -> None:

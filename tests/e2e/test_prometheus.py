@@ -229,6 +229,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     receiver = Receiver()
     serving = threading.Thread(target=receiver.serve_forever, name="webhook", daemon=True)
     serving.start()
+
+    def launch(name: str, command: list[str], port: int, ready: str) -> str:
+        """Start ``command``, serving on ``port``, its output in ``name``.log; its URL once
+        ``ready`` answers 200."""
+        log = tmp / f"{name}.log"
+        logs.append(log)
+        processes.append(subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT))
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: http_get(url + ready)[0] == 200, DEADLINE, f"{name} {ready}", **PROMETHEUS)
+        return url
+
     try:
         base_url = sim.start()
         project_ids = sim.project_ids
@@ -249,50 +260,30 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 }
             )
         )
-        exporter_log = tmp / "exporter.log"
-        logs.append(exporter_log)
-        processes.append(
-            subprocess.Popen(
-                [
-                    *(sys.executable, "-m", "exporter", "--config", str(config)),
-                    *("--web.listen-address", f"127.0.0.1:{exporter_port}"),
-                    *("--log.format", "json"),
-                ],
-                stdout=exporter_log.open("wb"),
-                stderr=subprocess.STDOUT,
-            )
-        )
-        exporter_url = f"http://127.0.0.1:{exporter_port}"
-        wait_for(
-            lambda: http_get(f"{exporter_url}/readyz")[0] == 200,
-            DEADLINE,
-            "exporter /readyz",
-            **PROMETHEUS,
+        exporter_url = launch(
+            "exporter",
+            [
+                *(sys.executable, "-m", "exporter", "--config", str(config)),
+                *("--web.listen-address", f"127.0.0.1:{exporter_port}"),
+                *("--log.format", "json"),
+            ],
+            exporter_port,
+            "/readyz",
         )
 
         alertmanager_port = free_port()
-        alertmanager_log = tmp / "alertmanager.log"
-        logs.append(alertmanager_log)
-        processes.append(
-            subprocess.Popen(
-                [
-                    alertmanager,
-                    f"--config.file={alertmanager_config(tmp, receiver)}",
-                    f"--storage.path={tmp / 'alertmanager'}",
-                    f"--web.listen-address=127.0.0.1:{alertmanager_port}",
-                    "--cluster.listen-address=",  # no gossip port: a single instance
-                    "--log.level=warn",
-                ],
-                stdout=alertmanager_log.open("wb"),
-                stderr=subprocess.STDOUT,
-            )
-        )
-        alertmanager_url = f"http://127.0.0.1:{alertmanager_port}"
-        wait_for(
-            lambda: http_get(f"{alertmanager_url}/-/ready")[0] == 200,
-            DEADLINE,
-            "Alertmanager ready",
-            **PROMETHEUS,
+        alertmanager_url = launch(
+            "alertmanager",
+            [
+                alertmanager,
+                f"--config.file={alertmanager_config(tmp, receiver)}",
+                f"--storage.path={tmp / 'alertmanager'}",
+                f"--web.listen-address=127.0.0.1:{alertmanager_port}",
+                "--cluster.listen-address=",  # no gossip port: a single instance
+                "--log.level=warn",
+            ],
+            alertmanager_port,
+            "/-/ready",
         )
 
         prometheus_port = free_port()
@@ -316,28 +307,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 }
             )
         )
-        prometheus_log = tmp / "prometheus.log"
-        logs.append(prometheus_log)
-        processes.append(
-            subprocess.Popen(
-                [
-                    prometheus,
-                    f"--config.file={prometheus_config}",
-                    f"--storage.tsdb.path={tmp / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{prometheus_port}",
-                    "--enable-feature=exemplar-storage",  # scrapes OpenMetrics, keeps exemplars
-                    "--log.level=warn",
-                ],
-                stdout=prometheus_log.open("wb"),
-                stderr=subprocess.STDOUT,
-            )
-        )
-        prometheus_url = f"http://127.0.0.1:{prometheus_port}"
-        wait_for(
-            lambda: http_get(f"{prometheus_url}/-/ready")[0] == 200,
-            DEADLINE,
-            "Prometheus ready",
-            **PROMETHEUS,
+        prometheus_url = launch(
+            "prometheus",
+            [
+                prometheus,
+                f"--config.file={prometheus_config}",
+                f"--storage.tsdb.path={tmp / 'data'}",
+                f"--web.listen-address=127.0.0.1:{prometheus_port}",
+                "--enable-feature=exemplar-storage",  # scrapes OpenMetrics, keeps exemplars
+                "--log.level=warn",
+            ],
+            prometheus_port,
+            "/-/ready",
         )
 
         def step() -> None:

@@ -21,7 +21,7 @@ import pytest
 import trustme
 import yaml
 
-from tests.helpers import REPO, Exporter, free_port, wait_for, write_config
+from tests.helpers import REPO, Exporter, free_port, run_cli, wait_for, write_config
 
 USER, PASSWORD = "prometheus", "correct horse battery staple"
 
@@ -170,22 +170,7 @@ def test_check_config_validates_the_web_config(tmp_path: Path, ca: trustme.CA) -
     config = write_config(tmp_path / "c.yaml", "http://127.0.0.1:1", ["p"])
 
     def check(web: Path) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "exporter",
-                "--check-config",
-                "--config",
-                str(config),
-                "--web.config.file",
-                str(web),
-            ],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            timeout=60,
-        )
+        return run_cli("--check-config", "--config", str(config), "--web.config.file", str(web))
 
     good = web_config(
         tmp_path / "good.yml",

@@ -6,15 +6,14 @@ from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from exporter.aggregate import aggregate
-from exporter.config import ProjectConfig, Secret
 from exporter.metrics import StoreCollector
 from exporter.store import Store
-from tests.helpers import parse_metrics, session, value
+from tests.helpers import parse_metrics, project, session, value
 
 
 def test_a_project_removed_from_the_store_leaves_no_series() -> None:
     def render(pids: list[str]) -> str:
-        store = Store([ProjectConfig(p, p, "", "http://x", 100, Secret("k")) for p in pids])
+        store = Store([project(p) for p in pids])
         for p in pids:
             store.record_success(p, aggregate([[session("a")]]), duration=1, finished=1)
         registry = CollectorRegistry(auto_describe=False)
@@ -28,7 +27,7 @@ def test_a_project_removed_from_the_store_leaves_no_series() -> None:
 
 
 def test_help_texts_say_values_come_from_the_last_poll() -> None:
-    store = Store([ProjectConfig("p", "p", "", "http://x", 100, Secret("k"))])
+    store = Store([project("p")])
     store.record_success("p", aggregate([[session("a")]]), duration=1, finished=1)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StoreCollector(store))

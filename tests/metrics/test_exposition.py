@@ -11,19 +11,18 @@ from prometheus_client.openmetrics.exposition import generate_latest as openmetr
 from prometheus_client.registry import CollectorRegistry
 
 from exporter.aggregate import SessionTracker, aggregate
-from exporter.config import ProjectConfig, Secret
 from exporter.metrics import StoreCollector, TextExposition
 from exporter.store import Store
-from tests.helpers import session
+from tests.helpers import project, session
 
 
 def test_the_cached_text_format_equals_prometheus_client_byte_for_byte() -> None:
     odd = 'we"ird\\name\nhere'
     store = Store(
         [
-            ProjectConfig("p1", odd, "org-ü", "http://x", 100, Secret("k")),
-            ProjectConfig("p2", "p2", "", "http://x", 100, Secret("k")),
-            ProjectConfig("p3", "p3", "", "http://x", 100, Secret("k")),
+            project("p1", odd, organization_id="org-ü"),
+            project("p2"),
+            project("p3"),
         ]
     )
     collector = StoreCollector(store)
@@ -89,9 +88,9 @@ def filtered_store(polled: bool = True) -> tuple[CollectorRegistry, TextExpositi
     the registry gets its collector last, so that it describes every family."""
     store = Store(
         [
-            ProjectConfig("p1", 'we"ird\\name\nhere\r', "org-ü", "http://x", 100, Secret("k")),
-            ProjectConfig("p2", "p2", "", "http://x", 100, Secret("k")),
-            ProjectConfig("p3", "p3", "", "http://x", 100, Secret("k")),
+            project("p1", 'we"ird\\name\nhere\r', organization_id="org-ü"),
+            project("p2"),
+            project("p3"),
         ]
     )
     store.set_error_classes(("timeout", "other"))

@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 from exporter.aggregate import SessionTracker, aggregate
-from exporter.config import ProjectConfig, Secret
 from exporter.store import Store
-from tests.helpers import session
-
-
-def project(pid: str) -> ProjectConfig:
-    return ProjectConfig(pid, pid, "", "http://x", 100, Secret("k"))
+from tests.helpers import project, session
 
 
 def test_a_failed_poll_keeps_the_snapshot_and_counters() -> None:

@@ -12,7 +12,8 @@ import trustme
 from exporter.store import Store
 from exporter.web import Limits, MetricsServer
 from exporter.web.server import HttpServer
-from tests.web.helpers import Raw, project
+from tests.helpers import project
+from tests.web.helpers import Raw
 
 
 @pytest.fixture

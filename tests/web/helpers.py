@@ -3,7 +3,6 @@ written and loaded."""
 
 from __future__ import annotations
 
-import base64
 import select
 import socket
 import ssl
@@ -17,14 +16,8 @@ import httpx
 import pytest
 import yaml
 
-from exporter.config import ProjectConfig, Secret
 from exporter.web import WebConfig, WebConfigError, load_web_config
 from exporter.web.server import HttpServer
-
-
-def project(pid: str, name: str = "") -> ProjectConfig:
-    return ProjectConfig(pid, name or pid, "", "http://127.0.0.1:1", 100, Secret("k"))
-
 
 # ------------------------------------------------------------------ raw HTTP over a socket
 
@@ -101,11 +94,6 @@ HALF_SENT = b"GET /metrics HTTP/1.1\r\nHost: x\r\n"  # no blank line: the head n
 
 def hashed(password: str, cost: int = 4) -> bytes:
     return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=cost))
-
-
-def basic(user: str, password: str | bytes) -> str:
-    raw = password if isinstance(password, bytes) else password.encode()
-    return "Basic " + base64.b64encode(user.encode() + b":" + raw).decode()
 
 
 ALICE_PASSWORD = "alice's secret"

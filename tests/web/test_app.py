@@ -20,8 +20,8 @@ from exporter.metrics import StoreCollector
 from exporter.store import ProjectState, Store
 from exporter.web import MetricsServer
 from exporter.web.server import HttpServer
-from tests.helpers import parse_metrics, session, value
-from tests.web.helpers import project, scrape
+from tests.helpers import parse_metrics, project, session, value
+from tests.web.helpers import scrape
 
 
 def test_health_readiness_and_landing_page(served: tuple[Store, str]) -> None:

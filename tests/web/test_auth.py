@@ -21,14 +21,13 @@ from exporter.web import MetricsServer, WebConfig, WebConfigError
 from exporter.web.auth import AUTH_CACHE_SIZE, BCRYPT_QUEUE, AuthResult, BasicAuth
 from exporter.web.config import parse_web_config
 from exporter.web.server import WORKERS
-from tests.helpers import admits, wait_for
+from tests.helpers import admits, basic, wait_for
 from tests.web.helpers import (
     ALICE_HASH,
     ALICE_PASSWORD,
     BOB_HASH,
     BOB_PASSWORD,
     USERS,
-    basic,
     hashed,
     load,
     problems,

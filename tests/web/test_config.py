@@ -11,14 +11,13 @@ import pytest
 
 from exporter.web import WebConfigError, load_web_config
 from exporter.web.config import parse_web_config
-from tests.helpers import admits
+from tests.helpers import admits, basic
 from tests.web.helpers import (
     ALICE_HASH,
     ALICE_PASSWORD,
     MTLS,
     TLS,
     USERS,
-    basic,
     context_of,
     load,
     problems,
