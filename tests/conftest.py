@@ -5,6 +5,7 @@ Plain helpers are in tests/helpers.py."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import subprocess
@@ -35,16 +36,34 @@ if os.environ.get("CI"):
 # Fixtures that start a process: every test that uses one (directly or through another
 # fixture) is slow.
 PROCESS_FIXTURES = frozenset({"start_exporter"})
+# What starts a process when a test calls it: a test whose own code says one is slow.
+PROCESS_CALLS = (
+    "subprocess.",
+    "run_cli(",
+    "python_in_a_child(",
+    "exporter_process(",
+    "locked_by_another_process(",
+    "cli_process(",
+)
+
+
+def starts_a_process(item: pytest.Item) -> bool:
+    if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    function = getattr(item, "function", None)
+    try:
+        source = inspect.getsource(function) if function is not None else ""
+    except (OSError, TypeError):
+        return False
+    return any(call in source for call in PROCESS_CALLS)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """``slow``: everything under tests/e2e/, and every test that starts an exporter process;
-    other tests that start processes carry the mark themselves."""
+    """``slow``: everything under tests/e2e/, and every test that starts a process (through
+    a fixture, or by a call its code makes); a test slow for another reason says so itself."""
     e2e = TESTS / "e2e"
     for item in items:
-        if item.path.is_relative_to(e2e) or PROCESS_FIXTURES & set(
-            getattr(item, "fixturenames", ())
-        ):
+        if item.path.is_relative_to(e2e) or starts_a_process(item):
             item.add_marker(pytest.mark.slow)
 
 
