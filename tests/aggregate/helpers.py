@@ -19,8 +19,6 @@ def utc(stamp: str) -> float:
     return datetime.fromisoformat(stamp).timestamp()
 
 
-# Property tests ------------------------------------------------------------------------------
-
 counts = st.one_of(st.none(), st.integers(0, 10**7), st.floats(0, 1e7, allow_nan=False))
 jobs = st.one_of(
     st.none(),

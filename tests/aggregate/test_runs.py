@@ -9,13 +9,7 @@ from typing import Any
 
 import pytest
 
-from exporter.aggregate import (
-    DURATION_BUCKETS,
-    TOKEN_BUCKETS,
-    RunTotals,
-    SessionTracker,
-    aggregate,
-)
+from exporter.aggregate import DURATION_BUCKETS, TOKEN_BUCKETS, RunTotals, SessionTracker, aggregate
 from tests.aggregate.helpers import utc
 from tests.helpers import session
 

@@ -10,16 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.aggregate import (
-    Listing,
-    SessionTracker,
-    aggregate,
-    fingerprint,
-)
+from exporter.aggregate import Listing, SessionTracker, aggregate, fingerprint
 from tests.aggregate.helpers import _unique, bound, newest_first, valid_items
-from tests.helpers import (
-    session,
-)
+from tests.helpers import session
 
 
 def test_first_poll_sets_the_baseline_only() -> None:

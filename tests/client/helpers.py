@@ -67,9 +67,6 @@ def pages_handler(pages: dict[str | None, dict[str, Any]]) -> Handler:
     return handle
 
 
-# ---------------------------------------------------------------- against a hostile server
-
-
 def hostile_project(url: str, key: str = KEY) -> ProjectConfig:
     return ProjectConfig("proj-1", "p", "", url, 100, Secret(key))
 

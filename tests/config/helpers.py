@@ -18,8 +18,6 @@ def problems(raw: Any, env: dict[str, str] | None = None) -> list[str]:
     return info.value.problems
 
 
-# ------------------------------------------------------------ hostile and mistaken configs
-
 KEY = "llx-Zq8mW2xVb7Kp4Rt9Ls3Nd6Hf1Gj5Yc0Ue"
 
 

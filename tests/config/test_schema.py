@@ -114,7 +114,7 @@ def test_base_urls_that_cannot_be_used_are_config_errors(url: str) -> None:
     assert url not in found[0]
 
 
-# ------------------------------------------------------------------------------ config
+# ------------------------------------------------------------------------------ detail
 
 
 def test_defaults_cap_indexes_at_20_and_ship_common_error_classes() -> None:

@@ -7,12 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter.config import (
-    UNSHARDED,
-    Shard,
-    parse_shard,
-    shard_from_hostname,
-)
+from exporter.config import UNSHARDED, Shard, parse_shard, shard_from_hostname
 from exporter.config.sharding import ordinal_from_hostname
 from tests.config.helpers import parsed, problems_with_key
 

@@ -8,10 +8,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from exporter.simulator import (
-    Simulator,
-)
-from tests.simulator.helpers import AUTH
+from exporter.simulator import Simulator
+from tests.simulator.helpers import api_client
 
 
 @pytest.fixture
@@ -22,7 +20,7 @@ def sim() -> Iterator[Simulator]:
 
 @pytest.fixture
 def client(sim: Simulator) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=sim.base_url, headers=AUTH, timeout=10.0) as c:
+    with api_client(sim) as c:
         yield c
 
 
@@ -34,7 +32,7 @@ def any_order(request: pytest.FixtureRequest) -> Iterator[Simulator]:
 
 @pytest.fixture
 def any_client(any_order: Simulator) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=any_order.base_url, headers=AUTH, timeout=10.0) as c:
+    with api_client(any_order) as c:
         yield c
 
 
@@ -57,5 +55,5 @@ def org_sim() -> Iterator[Simulator]:
 
 @pytest.fixture
 def org_client(org_sim: Simulator) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=org_sim.base_url, headers=AUTH, timeout=10.0) as c:
+    with api_client(org_sim) as c:
         yield c

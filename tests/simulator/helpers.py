@@ -8,13 +8,14 @@ from typing import Any
 
 import httpx
 
-from exporter.simulator import (
-    CHAT_PATH,
-    DEFAULT_API_KEY,
-    PROJECTS_PATH,
-)
+from exporter.simulator import CHAT_PATH, DEFAULT_API_KEY, PROJECTS_PATH, Simulator
 
 AUTH = {"Authorization": f"Bearer {DEFAULT_API_KEY}"}
+
+
+def api_client(sim: Simulator) -> httpx.Client:
+    """A client of ``sim`` as the exporter's is: the default key, a generous timeout."""
+    return httpx.Client(base_url=sim.base_url, headers=AUTH, timeout=10.0)
 
 
 def list_all(
@@ -55,9 +56,6 @@ def run_status(item: dict[str, Any]) -> str:
     if meta.get("is_error") is None and meta.get("error"):
         return "error"
     return "ok"
-
-
-# ------------------------------------------------------------------- order and test hooks
 
 
 def stamp(item: dict[str, Any]) -> datetime:

@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import httpx
 
-from exporter.simulator import (
-    CHAT_PATH,
-    DEFAULT_API_KEY,
-    Simulator,
-)
+from exporter.simulator import CHAT_PATH, DEFAULT_API_KEY, Simulator
 from tests.simulator.helpers import AUTH
 
 

@@ -17,12 +17,7 @@ import httpx
 import pytest
 
 import exporter.simulator as simulator_module
-from exporter.simulator import (
-    CHAT_PATH,
-    ORGANIZATION_ID,
-    PROJECTS_PATH,
-    main,
-)
+from exporter.simulator import CHAT_PATH, ORGANIZATION_ID, PROJECTS_PATH, main
 from tests.helpers import REPO
 from tests.simulator.helpers import AUTH, assert_newest_first
 

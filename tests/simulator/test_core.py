@@ -10,12 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from exporter.simulator import (
-    CHAT_PATH,
-    DEFAULT_API_KEY,
-    RequestRecord,
-    Simulator,
-)
+from exporter.simulator import CHAT_PATH, DEFAULT_API_KEY, RequestRecord, Simulator
 from tests.helpers import wait_for
 from tests.simulator.helpers import AUTH, assert_newest_first, ids, list_all, stamp, style
 

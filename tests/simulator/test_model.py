@@ -9,11 +9,7 @@ from datetime import datetime, timedelta, timezone
 import httpx
 
 import exporter.simulator as simulator_module
-from exporter.simulator import (
-    CHAT_PATH,
-    SHARED_ACCESS,
-    Simulator,
-)
+from exporter.simulator import CHAT_PATH, SHARED_ACCESS, Simulator
 from tests.simulator.helpers import AUTH, run_status, stamp, style
 
 

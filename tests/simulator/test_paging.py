@@ -8,10 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.simulator import (
-    CHAT_PATH,
-    Simulator,
-)
+from exporter.simulator import CHAT_PATH, Simulator
 from tests.simulator.helpers import AUTH, list_all
 
 # --------------------------------------------------------------------------- pagination

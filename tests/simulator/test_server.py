@@ -8,10 +8,7 @@ import json
 import httpx
 import pytest
 
-from exporter.simulator import (
-    CHAT_PATH,
-    Simulator,
-)
+from exporter.simulator import CHAT_PATH, Simulator
 from tests.simulator.helpers import AUTH
 
 

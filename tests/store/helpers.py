@@ -15,9 +15,7 @@ from typing import Any
 
 from exporter.aggregate import RunTotals, SessionTracker, aggregate
 from exporter.store import StateFile
-from exporter.store.sqlitefile import (
-    MOVED_ASIDE_INFIX,
-)
+from exporter.store.sqlitefile import MOVED_ASIDE_INFIX
 from tests.helpers import REPO, session
 
 ROOT = os.geteuid() == 0

@@ -16,11 +16,7 @@ from structlog.testing import capture_logs
 
 from exporter.aggregate import RunTotals, SessionTracker, aggregate
 from exporter.store import StateFile, check_state_path
-from exporter.store.sqlitefile import (
-    CORRUPT,
-    EMPTY_FILE,
-    NOT_SQLITE,
-)
+from exporter.store.sqlitefile import CORRUPT, EMPTY_FILE, NOT_SQLITE
 from exporter.store.statefile import BAD_SESSIONS, BAD_TOTALS, FOREIGN, UNKNOWN_SCHEMA
 from tests.helpers import session
 from tests.store.helpers import (
