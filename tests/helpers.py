@@ -267,10 +267,6 @@ class Exporter:
     def logs(self) -> str:
         return self.log_path.read_text()
 
-    def wait_log(self, text: str, timeout: float = 30.0) -> str:
-        """The log once it holds ``text`` (an event name, say)."""
-        return wait_for(lambda: text in self.logs() and self.logs(), timeout, f"{text!r} logged")
-
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``python -m exporter ARGS`` to its end, with ``env`` on top of this environment."""
