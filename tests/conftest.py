@@ -1,152 +1,70 @@
-"""Shared fixtures: a real simulated LlamaCloud API and a real exporter process on loopback."""
+"""Shared fixtures (a simulated LlamaCloud API, exporter processes, a certificate authority),
+the hypothesis profiles, and the ``slow`` mark on what starts processes.
+
+Plain helpers are in tests/helpers.py."""
 
 from __future__ import annotations
 
+import inspect
 import os
-import shutil
 import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-import yaml
-from prometheus_client.parser import text_string_to_metric_families
+import trustme
+from hypothesis import HealthCheck, settings
 
-from exporter.simulator import DEFAULT_API_KEY, Simulator
-from exporter.web import WebConfig
-from exporter.web.auth import AuthResult
+from exporter.simulator import Simulator
+from tests.helpers import REPO, TESTS, Exporter, exporter_command, free_port, wait_for
 
-REPO = Path(__file__).resolve().parent.parent
+# CI: the same examples on every run (a failure is reproduced by running again, and its blob
+# is printed), no per-example deadline on a busy machine. A developer's run keeps
+# hypothesis's default, random examples, which finds what CI's fixed ones do not.
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    print_blob=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
-
-def admits(web: WebConfig, authorization: str | None) -> bool:
-    """Whether a request with this Authorization header gets in, as the server asks (here
-    off the event loop, waiting for a bcrypt check if one is needed)."""
-    return web.basic_auth.check(authorization) is AuthResult.GRANTED
-
-
-# A session in the shape of the API reference's example, with every field set.
-SESSION = {
-    "last_updated_at": "2026-04-22T12:34:41.342245",
-    "session_id": "ses-abc123",
-    "shared_access": "query",
-    "generated_title": "What were the main findings in Q3?...",
-    "index_ids": ["idx-abc123", "idx-def456"],
-    "job_metadata": {
-        "duration_ms": 1500,
-        "error": None,
-        "export_config_ids": ["string"],
-        "is_error": False,
-        "total_input_tokens": 100,
-        "total_output_tokens": 20,
-        "turns": 2,
-    },
-}
+# Fixtures that start a process: every test that uses one (directly or through another
+# fixture) is slow.
+PROCESS_FIXTURES = frozenset({"start_exporter"})
+# What starts a process when a test calls it: a test whose own code says one is slow.
+PROCESS_CALLS = (
+    "subprocess.",
+    "run_cli(",
+    "python_in_a_child(",
+    "exporter_process(",
+    "locked_by_another_process(",
+    "cli_process(",
+)
 
 
-def session(sid: str, **job: Any) -> dict[str, Any]:
-    """A listed session; ``job`` overrides fields of its job_metadata (``job=None``: never run)."""
-    item = dict(SESSION, session_id=sid)
-    if job.get("job", 1) is None:
-        item["job_metadata"] = None
-    else:
-        item["job_metadata"] = dict(SESSION["job_metadata"], **job)  # type: ignore[arg-type]
-    return item
-
-
-# An expression that backtracks exponentially in Python's ``re`` on a run of words that never
-# reaches ": timeout", and words that do not: the first 4 KiB of an error text, as classified.
-BACKTRACKING = r"(?i)(\w+\s?)+: timeout"
-WORDS = ("upstream request failed while reading nodes " * 100)[:4096]
-
-
-def python_in_a_child(code: str, deadline: float = 60.0) -> str:
-    """Run ``code`` in a fresh interpreter and return what it prints; fail past ``deadline``
-    seconds (generous: for work that takes milliseconds, or never ends)."""
+def starts_a_process(item: pytest.Item) -> bool:
+    if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    function = getattr(item, "function", None)
     try:
-        done = subprocess.run(
-            [sys.executable, "-c", code],
-            capture_output=True,
-            text=True,
-            timeout=deadline,
-            cwd=REPO,
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"still running after {deadline:g} s")
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+        source = inspect.getsource(function) if function is not None else ""
+    except (OSError, TypeError):
+        return False
+    return any(call in source for call in PROCESS_CALLS)
 
 
-# Metrics of the contract (shared/DESIGN.md) that the dashboard and the rules read and that the
-# exporter does not expose yet: tests that want data for every panel leave theirs out. A name
-# leaves this set when the collector names it (tests/test_deploy.py checks), and its panels
-# are then held to their data like every other.
-NOT_YET_EXPOSED: frozenset[str] = frozenset()
-
-
-def lint_problems(output: str) -> list[str]:
-    """promtool check metrics' complaints: every line it prints (none is expected)."""
-    return [line for line in output.splitlines() if line.strip()]
-
-
-def tool(name: str) -> str:
-    """Path of a command-line tool: the venv's own first (pip-installed tools), then PATH.
-
-    A missing tool skips the test on a developer machine and fails it in CI (``CI`` set),
-    where a skip would hide a missing install step.
-    """
-    beside = Path(sys.executable).parent / name
-    found = str(beside) if beside.exists() else shutil.which(name)
-    if found:
-        return found
-    message = f"{name} is not installed (see .ci/run and the test extra of pyproject.toml)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    """Poll until ``condition()`` is truthy; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = condition()
-        except (httpx.HTTPError, OSError) as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
-
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def parse_metrics(text: str) -> Samples:
-    out: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
-def value(samples: Samples, metric: str, /, **labels: str) -> float | None:
-    return samples.get((metric, frozenset(labels.items())))
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``slow``: everything under tests/e2e/, and every test that starts a process (through
+    a fixture, or by a call its code makes); a test slow for another reason says so itself."""
+    e2e = TESTS / "e2e"
+    for item in items:
+        if item.path.is_relative_to(e2e) or starts_a_process(item):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture
@@ -155,74 +73,16 @@ def sim() -> Iterator[Simulator]:
         yield simulator
 
 
-def write_config(path: Path, base_url: str, project_ids: list[str], **top: Any) -> Path:
-    config: dict[str, Any] = {
-        "llamacloud": {
-            "base_url": base_url,
-            "api_key": DEFAULT_API_KEY,
-            "timeout_seconds": 2,
-            "max_retries": 2,
-        },
-        "projects": [{"id": pid} for pid in project_ids],
-        "poll_interval_seconds": 0.3,
-    }
-    for key, val in top.items():
-        if isinstance(val, dict) and isinstance(config.get(key), dict):
-            config[key].update(val)
-        else:
-            config[key] = val
-    path.write_text(yaml.safe_dump(config))
-    return path
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    """One certificate authority for the run: certificates are issued per test as needed."""
+    return trustme.CA()
 
 
-def exporter_command(config: Path, port: int, *extra: str) -> list[str]:
-    """``python -m exporter`` with ``config``, serving on 127.0.0.1:``port``."""
-    address = f"127.0.0.1:{port}"
-    return [
-        sys.executable,
-        "-m",
-        "exporter",
-        "--config",
-        str(config),
-        "--web.listen-address",
-        address,
-        *extra,
-    ]
-
-
-@dataclass
-class Exporter:
-    """A running ``python -m exporter`` process and its URL."""
-
-    proc: subprocess.Popen[str]
-    url: str
-    log_path: Path
-    client: dict[str, Any] = field(default_factory=dict)  # httpx options: verify, auth, cert
-    _metrics: list[str] = field(default_factory=list)
-
-    def get(self, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.get(self.url + path, timeout=5, **{**self.client, **kwargs})
-
-    def metrics(self) -> Samples:
-        return parse_metrics(self.get("/metrics").text)
-
-    def wait_metric(
-        self,
-        name: str,
-        labels: dict[str, str],
-        predicate: Callable[[float], bool],
-        timeout: float = 30.0,
-    ) -> Samples:
-        def check() -> Samples | None:
-            samples = self.metrics()
-            v = value(samples, name, **labels)
-            return samples if v is not None and predicate(v) else None
-
-        result: Samples = wait_for(check, timeout, f"{name}{labels}")
-        return result
-
-    def logs(self) -> str:
-        return self.log_path.read_text()
+@pytest.fixture(scope="session")
+def server_cert(ca: trustme.CA) -> trustme.LeafCert:
+    """A server certificate of ``ca`` for loopback and the names the deploy kit uses."""
+    return ca.issue_cert("localhost", "127.0.0.1", "exporter", "llamacloud-exporter")
 
 
 @pytest.fixture
@@ -254,9 +114,15 @@ def start_exporter(tmp_path: Path) -> Iterator[Callable[..., Exporter]]:
         scheme = "https" if "verify" in client else "http"
         exporter = Exporter(proc, f"{scheme}://127.0.0.1:{port}", log_path, client)
         started.append(exporter)
-        wait_for(lambda: exporter.get("/healthz").status_code == 200, 30, "/healthz")
+
+        def answers(path: str) -> bool:
+            if proc.poll() is not None:  # no use waiting for a process that has ended
+                raise AssertionError(f"the exporter exited {proc.returncode}:\n{exporter.logs()}")
+            return exporter.get(path).status_code == 200
+
+        wait_for(lambda: answers("/healthz"), 30, "/healthz")
         if ready:
-            wait_for(lambda: exporter.get("/readyz").status_code == 200, 30, "/readyz")
+            wait_for(lambda: answers("/readyz"), 30, "/readyz")
         return exporter
 
     try:

@@ -1,5 +1,9 @@
+"""cli: the command line: --version, --check-config, --once, --demo and the shard flags, and
+the daemon's start (its state file, its loops), as a user runs them."""
+
 from __future__ import annotations
 
+import asyncio
 import json
 import resource
 import signal
@@ -7,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -15,22 +20,20 @@ import pytest
 from exporter import __version__
 from exporter.simulator import Simulator
 from exporter.store import StateFile
-from tests.conftest import REPO, free_port, parse_metrics, session, value, wait_for, write_config
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "exporter", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-        env=env,
-    )
+from tests.helpers import (
+    REPO,
+    free_port,
+    parse_metrics,
+    run_cli,
+    session,
+    value,
+    wait_for,
+    write_config,
+)
 
 
 def test_version() -> None:
-    result = cli("--version")
+    result = run_cli("--version")
     assert result.returncode == 0
     assert result.stdout.strip() == f"llamacloud-exporter {__version__}"
 
@@ -38,7 +41,7 @@ def test_version() -> None:
 def test_check_config_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("projects:\n  - id: a\n  - name: b\npoll_interval: 5\n")
-    result = cli("--check-config", "--config", str(bad), env={"LLAMA_CLOUD_API_KEY": "llx-k"})
+    result = run_cli("--check-config", "--config", str(bad), env={"LLAMA_CLOUD_API_KEY": "llx-k"})
     assert result.returncode == 2
     assert "projects[1].id: required" in result.stderr
     assert "poll_interval: unknown key (did you mean poll_interval_seconds?)" in result.stderr
@@ -57,7 +60,7 @@ def test_check_config_refuses_what_re2_cannot_run_and_names_the_key(tmp_path: Pa
             ]
         },
     )
-    result = cli("--check-config", "--config", str(bad))
+    result = run_cli("--check-config", "--config", str(bad))
     assert result.returncode == 2
     assert (
         "discovery.include: invalid regular expression (RE2 syntax, as in Prometheus): "
@@ -72,15 +75,15 @@ def test_check_config_refuses_what_re2_cannot_run_and_names_the_key(tmp_path: Pa
 
 def test_check_config_accepts_a_good_file(tmp_path: Path) -> None:
     good = write_config(tmp_path / "good.yaml", "http://127.0.0.1:1", ["a", "b"])
-    result = cli("--check-config", "--config", str(good))
+    result = run_cli("--check-config", "--config", str(good))
     assert result.returncode == 0, result.stderr
     assert "valid (2 projects)" in result.stdout
 
 
 def test_config_is_required_and_listen_address_is_checked(tmp_path: Path) -> None:
-    assert cli().returncode == 2
+    assert run_cli().returncode == 2
     good = write_config(tmp_path / "good.yaml", "http://127.0.0.1:1", ["a"])
-    result = cli("--check-config", "--config", str(good), "--web.listen-address", "nope")
+    result = run_cli("--check-config", "--config", str(good), "--web.listen-address", "nope")
     assert result.returncode == 2
     assert "--web.listen-address: must be HOST:PORT" in result.stderr
 
@@ -88,7 +91,7 @@ def test_config_is_required_and_listen_address_is_checked(tmp_path: Path) -> Non
 def test_once_prints_metrics_and_fails_when_a_project_fails(sim: Simulator, tmp_path: Path) -> None:
     sim.set_sessions("good", [session("a"), session("b", job=None)])
     config = write_config(tmp_path / "c.yaml", sim.base_url, ["good"])
-    result = cli("--once", "--config", str(config))
+    result = run_cli("--once", "--config", str(config))
     assert result.returncode == 0, result.stderr
     samples = parse_metrics(result.stdout)
     assert value(samples, "llamacloud_chat_sessions", project_id="good", status="ok") == 1
@@ -96,7 +99,7 @@ def test_once_prints_metrics_and_fails_when_a_project_fails(sim: Simulator, tmp_
     assert "poll_succeeded" in result.stderr  # logs go to stderr, metrics to stdout
 
     config = write_config(tmp_path / "c.yaml", sim.base_url, ["good", "missing"])
-    result = cli("--once", "--config", str(config))
+    result = run_cli("--once", "--config", str(config))
     assert result.returncode == 1
     samples = parse_metrics(result.stdout)
     assert value(samples, "llamacloud_up", project_id="missing") == 0
@@ -116,7 +119,9 @@ def test_the_key_never_appears_in_output(sim: Simulator, tmp_path: Path) -> None
         "projects:\n  - id: locked\n"
     )
     for fmt in ("json", "console"):
-        result = cli("--once", "--config", str(config), "--log.format", fmt, "--log.level", "debug")
+        result = run_cli(
+            "--once", "--config", str(config), "--log.format", fmt, "--log.level", "debug"
+        )
         assert result.returncode == 1
         assert secret not in result.stdout + result.stderr
         assert "poll_failed_config" in result.stderr
@@ -128,7 +133,7 @@ def test_a_bad_state_path_is_a_config_error(tmp_path: Path) -> None:
     config = write_config(
         tmp_path / "c.yaml", "http://127.0.0.1:1", ["a"], state={"path": str(blocker / "x.db")}
     )
-    result = cli("--once", "--config", str(config))
+    result = run_cli("--once", "--config", str(config))
     assert result.returncode == 2
     assert result.stderr.startswith("state.path: cannot use")
 
@@ -139,14 +144,14 @@ def test_check_config_checks_the_state_path(tmp_path: Path) -> None:
     config = write_config(
         tmp_path / "c.yaml", "http://127.0.0.1:1", ["a"], state={"path": str(blocker / "x.db")}
     )
-    result = cli("--check-config", "--config", str(config))
+    result = run_cli("--check-config", "--config", str(config))
     assert result.returncode == 2
     assert "state.path:" in result.stderr
     assert not (blocker / "x.db").exists()
     fine = write_config(
         tmp_path / "c.yaml", "http://127.0.0.1:1", ["a"], state={"path": str(tmp_path / "s/x.db")}
     )
-    assert cli("--check-config", "--config", str(fine)).returncode == 0
+    assert run_cli("--check-config", "--config", str(fine)).returncode == 0
     assert not (tmp_path / "s").exists()  # checking creates nothing
 
 
@@ -155,7 +160,7 @@ def test_a_key_pasted_as_a_key_file_is_never_printed(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text(f"llamacloud:\n  api_key_file: {key}\nprojects:\n  - id: a\n")
     for args in (("--check-config",), ("--once",), ()):
-        result = cli(*args, "--config", str(config), "--log.format", "json")
+        result = run_cli(*args, "--config", str(config), "--log.format", "json")
         assert result.returncode == 2
         assert "llamacloud.api_key_file: cannot read the key file" in result.stderr
         assert key[4:12] not in result.stdout + result.stderr
@@ -166,7 +171,7 @@ def test_an_unusable_state_file_is_moved_aside_and_said(sim: Simulator, tmp_path
     state = tmp_path / "state.db"
     state.write_bytes(b"")  # 0 bytes: not a silent reset
     config = write_config(tmp_path / "c.yaml", sim.base_url, ["good"], state={"path": str(state)})
-    result = cli("--once", "--config", str(config))
+    result = run_cli("--once", "--config", str(config))
     assert result.returncode == 0, result.stderr
     assert "was unusable (empty file (0 bytes)); moved to" in result.stderr
     assert [p.name for p in tmp_path.glob("state.db.unusable-*")]
@@ -174,41 +179,37 @@ def test_an_unusable_state_file_is_moved_aside_and_said(sim: Simulator, tmp_path
 
 def test_demo_refuses_a_config_instead_of_ignoring_it(tmp_path: Path) -> None:
     config = write_config(tmp_path / "c.yaml", "http://127.0.0.1:1", ["p"])
-    done = cli("--demo", "--config", str(config))
+    done = run_cli("--demo", "--config", str(config))
     assert done.returncode == 2
     assert "--demo" in done.stderr and "--config" in done.stderr
 
 
 def test_sighup_never_ends_the_demo(tmp_path: Path) -> None:
-    import signal
-    import time
-
-    import httpx
-
-    from tests.conftest import free_port, wait_for
-
     port = free_port()
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "exporter", "--demo", "--web.listen-address", f"127.0.0.1:{port}"],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    log = tmp_path / "demo.log"
+    with log.open("w") as out:
+        demo = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "exporter", "--demo", "--log.format", "json"),
+                *("--web.listen-address", f"127.0.0.1:{port}"),
+            ],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         url = f"http://127.0.0.1:{port}/healthz"
-
-        def healthy() -> bool:
-            try:
-                return httpx.get(url, timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(healthy, 30, "the demo")
+        wait_for(lambda: httpx.get(url, timeout=2).status_code == 200, 30, "the demo")
         demo.send_signal(signal.SIGHUP)
-        time.sleep(0.5)  # a signal's default action would have ended it by now
+
+        def handled() -> bool:
+            """Said once the signal is handled; its default action would end the process."""
+            assert demo.poll() is None, "SIGHUP ended the demo"
+            return "config_reload_unavailable" in log.read_text()
+
+        wait_for(handled, 30, "SIGHUP handled")
         assert demo.poll() is None
-        assert healthy()
+        assert httpx.get(url, timeout=2).status_code == 200
     finally:
         demo.terminate()
         demo.wait(15)
@@ -276,16 +277,16 @@ def test_a_planted_link_at_the_state_file_stops_the_start(
         other = write_config(
             tmp_path / "o.yaml", sim.base_url, ["good"], state={"path": str(target)}
         )
-        assert cli("--once", "--config", str(other)).returncode == 0
+        assert run_cli("--once", "--config", str(other)).returncode == 0
     else:
-        assert cli("--once", "--config", str(config)).returncode == 0
+        assert run_cli("--once", "--config", str(config)).returncode == 0
         target.write_bytes(b"someone else's file\n" * 50)
     original = target.read_bytes()
     planted = directory / name
     planted.unlink(missing_ok=True)
     planted.symlink_to(target)
     for mode in ("--check-config", "--once", None):  # None: the daemon
-        result = cli(*([mode] if mode else []), "--config", str(config))
+        result = run_cli(*([mode] if mode else []), "--config", str(config))
         assert result.returncode == 2, (mode, result.stderr)
         assert f"{planted} is a symbolic link" in result.stderr, mode
         assert target.read_bytes() == original, mode
@@ -307,9 +308,9 @@ def test_a_restart_on_a_full_disk_serves_the_saved_counters_and_saves_once_there
     sim.set_sessions("p", [session("a"), session("b")])
     state = tmp_path / "state" / "state.db"
     config = write_config(tmp_path / "c.yaml", sim.base_url, ["p"], state={"path": str(state)})
-    assert cli("--once", "--config", str(config)).returncode == 0  # the baseline
+    assert run_cli("--once", "--config", str(config)).returncode == 0  # the baseline
     sim.set_sessions("p", [session("a", turns=5), session("b")])
-    once = cli("--once", "--config", str(config))
+    once = run_cli("--once", "--config", str(config))
     assert value(parse_metrics(once.stdout), "llamacloud_chat_runs_total", project_id="p") == 1
 
     port = free_port()
@@ -372,3 +373,37 @@ def test_a_restart_on_a_full_disk_serves_the_saved_counters_and_saves_once_there
         saved = again.load(["p"])["p"]
     assert saved.totals.runs == 2
     assert {row[0] for row in saved.sessions or ()} == {"a", "b"}
+
+
+def test_shard_flags(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("projects: [{id: p, api_key: llx-k}]\nsharding: {total: 3}\n")
+    ok = run_cli("--config", str(config), "--check-config", "--shard", "1/4")
+    assert ok.returncode == 0, ok.stderr
+    assert "shard 1/4" in ok.stdout
+    pod = {"HOSTNAME": "llamacloud-exporter-2"}
+    ok = run_cli("--config", str(config), "--check-config", "--shard.from-hostname", env=pod)
+    assert "shard 2/3" in ok.stdout, ok.stderr  # the total from sharding.total
+    ok = run_cli(
+        *("--config", str(config), "--check-config", "--shard.from-hostname"),
+        *("--shard.total", "5"),
+        env=pod,
+    )
+    assert "shard 2/5" in ok.stdout, ok.stderr
+    cases = [
+        (("--shard", "4/4"), {}, "INDEX must be from 0 to 3"),
+        (("--shard", "0/1000000000"), {}, "TOTAL must be from 1 to 10000"),
+        (("--shard", ""), {}, "is not INDEX/TOTAL"),  # an unset ${SHARD}: not every project
+        (("--shard.total", "2"), {}, "--shard.total goes with --shard.from-hostname"),
+        (("--shard.from-hostname", "--shard.total", "2"), pod, "ordinal 2, but there are only 2"),
+        (("--shard.from-hostname",), {"HOSTNAME": "laptop"}, "does not end in -<ordinal>"),
+    ]
+    with ThreadPoolExecutor(len(cases)) as pool:  # one process each, side by side
+        results = pool.map(
+            lambda case: run_cli("--config", str(config), "--check-config", *case[0], env=case[1]),
+            cases,
+        )
+        for (args, _, problem), bad in zip(cases, results, strict=True):
+            assert bad.returncode == 2 and problem in bad.stderr, (args, bad.stderr)
+    both = run_cli("--config", str(config), "--shard", "0/2", "--shard.from-hostname")
+    assert both.returncode == 2 and "not allowed with" in both.stderr

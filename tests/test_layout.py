@@ -1,5 +1,5 @@
-"""The house: one package per stage of the data flow, imports that run one way, and a
-first line in every file that says its one job."""
+"""The house: one package per stage of the data flow, imports that run one way, a first line
+in every file that says its one job, and tests laid out as the package is."""
 
 from __future__ import annotations
 
@@ -7,7 +7,12 @@ import ast
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
-EXPORTER = Path(__file__).resolve().parent.parent / "exporter"
+from tests.helpers import REPO, TESTS
+
+EXPORTER = REPO / "exporter"
+# What a test package may hold beside its test modules: fixtures, helpers it shares, and a
+# hostile server (tests/hostile.py) for the client's and the poller's tests.
+TEST_SUPPORT = {"__init__.py", "conftest.py", "helpers.py", "hostile.py"}
 
 # Stages from the bottom up: a module imports modules of its own stage and of stages below,
 # never above. The pure core sits low, the face (cli) on top.
@@ -134,3 +139,35 @@ def test_every_file_says_its_one_job_in_its_first_line() -> None:
 def test_no_module_grows_past_about_600_lines() -> None:
     sizes = {name: len(path.read_text().splitlines()) for name, path in modules().items()}
     assert {name: n for name, n in sizes.items() if n > 650} == {}
+
+
+def test_the_tests_mirror_the_package() -> None:
+    """tests/<pkg>/test_<module>.py tests exporter/<pkg>/<module>.py and tests/test_<module>.py
+    a top-level module; what crosses packages is in tests/e2e/."""
+    known = modules()
+    strays = []
+    for path in sorted(TESTS.rglob("*.py")):
+        relative = path.relative_to(TESTS)
+        if relative.parts[0] in ("e2e", "golden", "schemas") or path.name in TEST_SUPPORT:
+            continue
+        if path == Path(__file__).resolve():
+            continue  # the house's own checks
+        module = ".".join(["exporter", *relative.parent.parts, path.stem.removeprefix("test_")])
+        if not path.name.startswith("test_") or module not in known:
+            strays.append(str(relative))
+    assert not strays, f"test modules that name no module of exporter/: {strays}"
+    for directory in sorted(p for p in TESTS.iterdir() if p.is_dir() and p.name != "__pycache__"):
+        if directory.name in ("golden", "schemas"):
+            continue
+        init = directory / "__init__.py"
+        assert init.exists() and not init.read_text(), f"{init}: present and empty"
+
+
+def test_every_test_module_says_what_it_covers() -> None:
+    missing = [
+        str(path.relative_to(TESTS))
+        for path in sorted(TESTS.rglob("*.py"))
+        if path.name != "__init__.py"
+        and len((ast.get_docstring(ast.parse(path.read_text())) or "").strip()) < 20
+    ]
+    assert not missing, missing

@@ -18,7 +18,7 @@ import pytest
 
 from exporter.openfiles import RESERVED_FILES
 from exporter.simulator import Simulator
-from tests.conftest import (
+from tests.helpers import (
     REPO,
     Exporter,
     exporter_command,

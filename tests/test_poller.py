@@ -17,18 +17,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
 from exporter.client import ApiClient
-from exporter.config import Config, ProjectConfig, Secret
+from exporter.config import Config
 from exporter.logs import configure_logging
 from exporter.metrics import StoreCollector
 from exporter.poller import Poller, concurrent_polls
 from exporter.store import Store
+from tests.helpers import project
 from tests.hostile import Request, Writer, answer, drip, page, serve
 
 
 def config(n: int, concurrency: int, interval: float = 0.01) -> Config:
-    projects = tuple(
-        ProjectConfig(f"p{i}", f"p{i}", "", "https://api.test", 100, Secret("k")) for i in range(n)
-    )
+    projects = tuple(project(f"p{i}", base_url="https://api.test") for i in range(n))
     return Config(projects=projects, max_concurrency=concurrency, poll_interval_seconds=interval)
 
 
@@ -139,9 +138,7 @@ def test_hanging_projects_in_every_slot_never_starve_a_healthy_one() -> None:
         return answer(200, body)
 
     async def run(url: str) -> Store:
-        projects = tuple(
-            ProjectConfig(f"p{i}", f"p{i}", "", url, 100, Secret("k")) for i in range(5)
-        )
+        projects = tuple(project(f"p{i}", base_url=url) for i in range(5))
         store = Store()
         client = ApiClient(timeout=1.0, max_retries=0, max_connections=concurrent_polls(4))
         poller = Poller(
@@ -180,10 +177,10 @@ def test_an_internal_error_is_logged_without_locals_or_the_key(
         raise RuntimeError("a bug, deep in a frame that can see the request")
 
     async def run() -> None:
-        project = ProjectConfig("p0", "p0", "", "https://api.test", 100, Secret(key))
+        polled = project("p0", base_url="https://api.test", key=key)
         client = ApiClient(transport=httpx.MockTransport(handler))
         try:
-            await Poller(Config(projects=(project,)), Store(), client).poll_all_once()
+            await Poller(Config(projects=(polled,)), Store(), client).poll_all_once()
         finally:
             client.close()
 
@@ -239,7 +236,7 @@ PAGE = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(PAGE | ANY_JSON, min_size=1, max_size=3), st.booleans())
 def test_any_json_as_pages_never_crashes_or_makes_a_number_infinite(
     pages: list[Any], twice: bool

@@ -14,7 +14,7 @@ instead of a quarter of a minute.
 
 The hash must be the same in every process and every release: Python's ``hash()`` is salted
 per process, so this uses BLAKE2b. Changing it moves almost every project on upgrade;
-``tests/test_sharding.py`` pins a few owners so that such a change shows.
+``tests/targets/test_sharding.py`` pins a few owners so that such a change shows.
 
 Pure: no I/O, no environment. The :class:`~exporter.config.sharding.Shard` itself comes
 from the command line or the config (:mod:`exporter.config.sharding`).
