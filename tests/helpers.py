@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import inspect
+import json
 import os
 import shutil
 import socket
@@ -277,6 +278,11 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         env={**os.environ, **(env or {})},
         timeout=120,
     )
+
+
+def json_logs(text: str) -> list[dict[str, Any]]:
+    """The JSON log lines (``--log.format json``) of a process's output."""
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
 def fragments_of(key: str, text: str) -> list[str]:

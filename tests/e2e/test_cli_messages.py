@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import REPO, free_port, write_config
+from tests.helpers import REPO, free_port, write_config
 
 NOWHERE = "http://127.0.0.1:1"
 

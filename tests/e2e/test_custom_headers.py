@@ -17,7 +17,7 @@ from exporter.cli import run_once
 from exporter.client.api import CHAT_PATH, PROJECTS_PATH
 from exporter.config import load_config
 from exporter.simulator import DEFAULT_API_KEY, Simulator
-from tests.conftest import REPO, session, write_config
+from tests.helpers import REPO, session, write_config
 
 SECRET_VALUE = "cf-access-secret-9f8e7d6c5b4a"
 HEADERS = f"CF-Access-Client-Id: exporter.access\nCF-Access-Client-Secret: {SECRET_VALUE}\n"

@@ -3,37 +3,18 @@ histories are the ground truth, as a user running the exporter would see it."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from exporter.simulator import Simulator
-from tests.conftest import REPO, Samples, parse_metrics, value, write_config
+from tests.helpers import Samples, json_logs, parse_metrics, run_cli, value, write_config
 
 
 def once(config: Path) -> tuple[Samples, list[dict[str, Any]]]:
     """One ``--once`` run: its metrics and its JSON log lines."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "exporter",
-            "--once",
-            "--config",
-            str(config),
-            "--log.format",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-    )
+    result = run_cli("--once", "--config", str(config), "--log.format", "json")
     assert result.returncode == 0, result.stderr
-    logs = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
-    return parse_metrics(result.stdout), logs
+    return parse_metrics(result.stdout), json_logs(result.stderr)
 
 
 def setup(sim: Simulator, tmp_path: Path, sessions: int = 5, **llamacloud: Any) -> tuple[str, Path]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.simulator import Simulator
-from tests.conftest import session, write_config
+from tests.helpers import session, write_config
 
 
 def rows(page: str) -> dict[str, list[str]]:

@@ -14,7 +14,7 @@ from exporter.config import parse_config
 from exporter.metrics import StoreCollector, TextExposition
 from exporter.simulator import Simulator
 from exporter.store import Store
-from tests.conftest import REPO, parse_metrics, session, value, write_config
+from tests.helpers import REPO, parse_metrics, session, value, write_config
 
 OBJECTIVE = "llamacloud_chat_run_error_ratio_objective"
 

@@ -16,7 +16,7 @@ import yaml
 
 from exporter.config import ConfigError, parse_config
 from exporter.simulator import Simulator
-from tests.conftest import REPO, Exporter, session, value, wait_for, write_config
+from tests.helpers import REPO, Exporter, session, value, wait_for, write_config
 
 KEY = {"LLAMA_CLOUD_API_KEY": "llx-objectives"}
 OBJECTIVE = "llamacloud_chat_run_error_ratio_objective"

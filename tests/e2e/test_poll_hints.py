@@ -2,36 +2,18 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from exporter.simulator import Simulator
-from tests.conftest import REPO, session, write_config
+from tests.helpers import json_logs, run_cli, session, write_config
 
 
 def failed_polls(sim: Simulator, tmp_path: Path) -> list[dict[str, Any]]:
     config = write_config(tmp_path / "c.yaml", sim.base_url, ["p"], llamacloud={"max_retries": 0})
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "exporter",
-            "--once",
-            "--config",
-            str(config),
-            "--log.format",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-    )
+    done = run_cli("--once", "--config", str(config), "--log.format", "json")
     assert done.returncode == 1, done.stderr
-    events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    events = json_logs(done.stderr)
     return [e for e in events if str(e.get("event", "")).startswith("poll_failed")]
 
 

@@ -27,7 +27,7 @@ from exporter.simulator import (
     FaultConfig,
     Simulator,
 )
-from tests.conftest import session
+from tests.helpers import session
 
 try:
     import llama_cloud

@@ -24,7 +24,7 @@ from exporter.simulator import (
     Simulator,
     main,
 )
-from tests.conftest import session
+from tests.helpers import session
 
 AUTH = {"Authorization": f"Bearer {DEFAULT_API_KEY}"}
 START = datetime(2026, 3, 1)
