@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import struct
 import threading
-import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Protocol
 
@@ -19,6 +16,17 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from ..store import ProjectState, Store
+from .deflate import (
+    CACHED_LEVEL,
+    HISTOGRAM_RUN,
+    RUN,
+    SCRAPE_LEVEL,
+    Body,
+    Rendered,
+    Run,
+    Runs,
+    deflate_piece,
+)
 
 
 def go_float(value: float) -> str:
@@ -79,28 +87,6 @@ def _samples(metric: Metric, openmetrics: bool = False) -> bytes:
     return "".join(lines).encode()
 
 
-# Pieces cached once per poll are compressed well; what a scrape compresses itself (lines
-# picked out of pieces, the exporter-wide families) fast: level 1 takes a quarter of the
-# time of level 6 for about a tenth more bytes.
-_CACHED_LEVEL = 6
-
-
-_SCRAPE_LEVEL = 1
-
-
-def _deflate_piece(data: bytes, level: int = _CACHED_LEVEL) -> bytes:
-    """Raw deflate ending on a full flush: byte-aligned and independent of what surrounds it,
-    so pieces compressed apart can be concatenated into one valid stream."""
-    if not data:
-        return b""
-    compressor = zlib.compressobj(level, zlib.DEFLATED, -15)
-    return compressor.compress(data) + compressor.flush(zlib.Z_FULL_FLUSH)
-
-
-# A gzip member header: deflate, no name, no mtime, unknown OS.
-_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
-
-
 def _restricted(metric: Metric, names: frozenset[str]) -> Metric | None:
     """The family with only the samples named in ``names``, None when none is left: what
     prometheus_client's ``restricted_registry`` keeps of it."""
@@ -126,70 +112,18 @@ def _only(lines: bytes, names: frozenset[str]) -> bytes:
     return b"\n".join(kept) + b"\n" if kept else b""
 
 
-class _Body:
-    """A scrape's text joined from pieces and, for gzip, their deflate pieces: those compressed
-    in advance are joined as they are, the rest compressed together where they fall."""
-
-    def __init__(self, compressed: bool) -> None:
-        self._compressed = compressed
-        self._raw: list[bytes] = []
-        self._deflated: list[bytes] = []
-        self._pending: list[bytes] = []
-
-    def add(self, raw: bytes, deflated: bytes | None = None) -> None:
-        self.extend((raw,), None if deflated is None else (deflated,))
-
-    def extend(self, raw: Iterable[bytes], deflated: Iterable[bytes] | None = None) -> None:
-        """Pieces, with the same pieces compressed apart (read only for gzip) or None."""
-        if not self._compressed:
-            self._raw.extend(raw)
-        elif deflated is None:
-            pieces = list(raw)
-            self._raw.extend(pieces)
-            self._pending.extend(pieces)
-        else:
-            self._raw.extend(raw)
-            if self._pending:
-                self._deflated.append(_deflate_piece(b"".join(self._pending), _SCRAPE_LEVEL))
-                self._pending.clear()
-            self._deflated.extend(deflated)
-
-    def finish(self) -> bytes:
-        """The text, or one gzip member of it ending with what was added uncompressed."""
-        text = b"".join(self._raw)
-        if not self._compressed:
-            return text
-        compressor = zlib.compressobj(_SCRAPE_LEVEL, zlib.DEFLATED, -15)
-        rest = compressor.compress(b"".join(self._pending)) + compressor.flush(zlib.Z_FINISH)
-        # One checksum over the joined text: far cheaper than one call per piece.
-        trailer = struct.pack("<II", zlib.crc32(text) & 0xFFFFFFFF, len(text) & 0xFFFFFFFF)
-        return b"".join((_GZIP_HEADER, *self._deflated, rest, trailer))
-
-
-@dataclass(frozen=True)
-class _Rendered:
-    state: ProjectState
-    # By format (OpenMetrics or not), one piece per family in project_families order, and
-    # the same pieces each compressed on its own. The formats share every piece but those
-    # with exemplars.
-    lines: dict[bool, list[bytes]]
-    deflated: dict[bool, list[bytes]]
-    # The sample names in each piece, what ?name[]= picks by; one tuple shared by every
-    # project of the same shape.
-    sample_names: tuple[frozenset[str], ...]
-
-
 class TextExposition:
     """The text formats of :class:`StoreCollector`, byte for byte, without their cost per scrape.
 
     A project's samples change only when its state is replaced, so each project's lines
-    are rendered (and compressed) once per state, when its poll ends, and a scrape joins
-    them: the work of a scrape is a join, not a walk over 80 samples times the number of
-    projects, nor a compression of megabytes. The Prometheus text format and OpenMetrics
-    write the same sample lines and differ only in their family headers and the ``# EOF``.
-    A scrape restricted to some sample names (``?name[]=``) joins the pieces of the families
-    it selects, and filters lines only in a family it selects part of (a histogram's
-    ``_bucket`` alone): its work follows what it selects.
+    are rendered once per state, when its poll ends, and compressed then with those of the
+    few projects beside it (:class:`_Run`); a scrape joins them: the work of a scrape is a
+    join, not a walk over 80 samples times the number of projects, nor a compression of
+    megabytes. The Prometheus text format and OpenMetrics write the same sample lines and
+    differ only in their family headers and the ``# EOF``. A scrape restricted to some sample
+    names (``?name[]=``) joins the pieces of the families it selects, and filters lines only
+    in a family it selects part of (a histogram's ``_bucket`` alone): its work follows what it
+    selects.
     """
 
     def __init__(self, collector: Families, store: Store) -> None:
@@ -202,40 +136,64 @@ class TextExposition:
             True: [_render([m], openmetrics=True).removesuffix(_EOF) for m in families],
         }
         self._deflated_headers = {
-            fmt: [_deflate_piece(h) for h in headers] for fmt, headers in self._headers.items()
+            fmt: [deflate_piece(h) for h in headers] for fmt, headers in self._headers.items()
         }
-        self._cache: dict[str, _Rendered] = {}
+        self._cache: dict[str, Rendered] = {}
         # Few shapes (which families a project has samples in), so few distinct tuples.
         self._shapes: dict[tuple[frozenset[str], ...], tuple[frozenset[str], ...]] = {}
+        histograms = frozenset(i for i, m in enumerate(families) if m.type == "histogram")
+        self._layouts = (
+            Runs(HISTOGRAM_RUN, histograms),
+            Runs(RUN, frozenset(range(len(families))) - histograms),
+        )
+        # Each family's runs, by its place.
+        self._runs_of = [0 if i in histograms else 1 for i in range(len(families))]
         store.subscribe(self._warm)
 
     def _warm(self, state: ProjectState) -> None:
+        """A project's new state: its lines, then the runs they change compressed again, so
+        that a scrape finds them ready."""
+        pid = state.project_id
         with self._lock:
             self._rendered(state)
+            if not all(runs.knows(pid) for runs in self._layouts):  # new here: lay out again
+                per_project = [self._rendered(s) for s in self._store.projects()]
+                for runs in self._layouts:
+                    runs.lay_out(runs.spans(per_project))
+            jobs = [runs.polled(pid, self._cache) for runs in self._layouts]
+        made = [
+            runs.compress(job, CACHED_LEVEL) for runs, job in zip(self._layouts, jobs, strict=True)
+        ]
+        with self._lock:
+            for runs, new in zip(self._layouts, made, strict=True):
+                runs.install(new)
 
-    def _rendered(self, state: ProjectState) -> _Rendered:
+    def _rendered(self, state: ProjectState) -> Rendered:
         cached = self._cache.get(state.project_id)
         if cached is not None and cached.state is state:
             return cached
         families = list(self._collector.project_families((state,)))
         text = [_samples(m) for m in families]
-        deflated = [_deflate_piece(piece) for piece in text]
-        om, om_deflated = list(text), list(deflated)
-        for i, family in enumerate(families):
-            if any(sample.exemplar is not None for sample in family.samples):
-                om[i] = _samples(family, openmetrics=True)
-                om_deflated[i] = _deflate_piece(om[i])
+        om = list(text)
+        exemplars = frozenset(
+            i
+            for i, family in enumerate(families)
+            if any(sample.exemplar is not None for sample in family.samples)
+        )
+        for i in exemplars:
+            om[i] = _samples(families[i], openmetrics=True)
         shape = tuple(frozenset(sample.name for sample in m.samples) for m in families)
-        rendered = _Rendered(
+        rendered = Rendered(
             state,
             {False: text, True: om},
-            {False: deflated, True: om_deflated},
+            exemplars,
             self._shapes.setdefault(shape, shape),
+            cached.mark if cached is not None else Rendered.mark_of(state.project_id),
         )
         self._cache[state.project_id] = rendered
         return rendered
 
-    def _current(self) -> list[_Rendered]:
+    def _current(self) -> list[Rendered]:
         projects = self._store.projects()
         with self._lock:
             per_project = [self._rendered(state) for state in projects]
@@ -245,6 +203,22 @@ class TextExposition:
                     del self._cache[gone]
         return per_project
 
+    def _compressed(self, per_project: list[Rendered]) -> list[list[Run]]:
+        """By layout, the runs of ``per_project`` with their deflate pieces; a run that no poll
+        left ready (a project just added, a poll that ended meanwhile) is compressed here."""
+        spans = [runs.spans(per_project) for runs in self._layouts]
+        with self._lock:
+            found = [runs.found(s) for runs, s in zip(self._layouts, spans, strict=True)]
+        out = []
+        for runs, (ready, stale) in zip(self._layouts, found, strict=True):
+            made = runs.compress(stale.values(), SCRAPE_LEVEL)
+            with self._lock:
+                runs.install(made)
+            for j, run in zip(stale, made, strict=True):
+                ready[j] = run
+            out.append([run for run in ready if run is not None])
+        return out
+
     def render(self, *, openmetrics: bool = False, names: Iterable[str] | None = None) -> bytes:
         """The whole text, or with ``names`` only the samples so named, as
         ``generate_latest(registry.restricted_registry(names))`` writes them."""
@@ -253,38 +227,53 @@ class TextExposition:
     def render_gzip(
         self, *, openmetrics: bool = False, names: Iterable[str] | None = None
     ) -> bytes:
-        """The same text as one gzip member, joined from the pieces compressed in advance."""
+        """The same text as one gzip member, joined from the runs compressed in advance."""
         return self._render(openmetrics, True, names)
 
     def _render(self, openmetrics: bool, compressed: bool, names: Iterable[str] | None) -> bytes:
         per_project = self._current()
-        body = _Body(compressed)
+        body = Body(compressed)
         headers = self._headers[openmetrics]
         deflated_headers = self._deflated_headers[openmetrics]
         pieces = [p.lines[openmetrics] for p in per_project]
-        deflated_pieces = [p.deflated[openmetrics] for p in per_project]
+        layouts = self._compressed(per_project) if compressed else [[], []]
         if names is None:
+            # By family: every project's piece; every run's of the family's layout, each
+            # primed with the piece just before it, so that joined in this order all hold.
+            none = [()] * len(headers)
+            columns = list(zip(*pieces, strict=True)) if pieces else none
+            deflated = [
+                list(zip(*(r.deflated[openmetrics] for r in runs), strict=True)) if runs else none
+                for runs in layouts
+            ]
             for i, header in enumerate(headers):
-                body.add(header, deflated_headers[i])
-                body.extend((lines[i] for lines in pieces), (piece[i] for piece in deflated_pieces))
+                body.extend((header,), (deflated_headers[i],))
+                body.extend(columns[i], deflated[self._runs_of[i]][i])
             # The exporter-wide families come last; in OpenMetrics they carry the # EOF.
             body.add(_render(self._collector.global_families(), openmetrics))
             return body.finish()
         wanted = frozenset(names)
         shapes = list({id(p.sample_names): p.sample_names for p in per_project}.values())
+        everyone = [tuple(per_project)]  # without gzip, one span of every project
         for i, header in enumerate(headers):
             if not any(shape[i] & wanted for shape in shapes):
                 continue  # a family with no sample left is left out, its header too
-            body.add(header, deflated_headers[i])
-            for p, lines, deflated in zip(per_project, pieces, deflated_pieces, strict=True):
-                present = p.sample_names[i]
-                picked = present & wanted
-                if not picked:
+            body.extend((header,), (deflated_headers[i],))
+            runs = layouts[self._runs_of[i]]
+            for j, members in enumerate([run.members for run in runs] if compressed else everyone):
+                if compressed and all(m.sample_names[i] <= wanted for m in members):
+                    body.extend(  # the whole run
+                        [m.lines[openmetrics][i] for m in members],
+                        (runs[j].deflated[openmetrics][i],),
+                        runs[j].primer(openmetrics, i),
+                    )
                     continue
-                if picked == present:
-                    body.add(lines[i], deflated[i])
-                else:
-                    body.add(_only(lines[i], picked))
+                for m in members:
+                    present = m.sample_names[i]
+                    picked = present & wanted
+                    if picked:
+                        lines = m.lines[openmetrics][i]
+                        body.add(lines if picked == present else _only(lines, picked))
         kept = (_restricted(m, wanted) for m in self._collector.global_families())
         body.add(_render([m for m in kept if m is not None], openmetrics))
         return body.finish()

@@ -1,0 +1,142 @@
+"""metrics.exposition: a gzip scrape, joined from runs of projects compressed when their polls
+end, is one gzip member of the very text, about the size of one-shot gzip, as polls, projects
+added and removed, and filters change what it joins."""
+
+from __future__ import annotations
+
+import gzip
+import random
+import uuid
+import zlib
+
+from prometheus_client import generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
+from prometheus_client.registry import CollectorRegistry
+
+from exporter.aggregate import SessionTracker, aggregate
+from exporter.config import ProjectConfig, Secret
+from exporter.metrics import StoreCollector, TextExposition
+from exporter.store import Store
+from tests.helpers import session
+
+
+def config(n: int) -> ProjectConfig:
+    pid = str(uuid.UUID(int=random.Random(n).getrandbits(128), version=4))
+    return ProjectConfig(pid, f"project-{n:03d}", "org", "http://x", 100, Secret("k"))
+
+
+class Projects:
+    """A store of many projects in every state (polled, failed, never polled), the registry
+    prometheus_client would render it from, and the exposition under test."""
+
+    def __init__(self, count: int) -> None:
+        self.store = Store([config(n) for n in range(count)])
+        self.store.set_error_classes(("timeout", "other"))
+        self.exposition = TextExposition(StoreCollector(self.store), self.store)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(StoreCollector(self.store))
+        self.trackers = {p.project_id: SessionTracker() for p in self.store.projects()}
+        self.polls = 0
+        for n, state in enumerate(self.store.projects()):
+            if n % 7 == 3:
+                self.fail(state.project_id)
+            elif n % 11 != 5:
+                self.poll(state.project_id)
+
+    def poll(self, pid: str) -> None:
+        """A poll that finds sessions run again (counters and histograms change)."""
+        self.polls += 1
+        k = self.polls
+        sessions = [
+            session(f"s{k}-{i}", duration_ms=100 + 997 * ((k * 31 + i) % 40), turns=1 + i % 5)
+            for i in range(1 + k % 4)
+        ]
+        result = aggregate([sessions], self.trackers[pid])
+        self.store.record_success(pid, result, duration=0.1 + k % 9, finished=1e9 + k)
+
+    def fail(self, pid: str) -> None:
+        self.polls += 1
+        self.store.record_failure(pid, "timeout", duration=30.0, finished=1e9 + self.polls)
+
+    def ids(self) -> list[str]:
+        return [state.project_id for state in self.store.projects()]
+
+    def check(self, *filters: list[str]) -> None:
+        """Every format, unfiltered and with each filter: the gzip body is one member whose
+        text is the plain body's, and that of prometheus_client."""
+        for openmetrics, latest in ((False, generate_latest), (True, openmetrics_latest)):
+            for names in (None, *filters):
+                registry = (
+                    self.registry if names is None else self.registry.restricted_registry(names)
+                )
+                expected = latest(registry)
+                assert self.exposition.render(openmetrics=openmetrics, names=names) == expected
+                zipped = self.exposition.render_gzip(openmetrics=openmetrics, names=names)
+                assert gzip.decompress(zipped) == expected, (openmetrics, names)
+                assert zlib.decompressobj(31).decompress(zipped) == expected
+
+
+FILTERS = [
+    ["llamacloud_up", "llamacloud_chat_runs_total"],  # whole families: runs joined as cached
+    ["llamacloud_chat_run_duration_seconds_bucket"],  # part of a histogram: lines picked
+    [  # both at once, and a family that failed projects have no sample of
+        "llamacloud_chat_run_duration_seconds_bucket",
+        "llamacloud_chat_run_duration_seconds_count",
+        "llamacloud_chat_sessions",
+        "llamacloud_up",
+    ],
+    ["llamacloud_chat_run_errors_by_class_total", "llamacloud_poll_errors_total"],
+    ["no_such_metric"],
+]
+
+
+def test_a_gzip_scrape_of_many_projects_is_within_1_5x_of_one_shot_gzip() -> None:
+    projects = Projects(240)
+    for openmetrics in (False, True):
+        text = projects.exposition.render(openmetrics=openmetrics)
+        zipped = projects.exposition.render_gzip(openmetrics=openmetrics)
+        assert gzip.decompress(zipped) == text
+        one_shot = len(gzip.compress(text))
+        assert len(zipped) <= 1.5 * one_shot, (len(zipped), one_shot)
+        # The runs a scrape compressed itself (none was polled since the exposition began)
+        # are as valid as those a poll's end compresses.
+        for pid in projects.ids():
+            projects.poll(pid)
+        again = projects.exposition.render(openmetrics=openmetrics)
+        zipped = projects.exposition.render_gzip(openmetrics=openmetrics)
+        assert gzip.decompress(zipped) == again != text
+        assert len(zipped) <= 1.5 * len(gzip.compress(again))
+
+
+def test_the_gzip_body_stays_the_text_as_projects_are_polled_added_and_removed() -> None:
+    projects = Projects(60)
+    projects.check(*FILTERS)
+    ids = projects.ids()
+    # Polls between scrapes: one project, then a stretch of neighbours (each run's last
+    # project primes the next run), then one every few.
+    projects.poll(ids[17])
+    projects.check()
+    for pid in ids[20:33]:
+        projects.poll(pid)
+    projects.check(*FILTERS)
+    for pid in ids[::5]:
+        projects.fail(pid)
+    projects.check(*FILTERS)
+    # Projects leave (the first, one in the middle, the last) and arrive (at the end).
+    for pid in (ids[0], ids[29], ids[-1]):
+        projects.store.remove_project(pid)
+    projects.check(*FILTERS)
+    for n in range(60, 64):
+        projects.store.add_project(config(n))
+        projects.trackers[config(n).id] = SessionTracker()
+    projects.check(*FILTERS)
+    projects.poll(config(61).id)
+    projects.poll(ids[30])
+    projects.check(*FILTERS)
+    # Every project's state replaced at once, as a reload that changes error classes does.
+    projects.store.set_error_classes(("timeout", "rate_limited", "other"))
+    projects.check(*FILTERS)
+    projects.store.update_info(
+        ProjectConfig(ids[12], "renamed", "org", "http://x", 100, Secret("k"))
+    )
+    projects.check(*FILTERS)
