@@ -4,6 +4,7 @@ exact sums over them (correctly rounded, whatever order the values came in)."""
 from __future__ import annotations
 
 from array import array
+from math import ldexp
 from typing import Any
 
 _U32 = 2**32 - 1
@@ -28,6 +29,13 @@ class Exact:
     def add(self, value: float, sign: int = 1) -> None:
         if type(value) is int:
             self.fine += sign * (value << _FINE)
+            return
+        try:
+            scaled = ldexp(value, _FINE)  # exact: a power of two
+        except OverflowError:
+            scaled = 0.5
+        if scaled.is_integer():  # at most 64 bits after the point: the common case
+            self.fine += sign * int(scaled)
             return
         numerator, denominator = value.as_integer_ratio()
         bits = denominator.bit_length() - 1
@@ -79,33 +87,40 @@ class Runs:
             column.extend(array("I", bytes(4 * count)))
         self.duration.extend(array("I", bytes(4 * count)))
 
-    def put(self, slot: int, i: Any, o: Any, t: Any, d: Any, fresh: bool = False) -> None:
-        """Store one slot's values (numbers from 0 to below 2**53, or None for 0);
-        ``fresh``: the slot holds zeros (a new session), nothing to take out first."""
-        i, o, t, d = i or 0, o or 0, t or 0, d or 0
+    def put_new(self, slot: int, i: Any, o: Any, t: Any, d: Any) -> None:
+        """:meth:`put` into a slot that holds zeros (a new session): nothing to take out
+        first. A first listing stores every session this way."""
+        if d:
+            self.exact[3].add(d)
+            self._set_duration(slot, d)
+        self._put_counts(slot, i or 0, o or 0, t or 0)
+
+    def put(self, slot: int, i: Any, o: Any, t: Any, d: Any) -> None:
+        """Store one slot's values (numbers from 0 to below 2**53, or None for 0)."""
+        d = d or 0
         ci, co, ct = self.columns
         whole, exact, big = self.whole, self.exact, self.big
-        if fresh:
+        old = big.pop(slot, None) if big else None
+        if old is None:
+            whole[0] -= ci[slot]
+            whole[1] -= co[slot]
+            whole[2] -= ct[slot]
+        else:
+            exact[0].add(old[0], -1)
+            exact[1].add(old[1], -1)
+            exact[2].add(old[2], -1)
+        previous = self._duration(slot)
+        if previous != d:
+            if previous:
+                exact[3].add(previous, -1)
             if d:
                 exact[3].add(d)
-                self._set_duration(slot, d)
-        else:
-            old = big.pop(slot, None) if big else None
-            if old is None:
-                whole[0] -= ci[slot]
-                whole[1] -= co[slot]
-                whole[2] -= ct[slot]
-            else:
-                exact[0].add(old[0], -1)
-                exact[1].add(old[1], -1)
-                exact[2].add(old[2], -1)
-            previous = self._duration(slot)
-            if previous != d:
-                if previous:
-                    exact[3].add(previous, -1)
-                if d:
-                    exact[3].add(d)
-                self._set_duration(slot, d)
+            self._set_duration(slot, d)
+        self._put_counts(slot, i or 0, o or 0, t or 0)
+
+    def _put_counts(self, slot: int, i: Any, o: Any, t: Any) -> None:
+        """A slot's counts, into a slot whose counts were taken out of the sums."""
+        ci, co, ct = self.columns
         if (
             type(i) is int
             and type(o) is int
@@ -115,12 +130,14 @@ class Runs:
             and t <= _U32
         ):
             ci[slot], co[slot], ct[slot] = i, o, t
+            whole = self.whole
             whole[0] += i
             whole[1] += o
             whole[2] += t
         else:
             ci[slot] = co[slot] = ct[slot] = 0
-            big[slot] = (float(i), float(o), float(t))
+            self.big[slot] = (float(i), float(o), float(t))
+            exact = self.exact
             exact[0].add(i)
             exact[1].add(o)
             exact[2].add(t)

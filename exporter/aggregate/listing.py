@@ -24,6 +24,7 @@ from .runs import (
     RunCounter,
     RunTuple,
     fingerprint,
+    naive_utc,
     parse_datetime_slow,
     read_run,
     utc_timestamp,
@@ -116,8 +117,8 @@ class Listing:
         self._unordered = self._broken = False
         previous: datetime | None = None
         first = page_newest = None
-        cut_naive, cut_aware = self._cut_naive, self._cut_aware
-        all_old = cut_aware is not None
+        cut_naive = self._cut_naive
+        all_old = cut_naive is not None
         any_valid = missing = False
         invalid = 0
         remember = key is not None
@@ -147,10 +148,13 @@ class Listing:
                     fp = NEVER_RUN
                 elif type(job) is not dict:
                     raise InvalidItem("job_metadata is not an object")
+                elif value is None:
+                    run = read_run(job)
+                    fp = run[5]
                 else:
                     # What is unchanged was checked when it was first read.
                     fp = fingerprint(job)
-                    if value is None or value >> slot_bits != fp:
+                    if value >> slot_bits != fp:
                         run = read_run(job, fp)
                 if stamp is None:
                     updated = None
@@ -161,6 +165,10 @@ class Listing:
                         updated = fromisoformat(stamp)
                     except ValueError:
                         updated = parse_datetime_slow(stamp)
+                    # One kind of datetime in the loop, so every comparison below is a plain
+                    # one: naive, in UTC (a naive against an aware one would raise).
+                    if updated.tzinfo is not None:
+                        updated = naive_utc(updated, stamp)
                 # A tracked session mostly lists what it listed last time: one list compare.
                 listed = item.get("index_ids")
                 if listed is None:
@@ -191,20 +199,16 @@ class Listing:
             else:
                 if previous is None:
                     first = updated
-                    if page_newest is None or _later(updated, page_newest):
+                    if page_newest is None or updated > page_newest:
                         page_newest = updated
-                elif (
-                    updated > previous
-                    if (updated.tzinfo is None) is (previous.tzinfo is None)
-                    else _later(updated, previous)
-                ):
+                elif updated > previous:
                     self._unordered = True
-                    if page_newest is None or _later(updated, page_newest):
+                    if page_newest is None or updated > page_newest:
                         page_newest = updated
-                    if _gap(previous, updated) > self._overlap:
+                    if updated - previous > self._overlap:
                         self._broken = True
                 previous = updated
-                if all_old and updated >= (cut_naive if updated.tzinfo is None else cut_aware):  # type: ignore[operator]
+                if all_old and updated >= cut_naive:  # type: ignore[operator]
                     all_old = False
             if value is None:
                 slot = tracker.store(sid, None, fp, run, index_set, ver)

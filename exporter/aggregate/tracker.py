@@ -178,7 +178,7 @@ class SessionTracker:
                 self._last[sid] = last_fp & FP_MASK
             if pending:
                 self.pending[sid] = None
-            self._runs.put(slot, i, o, t, d, fresh=True)
+            self._runs.put_new(slot, i, o, t, d)
             try:
                 self.indexes.put(slot, indexes)
             except InvalidIndexIds:  # an edited file: the next listing reads every page
@@ -300,7 +300,8 @@ class SessionTracker:
             indexes.ids[slot] = index_set
             indexes.counts[index_set] += 1
             counted = 0 if self._has_baseline else _COUNT_MASK
-            grave = self._grave(sid)
+            graves = self._graves
+            grave = self._grave(sid) if graves[0] or graves[1] else None
             if grave is not None:  # back after two listings missed it: go on from there
                 n, self._last[sid] = grave
                 if n is None or n >= _COUNT_ELSEWHERE:
@@ -328,7 +329,10 @@ class SessionTracker:
         else:
             is_error, d, i, o, t, _ = run
             status = 2 if is_error else 1
-            self._runs.put(slot, i, o, t, d, fresh)
+            if fresh:
+                self._runs.put_new(slot, i, o, t, d)
+            else:
+                self._runs.put(slot, i, o, t, d)
         flags[slot] = status | counted
         self.versions[slot] = fp if ver is None else ver
         self._status[status] += 1

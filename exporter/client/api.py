@@ -286,6 +286,16 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}".lower()
 
 
+class _Cookies(httpx.Cookies):
+    """A client's cookies, as httpx keeps them, but a response is read for them only when it
+    sets one: httpx wraps every response and its request in urllib's types to look, which
+    costs a tenth of what a page of a listing costs the exporter."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        if "set-cookie" in response.headers:
+            super().extract_cookies(response)
+
+
 class ApiClient:
     """Lists chat sessions page by page, blocking: the poller runs each listing in a thread.
 
@@ -346,7 +356,7 @@ class ApiClient:
             headers[name] = value.get()
         # Only what the body reader can decompress under its byte bound.
         headers["Accept-Encoding"] = "gzip"
-        return httpx.Client(
+        client = httpx.Client(
             timeout=self._timeout,
             headers=headers,
             transport=self._transport,
@@ -354,6 +364,8 @@ class ApiClient:
             follow_redirects=False,
             limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
         )
+        client._cookies = _Cookies(client.cookies.jar)  # the setter would copy it into a plain one
+        return client
 
     def stop(self) -> None:
         """Make listings under way give up at their next page or backoff."""

@@ -72,12 +72,45 @@ def test_example_session_from_the_api_reference() -> None:
         "2026-04-22T12:34:41+00:00",
         "2026-04-22T14:34:41+02:00",
         "2026-04-22T12:34:41.000Z",
+        "2026-04-22T12:34:41z",
+        "2026-04-22T07:34:41-05:00",
+        "2026-04-22T12:34:41+0000",
         "2026-04-22T12:34:41.0000000",
+        "2026-04-22T12:34:41.0000000Z",
     ],
 )
 def test_timestamps_without_a_zone_are_utc(stamp: str) -> None:
     listed = {"session_id": "a", "last_updated_at": stamp}
     assert aggregate([[listed]]).snapshot.last_updated == 1776861281.0
+
+
+def test_stamps_with_and_without_a_zone_are_ordered_in_utc() -> None:
+    # Newest first in UTC, whatever each stamp's spelling: the listing stays in order.
+    page = [
+        {"session_id": "a", "last_updated_at": "2026-04-22T12:30:00"},
+        {"session_id": "b", "last_updated_at": "2026-04-22T14:20:00+02:00"},
+        {"session_id": "c", "last_updated_at": "2026-04-22T12:10:00Z"},
+        {"session_id": "d", "last_updated_at": "2026-04-22T07:00:00-05:00"},
+    ]
+    tracker = SessionTracker()
+    result = aggregate([page], tracker)
+    assert tracker.state.ordered
+    assert result.snapshot.last_updated == utc("2026-04-22T12:30:00+00:00")
+    # One out of order by an hour (13:05 UTC after 12:30) turns the order off.
+    late = {"session_id": "e", "last_updated_at": "2026-04-22T15:05:00+02:00"}
+    tracker = SessionTracker()
+    result = aggregate([[*page[:2], late, *page[2:]]], tracker)
+    assert not tracker.state.ordered
+    assert result.snapshot.last_updated == utc("2026-04-22T13:05:00+00:00")
+
+
+def test_a_stamp_out_of_range_in_utc_is_an_invalid_item() -> None:
+    items = [
+        {"session_id": "a", "last_updated_at": "0001-01-01T00:30:00+01:00"},
+        {"session_id": "b", "last_updated_at": "2026-01-01T00:00:00"},
+    ]
+    snap = aggregate([items]).snapshot
+    assert (snap.never_run, snap.invalid_items) == (1, 1)
 
 
 def test_missing_null_and_unknown_fields_are_tolerated() -> None:

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import itertools
 import math
+from fractions import Fraction
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from exporter.aggregate import DURATION_BUCKETS, TOKEN_BUCKETS, RunTotals, SessionTracker, aggregate
+from exporter.aggregate.contributions import Exact
+from exporter.aggregate.runs import fingerprint, read_run
 from tests.aggregate.helpers import utc
 from tests.helpers import session
 
@@ -142,3 +147,34 @@ def test_errors_by_class_add_up_and_survive_the_state_file_form() -> None:
     del edited["errors_by_class"]  # every saved form has them
     with pytest.raises(ValueError, match="errors_by_class: missing"):
         RunTotals.from_dict(edited)
+
+
+_count = st.one_of(st.none(), st.integers(0, 2**53 - 1), st.floats(0, 2.0**53, exclude_max=True))
+_job = st.fixed_dictionaries(
+    {},
+    optional={
+        "duration_ms": _count,
+        "total_input_tokens": _count,
+        "total_output_tokens": _count,
+        "turns": _count,
+        "error": st.one_of(st.none(), st.text(max_size=5)),
+        "is_error": st.one_of(st.none(), st.booleans()),
+    },
+)
+
+
+@given(_job)
+def test_a_run_read_whole_has_the_fingerprint_a_listing_compares(job: dict[str, Any]) -> None:
+    # A new session's run is read whole; a known one's is compared by fingerprint alone.
+    assert read_run(job)[5] == fingerprint(job)
+
+
+@given(st.lists(st.floats(0, 2.0**53, exclude_max=True) | st.integers(0, 2**60), max_size=30))
+def test_an_exact_sum_is_the_correctly_rounded_sum(values: list[float]) -> None:
+    total = Exact()
+    for value in values:
+        total.add(value)
+    for value in values[::2]:
+        total.add(value, -1)
+    kept = values[1::2]
+    assert total.value() == float(sum(Fraction(v) for v in kept))

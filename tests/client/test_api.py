@@ -340,6 +340,25 @@ def test_the_key_is_only_in_the_request_header() -> None:
     assert seen == [f"Bearer {KEY}"]
 
 
+def test_a_cookie_the_api_sets_goes_back_with_the_next_requests() -> None:
+    # As the SDK's httpx client does (a load balancer's sticky session): only responses
+    # that set one are read for cookies.
+    pages = {
+        None: {"items": [1], "next_page_token": "t1"},
+        "t1": {"items": [2], "next_page_token": "t2"},
+        "t2": {"items": [3]},
+    }
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        token = request.url.params.get("page_token")
+        headers = {"Set-Cookie": "lb=node-7; Path=/"} if token == "t1" else {}
+        return httpx.Response(200, json=pages[token], headers=headers)
+
+    h = Harness(handler)
+    assert h.list() == [[1], [2], [3]]
+    assert [r.headers.get("cookie") for r in h.requests] == [None, None, "lb=node-7"]
+
+
 def test_a_connection_failure_names_the_host_and_the_cause(hostile: Hostile) -> None:
     """A wrong base_url or no network: the message says where and why, not only "connection"."""
     from tests.helpers import free_port
