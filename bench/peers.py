@@ -109,7 +109,8 @@ def _serve_simulator(params: dict[str, Any]) -> dict[str, Any]:
     the simulator's own evolution), ``sessions`` (``count`` new sessions of ``runs`` runs each
     in ``project``: their ids), ``rerun`` (each of ``ids`` in ``project`` once more),
     ``requests`` (the requests answered since the last time asked, by endpoint, of the last
-    ``REQUEST_LOG_SIZE`` the simulator keeps) and
+    ``REQUEST_LOG_SIZE`` the simulator keeps), ``log`` (the same requests one by one: path,
+    query, status; ``lost`` counts those past the log's size) and
     ``latency`` (``seconds``). Every answer holds the resident memory and the requests answered
     so far, and with ``truth`` the runs made (:meth:`RunsMade.totals`).
     """
@@ -145,6 +146,7 @@ def _serve_simulator(params: dict[str, Any]) -> dict[str, Any]:
     truth = RunsMade(sim) if params.get("truth") else None
     sim.latency = params.get("latency", 0.0)
     url = sim.start()
+    logged = 0  # requests answered before the log was last cleared
     ready_seconds = time.perf_counter() - began
     reply(
         {
@@ -179,6 +181,12 @@ def _serve_simulator(params: dict[str, Any]) -> dict[str, Any]:
             elif op == "requests":
                 answer["endpoints"] = dict(Counter(str(r.endpoint) for r in sim.requests))
                 sim.clear_requests()
+            elif op == "log":
+                log = sim.requests
+                answer["log"] = [[r.path, r.query, r.status] for r in log]
+                answer["lost"] = sim.request_count - logged - len(log)
+                sim.clear_requests()
+                logged = sim.request_count
             elif op == "latency":
                 sim.latency = command["seconds"]
             else:
@@ -259,6 +267,7 @@ async def _serve_exporter(params: dict[str, Any]) -> dict[str, Any]:
     from exporter.config import Config, ProjectConfig, Secret
     from exporter.logs import configure_logging
     from exporter.simulator import DEFAULT_API_KEY
+    from exporter.store import StateFile
 
     configure_logging("info", "json")  # as in production; the lines go to the peer's log
     projects = tuple(
@@ -275,7 +284,8 @@ async def _serve_exporter(params: dict[str, Any]) -> dict[str, Any]:
         for n, pid in enumerate(params["project_ids"])
     )
     config = Config(projects=projects, max_pages=10**6, max_concurrency=params["max_concurrency"])
-    store, poller, client, targets = _components(config, None)
+    state = StateFile(params["state_path"]) if params.get("state_path") else None
+    store, poller, client, targets = _components(config, state)
     reads, lock, session = [0], threading.Lock(), client.session
 
     def counted_session(*args: Any, **kwargs: Any) -> Any:
@@ -294,6 +304,9 @@ async def _serve_exporter(params: dict[str, Any]) -> dict[str, Any]:
                 config = dataclasses.replace(config, max_concurrency=command["value"])
                 await targets.reload(config)
                 reply({"max_concurrency": config.max_concurrency})
+                continue
+            if command["op"] == "cpu":
+                reply({"cpu": time.process_time()})
                 continue
             if command["op"] != "cycle":
                 raise ValueError(command)
@@ -334,6 +347,8 @@ async def _serve_exporter(params: dict[str, Any]) -> dict[str, Any]:
             reply(result)
     finally:
         client.close()
+        if state is not None:
+            state.close()
         del app
     return {"peak_rss": peak_rss_bytes()}
 

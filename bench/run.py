@@ -9,6 +9,7 @@ choosing a shard's projects. Run from the repository root:
     .venv/bin/python -m bench.run --only poll
     .venv/bin/python -m bench.run --only soak   # the soak (5 minutes), never part of a full run
     .venv/bin/python -m bench.run --only capacity   # projects x sessions per replica
+    .venv/bin/python -m bench.run --only steady     # small polls against a bare replay
 
 Each benchmark prints Markdown tables, its ratio against a baseline measured in the same run,
 and whether its target is met. Not part of the test suite.
@@ -27,7 +28,18 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as ``python bench/run.py``
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import capacity, histories, idle, incremental, memory, poll, scrape, sharding, soak
+from bench import (
+    capacity,
+    histories,
+    idle,
+    incremental,
+    memory,
+    poll,
+    scrape,
+    sharding,
+    soak,
+    steady,
+)
 from bench.common import REPO_ROOT, BenchError, header
 from bench.targets import Outcome, print_targets
 
@@ -41,6 +53,7 @@ BENCHMARKS: dict[str, Callable[[Options], Outcome]] = {
     "capacity": lambda o: capacity.run(quick=o.quick),
     "sharding": lambda o: sharding.run(quick=o.quick),
     "histories": lambda o: histories.run(quick=o.quick, rounds=o.rounds),
+    "steady": lambda o: steady.run(quick=o.quick, rounds=o.rounds),
 }
 ON_REQUEST: dict[str, Callable[[Options], Outcome]] = {
     "soak": lambda o: soak.run(quick=o.quick),  # long: run only when named with --only
