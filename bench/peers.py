@@ -269,7 +269,7 @@ async def _serve_exporter(params: dict[str, Any]) -> dict[str, Any]:
     from exporter.simulator import DEFAULT_API_KEY
     from exporter.store import StateFile
 
-    configure_logging("info", "json")  # as in production; the lines go to the peer's log
+    configure_logging(params.get("log_level", "info"), "json")  # as in production, to its log
     projects = tuple(
         ProjectConfig(
             id=pid,
@@ -296,6 +296,7 @@ async def _serve_exporter(params: dict[str, Any]) -> dict[str, Any]:
     client.session = counted_session  # type: ignore[method-assign]
     app = metrics_app(store) if params.get("exposition") else None
     loop = asyncio.get_running_loop()
+    profiles = None
     reply({"ready": True, "rss": rss_bytes(), "full_listing_every": config.full_listing_every})
     try:
         while line := await loop.run_in_executor(None, sys.stdin.readline):
@@ -307,6 +308,19 @@ async def _serve_exporter(params: dict[str, Any]) -> dict[str, Any]:
                 continue
             if command["op"] == "cpu":
                 reply({"cpu": time.process_time()})
+                continue
+            if command["op"] == "profile":  # cProfile every thread until asked again
+                from bench.poll import ThreadProfiles
+
+                if profiles is None:
+                    profiles = ThreadProfiles(cpu=True)
+                    profiles.start()
+                    reply({"profile": None})
+                else:
+                    profiles.stop()
+                    top, sort = command.get("top", 40), command.get("sort", "tottime")
+                    reply({"profile": profiles.report(top, sort)})
+                    profiles = None
                 continue
             if command["op"] != "cycle":
                 raise ValueError(command)

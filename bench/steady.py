@@ -108,7 +108,9 @@ def _serve_replayer(params: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------ one round
 
 
-def _minute(size: tuple[int, int], verbose: bool) -> dict[str, Any]:
+def _minute(
+    size: tuple[int, int], verbose: bool, profile: bool = False, **extra: Any
+) -> dict[str, Any]:
     """A fresh simulator, exporter and replayer: the baseline cycle, then the minute, each
     cycle replayed after it."""
     projects, sessions = size
@@ -131,8 +133,7 @@ def _minute(size: tuple[int, int], verbose: bool) -> dict[str, Any]:
             page_size=PAGE_SIZE,
             concurrency=CONCURRENCY,
             verbose=verbose,
-            exposition=True,
-            state_path=str(folder / "state.db"),
+            **{"exposition": True, "state_path": str(folder / "state.db"), **extra},
         )
         replayer = peer(stack, "steady", "replayer", {"role": "replayer", **_base(sim)})
         replayer.ready = replayer.receive(60)
@@ -157,6 +158,8 @@ def _minute(size: tuple[int, int], verbose: bool) -> dict[str, Any]:
         began = run.exporter.call(30, op="cpu")["cpu"]
         proc = proc_cpu_seconds(run.exporter.pid)
         wall = time.perf_counter()
+        if profile:
+            run.exporter.call(30, op="profile")
         cycles = []
         for n, (reruns, creates) in enumerate(MINUTE):
             if reruns or creates:
@@ -168,6 +171,9 @@ def _minute(size: tuple[int, int], verbose: bool) -> dict[str, Any]:
             cycles.append(cycle)
         proc = proc_cpu_seconds(run.exporter.pid) - proc
         ended = run.exporter.call(30, op="cpu")["cpu"]
+        profiled = None
+        if profile:  # the cProfile of every thread over the minute, by cumulative CPU
+            profiled = run.exporter.call(120, op="profile", top=90, sort="cumulative")["profile"]
         wall = time.perf_counter() - wall
     return {
         "baseline": baseline,
@@ -176,6 +182,7 @@ def _minute(size: tuple[int, int], verbose: bool) -> dict[str, Any]:
         "exporter_proc": proc,
         "wall": wall,
         "load": load_average(),
+        "profile": profiled,
     }
 
 

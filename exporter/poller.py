@@ -213,10 +213,15 @@ class Poller:
             return await self.poll(project)
 
     async def poll(self, project: ProjectConfig) -> bool:
-        """One complete listing of a project; the store changes only at the end."""
+        """One complete listing of a project, then the changed sessions' histories; the store
+        changes only at the end, once."""
         started = self._monotonic()
         try:
-            result, pages, items = await in_thread(self._list, project)
+            # One worker thread for the listing and the reads: a hop to the event loop and
+            # back between them would cost a thread and a wake-up per poll.
+            result, pages, items, duration, finished, reads = await in_thread(
+                self._list_and_read, project, started
+            )
         except PollError as exc:
             self._failed(
                 project, exc.reason, str(exc), started, exc.pages, exc.status, exc.incremental
@@ -229,20 +234,17 @@ class Poller:
             log.error("poll_internal_error", project_id=project.id, exc_info=exc)
             return False
         tracker = self._trackers[project.id]
-        duration = self._monotonic() - started
+        # The listing and what its reads counted, as one new state (one exposition render).
         state = self._store.record_success(
             project.id,
             result,
             duration=duration,
-            finished=self._clock(),
+            finished=finished,
             pages=pages,
             reads_pending=len(tracker.pending),
+            read_runs=None if reads is None else reads.totals,
+            read_invalid=0 if reads is None else reads.invalid,
         )
-        reads = await self._read_histories(project, tracker)
-        if reads is not None:
-            state = self._store.record_reads(
-                project.id, reads.totals, pending=len(tracker.pending), invalid=reads.invalid
-            )
         if self._state is not None:
             try:
                 # On a daemon thread: SIGTERM never waits for a locked state file.
@@ -304,9 +306,17 @@ class Poller:
             and project.id not in self._refused
         )
 
-    async def _read_histories(
-        self, project: ProjectConfig, tracker: SessionTracker
-    ) -> Reads | None:
+    def _list_and_read(
+        self, project: ProjectConfig, started: float
+    ) -> tuple[PollResult, int, int, float, float, Reads | None]:
+        """The listing (:meth:`_list`), its duration and end, then the histories it left to
+        read (:meth:`_read_histories`); on a worker thread."""
+        result, pages, items = self._list(project)
+        duration, finished = self._monotonic() - started, self._clock()
+        reads = self._read_histories(project, self._trackers[project.id])
+        return result, pages, items, duration, finished, reads
+
+    def _read_histories(self, project: ProjectConfig, tracker: SessionTracker) -> Reads | None:
         """After a listing: read the changed sessions' histories within the budget, or count
         them as ``latest`` does where histories are not read (any more). A failure here costs
         the reads, never the poll."""
@@ -316,8 +326,7 @@ class Poller:
         try:
             if not self._exact(project):
                 return count_as_latest(tracker, config.detail)
-            reads = await in_thread(
-                read_pending,
+            reads = read_pending(
                 self._client,
                 project,
                 tracker,
@@ -326,7 +335,7 @@ class Poller:
                 config.detail,
             )
         except Stopped:
-            raise asyncio.CancelledError() from None
+            raise
         except Exception as exc:  # a bug must cost the reads, never the daemon
             log.error("session_reads_internal_error", project_id=project.id, exc_info=exc)
             return None

@@ -161,17 +161,24 @@ class Store:
         finished: float,
         pages: int = 0,
         reads_pending: int = 0,
+        read_runs: RunTotals | None = None,
+        read_invalid: int = 0,
     ) -> ProjectState:
         """A complete listing: its snapshot, and its new runs added to the counters;
-        ``reads_pending``: changed sessions it left to be read."""
+        ``reads_pending``: changed sessions it left to be read. ``read_runs`` and
+        ``read_invalid``: what the history reads after it counted, recorded with it (as
+        :meth:`record_reads` would, in one new state instead of two)."""
         with self._lock:
             old = self._projects[project_id]
+            totals = self._added(old.totals, result.new_runs, result.snapshot)
+            if read_runs is not None:
+                totals = self._added(totals, read_runs, result.snapshot)
             new = replace(
                 old,
                 snapshot=result.snapshot,
                 last_poll_pages=pages,
                 last_poll_incremental=result.incremental,
-                totals=self._added(old.totals, result.new_runs, result.snapshot),
+                totals=totals,
                 reads_pending=reads_pending,
                 up=True,
                 polled=True,
@@ -179,7 +186,9 @@ class Store:
                 last_poll_finished=finished,
                 last_success=finished,
                 last_error=None,
-                invalid_items_total=old.invalid_items_total + result.snapshot.invalid_items,
+                invalid_items_total=old.invalid_items_total
+                + result.snapshot.invalid_items
+                + read_invalid,
             )
             self._projects[project_id] = new
         return self._publish(new)
