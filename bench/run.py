@@ -53,7 +53,7 @@ BENCHMARKS: dict[str, Callable[[Options], Outcome]] = {
     "capacity": lambda o: capacity.run(quick=o.quick),
     "sharding": lambda o: sharding.run(quick=o.quick),
     "histories": lambda o: histories.run(quick=o.quick, rounds=o.rounds),
-    "steady": lambda o: steady.run(quick=o.quick, rounds=o.rounds),
+    "steady": lambda o: steady.run(quick=o.quick, rounds=o.rounds, profile=o.profile),
 }
 ON_REQUEST: dict[str, Callable[[Options], Outcome]] = {
     "soak": lambda o: soak.run(quick=o.quick),  # long: run only when named with --only

@@ -25,7 +25,8 @@ Compared: the exporter process's CPU over the whole minute (``/proc/PID/stat``: 
 and whatever it did between cycles), and each cycle's (``time.process_time()`` over
 ``poll_all_once``), against the replayer's (``time.process_time()`` over its requests). Rounds
 run in fresh processes. Run with the others (``python -m bench.run --only steady``) or alone:
-``python -m bench.steady [--quick] [--projects 300] [--sessions 200]``.
+``python -m bench.steady [--quick] [--projects 300] [--sessions 200] [--profile]``
+(``--profile``: a cProfile of every exporter thread on CPU time over the first minute).
 """
 
 from __future__ import annotations
@@ -276,7 +277,12 @@ def len_requests(cycle: Cycle) -> int:
 
 
 def run(
-    *, quick: bool, rounds: int, size: tuple[int, int] | None = None, verbose: bool = False
+    *,
+    quick: bool,
+    rounds: int,
+    size: tuple[int, int] | None = None,
+    verbose: bool = False,
+    profile: bool = False,
 ) -> Outcome:
     size = size or (QUICK_SIZE if quick else SIZE)
     print(
@@ -285,9 +291,15 @@ def run(
     )
     results = []
     for r in range(rounds):
-        results.append(_minute(size, verbose))
+        results.append(_minute(size, verbose, profile=profile and r == 0))
         print(f"round {r + 1}/{rounds} done (load {load_average()})")
         sys.stdout.flush()
+    if profile:
+        print(
+            "\ncProfile of every thread of the exporter over round 1's minute, CPU time (the "
+            "profiler inflates that round's CPU, and so the ratio below):\n"
+        )
+        print(results[0]["profile"])
     return _report(results, size)
 
 
@@ -302,6 +314,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--projects", type=int, default=None)
     parser.add_argument("--sessions", type=int, default=None)
     parser.add_argument("--verbose", action="store_true", help="a line per cycle as it ends")
+    parser.add_argument(
+        "--profile", action="store_true", help="a cProfile of the exporter (every thread)"
+    )
     args = parser.parse_args(argv)
     rounds = args.rounds or (1 if args.quick else 3)
     default = QUICK_SIZE if args.quick else SIZE
@@ -310,7 +325,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "steady",
         "steady-state polls",
         argv,
-        lambda: run(quick=args.quick, rounds=rounds, size=size, verbose=args.verbose),
+        lambda: run(
+            quick=args.quick,
+            rounds=rounds,
+            size=size,
+            verbose=args.verbose,
+            profile=args.profile,
+        ),
     )
 
 
