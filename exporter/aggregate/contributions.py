@@ -32,11 +32,12 @@ class Exact:
             return
         try:
             scaled = ldexp(value, _FINE)  # exact: a power of two
-        except OverflowError:
-            scaled = 0.5
-        if scaled.is_integer():  # at most 64 bits after the point: the common case
-            self.fine += sign * int(scaled)
-            return
+        except OverflowError:  # too large to scale: as_integer_ratio below
+            pass
+        else:
+            if scaled.is_integer():  # at most 64 bits after the point: the common case
+                self.fine += sign * int(scaled)
+                return
         numerator, denominator = value.as_integer_ratio()
         bits = denominator.bit_length() - 1
         if bits <= _FINE:

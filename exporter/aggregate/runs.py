@@ -129,19 +129,8 @@ def read_run(job_metadata: Any, fp: int | None = None) -> RunTuple:
     else:
         raise InvalidItem("is_error is not a boolean")
     if fp is None:  # what fingerprint() gives, from the values checked above
-        fp = (
-            hash(
-                (
-                    _NONE if d is None else d,
-                    _NONE if i is None else i,
-                    _NONE if o is None else o,
-                    _NONE if t is None else t,
-                    is_error,
-                    zlib.crc32(error.encode("utf-8", "replace")) if error else _NONE,
-                )
-            )
-            & FP_MASK
-        ) or 1
+        crc = zlib.crc32(error.encode("utf-8", "replace")) if error else None
+        fp = _digest(d, i, o, t, is_error, crc)
     return is_error, d, i, o, t, fp
 
 
@@ -173,6 +162,12 @@ def fingerprint(job_metadata: dict[str, Any]) -> int:
     # whose fingerprint did not change is not checked again).
     if type(d) is bool or type(i) is bool or type(o) is bool or type(t) is bool:
         d, i, o, t = ((_BOOL, x) if type(x) is bool else x for x in (d, i, o, t))
+    return _digest(d, i, o, t, flag, error)
+
+
+def _digest(d: Any, i: Any, o: Any, t: Any, flag: Any, error: Any) -> int:
+    """The fingerprint of a run's fields, its status and error text already in their
+    canonical form (``error``: the text's crc32, or None for none)."""
     return (
         hash(
             (

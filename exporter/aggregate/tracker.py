@@ -300,8 +300,7 @@ class SessionTracker:
             indexes.ids[slot] = index_set
             indexes.counts[index_set] += 1
             counted = 0 if self._has_baseline else _COUNT_MASK
-            graves = self._graves
-            grave = self._grave(sid) if graves[0] or graves[1] else None
+            grave = self._grave(sid)
             if grave is not None:  # back after two listings missed it: go on from there
                 n, self._last[sid] = grave
                 if n is None or n >= _COUNT_ELSEWHERE:

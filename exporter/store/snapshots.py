@@ -165,9 +165,9 @@ class Store:
         read_invalid: int = 0,
     ) -> ProjectState:
         """A complete listing: its snapshot, and its new runs added to the counters;
-        ``reads_pending``: changed sessions it left to be read. ``read_runs`` and
-        ``read_invalid``: what the history reads after it counted, recorded with it (as
-        :meth:`record_reads` would, in one new state instead of two)."""
+        ``reads_pending``: changed sessions still to be read after it. ``read_runs`` and
+        ``read_invalid``: what the history reads after it counted (runs, and stop events of
+        the wrong shape, skipped and counted as invalid items), in the same new state."""
         with self._lock:
             old = self._projects[project_id]
             totals = self._added(old.totals, result.new_runs, result.snapshot)
@@ -189,22 +189,6 @@ class Store:
                 invalid_items_total=old.invalid_items_total
                 + result.snapshot.invalid_items
                 + read_invalid,
-            )
-            self._projects[project_id] = new
-        return self._publish(new)
-
-    def record_reads(
-        self, project_id: str, new_runs: RunTotals, *, pending: int, invalid: int = 0
-    ) -> ProjectState:
-        """Runs counted from session histories after a listing, the sessions still to be
-        read, and stop events of the wrong shape (skipped, counted as invalid items)."""
-        with self._lock:
-            old = self._projects[project_id]
-            new = replace(
-                old,
-                totals=self._added(old.totals, new_runs, old.snapshot),
-                reads_pending=pending,
-                invalid_items_total=old.invalid_items_total + invalid,
             )
             self._projects[project_id] = new
         return self._publish(new)

@@ -111,8 +111,9 @@ def filtered_store(polled: bool = True) -> tuple[CollectorRegistry, TextExpositi
         duration=0.2,
         finished=1e9 + 2,
         pages=3,
+        reads_pending=3,
+        read_runs=RunTotals(index_skips=(("idx-1", 2),)),
     )
-    store.record_reads("p1", RunTotals(index_skips=(("idx-1", 2),)), pending=3)
     store.record_failure("p2", "timeout", duration=30.0, finished=1e9 + 1)
     store.count_request("200")
     store.count_request("429")
