@@ -12,7 +12,6 @@ from typing import Any
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
-    HistogramMetricFamily,
     Metric,
 )
 from prometheus_client.registry import Collector
@@ -22,7 +21,7 @@ from .. import __version__
 from ..aggregate import STATUSES, Exemplar, Histogram
 from ..aggregate.indexes import OTHER
 from ..store import ProjectState, Store
-from .exposition import go_float
+from .lines import METRICS, Kinds, go_float
 
 # Fixed reason words of llamacloud_poll_errors_total; each starts at 0 for every project.
 POLL_ERROR_REASONS = (
@@ -88,11 +87,15 @@ class StoreCollector(Collector):
         yield from self.project_families(self._store.projects())
         yield from self.global_families()
 
-    def project_families(self, projects: tuple[ProjectState, ...]) -> Iterator[Metric]:
-        """The per-project families, always the same ones in the same order."""
-        yield from self._session_gauges(projects)
-        yield from self._run_counters(projects)
-        yield from self._health(projects)
+    def project_families(
+        self, projects: tuple[ProjectState, ...], kinds: Kinds = METRICS
+    ) -> Iterator[Any]:
+        """The per-project families, always the same ones in the same order: of
+        ``prometheus_client``, or with ``kinds`` :data:`~exporter.metrics.lines.LINES` the
+        writers of their lines."""
+        yield from self._session_gauges(projects, kinds)
+        yield from self._run_counters(projects, kinds)
+        yield from self._health(projects, kinds)
 
     def global_families(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
@@ -175,46 +178,46 @@ class StoreCollector(Collector):
                 value=store.discovery_success,
             )
 
-    def _session_gauges(self, projects: tuple[ProjectState, ...]) -> Iterator[Metric]:
-        sessions = GaugeMetricFamily(
+    def _session_gauges(self, projects: tuple[ProjectState, ...], kinds: Kinds) -> Iterator[Any]:
+        sessions = kinds.gauge(
             "llamacloud_chat_sessions",
             f"Chat sessions listed, by the status of their most recent run, {_LAST}.",
             labels=["project_id", "status"],
         )
-        tokens = GaugeMetricFamily(
+        tokens = kinds.gauge(
             "llamacloud_chat_session_tokens",
             f"Sum over listed sessions of their most recent run's tokens, {_LAST}.",
             labels=["project_id", "token_type"],
         )
-        turns = GaugeMetricFamily(
+        turns = kinds.gauge(
             "llamacloud_chat_session_turns",
             f"Sum over listed sessions of their most recent run's turns, {_LAST}.",
             labels=["project_id"],
         )
-        duration = GaugeMetricFamily(
+        duration = kinds.gauge(
             "llamacloud_chat_session_duration_seconds",
             f"Sum over listed sessions of their most recent run's duration, {_LAST}.",
             labels=["project_id"],
         )
-        updated = GaugeMetricFamily(
+        updated = kinds.gauge(
             "llamacloud_chat_last_updated_timestamp_seconds",
             f"Newest last_updated_at of the listed sessions, in Unix seconds, {_LAST}.",
             labels=["project_id"],
         )
-        by_index = GaugeMetricFamily(
+        by_index = kinds.gauge(
             "llamacloud_chat_sessions_by_index",
             "Listed chat sessions bound to each index (a session bound to two counts in "
             "both): the detail.max_index_series indexes with most sessions, the rest summed "
             f'as index_id="other", sessions bound to none as index_id="none", {_LAST}.',
             labels=["project_id", "index_id"],
         )
-        info = GaugeMetricFamily(
+        info = kinds.gauge(
             "llamacloud_project_info",
             "Always 1; the configured name (the id when it has none) and organization of each "
             "project.",
             labels=["project_id", "name", "organization_id"],
         )
-        objective = GaugeMetricFamily(
+        objective = kinds.gauge(
             "llamacloud_chat_run_error_ratio_objective",
             "The share of chat session runs allowed to fail (objectives.error_ratio), from the "
             "configuration as last loaded, not from a poll: the error budget burn rate is the "
@@ -242,49 +245,49 @@ class StoreCollector(Collector):
                 by_index.add_metric([pid, index_id], count)
         yield from (sessions, tokens, turns, duration, updated, by_index, info, objective)
 
-    def _run_counters(self, projects: tuple[ProjectState, ...]) -> Iterator[Metric]:
-        runs = CounterMetricFamily(
+    def _run_counters(self, projects: tuple[ProjectState, ...], kinds: Kinds) -> Iterator[Any]:
+        runs = kinds.counter(
             "llamacloud_chat_runs",
             f"Chat session runs (failed or not) {_SINCE}.",
             labels=["project_id"],
         )
-        errors = CounterMetricFamily(
+        errors = kinds.counter(
             "llamacloud_chat_run_errors",
             f"Chat session runs whose status is error, {_SINCE}.",
             labels=["project_id"],
         )
-        by_class = CounterMetricFamily(
+        by_class = kinds.counter(
             "llamacloud_chat_run_errors_by_class",
             "Failed chat session runs by the first detail.error_classes expression their "
             f"error text matches (other: none), {_SINCE}.",
             labels=["project_id", "error_class"],
         )
-        tokens = CounterMetricFamily(
+        tokens = kinds.counter(
             "llamacloud_chat_tokens",
             f"Tokens used by chat session runs {_SINCE}.",
             labels=["project_id", "token_type"],
         )
-        turns = CounterMetricFamily(
+        turns = kinds.counter(
             "llamacloud_chat_turns",
             f"Turns of chat session runs {_SINCE}.",
             labels=["project_id"],
         )
-        created = CounterMetricFamily(
+        created = kinds.counter(
             "llamacloud_chat_sessions_created",
             f"Chat sessions seen for the first time in a listing, {_SINCE}.",
             labels=["project_id"],
         )
-        duration = HistogramMetricFamily(
+        duration = kinds.histogram(
             "llamacloud_chat_run_duration_seconds",
             f"Duration of chat session runs {_SINCE}.",
             labels=["project_id"],
         )
-        usage = HistogramMetricFamily(
+        usage = kinds.histogram(
             "llamacloud_chat_run_token_usage",
             f"Tokens used per chat session run {_SINCE}.",
             labels=["project_id", "token_type"],
         )
-        skips = CounterMetricFamily(
+        skips = kinds.counter(
             "llamacloud_chat_index_skips",
             "Chat session runs that asked for an index and could not query it "
             "(skipped_index_ids), by index; indexes past detail.max_index_series are summed as "
@@ -313,45 +316,45 @@ class StoreCollector(Collector):
                 skips.add_metric([pid, index_id], n)
         yield from (runs, errors, by_class, tokens, turns, created, duration, usage, skips)
 
-    def _health(self, projects: tuple[ProjectState, ...]) -> Iterator[Metric]:
-        up = GaugeMetricFamily(
+    def _health(self, projects: tuple[ProjectState, ...], kinds: Kinds) -> Iterator[Any]:
+        up = kinds.gauge(
             "llamacloud_up",
             "1 if the last poll of the project succeeded, else 0.",
             labels=["project_id"],
         )
-        poll_duration = GaugeMetricFamily(
+        poll_duration = kinds.gauge(
             "llamacloud_poll_duration_seconds",
             "Duration of the project's last poll, successful or not.",
             labels=["project_id"],
         )
-        last_success = GaugeMetricFamily(
+        last_success = kinds.gauge(
             "llamacloud_last_successful_poll_timestamp_seconds",
             "When the project's last successful poll finished, in Unix seconds.",
             labels=["project_id"],
         )
-        poll_errors = CounterMetricFamily(
+        poll_errors = kinds.counter(
             "llamacloud_poll_errors",
             "Failed polls of the project, by reason.",
             labels=["project_id", "reason"],
         )
-        pages = GaugeMetricFamily(
+        pages = kinds.gauge(
             "llamacloud_poll_pages",
             "Pages of the chat listing read by the project's last poll, successful or not.",
             labels=["project_id"],
         )
-        incremental = GaugeMetricFamily(
+        incremental = kinds.gauge(
             "llamacloud_poll_incremental",
             "1 if the project's last poll was an incremental listing (it stopped at sessions "
             "older than the previous poll's newest, less the overlap), 0 if it read every page.",
             labels=["project_id"],
         )
-        invalid = CounterMetricFamily(
+        invalid = kinds.counter(
             "llamacloud_invalid_items",
             "Listed items (and stop events of session histories) skipped for a bad shape, "
             "summed over complete polls.",
             labels=["project_id"],
         )
-        pending = GaugeMetricFamily(
+        pending = kinds.gauge(
             "llamacloud_chat_session_reads_pending",
             "Changed chat sessions whose history is still to be read (runs: exact), as of the "
             "project's last poll; beyond llamacloud.max_session_reads_per_poll they wait.",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import generate_latest
 from prometheus_client.core import (
@@ -13,7 +13,6 @@ from prometheus_client.core import (
 )
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from ..store import ProjectState, Store
 from .deflate import (
@@ -27,18 +26,16 @@ from .deflate import (
     Runs,
     deflate_piece,
 )
-
-
-def go_float(value: float) -> str:
-    """A sample value as the official clients write it (Go float formatting)."""
-    return str(floatToGoString(value))  # type: ignore[no-untyped-call]
+from .lines import LINES, Kinds
 
 
 class Families(Protocol):
     """What the exposition renders: the per-project families, then the exporter-wide ones
     (:class:`exporter.metrics.collector.StoreCollector`)."""
 
-    def project_families(self, projects: tuple[ProjectState, ...]) -> Iterator[Metric]: ...
+    def project_families(
+        self, projects: tuple[ProjectState, ...], kinds: Kinds = ...
+    ) -> Iterator[Any]: ...
 
     def global_families(self) -> Iterator[Metric]: ...
 
@@ -58,33 +55,6 @@ def _render(metrics: Iterable[Metric], openmetrics: bool = False) -> bytes:
 
 
 _EOF = b"# EOF\n"
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(labels: dict[str, str]) -> str:
-    return ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
-
-
-def _samples(metric: Metric, openmetrics: bool = False) -> bytes:
-    """A family's sample lines as ``generate_latest`` writes them, or in OpenMetrics (which
-    adds the exemplars) as its ``generate_latest`` does: a test holds them to that."""
-    lines = []
-    for sample in metric.samples:
-        value = go_float(sample.value)
-        exemplar = ""
-        if openmetrics and sample.exemplar is not None:
-            ex = sample.exemplar
-            exemplar = f" # {{{_labels(ex.labels)}}} {go_float(ex.value)}"
-            if ex.timestamp is not None:
-                exemplar += f" {ex.timestamp}"
-        if sample.labels:
-            lines.append(f"{sample.name}{{{_labels(sample.labels)}}} {value}{exemplar}\n")
-        else:
-            lines.append(f"{sample.name} {value}{exemplar}\n")
-    return "".join(lines).encode()
 
 
 def _restricted(metric: Metric, names: frozenset[str]) -> Metric | None:
@@ -172,17 +142,13 @@ class TextExposition:
         cached = self._cache.get(state.project_id)
         if cached is not None and cached.state is state:
             return cached
-        families = list(self._collector.project_families((state,)))
-        text = [_samples(m) for m in families]
+        families = list(self._collector.project_families((state,), LINES))
+        text = [family.text(False) for family in families]
+        exemplars = frozenset(i for i, family in enumerate(families) if family.exemplars)
         om = list(text)
-        exemplars = frozenset(
-            i
-            for i, family in enumerate(families)
-            if any(sample.exemplar is not None for sample in family.samples)
-        )
         for i in exemplars:
-            om[i] = _samples(families[i], openmetrics=True)
-        shape = tuple(frozenset(sample.name for sample in m.samples) for m in families)
+            om[i] = families[i].text(True)
+        shape = tuple(frozenset(family.sample_names) for family in families)
         rendered = Rendered(
             state,
             {False: text, True: om},
