@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import queue
 import random
 import threading
 import time
@@ -493,8 +494,52 @@ class _Lanes:
         self.failing = asyncio.Semaphore(size)
 
 
+class _Workers:
+    """Daemon threads kept between hops: a hop takes an idle one, or starts one when none is
+    idle, so a hop never waits for another, and pays no thread start when one is idle. A
+    worker idle for ``idle_seconds`` ends; nothing waits for a worker at shutdown.
+
+    A job returns what hands its result over; the worker counts itself idle before calling
+    that, so the hop that follows a result finds it idle."""
+
+    def __init__(self, idle_seconds: float = 30.0) -> None:
+        self._idle_seconds = idle_seconds
+        self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue[Callable[[], Callable[[], None]]] = queue.SimpleQueue()
+        self._idle = 0  # workers waiting for a job, less the jobs queued for them
+
+    def submit(self, job: Callable[[], Callable[[], None]]) -> None:
+        with self._lock:
+            self._jobs.put(job)
+            if self._idle > 0:
+                self._idle -= 1
+                return
+        threading.Thread(target=self._work, name="llamacloud-poll", daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            try:
+                job = self._jobs.get(timeout=self._idle_seconds)
+            except queue.Empty:
+                with self._lock:
+                    if self._jobs.empty():  # no job is queued for this worker: it ends
+                        self._idle -= 1
+                        return
+                continue
+            hand_over = job()
+            del job
+            with self._lock:
+                self._idle += 1
+            hand_over()
+            del hand_over
+
+
+_WORKERS = _Workers()
+
+
 async def in_thread(fn: Callable[..., _T], *args: Any) -> _T:
-    """Run ``fn`` on a daemon thread and await its result.
+    """Run ``fn`` on a daemon thread (kept between calls, :class:`_Workers`) and await its
+    result.
 
     Unlike ``asyncio.to_thread``, nothing waits for the thread at shutdown: a listing
     blocked on a slow request must not hold up SIGTERM for the length of a timeout.
@@ -510,13 +555,17 @@ async def in_thread(fn: Callable[..., _T], *args: Any) -> _T:
         else:
             future.set_result(result)  # type: ignore[arg-type]
 
-    def run() -> None:
+    def run() -> Callable[[], None]:
         try:
             result, error = fn(*args), None
         except BaseException as exc:
             result, error = None, exc
-        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
-            loop.call_soon_threadsafe(settle, result, error)
 
-    threading.Thread(target=run, name="llamacloud-poll", daemon=True).start()
+        def hand_over() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
+                loop.call_soon_threadsafe(settle, result, error)
+
+        return hand_over
+
+    _WORKERS.submit(run)
     return await future

@@ -6,6 +6,8 @@ import asyncio
 import json
 import math
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -20,7 +22,7 @@ from exporter.client import ApiClient
 from exporter.config import Config
 from exporter.logs import configure_logging
 from exporter.metrics import StoreCollector
-from exporter.poller import Poller, concurrent_polls
+from exporter.poller import Poller, _Workers, concurrent_polls
 from exporter.store import Store
 from tests.helpers import project
 from tests.hostile import Request, Writer, answer, drip, page, serve
@@ -374,3 +376,42 @@ def test_a_reload_that_raises_max_concurrency_gives_the_polls_their_connections(
             client.close()
 
     assert asyncio.run(asyncio.wait_for(run(), 60))
+
+
+def test_worker_threads_are_kept_between_hops_and_never_make_one_wait() -> None:
+    """``in_thread`` runs each call on a daemon worker: one left idle by the last call takes
+    the next (no thread start per hop); a call blocked on a worker never holds up another;
+    and a worker idle for its time ends."""
+    workers = _Workers(idle_seconds=0.2)
+
+    async def hop(fn: Callable[[], Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+
+        def job() -> Callable[[], None]:
+            result = fn()
+            return lambda: loop.call_soon_threadsafe(done.set_result, result)
+
+        workers.submit(job)
+        return await done
+
+    async def run() -> None:
+        first = await hop(threading.get_ident)
+        second = await hop(threading.get_ident)
+        assert first == second  # the idle worker took it
+        release = threading.Event()
+        blocked = asyncio.ensure_future(hop(lambda: release.wait(30)))
+        # While that worker waits, another call gets a worker of its own.
+        other = await asyncio.wait_for(hop(threading.get_ident), 10)
+        assert other and not blocked.done()
+        release.set()
+        assert await asyncio.wait_for(blocked, 10)
+
+    before = {t.ident for t in threading.enumerate()}
+    asyncio.run(asyncio.wait_for(run(), 60))
+    started = [t for t in threading.enumerate() if t.ident not in before]
+    assert started and all(t.daemon and t.name == "llamacloud-poll" for t in started)
+    deadline = time.monotonic() + 30  # idle workers end on their own
+    while any(t.is_alive() for t in started) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.is_alive() for t in started)

@@ -166,7 +166,7 @@ def test_a_check_awaited_on_an_event_loop_holds_no_thread(checkpw: Bcrypt) -> No
             asyncio.ensure_future(auth.check_async(basic("alice", f"{i}"))) for i in range(10)
         ]
         await asyncio.sleep(0)
-        assert threading.active_count() == threads
+        assert threading.active_count() <= threads  # none started (idle workers may end)
         checkpw.release()
         return await asyncio.gather(*waiting)
 
