@@ -7,11 +7,11 @@ import concurrent.futures
 import gzip
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
 from prometheus_client import generate_latest
-from prometheus_client.core import Metric
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.registry import CollectorRegistry
 
@@ -111,9 +111,11 @@ def test_filtered_scrapes_are_joined_from_the_cache_without_collecting(
     rendered: list[int] = []  # projects in each family rendering, from now on
     project_families = StoreCollector.project_families
 
-    def counted(self: StoreCollector, projects: tuple[ProjectState, ...]) -> Iterator[Metric]:
+    def counted(
+        self: StoreCollector, projects: tuple[ProjectState, ...], *kinds: Any
+    ) -> Iterator[Any]:
         rendered.append(len(projects))
-        return project_families(self, projects)
+        return project_families(self, projects, *kinds)
 
     monkeypatch.setattr(StoreCollector, "project_families", counted)
     query = "/metrics?" + "&".join(f"name[]={name}" for name in FILTERED)
