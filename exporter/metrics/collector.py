@@ -6,7 +6,8 @@ leaves the config leaves no stale series, and a scrape never waits on the API.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import lru_cache
 from typing import Any
 
 from prometheus_client.core import (
@@ -43,6 +44,7 @@ _LAST = "as of the project's last complete poll, not the moment of the scrape"
 _SINCE = "observed since the exporter or its state file started, as of the last complete poll"
 
 
+@lru_cache(maxsize=1024)  # a few bounds, the same at every poll
 def _le(bound: float) -> str:
     """The ``le`` label as the official clients write it (Go float formatting)."""
     return go_float(bound)
@@ -74,6 +76,22 @@ def _hist_buckets(hist: Histogram) -> list[Any]:
     return buckets
 
 
+# A group of per-project families, made of some projects' states; and what, of one state,
+# its samples are made of.
+Group = Callable[[tuple[ProjectState, ...], Kinds], Iterator[Any]]
+Inputs = Callable[[ProjectState], object]
+
+
+def _gauge_inputs(p: ProjectState) -> object:
+    """All that :meth:`StoreCollector._session_gauges` reads of a state."""
+    return (p.project_id, p.name, p.organization_id, p.error_ratio_objective, p.snapshot)
+
+
+def _counter_inputs(p: ProjectState) -> object:
+    """All that :meth:`StoreCollector._run_counters` reads of a state."""
+    return (p.project_id, p.totals, p.error_classes, p.snapshot is None)
+
+
 class StoreCollector(Collector):
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -93,9 +111,18 @@ class StoreCollector(Collector):
         """The per-project families, always the same ones in the same order: of
         ``prometheus_client``, or with ``kinds`` :data:`~exporter.metrics.lines.LINES` the
         writers of their lines."""
-        yield from self._session_gauges(projects, kinds)
-        yield from self._run_counters(projects, kinds)
-        yield from self._health(projects, kinds)
+        for group, _ in self.project_groups():
+            yield from group(projects, kinds)
+
+    def project_groups(self) -> tuple[tuple[Group, Inputs | None], ...]:
+        """The per-project families in groups, in order, each with what its samples are made
+        of: two states whose inputs to a group compare equal have the same samples in it
+        (None: a group whose samples change at every poll)."""
+        return (
+            (self._session_gauges, _gauge_inputs),
+            (self._run_counters, _counter_inputs),
+            (self._health, None),
+        )
 
     def global_families(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(

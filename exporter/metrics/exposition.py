@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import lru_cache
 from typing import Any, Protocol
 
@@ -26,7 +26,7 @@ from .deflate import (
     Runs,
     deflate_piece,
 )
-from .lines import LINES, Kinds
+from .lines import LINES, METRICS, Kinds
 
 
 class Families(Protocol):
@@ -36,6 +36,16 @@ class Families(Protocol):
     def project_families(
         self, projects: tuple[ProjectState, ...], kinds: Kinds = ...
     ) -> Iterator[Any]: ...
+
+    def project_groups(
+        self,
+    ) -> tuple[
+        tuple[
+            Callable[[tuple[ProjectState, ...], Kinds], Iterator[Any]],
+            Callable[[ProjectState], object] | None,
+        ],
+        ...,
+    ]: ...
 
     def global_families(self) -> Iterator[Metric]: ...
 
@@ -101,6 +111,13 @@ class TextExposition:
         self._store = store
         self._lock = threading.Lock()
         families = list(collector.project_families(()))
+        # Each group of families, what it is made of, and the places of its families.
+        self._groups: list[tuple[Any, Any, int, int]] = []
+        start = 0
+        for group, of in collector.project_groups():
+            end = start + len(list(group((), METRICS)))
+            self._groups.append((group, of, start, end))
+            start = end
         self._headers = {
             False: [_render([m]) for m in families],
             True: [_render([m], openmetrics=True).removesuffix(_EOF) for m in families],
@@ -142,19 +159,39 @@ class TextExposition:
         cached = self._cache.get(state.project_id)
         if cached is not None and cached.state is state:
             return cached
-        families = list(self._collector.project_families((state,), LINES))
-        text = [family.text(False) for family in families]
-        exemplars = frozenset(i for i, family in enumerate(families) if family.exemplars)
-        om = list(text)
-        for i in exemplars:
-            om[i] = families[i].text(True)
-        shape = tuple(frozenset(family.sample_names) for family in families)
+        # Group by group: one whose inputs did not change keeps its pieces (a poll that found
+        # nothing new renders its health alone).
+        text: list[bytes] = []
+        om: list[bytes] = []
+        shape: list[frozenset[str]] = []
+        exemplars: set[int] = set()
+        inputs: list[object] = []
+        for g, (group, of, lo, hi) in enumerate(self._groups):
+            key = None if of is None else of(state)
+            inputs.append(key)
+            if cached is not None and key is not None and cached.inputs[g] == key:
+                text += cached.lines[False][lo:hi]
+                om += cached.lines[True][lo:hi]
+                shape += cached.sample_names[lo:hi]
+                exemplars.update(i for i in cached.exemplars if lo <= i < hi)
+                continue
+            for i, family in enumerate(group((state,), LINES), lo):
+                piece = family.text(False)
+                text.append(piece)
+                if family.exemplars:
+                    exemplars.add(i)
+                    om.append(family.text(True))
+                else:
+                    om.append(piece)
+                shape.append(frozenset(family.sample_names))
+        shape_key = tuple(shape)
         rendered = Rendered(
             state,
             {False: text, True: om},
-            exemplars,
-            self._shapes.setdefault(shape, shape),
+            frozenset(exemplars),
+            self._shapes.setdefault(shape_key, shape_key),
             cached.mark if cached is not None else Rendered.mark_of(state.project_id),
+            tuple(inputs),
         )
         self._cache[state.project_id] = rendered
         return rendered

@@ -9,7 +9,9 @@ exposition caches when a poll ends is those lines, so a poll pays for strings, n
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -19,11 +21,12 @@ from prometheus_client.utils import floatToGoString
 
 def go_float(value: float) -> str:
     """A sample value as the official clients write it (Go float formatting)."""
-    if type(value) is int and 0 <= value < 1_000_000:  # what Go writes of small counts
-        return f"{value}.0"
+    if -math.inf < value < 1_000_000:  # below 1e6 Go writes what repr does (NaN is not here)
+        return repr(float(value))
     return str(floatToGoString(value))  # type: ignore[no-untyped-call]
 
 
+@lru_cache(maxsize=4096)  # the same few values (the project id) on most lines
 def escape(value: str) -> str:
     """A label value as the text formats quote it."""
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
@@ -115,9 +118,11 @@ class HistogramLines(_Lines):
         bucket, count, total = self._samples
         before = "".join(p + "," for p in self._pairs(labels, self._before))
         after = "".join("," + p for p in self._pairs(labels, self._after))
-        for b in buckets:
-            exemplar = b[2] if len(b) == 3 else None
-            self._line(bucket, f'{before}le="{escape(b[0])}"{after}', b[1], exemplar)
+        lines, exemplars = self.lines, self.exemplars
+        for b in buckets:  # an ``le`` is a number as go_float writes it: nothing to escape
+            if len(b) == 3:
+                exemplars[len(lines)] = exemplar_text(b[2])
+            lines.append(f'{bucket}{{{before}le="{b[0]}"{after}}} {go_float(b[1])}')
         self.sample_names.add(bucket)
         if float(buckets[0][0]) >= 0 and sum_value is not None:
             pairs = ",".join(self._pairs(labels))

@@ -21,7 +21,9 @@ from tests.helpers import project, session
 # Label values with what the text formats escape, and any code point.
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
 NUMBER = st.one_of(
-    st.integers(0, 10**18), st.floats(0, 1e15, allow_nan=False), st.sampled_from([0, 10**6 - 1])
+    st.integers(-(10**18), 10**18),
+    st.floats(),  # NaN and the infinities too
+    st.sampled_from([0, 10**6 - 1, 10**6, 999999.9999999999, True]),
 )
 
 
@@ -43,34 +45,48 @@ def polled_sessions(draw: st.DrawFn) -> list[dict[str, Any]]:
     return items
 
 
-@settings(max_examples=60, deadline=None)
-@given(
-    name=TEXT,
-    org=TEXT,
-    objective=st.none() | st.floats(0.0001, 1),
-    polls=st.lists(st.none() | polled_sessions(), min_size=1, max_size=3),
+# Between two renders: a poll that failed, one that listed these sessions, or a reload that
+# renamed the project, changed its objective or the error classes.
+EVENTS = st.one_of(
+    st.tuples(st.just("failed")),
+    st.tuples(st.just("listed"), polled_sessions()),
+    st.tuples(st.just("renamed"), TEXT, st.none() | st.floats(0.0001, 1)),
+    st.tuples(
+        st.just("classes"),
+        st.sampled_from([("timeout", "other"), ("quota", "timeout", "other"), ("other",)]),
+    ),
 )
+
+
+@settings(max_examples=80, deadline=None)
+@given(name=TEXT, org=TEXT, events=st.lists(EVENTS, min_size=1, max_size=6))
 def test_every_family_is_written_as_prometheus_client_writes_it(
-    name: str, org: str, objective: float | None, polls: list[list[dict[str, Any]] | None]
+    name: str, org: str, events: list[Any]
 ) -> None:
-    store = Store(
-        [
-            project('p"1\\\n', name, organization_id=org, error_ratio_objective=objective),
-            project("p2"),
-        ]
-    )
+    """After any sequence of polls and reloads, both text formats equal prometheus_client's
+    of the same store: the lines a poll writes, and those it keeps of the state before (a
+    group of families whose inputs did not change keeps its pieces)."""
+    pid = 'p"1\\\n'
+    store = Store([project(pid, name, organization_id=org), project("p2")])
     store.set_error_classes(("timeout", "other"))
     collector = StoreCollector(store)
     exposition = TextExposition(collector, store)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     tracker = SessionTracker()
-    for i, polled in enumerate(polls):
-        if polled is None:
-            store.record_failure('p"1\\\n', "timeout", duration=0.5 + i, finished=1e9 + i)
+    for i, (kind, *args) in enumerate(events):
+        if kind == "failed":
+            store.record_failure(pid, "timeout", duration=0.5 + i, finished=1e9 + i)
+        elif kind == "listed":
+            result = aggregate(args, tracker)
+            store.record_success(pid, result, duration=0.25 * i, finished=1e9 + i)
+        elif kind == "renamed":
+            renamed, objective = args
+            store.update_info(
+                project(pid, renamed, organization_id=org, error_ratio_objective=objective)
+            )
         else:
-            result = aggregate([polled], tracker)
-            store.record_success('p"1\\\n', result, duration=0.25 * i, finished=1e9 + i)
+            store.set_error_classes(args[0])
         assert exposition.render() == generate_latest(registry)
         assert exposition.render(openmetrics=True) == openmetrics_latest(registry)
 
