@@ -15,7 +15,7 @@ import json
 import math
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -239,7 +239,7 @@ class StateFile(SQLiteFile):
                 )
                 db.execute(
                     "INSERT OR REPLACE INTO listing (project_id, data) VALUES (?, ?)",
-                    (project_id, json.dumps(asdict(tracker.state), allow_nan=False)),
+                    (project_id, json.dumps(_listing_dict(tracker.state), allow_nan=False)),
                 )
                 if changed is None:
                     db.execute("DELETE FROM sessions WHERE project_id = ?", (project_id,))
@@ -269,6 +269,15 @@ class StateFile(SQLiteFile):
         self._full_save.discard(project_id)
         with self._transaction() as db:
             _delete(db, project_id)
+
+
+_LISTING_FIELDS = tuple(f.name for f in fields(ListingState))
+
+
+def _listing_dict(state: ListingState) -> dict[str, object]:
+    """``asdict`` of a listing state, whose fields are all plain values, without its deep
+    copies."""
+    return {name: getattr(state, name) for name in _LISTING_FIELDS}
 
 
 def _row(saved: SavedSession) -> tuple[object, ...]:
