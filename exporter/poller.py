@@ -500,34 +500,42 @@ class _Workers:
     worker idle for ``idle_seconds`` ends; nothing waits for a worker at shutdown.
 
     A job returns what hands its result over; the worker counts itself idle before calling
-    that, so the hop that follows a result finds it idle."""
+    that, so the hop that follows a result finds it idle. A job is queued only for a worker
+    counted idle; a new worker is given its first job, so a thread that cannot start leaves
+    nothing queued behind it.
+    """
 
     def __init__(self, idle_seconds: float = 30.0) -> None:
         self._idle_seconds = idle_seconds
         self._lock = threading.Lock()
-        self._jobs: queue.SimpleQueue[Callable[[], Callable[[], None]]] = queue.SimpleQueue()
+        # queue.Queue, not SimpleQueue: a get() whose item another worker took still ends
+        # at its timeout.
+        self._jobs: queue.Queue[Callable[[], Callable[[], None]]] = queue.Queue()
         self._idle = 0  # workers waiting for a job, less the jobs queued for them
 
     def submit(self, job: Callable[[], Callable[[], None]]) -> None:
         with self._lock:
-            self._jobs.put(job)
             if self._idle > 0:
                 self._idle -= 1
+                self._jobs.put(job)
                 return
-        threading.Thread(target=self._work, name="llamacloud-poll", daemon=True).start()
+        thread = threading.Thread(target=self._work, args=(job,), name="llamacloud-poll")
+        thread.daemon = True
+        thread.start()
 
-    def _work(self) -> None:
+    def _work(self, job: Callable[[], Callable[[], None]] | None) -> None:
         while True:
-            try:
-                job = self._jobs.get(timeout=self._idle_seconds)
-            except queue.Empty:
-                with self._lock:
-                    if self._jobs.empty():  # no job is queued for this worker: it ends
-                        self._idle -= 1
-                        return
-                continue
+            if job is None:
+                try:
+                    job = self._jobs.get(timeout=self._idle_seconds)
+                except queue.Empty:
+                    with self._lock:
+                        if self._jobs.empty():  # no job is queued for this worker: it ends
+                            self._idle -= 1
+                            return
+                    continue
             hand_over = job()
-            del job
+            job = None
             with self._lock:
                 self._idle += 1
             hand_over()

@@ -17,6 +17,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from exporter.aggregate import aggregate
 from exporter.metrics import StoreCollector
+from exporter.metrics.lines import _Lines
 from exporter.store import ProjectState, Store
 from exporter.web import MetricsServer
 from exporter.web.server import HttpServer
@@ -103,13 +104,11 @@ def test_filtered_scrapes_are_joined_from_the_cache_without_collecting(
         store.record_success(f"p{i}", aggregate([[session("a")]]), duration=0.5, finished=1e9)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StoreCollector(store))
-    expected = {
-        False: generate_latest(registry.restricted_registry(FILTERED)),
-        True: openmetrics_latest(registry.restricted_registry(FILTERED)),
-    }
-    assert b'llamacloud_up{project_id="p3"} 1.0' in expected[False]
-    rendered: list[int] = []  # projects in each family rendering, from now on
+    # From now on: projects in each collection of the per-project families, and each family
+    # whose lines are written for the cache (what a poll's end does, never a scrape).
+    rendered: list[int] = []
     project_families = StoreCollector.project_families
+    lines_init = _Lines.__init__
 
     def counted(
         self: StoreCollector, projects: tuple[ProjectState, ...], *kinds: Any
@@ -117,7 +116,21 @@ def test_filtered_scrapes_are_joined_from_the_cache_without_collecting(
         rendered.append(len(projects))
         return project_families(self, projects, *kinds)
 
+    def counted_lines(self: _Lines, *args: Any) -> None:
+        rendered.append(1)
+        lines_init(self, *args)
+
     monkeypatch.setattr(StoreCollector, "project_families", counted)
+    monkeypatch.setattr(_Lines, "__init__", counted_lines)
+    store.record_success("p0", aggregate([[session("b")]]), duration=0.5, finished=1e9)
+    assert rendered, "a poll's end writes the project's lines"  # the counting counts
+    rendered.clear()
+    expected = {
+        False: generate_latest(registry.restricted_registry(FILTERED)),
+        True: openmetrics_latest(registry.restricted_registry(FILTERED)),
+    }
+    assert b'llamacloud_up{project_id="p3"} 1.0' in expected[False]
+    rendered.clear()  # prometheus_client's own collection, just above
     query = "/metrics?" + "&".join(f"name[]={name}" for name in FILTERED)
     url = f"http://127.0.0.1:{server.port}{query}"
     with httpx.Client(timeout=10) as client:
