@@ -14,6 +14,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -280,6 +281,7 @@ class _Pool:
             client.close()
 
 
+@lru_cache(maxsize=1024)  # a few base URLs, one lookup per request
 def _origin(url: str) -> str:
     """scheme://host:port of a URL: which pooled connections can serve it."""
     parts = urlsplit(url)
@@ -400,7 +402,9 @@ class ApiClient:
         if project.organization_id:
             params["organization_id"] = project.organization_id
         url = f"{project.base_url}{CHAT_PATH}?{urlencode(params)}"
-        return self._listing(url, project.api_key, max_pages, max_bytes, reuse)
+        return self._listing(
+            _origin(project.base_url), url, project.api_key, max_pages, max_bytes, reuse
+        )
 
     def session(
         self,
@@ -418,7 +422,7 @@ class ApiClient:
         if project.organization_id:
             params["organization_id"] = project.organization_id
         url = f"{project.base_url}{CHAT_PATH}/{quote(session_id, safe='')}?{urlencode(params)}"
-        raw = self._get(_origin(url), url, _BearerAuth(project.api_key), max_bytes)
+        raw = self._get(_origin(project.base_url), url, _BearerAuth(project.api_key), max_bytes)
         return parse_body(raw)[0]
 
     def projects(
@@ -436,19 +440,20 @@ class ApiClient:
         if organization_id:
             params["organization_id"] = organization_id
         url = f"{base_url}{PROJECTS_PATH}?{urlencode(params)}"
-        for page in self._listing(url, api_key, max_pages, max_bytes, None):
+        for page in self._listing(_origin(base_url), url, api_key, max_pages, max_bytes, None):
             yield page.items or []
 
     def _listing(
         self,
+        origin: str,
         url: str,
         api_key: Secret,
         max_pages: int,
         max_bytes: int,
         reuse: Callable[[PageKey], tuple[str | None, bool, bool] | None] | None,
     ) -> Generator[Page, None, None]:
-        """The pages of a cursor-paged list at ``url`` (which holds its query)."""
-        origin = _origin(url)
+        """The pages of a cursor-paged list at ``url`` (which holds its query), on ``origin``
+        (:func:`_origin`)."""
         auth = _BearerAuth(api_key)
         # One URL string per page: httpx merging a params dict into a URL parses it twice.
         page_url = url
