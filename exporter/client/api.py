@@ -281,6 +281,12 @@ class _Pool:
             client.close()
 
 
+# A parsed URL for each of the last URLs requested: the first page of a listing and a history
+# read are asked for again at every poll, and httpx parses a URL given as text one and a half
+# times per request (34 µs of the 52 its request building costs here).
+_url = lru_cache(maxsize=4096)(httpx.URL)
+
+
 @lru_cache(maxsize=1024)  # a few base URLs, one lookup per request
 def _origin(url: str) -> str:
     """scheme://host:port of a URL: which pooled connections can serve it."""
@@ -549,7 +555,8 @@ class ApiClient:
         max_bytes: int,
     ) -> tuple[int, str, bytes, httpx.Headers]:
         """(status, reason phrase, body, headers) of one GET, the body read under its bound."""
-        with http.stream("GET", url, auth=auth, extensions={"trace": connection.trace}) as response:
+        stream = http.stream("GET", _url(url), auth=auth, extensions={"trace": connection.trace})
+        with stream as response:
             status = response.status_code
             self._on_request(code_label(status))
             limit = max_bytes if status == 200 else MAX_ERROR_BODY
