@@ -18,7 +18,9 @@ from .aggregate import Listing, PollResult, SessionTracker
 from .client import ApiClient, PollError, Stopped
 from .config import Config, ProjectConfig
 from .histories import Reads, count_as_latest, read_pending
-from .store import StateFile, Store
+from .saves import LINGER_SECONDS, SaveBatch
+from .store import SaveJob, StateFile, Store
+from .store.sqlitefile import CLOSE_TIMEOUT_SECONDS
 
 log = structlog.get_logger("exporter.poller")
 
@@ -39,7 +41,10 @@ class Poller:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
+        save_linger: float = LINGER_SECONDS,
     ) -> None:
+        """``save_linger``: how long a save waits for others to be written with
+        (:mod:`.saves`)."""
         self._config = config
         self._store = store
         self._client = client
@@ -55,6 +60,10 @@ class Poller:
         self._refused: set[str] = set()
         self._stop: asyncio.Event | None = None
         self._lanes = _Lanes(config.max_concurrency)
+        # Saves of polls that end close together are written in one transaction.
+        self._saves = (
+            None if state is None else SaveBatch(state, in_thread, self._save_failed, save_linger)
+        )
         store.set_error_classes(config.detail.class_names)
         store.max_index_series = config.detail.max_index_series
         # With discovery, projects saved but not (yet) listed are kept until the first
@@ -84,7 +93,8 @@ class Poller:
                 await self._forget_saved(pid)
 
     async def poll_all_once(self) -> bool:
-        """Poll every project once (``--once``); True when all of them succeeded."""
+        """Poll every project once (``--once``); True when all of them succeeded. Returns
+        once every save they made is written."""
         results = await asyncio.gather(*(self._poll_limited(p) for p in self._config.projects))
         return all(results)
 
@@ -100,6 +110,19 @@ class Poller:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await self._flush_saves()
+
+    async def _flush_saves(self) -> None:
+        """At shutdown: write the saves still lingering, waiting no longer than
+        ``StateFile.close`` would for a save under way. Past that, the file is closed as it
+        would: writes still waiting for their turn give up, the one under way is left to the
+        end of the process."""
+        if self._saves is None or self._state is None:
+            return
+        try:
+            await asyncio.wait_for(self._saves.flush(), CLOSE_TIMEOUT_SECONDS)
+        except asyncio.TimeoutError:
+            self._state.close(timeout=0.0)
 
     def _start(self, project_id: str) -> None:
         assert self._stop is not None
@@ -145,6 +168,7 @@ class Poller:
             await self._forget_saved(pid)
         for pid, project in wanted.items():
             if pid not in self._projects:
+                await self._saved_now(pid)  # a save of it before it left reads its tracker
                 if pid not in self._saved:
                     await self._forget_saved(pid)  # one that left and came back starts anew
                 self._add(project)
@@ -181,6 +205,7 @@ class Poller:
         reload half applied, and the next start drops projects the config no longer has."""
         if self._state is None:
             return
+        await self._saved_now(project_id)  # else its pending save would write it back
         try:
             await in_thread(self._state.forget, project_id)
         except Exception as exc:
@@ -208,14 +233,36 @@ class Poller:
                 await asyncio.wait_for(stop.wait(), timeout=delay)
 
     async def _poll_limited(self, project: ProjectConfig) -> bool:
+        """A poll in its lane; its save is written after the lane is free for another."""
+        await self._saved_now(project.id)
         state = self._store.get(project.id)
         failing = state.polled and not state.up
         async with self._lanes.failing if failing else self._lanes.healthy:
-            return await self.poll(project)
+            ok = await self._poll(project)
+        await self._saved_now(project.id)
+        return ok
 
     async def poll(self, project: ProjectConfig) -> bool:
         """One complete listing of a project, then the changed sessions' histories; the store
-        changes only at the end, once."""
+        changes only at the end, once. Returns once its state is saved."""
+        ok = await self._poll(project)
+        await self._saved_now(project.id)
+        return ok
+
+    async def _saved_now(self, project_id: str) -> None:
+        """Until the project's pending save is written: it reads the project's tracker."""
+        if self._saves is not None:
+            await self._saves.wait(project_id)
+
+    async def _poll(self, project: ProjectConfig) -> bool:
+        await self._saved_now(project.id)
+        if self._saves is None:
+            return await self._poll_saving(project)
+        with self._saves.polling():
+            return await self._poll_saving(project)
+
+    async def _poll_saving(self, project: ProjectConfig) -> bool:
+        """:meth:`poll`, which adds its save to the batch rather than waiting for it."""
         started = self._monotonic()
         try:
             # One worker thread for the listing and the reads: a hop to the event loop and
@@ -246,27 +293,11 @@ class Poller:
             read_runs=None if reads is None else reads.totals,
             read_invalid=0 if reads is None else reads.invalid,
         )
-        if self._state is not None:
-            try:
-                # On a daemon thread: SIGTERM never waits for a locked state file.
-                await in_thread(
-                    self._state.save,
-                    project.id,
-                    state.totals,
-                    result,
-                    tracker,
-                    () if reads is None else reads.sessions,
-                )
-            except Exception as exc:
-                self._store.count_state_save_failure()
-                log.error(
-                    "state_save_failed",
-                    project_id=project.id,
-                    error=type(exc).__name__,
-                    message=str(exc)[:200],
-                    hint="counters are not being saved; the next successful save writes the "
-                    "project's whole state",
-                )
+        if self._saves is not None:
+            # Written with the saves of the polls that end meanwhile, on a daemon thread:
+            # SIGTERM never waits for a locked state file.
+            read = () if reads is None else tuple(reads.sessions)
+            self._saves.add(SaveJob(project.id, state.totals, result, tracker, read))
         if result.order_change == "incremental":
             log.info(
                 "listing_incremental",
@@ -298,6 +329,17 @@ class Poller:
             duration_seconds=round(duration, 3),
         )
         return True
+
+    def _save_failed(self, project_id: str, exc: BaseException) -> None:
+        self._store.count_state_save_failure()
+        log.error(
+            "state_save_failed",
+            project_id=project_id,
+            error=type(exc).__name__,
+            message=str(exc)[:200],
+            hint="counters are not being saved; the next successful save writes the "
+            "project's whole state",
+        )
 
     def _exact(self, project: ProjectConfig) -> bool:
         """Whether the project's runs are counted from session histories now."""

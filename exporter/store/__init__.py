@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from .snapshots import ProjectState, Store
 from .sqlitefile import StateError
-from .statefile import StateFile, check_state_path
+from .statefile import SaveJob, StateFile, check_state_path
 
 __all__ = [
     "ProjectState",
+    "SaveJob",
     "StateError",
     "StateFile",
     "Store",

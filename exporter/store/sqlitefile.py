@@ -409,15 +409,17 @@ class SQLiteFile(ABC):
         finally:
             self._lock.release()
 
-    def close(self) -> None:
-        """Close the database and release the file lock; waits at most CLOSE_TIMEOUT_SECONDS.
+    def close(self, timeout: float = CLOSE_TIMEOUT_SECONDS) -> None:
+        """Close the database and release the file lock; waits at most ``timeout`` (never
+        more than CLOSE_TIMEOUT_SECONDS) for a write under way.
 
         Writes still waiting for their turn give up as soon as they get it.
         """
         if self._closed:
             return
         self._closed = True
-        if not self._lock.acquire(timeout=min(self._lock_timeout, CLOSE_TIMEOUT_SECONDS)):
+        wait = max(0.0, min(self._lock_timeout, CLOSE_TIMEOUT_SECONDS, timeout))
+        if not self._lock.acquire(timeout=wait):
             # A write still runs in another thread: leave both to the end of the process.
             log.warning("state_close_timeout", path=str(self.path))
             return

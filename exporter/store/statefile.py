@@ -1,11 +1,12 @@
 """The state file's schema, and each project's counters, sessions and listing state in it.
 
 The optional state file carries run counters and what each session contributes across
-restarts. It is SQLite, written once per successful poll in one transaction, so a counter
-and the baseline it was counted against are always saved together. Usually only what
-changed is written; after a failed save the next save of that project writes its whole
-state again, because the changes of the failed one are not in the file. Locking, links,
-moving an unusable file aside and the full disk are :mod:`.sqlitefile`'s.
+restarts. It is SQLite; each successful poll is written in one transaction (or in a
+savepoint of one that writes the polls that ended together), so a counter and the baseline
+it was counted against are always saved together. Usually only what changed is written;
+after a failed save the next save of that project writes its whole state again, because the
+changes of the failed one are not in the file. Locking, links, moving an unusable file aside
+and the full disk are :mod:`.sqlitefile`'s.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import itertools
 import json
 import math
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,17 @@ BAD_SESSIONS = "invalid saved sessions"
 
 def fingerprint_probe() -> int:
     return fingerprint(_PROBE)
+
+
+@dataclass(frozen=True)
+class SaveJob:
+    """One successful poll to persist: :meth:`StateFile.save`'s arguments."""
+
+    project_id: str
+    totals: RunTotals
+    result: PollResult
+    tracker: SessionTracker
+    read: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -225,44 +237,76 @@ class StateFile(SQLiteFile):
 
         Raises when the save fails; the project's next save then writes its whole state.
         """
-        # None: the whole state (a baseline poll, or the first save after a failed one).
-        changed = None if project_id in self._full_save else result.changed
-        if changed is not None and read:
-            changed = tuple(dict.fromkeys((*changed, *read)))
+        error = self.save_many([SaveJob(project_id, totals, result, tracker, tuple(read))])[0]
+        if error is not None:
+            raise error
+
+    def save_many(self, jobs: Sequence[SaveJob]) -> list[BaseException | None]:
+        """Persist several successful polls in one transaction, each in a savepoint of its
+        own: what each job's save raised, or None. A job that fails is rolled back alone and
+        the others are written; a transaction that cannot begin or commit fails them all.
+        Each job's project's next save writes its whole state after a failure.
+
+        Call it before any of the jobs' projects' next poll begins: a job reads its tracker.
+        """
+        errors: list[BaseException | None] = [None] * len(jobs)
         try:
             with self._transaction() as db:
-                db.execute(
-                    "INSERT OR REPLACE INTO totals (project_id, data, has_baseline) "
-                    "VALUES (?, ?, 1)",
-                    # Never NaN or Infinity: the next start would find the file unusable.
-                    (project_id, json.dumps(totals.to_dict(), allow_nan=False)),
-                )
-                db.execute(
-                    "INSERT OR REPLACE INTO listing (project_id, data) VALUES (?, ?)",
-                    (project_id, json.dumps(_listing_dict(tracker.state), allow_nan=False)),
-                )
-                if changed is None:
-                    db.execute("DELETE FROM sessions WHERE project_id = ?", (project_id,))
-                    rows = itertools.chain(tracker.rows(), tracker.grave_rows())
-                else:
-                    # A dropped session's row stays, as where counting left off, until it is
-                    # forgotten (``SessionTracker.grave_rows``).
-                    db.executemany(
-                        "DELETE FROM sessions WHERE project_id = ? AND session_id = ?",
-                        ((project_id, sid) for sid in (*result.removed, *result.forgotten)),
-                    )
-                    rows = itertools.chain(
-                        tracker.rows(changed), tracker.grave_rows(result.removed)
-                    )
-                db.executemany(
-                    f"INSERT OR REPLACE INTO sessions (project_id, {_SESSION_ROWS}) "
-                    f"VALUES ({', '.join('?' * len(_COLUMNS['sessions']))})",
-                    ((project_id, *_row(saved)) for saved in rows),
-                )
-        except BaseException:
-            self._full_save.add(project_id)
-            raise
-        self._full_save.discard(project_id)
+                for index, job in enumerate(jobs):
+                    db.execute("SAVEPOINT project")
+                    try:
+                        self._write(db, job)
+                    except Exception as exc:
+                        if not db.in_transaction:
+                            raise  # SQLite rolled back the whole transaction (a full disk)
+                        db.execute("ROLLBACK TO project")
+                        errors[index] = exc
+                        self._full_save.add(job.project_id)
+                    db.execute("RELEASE project")
+        except BaseException as exc:
+            for index, job in enumerate(jobs):
+                errors[index] = errors[index] or exc
+                self._full_save.add(job.project_id)
+            if not isinstance(exc, Exception):
+                raise
+            return errors
+        for job, error in zip(jobs, errors, strict=True):
+            if error is None:
+                self._full_save.discard(job.project_id)
+        return errors
+
+    def _write(self, db: sqlite3.Connection, job: SaveJob) -> None:
+        """One job's rows, in a transaction under way."""
+        project_id, result, tracker = job.project_id, job.result, job.tracker
+        # None: the whole state (a baseline poll, or the first save after a failed one).
+        changed = None if project_id in self._full_save else result.changed
+        if changed is not None and job.read:
+            changed = tuple(dict.fromkeys((*changed, *job.read)))
+        db.execute(
+            "INSERT OR REPLACE INTO totals (project_id, data, has_baseline) VALUES (?, ?, 1)",
+            # Never NaN or Infinity: the next start would find the file unusable.
+            (project_id, json.dumps(job.totals.to_dict(), allow_nan=False)),
+        )
+        db.execute(
+            "INSERT OR REPLACE INTO listing (project_id, data) VALUES (?, ?)",
+            (project_id, json.dumps(_listing_dict(tracker.state), allow_nan=False)),
+        )
+        if changed is None:
+            db.execute("DELETE FROM sessions WHERE project_id = ?", (project_id,))
+            rows = itertools.chain(tracker.rows(), tracker.grave_rows())
+        else:
+            # A dropped session's row stays, as where counting left off, until it is
+            # forgotten (``SessionTracker.grave_rows``).
+            db.executemany(
+                "DELETE FROM sessions WHERE project_id = ? AND session_id = ?",
+                ((project_id, sid) for sid in (*result.removed, *result.forgotten)),
+            )
+            rows = itertools.chain(tracker.rows(changed), tracker.grave_rows(result.removed))
+        db.executemany(
+            f"INSERT OR REPLACE INTO sessions (project_id, {_SESSION_ROWS}) "
+            f"VALUES ({', '.join('?' * len(_COLUMNS['sessions']))})",
+            ((project_id, *_row(saved)) for saved in rows),
+        )
 
     def forget(self, project_id: str) -> None:
         """Drop a project's counters and baseline (it left the config)."""

@@ -15,7 +15,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from exporter.aggregate import RunTotals, SessionTracker, aggregate
-from exporter.store import StateFile, check_state_path
+from exporter.store import SaveJob, StateFile, check_state_path
 from exporter.store.sqlitefile import CORRUPT, EMPTY_FILE, NOT_SQLITE
 from exporter.store.statefile import BAD_SESSIONS, BAD_TOTALS, FOREIGN, UNKNOWN_SCHEMA
 from tests.helpers import session
@@ -172,6 +172,63 @@ def test_counters_that_are_not_finite_are_never_written(tmp_path: Path) -> None:
         assert state.moved_aside is None
         saved = state.load(["p"])["p"]
     assert (saved.totals, sorted(saved.sessions or [])) == (live, sorted(tracker.rows()))
+
+
+def test_a_batch_rolls_back_only_the_save_that_failed(tmp_path: Path) -> None:
+    """Each job of ``save_many`` in a savepoint: one that cannot be written costs only its
+    own rows, and its project's next save writes its whole state."""
+    path = tmp_path / "s.db"
+    trackers = {pid: SessionTracker() for pid in ("good", "bad")}
+    first = {pid: aggregate([[session("a"), session("b")]], t) for pid, t in trackers.items()}
+    with StateFile(path) as state:
+        jobs = [SaveJob(pid, r.new_runs, r, trackers[pid]) for pid, r in first.items()]
+        assert state.save_many(jobs) == [None, None]
+        # A save reads its tracker: the next poll comes after it.
+        second = {
+            pid: aggregate([[session("a", turns=2), session("b"), session("c")]], t)
+            for pid, t in trackers.items()
+        }
+        totals = {pid: first[pid].new_runs + r.new_runs for pid, r in second.items()}
+        jobs = [
+            SaveJob("good", totals["good"], second["good"], trackers["good"]),
+            SaveJob(
+                "bad", totals["bad"] + RunTotals(turns=math.inf), second["bad"], trackers["bad"]
+            ),
+        ]
+        good, bad = state.save_many(jobs)
+        assert good is None and isinstance(bad, ValueError)
+        saved = state.load(None)
+        assert saved["good"].totals == totals["good"]
+        assert sorted(saved["good"].sessions or ()) == sorted(trackers["good"].rows())
+        assert saved["bad"].totals == first["bad"].new_runs  # the first save's, whole
+        assert {row[0] for row in saved["bad"].sessions or ()} == {"a", "b"}
+        # Nothing changed since: only a whole save writes what the failed one did not.
+        third = aggregate([[session("a", turns=2), session("b"), session("c")]], trackers["bad"])
+        assert state.save_many([SaveJob("bad", totals["bad"], third, trackers["bad"])]) == [None]
+        assert sorted(state.load(None)["bad"].sessions or ()) == sorted(trackers["bad"].rows())
+
+
+def test_a_batch_that_cannot_begin_fails_every_save_in_it(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    trackers = {pid: SessionTracker() for pid in ("x", "y")}
+    state = StateFile(path, busy_timeout=0.1)
+    try:
+        results = {pid: aggregate([[session("a")]], t) for pid, t in trackers.items()}
+        state.save_many([SaveJob(pid, RunTotals(), r, trackers[pid]) for pid, r in results.items()])
+        results = {pid: aggregate([[session("a", turns=3)]], t) for pid, t in trackers.items()}
+        jobs = [SaveJob(pid, r.new_runs, r, trackers[pid]) for pid, r in results.items()]
+        with locked_by_another_process(path):
+            errors = state.save_many(jobs)
+        assert [type(e) for e in errors] == [sqlite3.OperationalError] * 2
+        # Each project's next save, with nothing new, writes its whole state.
+        results = {pid: aggregate([[session("a", turns=3)]], t) for pid, t in trackers.items()}
+        jobs = [SaveJob(pid, r.new_runs, r, trackers[pid]) for pid, r in results.items()]
+        assert state.save_many(jobs) == [None, None]
+        saved = state.load(None)
+        for pid, tracker in trackers.items():
+            assert sorted(saved[pid].sessions or ()) == sorted(tracker.rows())
+    finally:
+        state.close()
 
 
 # ------------------------------------------------------------------------ unusable files
