@@ -114,9 +114,9 @@ class Poller:
 
     async def _flush_saves(self) -> None:
         """At shutdown: write the saves still lingering, waiting no longer than
-        ``StateFile.close`` would for a save under way. Past that, the file is closed as it
-        would: writes still waiting for their turn give up, the one under way is left to the
-        end of the process."""
+        ``StateFile.close`` does for a save under way. Past that, the file is closed as
+        ``close`` does then: writes still waiting for their turn give up, the one under way
+        is left to the end of the process."""
         if self._saves is None or self._state is None:
             return
         try:
