@@ -81,8 +81,8 @@ class SaveBatch:
         """Until the project's pending save, if any, is written (or failed). Cancelling the
         wait leaves the save alone."""
         done = self._pending.get(project_id)
-        if done is not None:
-            await asyncio.wait([done])
+        if done is not None and not done.done():
+            await asyncio.shield(done)  # only an event loop going away cancels it
 
     async def flush(self) -> None:
         """Write every save queued, now, and wait for them."""
