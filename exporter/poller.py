@@ -245,6 +245,7 @@ class Poller:
     async def poll(self, project: ProjectConfig) -> bool:
         """One complete listing of a project, then the changed sessions' histories; the store
         changes only at the end, once. Returns once its state is saved."""
+        await self._saved_now(project.id)
         ok = await self._poll(project)
         await self._saved_now(project.id)
         return ok
@@ -255,7 +256,7 @@ class Poller:
             await self._saves.wait(project_id)
 
     async def _poll(self, project: ProjectConfig) -> bool:
-        await self._saved_now(project.id)
+        """A poll once the project's last save is written (both callers wait for it first)."""
         if self._saves is None:
             return await self._poll_saving(project)
         with self._saves.polling():
