@@ -233,6 +233,19 @@ def never_answering() -> Iterator[str]:
         yield f"http://127.0.0.1:{listener.getsockname()[1]}"
 
 
+def with_a_hanging_project(config: Config, url: str) -> Config:
+    """``config`` and a project "hangs" at ``url`` (:func:`never_answering`), whose poll stays
+    under way until the stop."""
+    hanging = project("hangs", base_url=url, key=DEFAULT_API_KEY)
+    return Config(
+        projects=(*config.projects, hanging),
+        max_concurrency=4,
+        max_retries=0,
+        poll_interval_seconds=3600,
+        timeout_seconds=60,
+    )
+
+
 def test_shutdown_writes_the_saves_still_lingering(sim: Simulator, tmp_path: Path) -> None:
     """A poll under way (one that hangs) keeps another's save lingering; the stop writes it
     before the poller returns, so the state file closed after it holds it."""
@@ -243,14 +256,7 @@ def test_shutdown_writes_the_saves_still_lingering(sim: Simulator, tmp_path: Pat
 
     async def test(client: ApiClient) -> None:
         with never_answering() as url:
-            hanging = project("hangs", base_url=url, key=DEFAULT_API_KEY)
-            both = Config(
-                projects=(*config.projects, hanging),
-                max_concurrency=4,
-                max_retries=0,
-                poll_interval_seconds=3600,
-                timeout_seconds=60,
-            )
+            both = with_a_hanging_project(config, url)
             poller = Poller(both, store, client, state=state, save_linger=3600)
             stop = asyncio.Event()
             task = asyncio.create_task(poller.run(stop))
@@ -280,14 +286,7 @@ def test_shutdown_waits_for_a_locked_file_no_longer_than_close_does(
 
     async def test(client: ApiClient) -> None:
         with never_answering() as url:
-            hanging = project("hangs", base_url=url, key=DEFAULT_API_KEY)
-            both = Config(
-                projects=(*config.projects, hanging),
-                max_concurrency=4,
-                max_retries=0,
-                poll_interval_seconds=3600,
-                timeout_seconds=60,
-            )
+            both = with_a_hanging_project(config, url)
             poller = Poller(both, store, client, state=state, save_linger=3600)
             stop = asyncio.Event()
             task = asyncio.create_task(poller.run(stop))
