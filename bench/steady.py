@@ -19,7 +19,9 @@ cost. This benchmark holds that overhead to the requests' own floor, measured in
 - After each cycle, every request the simulator answered during it (path and query, exactly as
   the exporter sent them: listing pages and history reads alike) is replayed, before anything
   changes, by a bare sync ``httpx.Client`` + ``orjson.loads`` loop in a process of its own,
-  one request after another: the same bodies, parsed, and nothing else.
+  one request after another: the same bodies, parsed, and nothing else. The goal is against
+  that replay. The same requests are also replayed by a bare ``http.client`` + ``orjson.loads``
+  loop (the floor of an HTTP/1.1 client in Python), to show how far that is.
 
 Compared: the exporter process's CPU over the whole minute (``/proc/PID/stat``: every thread,
 and whatever it did between cycles), and each cycle's (``time.process_time()`` over
@@ -76,7 +78,11 @@ def child(params: dict[str, Any]) -> dict[str, Any]:
 def _serve_replayer(params: dict[str, Any]) -> dict[str, Any]:
     """``replay``: each of ``requests`` (path, query) at ``base_url`` with one sync
     ``httpx.Client`` (the exporter's key, one keep-alive connection) and ``orjson.loads`` of
-    the body; its CPU (``time.process_time()`` over the loop), bytes and statuses."""
+    the body; its CPU (``time.process_time()`` over the loop), bytes and statuses; then the
+    same with one ``http.client`` connection (``stdlib_cpu``)."""
+    import http.client
+    from urllib.parse import urlsplit
+
     import httpx
     import orjson
 
@@ -85,6 +91,11 @@ def _serve_replayer(params: dict[str, Any]) -> dict[str, Any]:
     base = params["base_url"]
     client = httpx.Client(headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"}, timeout=60)
     client.get(f"{base}/healthz")  # its connection, before any measuring
+    split = urlsplit(base)
+    stdlib = http.client.HTTPConnection(split.hostname or "", split.port)
+    auth = {"Authorization": f"Bearer {DEFAULT_API_KEY}"}
+    stdlib.request("GET", "/healthz", headers=auth)
+    stdlib.getresponse().read()
     reply({"ready": True})
     try:
         for command in commands():
@@ -100,9 +111,24 @@ def _serve_replayer(params: dict[str, Any]) -> dict[str, Any]:
                 orjson.loads(content)
                 statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
             cpu = time.process_time() - cpu
-            reply({"cpu": cpu, "requests": len(urls), "bytes": size, "statuses": statuses})
+            targets = [f"{path}?{urlencode(query)}" for path, query in command["requests"]]
+            stdlib_cpu = time.process_time()
+            for target in targets:
+                stdlib.request("GET", target, headers=auth)
+                orjson.loads(stdlib.getresponse().read())
+            stdlib_cpu = time.process_time() - stdlib_cpu
+            reply(
+                {
+                    "cpu": cpu,
+                    "stdlib_cpu": stdlib_cpu,
+                    "requests": len(urls),
+                    "bytes": size,
+                    "statuses": statuses,
+                }
+            )
     finally:
         client.close()
+        stdlib.close()
     return {}
 
 
@@ -220,10 +246,12 @@ def _report(rounds: list[dict[str, Any]], size: tuple[int, int]) -> Outcome:
         bare = sum(c["bare"]["cpu"] for c in r["cycles"])
         ratios.append(r["exporter_proc"] / bare)
         r["bare_cpu"] = bare
+        r["stdlib_cpu"] = sum(c["bare"]["stdlib_cpu"] for c in r["cycles"])
     for label, key, per in (
         ("exporter, the minute (/proc: every thread, between cycles too)", "exporter_proc", 1),
         ("exporter, its cycles (process_time over poll_all_once)", "cycles_cpu", 1),
         ("bare replay of the same requests (httpx.Client + orjson.loads)", "bare_cpu", 1),
+        ("the same with http.client + orjson.loads (the floor)", "stdlib_cpu", 1),
     ):
         values = [
             sum(c["cpu"] for c in r["cycles"]) if key == "cycles_cpu" else r[key] * per
@@ -253,7 +281,9 @@ def _report(rounds: list[dict[str, Any]], size: tuple[int, int]) -> Outcome:
         f"sessions, page_size {PAGE_SIZE}, max_concurrency {CONCURRENCY}; a minute is "
         f"{len(MINUTE)} cycles ({requests:,} requests in round 1, {reads:,} of them history "
         f"reads), the same requests replayed by the bare loop after each cycle. Loads at the "
-        f"rounds' ends: {', '.join(r['load'] for r in rounds)}."
+        f"rounds' ends: {', '.join(r['load'] for r in rounds)}. Against the http.client "
+        f"replay, the exporter's minute is "
+        f"{median([r['exporter_proc'] / r['stdlib_cpu'] for r in rounds]):.2f}x."
     )
     ratio = median(ratios)
     return report(

@@ -17,6 +17,7 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from functools import lru_cache
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
+from urllib.request import getproxies
 
 import httpx
 import structlog
@@ -25,6 +26,7 @@ from .. import __version__
 from ..config import DEFAULT_MAX_RESPONSE_BYTES, ProjectConfig, Secret
 from .body import (
     MAX_ERROR_BODY,
+    Headers,
     Page,
     PageKey,
     PollError,
@@ -36,6 +38,7 @@ from .body import (
     read_body,
 )
 from .deadline import Connection, Watchdog
+from .wire import StdlibClient
 
 log = structlog.get_logger("exporter.client")
 
@@ -53,7 +56,7 @@ MAX_RETRY_AFTER = 60.0
 RETRY_STATUSES = frozenset({408, 409, 429})
 
 
-def retry_after_seconds(headers: httpx.Headers, now: float | None = None) -> float | None:
+def retry_after_seconds(headers: Headers, now: float | None = None) -> float | None:
     """``retry-after-ms``, or ``Retry-After`` in seconds or as an HTTP date."""
     millis = headers.get("retry-after-ms")
     if millis is not None:
@@ -75,9 +78,7 @@ def retry_after_seconds(headers: httpx.Headers, now: float | None = None) -> flo
     return when.timestamp() - (time.time() if now is None else now)
 
 
-def backoff_seconds(
-    retries_done: int, headers: httpx.Headers | None, rand: Callable[[], float]
-) -> float:
+def backoff_seconds(retries_done: int, headers: Headers | None, rand: Callable[[], float]) -> float:
     """Obey a ``Retry-After`` up to 60 s; else ``min(0.5 * 2**n, 8)`` less up to 25 % jitter."""
     if headers is not None:
         wait = retry_after_seconds(headers)
@@ -87,7 +88,7 @@ def backoff_seconds(
     return max(delay * (1 - 0.25 * rand()), 0.0)
 
 
-def _should_retry(status: int, headers: httpx.Headers) -> bool:
+def _should_retry(status: int, headers: Headers) -> bool:
     forced = headers.get("x-should-retry")
     if forced == "true":
         return True
@@ -177,7 +178,30 @@ class Stopped(Exception):
     """The exporter is shutting down; the listing was abandoned."""
 
 
-_Lent = tuple[httpx.Client, Connection]
+class _HttpxClient:
+    """A pooled client over httpx, for a transport given (the tests' ``MockTransport``) or a
+    proxy in the environment, which httpx honours as the SDK does (``NO_PROXY`` too)."""
+
+    def __init__(self, client: httpx.Client) -> None:
+        self._client = client
+
+    def stream(
+        self, url: httpx.URL, key: Secret, watched: Connection
+    ) -> contextlib.AbstractContextManager[httpx.Response]:
+        return self._client.stream(
+            "GET", url, auth=_BearerAuth(key), extensions={"trace": watched.trace}
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _proxied() -> bool:
+    """Whether the environment names a proxy (``HTTPS_PROXY``, ``ALL_PROXY`` and the like)."""
+    return any(scheme != "no" for scheme in getproxies())
+
+
+_Lent = tuple[_HttpxClient | StdlibClient, Connection]
 
 
 class _Pool:
@@ -192,7 +216,7 @@ class _Pool:
     another origin is closed and replaced; else it waits for one to come back.
     """
 
-    def __init__(self, size: int, make: Callable[[], httpx.Client]) -> None:
+    def __init__(self, size: int, make: Callable[[], _HttpxClient | StdlibClient]) -> None:
         if size < 1:
             raise ValueError("the pool needs at least one connection")
         self._size = size
@@ -308,7 +332,10 @@ class ApiClient:
     """Lists chat sessions page by page, blocking: the poller runs each listing in a thread.
 
     A synchronous client costs a third less CPU per page than httpx's asyncio one, and the
-    page loop is where the exporter spends its time. Every project shares one pool of at most
+    page loop is where the exporter spends its time. Its connections are the standard
+    library's (:class:`.wire.StdlibClient`), a third of httpx's cost per request, unless a
+    transport is given or the environment names a proxy: then httpx's. Every project shares
+    one pool of at most
     ``max_connections`` connections (sharing one TLS context), sized by the caller to the
     requests it can have under way at once: a project's pages are fetched one after another,
     so a poll needs one connection at a time, however many projects and keys there are.
@@ -342,6 +369,7 @@ class ApiClient:
         self._rand = rand
         self._stop = threading.Event()
         self._tls = None if transport is not None else httpx.create_ssl_context()
+        self._direct = transport is None and not _proxied()
         self._pool = _Pool(max_connections, self._new_client)
         self._wait = wait or self._stop.wait
         self._watchdog = Watchdog()
@@ -358,12 +386,14 @@ class ApiClient:
         """A new bound on connections (a reload changed ``max_concurrency``)."""
         self._pool.resize(max_connections)
 
-    def _new_client(self) -> httpx.Client:
+    def _new_client(self) -> _HttpxClient | StdlibClient:
         headers = httpx.Headers({"User-Agent": USER_AGENT, "Accept": "application/json"})
         for name, value in self._headers:  # as in the SDK, they may replace the two above
             headers[name] = value.get()
         # Only what the body reader can decompress under its byte bound.
         headers["Accept-Encoding"] = "gzip"
+        if self._direct:
+            return StdlibClient(self._timeout, self._tls, headers.multi_items())
         client = httpx.Client(
             timeout=self._timeout,
             headers=headers,
@@ -373,7 +403,7 @@ class ApiClient:
             limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
         )
         client._cookies = _Cookies(client.cookies.jar)  # the setter would copy it into a plain one
-        return client
+        return _HttpxClient(client)
 
     def stop(self) -> None:
         """Make listings under way give up at their next page or backoff."""
@@ -428,7 +458,7 @@ class ApiClient:
         if project.organization_id:
             params["organization_id"] = project.organization_id
         url = f"{project.base_url}{CHAT_PATH}/{quote(session_id, safe='')}?{urlencode(params)}"
-        raw = self._get(_origin(project.base_url), url, _BearerAuth(project.api_key), max_bytes)
+        raw = self._get(_origin(project.base_url), url, project.api_key, max_bytes)
         return parse_body(raw)[0]
 
     def projects(
@@ -460,7 +490,6 @@ class ApiClient:
     ) -> Generator[Page, None, None]:
         """The pages of a cursor-paged list at ``url`` (which holds its query), on ``origin``
         (:func:`_origin`)."""
-        auth = _BearerAuth(api_key)
         # One URL string per page: httpx merging a params dict into a URL parses it twice.
         page_url = url
         used: set[str] = set()
@@ -468,7 +497,7 @@ class ApiClient:
         while True:
             if self._stop.is_set():
                 raise Stopped()
-            raw = self._get(origin, page_url, auth, max_bytes)
+            raw = self._get(origin, page_url, api_key, max_bytes)
             page += 1
             key = (len(raw), hash(raw))
             reused = reuse(key) if reuse is not None else None
@@ -494,7 +523,7 @@ class ApiClient:
             used.add(token)
             page_url = f"{url}&{urlencode({'page_token': token})}"
 
-    def _get(self, origin: str, url: str, auth: httpx.Auth, max_bytes: int) -> bytes:
+    def _get(self, origin: str, url: str, key: Secret, max_bytes: int) -> bytes:
         """One page's body, retried as the SDK does; each attempt borrows a pooled
         connection, so a request backing off holds none."""
         retries_done = 0
@@ -508,7 +537,7 @@ class ApiClient:
                 deadline = self._watchdog.arm(self._timeout, connection)
                 try:
                     status, reason_phrase, body, retry_headers = self._request(
-                        http, connection, url, auth, max_bytes
+                        http, connection, url, key, max_bytes
                     )
                 except _Unfinished as exc:
                     failure = exc.cause
@@ -548,15 +577,14 @@ class ApiClient:
 
     def _request(
         self,
-        http: httpx.Client,
+        http: _HttpxClient | StdlibClient,
         connection: Connection,
         url: str,
-        auth: httpx.Auth,
+        key: Secret,
         max_bytes: int,
-    ) -> tuple[int, str, bytes, httpx.Headers]:
+    ) -> tuple[int, str, bytes, Headers]:
         """(status, reason phrase, body, headers) of one GET, the body read under its bound."""
-        stream = http.stream("GET", _url(url), auth=auth, extensions={"trace": connection.trace})
-        with stream as response:
+        with http.stream(_url(url), key, connection) as response:
             status = response.status_code
             self._on_request(code_label(status))
             limit = max_bytes if status == 200 else MAX_ERROR_BODY

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple, Protocol
 
 import httpx
 
@@ -26,6 +26,22 @@ except ImportError:  # pragma: no cover - orjson is a dependency; stdlib json st
 # A page body's identity: its length and hash. Equal keys are taken for equal bodies (a
 # 64-bit hash and the length must both collide to mistake one page for another).
 PageKey = tuple[int, int]
+
+
+class Headers(Protocol):
+    """A response's headers, looked up by name whatever its case: ``httpx.Headers``, or the
+    standard library's ``HTTPMessage``."""
+
+    def get(self, name: str, default: Any = None, /) -> Any: ...
+
+
+class Streamed(Protocol):
+    """A response whose body is still to be read: httpx's, or :class:`.wire.Answer`."""
+
+    @property
+    def headers(self) -> Headers: ...
+
+    def iter_raw(self) -> Iterator[bytes]: ...
 
 
 class Page(NamedTuple):
@@ -48,14 +64,15 @@ class PollError(Exception):
         self.incremental = False  # the failed listing was incremental
 
 
-def read_body(response: httpx.Response, limit: int, *, strict: bool) -> bytes:
+def read_body(response: Streamed, limit: int, *, strict: bool) -> bytes:
     """The body, decompressed, as it streams in, never more than ``limit`` bytes of it.
 
     A gzip page of 1 MB can unpack to 1 GB: decompression is bounded chunk by chunk, so
     memory never follows the server. ``strict``: past the limit the poll fails (``too_large``);
     otherwise (an error answer, read only for its detail) the body is cut there.
     """
-    if response.is_stream_consumed:  # built in memory (httpx.MockTransport): decoded already
+    if isinstance(response, httpx.Response) and response.is_stream_consumed:
+        # built in memory (httpx.MockTransport): decoded already
         content = response.content
         if strict and len(content) > limit:
             raise _too_large(limit)

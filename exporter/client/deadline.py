@@ -11,8 +11,9 @@ from typing import Any
 
 
 class Connection:
-    """The one connection of a pooled client, as httpcore's trace reports it, so the
-    watchdog can cut it when a request outlives its deadline.
+    """The one connection of a pooled client, as httpcore's trace reports it (or the
+    standard library's connection, :meth:`attach`), so the watchdog can cut it when a
+    request outlives its deadline.
 
     One lock orders the request's start, its end and its cut: a cut can never reach the
     next request on the same kept-alive socket.
@@ -30,8 +31,12 @@ class Connection:
         if not event.endswith(".complete"):
             return
         stream = info.get("return_value")
-        if not hasattr(stream, "get_extra_info"):
-            return
+        if hasattr(stream, "get_extra_info"):
+            self.attach(stream)
+
+    def attach(self, stream: Any) -> None:
+        """The connection's socket from now on (or a stream that knows it, as httpcore's
+        ``get_extra_info("socket")``)."""
         with self._lock:
             self._stream = stream
             if self.request is not None and self.request.expired:
@@ -57,7 +62,7 @@ class Connection:
 def _cut(stream: Any) -> None:
     """Shut the socket down: a read blocked on it returns at once, in any thread."""
     with contextlib.suppress(Exception):
-        sock = stream.get_extra_info("socket")
+        sock = stream.get_extra_info("socket") if hasattr(stream, "get_extra_info") else stream
         if sock is not None:
             sock.shutdown(socket.SHUT_RDWR)
 

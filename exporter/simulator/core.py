@@ -11,6 +11,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from email.message import Message
 from types import TracebackType
 from urllib.parse import parse_qsl, urlsplit
 
@@ -382,9 +383,10 @@ class Simulator(_Projects, _Sessions, _ChatListing):
             self.step(seconds=every)
 
     def _handle(
-        self, method: str, target: str, authorization: str | None, stopping: threading.Event
+        self, method: str, target: str, sent: Message, stopping: threading.Event
     ) -> tuple[int, bytes, tuple[tuple[str, str], ...]]:
         """Answer one request: (status, body, extra headers). Sleeps happen outside the lock."""
+        authorization = sent.get("Authorization")
         split = urlsplit(target)
         path = split.path
         query = dict(parse_qsl(split.query, keep_blank_values=True))
@@ -423,7 +425,16 @@ class Simulator(_Projects, _Sessions, _ChatListing):
             ):
                 body = body[: len(body) // 2]
             self._request_count += 1
-            self._requests.append(RequestRecord(path, query, authorization, status, method))
+            self._requests.append(
+                RequestRecord(
+                    path,
+                    query,
+                    authorization,
+                    status,
+                    method,
+                    {k.lower(): v for k, v in sent.items()},
+                )
+            )
         hook = self.page_hook
         if hook is not None and listed is not None:
             try:

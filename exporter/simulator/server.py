@@ -10,17 +10,18 @@ import socket
 import sys
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 from urllib.parse import unquote
 
 from .model import _ENCODER
 
-# How the simulator answers one request: (method, target, Authorization, stopping) to
+# How the simulator answers one request: (method, target, its headers, stopping) to
 # (status, body, extra headers).
 Answer = Callable[
-    [str, str, "str | None", threading.Event], tuple[int, bytes, tuple[tuple[str, str], ...]]
+    [str, str, Message, threading.Event], tuple[int, bytes, tuple[tuple[str, str], ...]]
 ]
 
 CHAT_PATH = "/api/v1/chat"
@@ -57,6 +58,7 @@ class RequestRecord:
     authorization: str | None
     status: int
     method: str = "GET"
+    headers: dict[str, str] = field(default_factory=dict, compare=False)  # by lower-case name
 
     @property
     def endpoint(self) -> str | None:
@@ -140,9 +142,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = self.headers.get("Content-Length")
         if length and length.isdigit():
             self.rfile.read(int(length))  # drain, so the connection can be reused
-        status, body, headers = server.answer(
-            method, self.path, self.headers.get("Authorization"), server.stopping
-        )
+        status, body, headers = server.answer(method, self.path, self.headers, server.stopping)
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")

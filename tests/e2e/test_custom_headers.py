@@ -7,10 +7,8 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from exporter.cli import run_once
@@ -23,22 +21,8 @@ SECRET_VALUE = "cf-access-secret-9f8e7d6c5b4a"
 HEADERS = f"CF-Access-Client-Id: exporter.access\nCF-Access-Client-Secret: {SECRET_VALUE}\n"
 
 
-@pytest.fixture
-def sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[httpx.Request]]:
-    """Every request the exporter's HTTP client puts on a socket, as it goes out."""
-    requests: list[httpx.Request] = []
-    handle = httpx.HTTPTransport.handle_request
-
-    def recording(self: httpx.HTTPTransport, request: httpx.Request) -> httpx.Response:
-        requests.append(request)
-        return handle(self, request)
-
-    monkeypatch.setattr(httpx.HTTPTransport, "handle_request", recording)
-    yield requests
-
-
 def test_every_request_carries_them_beside_the_key(
-    sim: Simulator, tmp_path: Path, sent: list[httpx.Request], capsys: pytest.CaptureFixture[str]
+    sim: Simulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     sim.add_project("listed")
     for pid in ("static", "listed"):
@@ -53,13 +37,14 @@ def test_every_request_carries_them_beside_the_key(
     config = load_config(path, {"LLAMA_CLOUD_CUSTOM_HEADERS": HEADERS})
     assert asyncio.run(run_once(config)) == 0
     assert "llamacloud_up{" in capsys.readouterr().out
-    paths = [request.url.path for request in sent]
+    received = sim.requests  # as the API saw them
+    paths = [request.path for request in received]
     assert paths.count(CHAT_PATH) >= 4 and PROJECTS_PATH in paths, paths
-    for request in sent:
-        assert request.headers["CF-Access-Client-Id"] == "exporter.access"
-        assert request.headers["CF-Access-Client-Secret"] == SECRET_VALUE
-        assert request.headers["Authorization"] == f"Bearer {DEFAULT_API_KEY}"
-        assert request.headers["Accept-Encoding"] == "gzip"
+    for request in received:
+        assert request.headers["cf-access-client-id"] == "exporter.access"
+        assert request.headers["cf-access-client-secret"] == SECRET_VALUE
+        assert request.headers["authorization"] == f"Bearer {DEFAULT_API_KEY}"
+        assert request.headers["accept-encoding"] == "gzip"
 
 
 def test_no_header_value_reaches_the_output(sim: Simulator, tmp_path: Path) -> None:

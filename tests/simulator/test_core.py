@@ -382,6 +382,8 @@ def test_requests_are_recorded(sim: Simulator, client: httpx.Client) -> None:
         ),
         RequestRecord("/elsewhere", {}, f"Bearer {DEFAULT_API_KEY}", 404),
     ]
+    assert sim.requests[-1].headers["authorization"] == f"Bearer {DEFAULT_API_KEY}"
+    assert sim.requests[-1].headers["user-agent"] == client.headers["User-Agent"]
 
 
 # ---------------------------------------------------------------------------- lifecycle

@@ -1,0 +1,228 @@
+"""GETs over the standard library's ``http.client``: the connection of a pooled client when no
+proxy is in the way, at a third of what httpx costs per request.
+
+httpx builds a request, its headers and a response object through several layers (httpx,
+httpcore, h11) for each page; for a small page that cost more CPU than reading the page.
+Here one kept-alive ``http.client`` connection per pooled client writes the same request
+bytes, and what can fail maps to the same httpx exceptions (chained to what the socket
+said), so the retries, the reason words and the messages are those of the httpx path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import select
+import socket
+import ssl
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from ..config import Secret
+from .deadline import Connection
+
+CHUNK = 64 * 1024  # what one read of a body asks the socket for
+
+
+class _Response(http.client.HTTPResponse):
+    """A response that passes over every interim (1xx) answer, as h11 does, not only 100:
+    a 103 Early Hints would otherwise be taken for the answer, and the real one left unread
+    on the connection."""
+
+    def _read_status(self) -> tuple[str, int, str]:
+        while True:
+            version, status, reason = super()._read_status()  # type: ignore[misc]
+            if not 100 <= status < 200 or status == 101:
+                return version, status, reason
+            http.client.parse_headers(self.fp)  # the interim answer's headers, read and dropped
+
+
+class _Plain(http.client.HTTPConnection):
+    response_class = _Response
+
+    def __init__(self, host: str, port: int, timeout: float, watched: Connection) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self.watched = watched
+
+    def connect(self) -> None:
+        super().connect()
+        self.watched.attach(self.sock)  # the deadline can cut the connection from now on
+
+
+class _Tls(_Plain):
+    default_port = http.client.HTTPS_PORT
+
+    def __init__(
+        self, host: str, port: int, timeout: float, watched: Connection, tls: ssl.SSLContext
+    ) -> None:
+        super().__init__(host, port, timeout, watched)
+        self._tls = tls
+
+    def connect(self) -> None:
+        super().connect()
+        sock = self._tls.wrap_socket(
+            self.sock, server_hostname=self.host, do_handshake_on_connect=False
+        )
+        self.sock = sock
+        self.watched.attach(sock)  # wrapping took the plain socket over: the handshake is cut too
+        sock.do_handshake()
+
+
+class Answer:
+    """What the body reader needs of a response (:func:`.body.read_body`), as an httpx
+    ``Response`` being streamed offers it."""
+
+    def __init__(self, response: http.client.HTTPResponse) -> None:
+        self._response = response
+        self.status_code = response.status
+        self.reason_phrase = response.reason
+        self.headers = response.headers  # case-blind ``get``, as httpx.Headers
+
+    def iter_raw(self) -> Iterator[bytes]:
+        read = self._response.read1
+        try:
+            while chunk := read(CHUNK):
+                yield chunk
+            self._response.close()  # read to its end: the connection can carry the next
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            raise _read_error(exc) from exc
+
+
+def _read_error(exc: BaseException) -> httpx.HTTPError:
+    if isinstance(exc, TimeoutError):
+        return httpx.ReadTimeout(str(exc))
+    if isinstance(exc, (http.client.IncompleteRead, http.client.BadStatusLine)) or (
+        isinstance(exc, (http.client.HTTPException, ValueError)) and not isinstance(exc, OSError)
+    ):
+        return httpx.RemoteProtocolError(str(exc) or type(exc).__name__)
+    return httpx.ReadError(str(exc) or type(exc).__name__)
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether an idle kept-alive socket has something to read: the server closed it (or
+    wrote out of turn), so it cannot carry the next request."""
+    try:
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            return bool(poller.poll(0))
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
+
+
+class StdlibClient:
+    """One kept-alive connection to one origin, lent to one request at a time (the pool's
+    ``_Pool`` does the lending); a new one when the server closed the last.
+
+    ``headers`` are sent on every request, in order, after ``Host``; the key's
+    ``Authorization`` and the cookies the API set (kept as httpx keeps them) come after.
+    """
+
+    def __init__(
+        self, timeout: float, tls: ssl.SSLContext | None, headers: list[tuple[str, str]]
+    ) -> None:
+        self._timeout = timeout
+        self._tls = tls
+        self._headers = [(k, v) for k, v in headers if k.lower() != "host"]
+        self._host = next((v for k, v in headers if k.lower() == "host"), None)
+        self._cookies = httpx.Cookies()
+        self._connection: _Plain | None = None
+        self._origin: tuple[str, str, int] | None = None
+
+    def close(self) -> None:
+        """Close the connection; a request on it in another thread (the pool closing at
+        shutdown) returns at once, as a cut does."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            if connection.sock is not None:
+                with contextlib.suppress(OSError):
+                    connection.sock.shutdown(socket.SHUT_RDWR)
+            connection.close()
+
+    def _connected(self, url: httpx.URL, watched: Connection) -> _Plain:
+        scheme = url.scheme
+        host = url.raw_host.decode("ascii")
+        port = url.port or (443 if scheme == "https" else 80)
+        origin = (scheme, host, port)
+        connection = self._connection
+        if connection is not None and (
+            origin != self._origin
+            or connection.watched is not watched
+            or (connection.sock is not None and _readable(connection.sock))
+        ):
+            connection.close()
+            connection = None
+        if connection is None:
+            if scheme == "https":
+                tls = self._tls or ssl.create_default_context()
+                connection = _Tls(host, port, self._timeout, watched, tls)
+            else:
+                connection = _Plain(host, port, self._timeout, watched)
+            self._connection, self._origin = connection, origin
+        return connection
+
+    @contextlib.contextmanager
+    def stream(self, url: httpx.URL, key: Secret, watched: Connection) -> Iterator[Answer]:
+        """One GET of ``url`` with ``key``, its response streaming; the connection is kept
+        only when the body was read to its end and nothing went wrong."""
+        connection = self._connected(url, watched)
+        keep = False
+        try:
+            try:
+                connection.putrequest(
+                    "GET",
+                    url.raw_path.decode("ascii"),
+                    skip_host=self._host is not None,
+                    skip_accept_encoding=True,
+                )
+                if self._host is not None:
+                    connection.putheader("Host", self._host)
+                for name, value in self._headers:
+                    connection.putheader(name, value)
+                connection.putheader("Authorization", "Bearer " + key.get())
+                if self._cookies.jar:
+                    self._send_cookies(connection, url)
+                connection.endheaders()
+                response = connection.getresponse()
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                raise _send_error(exc, connection) from exc
+            if "set-cookie" in response.headers:
+                self._keep_cookies(url, response)
+            yield Answer(response)
+            keep = (
+                response.isclosed()
+                and not 100 <= response.status < 200
+                and not (watched.request is not None and watched.request.expired)
+            )
+        finally:
+            if not keep:
+                self.close()
+
+    def _send_cookies(self, connection: _Plain, url: httpx.URL) -> None:
+        request = httpx.Request("GET", url)
+        self._cookies.set_cookie_header(request)
+        cookie = request.headers.get("cookie")
+        if cookie:
+            connection.putheader("Cookie", cookie)
+
+    def _keep_cookies(self, url: httpx.URL, response: http.client.HTTPResponse) -> None:
+        self._cookies.extract_cookies(
+            httpx.Response(
+                response.status,
+                headers=list(response.headers.items()),
+                request=httpx.Request("GET", url),
+            )
+        )
+
+
+def _send_error(exc: BaseException, connection: Any) -> httpx.HTTPError:
+    """httpx's exception for a request that got no answer: ``ConnectError`` and
+    ``ConnectTimeout`` before a connection stood, as httpx's own transport says."""
+    if connection.sock is None or isinstance(exc, (socket.gaierror, ssl.SSLError)):
+        if isinstance(exc, TimeoutError):
+            return httpx.ConnectTimeout(str(exc))
+        return httpx.ConnectError(str(exc) or type(exc).__name__)
+    return _read_error(exc)
