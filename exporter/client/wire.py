@@ -15,6 +15,7 @@ import http.client
 import select
 import socket
 import ssl
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -131,16 +132,28 @@ class StdlibClient:
         self._cookies = httpx.Cookies()
         self._connection: _Plain | None = None
         self._origin: tuple[str, str, int] | None = None
+        # The pool may close a client lent to a request in another thread (at shutdown):
+        # then the socket is only shut down, and the request's thread, failing at once,
+        # closes the connection itself, so http.client never finds its socket gone.
+        self._lock = threading.Lock()
+        self._busy = False
+        self._cut = False
 
     def close(self) -> None:
-        """Close the connection; a request on it in another thread (the pool closing at
-        shutdown) returns at once, as a cut does."""
-        connection, self._connection = self._connection, None
-        if connection is not None:
+        """Close the connection; a request on it in another thread returns at once, as a
+        cut does."""
+        with self._lock:
+            connection = self._connection
+            if connection is None:
+                return
             if connection.sock is not None:
                 with contextlib.suppress(OSError):
                     connection.sock.shutdown(socket.SHUT_RDWR)
-            connection.close()
+            if self._busy:
+                self._cut = True
+                return
+            self._connection = None
+        connection.close()
 
     def _connected(self, url: httpx.URL, watched: Connection) -> _Plain:
         scheme = url.scheme
@@ -168,9 +181,11 @@ class StdlibClient:
     def stream(self, url: httpx.URL, key: Secret, watched: Connection) -> Iterator[Answer]:
         """One GET of ``url`` with ``key``, its response streaming; the connection is kept
         only when the body was read to its end and nothing went wrong."""
-        connection = self._connected(url, watched)
+        with self._lock:
+            self._busy = True
         keep = False
         try:
+            connection = self._connected(url, watched)
             try:
                 connection.putrequest(
                     "GET",
@@ -198,6 +213,10 @@ class StdlibClient:
                 and not (watched.request is not None and watched.request.expired)
             )
         finally:
+            with self._lock:
+                self._busy = False
+                keep = keep and not self._cut
+                self._cut = False
             if not keep:
                 self.close()
 

@@ -13,9 +13,10 @@ import httpx
 import pytest
 import trustme
 
-from exporter.client import ApiClient
+from exporter.client import ApiClient, Stopped
 from exporter.config import ProjectConfig, Secret
 from tests.client.helpers import KEY, hostile_project, listing
+from tests.helpers import wait_for
 from tests.hostile import Hostile, Request, Writer, answer, drip, page
 
 CUSTOM = (("X-Team", Secret("sre")), ("User-Agent", Secret("ours/1")))
@@ -237,3 +238,37 @@ def test_a_refused_connection_says_so() -> None:
     error = listing(ApiClient(max_retries=0), hostile_project(url))
     assert error.reason == "connection"
     assert "connection refused" in str(error)
+
+
+def test_closing_the_client_ends_a_request_under_way_at_once(hostile: Hostile) -> None:
+    # At shutdown the pool closes a client lent to a request that waits for an answer: the
+    # request ends now, as the exporter stopping, not with an error of a socket gone.
+    answered = threading.Event()
+
+    def behaviour(request: Request) -> Writer:
+        def write(sock: socket.socket, stopping: Callable[[], bool]) -> None:
+            answered.wait(30)
+
+        return write
+
+    hostile.behaviour = behaviour
+    client = ApiClient(timeout=60)
+    outcome: list[BaseException] = []
+
+    def list_it() -> None:
+        try:
+            list(client.pages(hostile_project(hostile.url), 10))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=list_it)
+    thread.start()
+    try:
+        wait_for(lambda: bool(hostile.requests), 10, "the request to arrive")
+        client.close()
+        thread.join(10)
+        assert not thread.is_alive()
+        assert [type(exc) for exc in outcome] == [Stopped]
+    finally:
+        answered.set()
+        client.close()
