@@ -3,6 +3,8 @@ where the API can tell, over plain HTTP and TLS, kept alive only while they can 
 
 from __future__ import annotations
 
+import http.client
+import io
 import socket
 import ssl
 import threading
@@ -14,6 +16,7 @@ import pytest
 import trustme
 
 from exporter.client import ApiClient, Stopped
+from exporter.client.wire import Fields
 from exporter.config import ProjectConfig, Secret
 from tests.client.helpers import KEY, hostile_project, listing
 from tests.helpers import wait_for
@@ -272,3 +275,54 @@ def test_closing_the_client_ends_a_request_under_way_at_once(hostile: Hostile) -
     finally:
         answered.set()
         client.close()
+
+
+def fields(raw: bytes) -> Fields:
+    return Fields.read(io.BytesIO(raw))
+
+
+def test_fields_are_read_as_h11_reads_them() -> None:
+    read = fields(
+        b"Content-Length: 12\r\nset-cookie: a=1\r\nSet-Cookie: b=2\r\n"
+        b"X-Long: one\r\n  two\r\nX-Empty:\r\n\r\nbody"
+    )
+    assert read.get("content-length") == read.get("CONTENT-LENGTH") == "12"
+    assert "Set-Cookie" in read and "content-type" not in read
+    assert read.get("set-cookie") == "a=1"  # the first, as HTTPMessage.get
+    assert read.items() == [
+        ("Content-Length", "12"),
+        ("set-cookie", "a=1"),
+        ("Set-Cookie", "b=2"),
+        ("X-Long", "one two"),
+        ("X-Empty", ""),
+    ]
+    assert read.get("x-missing", "none") == "none"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"no colon here\r\n\r\n",
+        b": no name\r\n\r\n",
+        b"Name : space before the colon\r\n\r\n",
+        b" folded: before any field\r\n\r\n",
+        b"X: " + b"a" * 70000 + b"\r\n\r\n",
+        b"".join(b"X-%d: v\r\n" % i for i in range(101)) + b"\r\n",
+    ],
+)
+def test_fields_that_are_not_http_fail_the_answer(raw: bytes) -> None:
+    with pytest.raises(http.client.HTTPException):
+        fields(raw)
+
+
+def test_a_malformed_answer_fails_the_poll_as_a_connection_failure(hostile: Hostile) -> None:
+    def behaviour(request: Request) -> Writer:
+        def write(sock: socket.socket, stopping: Callable[[], bool]) -> None:
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length 2\r\n\r\n{}")
+
+        return write
+
+    hostile.behaviour = behaviour
+    error = listing(ApiClient(max_retries=0), hostile_project(hostile.url))
+    assert error.reason == "connection"
+    assert KEY not in str(error)
