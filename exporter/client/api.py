@@ -186,10 +186,10 @@ class _HttpxClient:
         self._client = client
 
     def stream(
-        self, url: httpx.URL, key: Secret, watched: Connection
+        self, url: str, origin: str, key: Secret, watched: Connection
     ) -> contextlib.AbstractContextManager[httpx.Response]:
         return self._client.stream(
-            "GET", url, auth=_BearerAuth(key), extensions={"trace": watched.trace}
+            "GET", _url(url), auth=_BearerAuth(key), extensions={"trace": watched.trace}
         )
 
     def close(self) -> None:
@@ -537,7 +537,7 @@ class ApiClient:
                 deadline = self._watchdog.arm(self._timeout, connection)
                 try:
                     status, reason_phrase, body, retry_headers = self._request(
-                        http, connection, url, key, max_bytes
+                        http, connection, url, origin, key, max_bytes
                     )
                 except _Unfinished as exc:
                     failure = exc.cause
@@ -580,11 +580,12 @@ class ApiClient:
         http: _HttpxClient | StdlibClient,
         connection: Connection,
         url: str,
+        origin: str,
         key: Secret,
         max_bytes: int,
     ) -> tuple[int, str, bytes, Headers]:
         """(status, reason phrase, body, headers) of one GET, the body read under its bound."""
-        with http.stream(_url(url), key, connection) as response:
+        with http.stream(url, origin, key, connection) as response:
             status = response.status_code
             self._on_request(code_label(status))
             limit = max_bytes if status == 200 else MAX_ERROR_BODY

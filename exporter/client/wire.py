@@ -17,6 +17,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Iterator
+from functools import lru_cache
 from typing import Any
 
 import httpx
@@ -203,6 +204,17 @@ def _readable(sock: socket.socket) -> bool:
         return True
 
 
+@lru_cache(maxsize=64)  # a few origins
+def _endpoint(origin: str) -> tuple[str, str, int]:
+    """(scheme, host as sent, port) of ``scheme://host:port``."""
+    url = httpx.URL(origin)
+    return (
+        url.scheme,
+        url.raw_host.decode("ascii"),
+        url.port or (443 if url.scheme == "https" else 80),
+    )
+
+
 class StdlibClient:
     """One kept-alive connection to one origin, lent to one request at a time (the pool's
     ``_Pool`` does the lending); a new one when the server closed the last.
@@ -243,11 +255,8 @@ class StdlibClient:
             self._connection = None
         connection.close()
 
-    def _connected(self, url: httpx.URL, watched: Connection) -> _Plain:
-        scheme = url.scheme
-        host = url.raw_host.decode("ascii")
-        port = url.port or (443 if scheme == "https" else 80)
-        origin = (scheme, host, port)
+    def _connected(self, origin: tuple[str, str, int], watched: Connection) -> _Plain:
+        scheme, host, port = origin
         connection = self._connection
         if connection is not None and (
             origin != self._origin
@@ -266,18 +275,20 @@ class StdlibClient:
         return connection
 
     @contextlib.contextmanager
-    def stream(self, url: httpx.URL, key: Secret, watched: Connection) -> Iterator[Answer]:
-        """One GET of ``url`` with ``key``, its response streaming; the connection is kept
-        only when the body was read to its end and nothing went wrong."""
+    def stream(self, url: str, origin: str, key: Secret, watched: Connection) -> Iterator[Answer]:
+        """One GET of ``url`` (on ``origin``, its ``scheme://host:port``) with ``key``, its
+        response streaming; the connection is kept only when the body was read to its end
+        and nothing went wrong."""
+        target = url[len(origin) :]
+        if not (target.isascii() and url[: len(origin)].lower() == origin):
+            target = httpx.URL(url).raw_path.decode("ascii")  # as httpx would send it
         with self._lock:
             self._busy = True
         keep = False
         try:
-            connection = self._connected(url, watched)
+            connection = self._connected(_endpoint(origin), watched)
             try:
-                connection.putrequest(
-                    "GET", url.raw_path.decode("ascii"), skip_accept_encoding=True
-                )
+                connection.putrequest("GET", target, skip_accept_encoding=True)
                 for name, value in self._headers:
                     connection.putheader(name, value)
                 connection.putheader("Authorization", "Bearer " + key.get())
@@ -303,14 +314,14 @@ class StdlibClient:
             if not keep:
                 self.close()
 
-    def _send_cookies(self, connection: _Plain, url: httpx.URL) -> None:
+    def _send_cookies(self, connection: _Plain, url: str) -> None:
         request = httpx.Request("GET", url)
         self._cookies.set_cookie_header(request)
         cookie = request.headers.get("cookie")
         if cookie:
             connection.putheader("Cookie", cookie)
 
-    def _keep_cookies(self, url: httpx.URL, response: http.client.HTTPResponse) -> None:
+    def _keep_cookies(self, url: str, response: http.client.HTTPResponse) -> None:
         self._cookies.extract_cookies(
             httpx.Response(
                 response.status,

@@ -40,7 +40,9 @@ def two_pages(request: Request) -> Writer:
 
 def test_the_api_sees_the_request_httpx_would_send(hostile: Hostile) -> None:
     hostile.behaviour = two_pages
-    project = ProjectConfig("proj 1/é", "p", "org-1", hostile.url, 1, Secret(KEY))
+    # A base URL with a path, not ASCII, before the API's: sent as httpx sends it.
+    base = hostile.url.replace("127.0.0.1", "LOCALHOST") + "/gw/é"
+    project = ProjectConfig("proj 1/é", "p", "org-1", base, 1, Secret(KEY))
     ours = lister(ApiClient(headers=CUSTOM), project)
     seen_ours = list(hostile.requests)
     hostile.requests.clear()
@@ -58,6 +60,7 @@ def test_the_api_sees_the_request_httpx_would_send(hostile: Hostile) -> None:
     assert headers["x-team"] == "sre"
     assert headers["accept-encoding"] == "gzip"
     assert seen_ours[0].query["project_id"] == "proj 1/é"
+    assert seen_ours[0].path == "/gw/%C3%A9/api/v1/chat"
 
 
 def test_interim_answers_are_passed_over(hostile: Hostile) -> None:
