@@ -333,7 +333,7 @@ class ApiClient:
 
     A synchronous client costs a third less CPU per page than httpx's asyncio one, and the
     page loop is where the exporter spends its time. Its connections are the standard
-    library's (:class:`.wire.StdlibClient`), a third of httpx's cost per request, unless a
+    library's (:class:`.wire.StdlibClient`), less than half httpx's cost per request, unless a
     transport is given or the environment names a proxy: then httpx's. Every project shares
     one pool of at most
     ``max_connections`` connections (sharing one TLS context), sized by the caller to the

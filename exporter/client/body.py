@@ -29,8 +29,8 @@ PageKey = tuple[int, int]
 
 
 class Headers(Protocol):
-    """A response's headers, looked up by name whatever its case: ``httpx.Headers``, or the
-    standard library's ``HTTPMessage``."""
+    """A response's headers, looked up by name whatever its case: ``httpx.Headers``, or
+    :class:`.wire.Fields`."""
 
     def get(self, name: str, default: Any = None, /) -> Any: ...
 

@@ -1,5 +1,5 @@
 """GETs over the standard library's ``http.client``: the connection of a pooled client when no
-proxy is in the way, at a third of what httpx costs per request.
+proxy is in the way, at less than half what httpx costs per request.
 
 httpx builds a request, its headers and a response object through several layers (httpx,
 httpcore, h11) for each page; for a small page that cost more CPU than reading the page.
