@@ -13,7 +13,7 @@ import pytest
 
 from exporter.aggregate import aggregate
 from exporter.client import ApiClient, PollError
-from exporter.client.body import code_label
+from exporter.client.body import DETAIL_CHARS, code_label
 from tests.client.helpers import KEY, PROJECT, Harness, hostile_project, listing
 from tests.helpers import fragments_of
 from tests.hostile import Hostile, answer, gzip_bomb, page
@@ -78,7 +78,8 @@ def test_a_detail_nested_a_thousand_deep_fails_the_poll_cleanly(hostile: Hostile
     hostile.behaviour = lambda request: answer(500, nested)
     error = listing(ApiClient(max_retries=0), hostile_project(hostile.url))
     assert error.reason == "server_error"
-    assert "too deeply nested" in str(error)
+    # Python 3.13's encoder reaches that deep: then the detail is shown, cut short.
+    assert "too deeply nested" in str(error) or str(error) == "HTTP 500: " + "[" * DETAIL_CHARS
 
 
 def test_a_megabyte_page_token_fails_the_poll_cleanly(hostile: Hostile) -> None:
