@@ -184,9 +184,7 @@ class Answer:
 def _read_error(exc: BaseException) -> httpx.HTTPError:
     if isinstance(exc, TimeoutError):
         return httpx.ReadTimeout(str(exc))
-    if isinstance(exc, (http.client.IncompleteRead, http.client.BadStatusLine)) or (
-        isinstance(exc, (http.client.HTTPException, ValueError)) and not isinstance(exc, OSError)
-    ):
+    if isinstance(exc, (http.client.HTTPException, ValueError)):  # RemoteDisconnected too
         return httpx.RemoteProtocolError(str(exc) or type(exc).__name__)
     return httpx.ReadError(str(exc) or type(exc).__name__)
 
@@ -331,7 +329,7 @@ class StdlibClient:
         )
 
 
-def _send_error(exc: BaseException, connection: Any) -> httpx.HTTPError:
+def _send_error(exc: BaseException, connection: _Plain) -> httpx.HTTPError:
     """httpx's exception for a request that got no answer: ``ConnectError`` and
     ``ConnectTimeout`` before a connection stood, as httpx's own transport says."""
     if connection.sock is None or isinstance(exc, (socket.gaierror, ssl.SSLError)):
