@@ -62,7 +62,10 @@ def setup(sim: Simulator, ids: list[str], concurrency: int = 4, **fields: Any) -
     return Config(projects=projects, max_concurrency=concurrency, max_retries=0, **fields)
 
 
-def run(test: Callable[[ApiClient], Awaitable[None]]) -> None:
+def run(test: Callable[[ApiClient], Awaitable[None]], state: StateFile) -> None:
+    """``test`` with a client; then, whatever happened, ``state`` releases a batch it holds
+    (a :class:`Recording`) and is closed."""
+
     async def main() -> None:
         client = ApiClient(max_retries=0)
         try:
@@ -70,7 +73,12 @@ def run(test: Callable[[ApiClient], Awaitable[None]]) -> None:
         finally:
             client.close()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        if isinstance(state, Recording):
+            state.release.set()
+        state.close()
 
 
 async def until(condition: Callable[[], object], what: str) -> None:
@@ -130,10 +138,7 @@ def test_one_projects_failed_save_rolls_back_only_its_own_rows(
         assert saved(path)["bad"] == {"bad-a", "bad-b", "bad-c"}
         trackers.update(poller._trackers)
 
-    try:
-        run(test)
-    finally:
-        state.close()
+    run(test, state)
     with StateFile(path) as again:
         loaded = again.load(None)
     for pid in ("good", "bad"):
@@ -168,11 +173,7 @@ def test_the_next_poll_of_a_project_waits_for_its_pending_save(
         assert await first and await second and await other
         assert listings(sim, "a") == before + 1
 
-    try:
-        run(test)
-    finally:
-        state.release.set()
-        state.close()
+    run(test, state)
 
 
 def test_a_lingering_save_holds_no_concurrency_slot(sim: Simulator, tmp_path: Path) -> None:
@@ -195,11 +196,7 @@ def test_a_lingering_save_holds_no_concurrency_slot(sim: Simulator, tmp_path: Pa
             await task
         assert sorted(pid for batch in state.batches for pid in batch) == ["a", "b"]
 
-    try:
-        run(test)
-    finally:
-        state.release.set()
-        state.close()
+    run(test, state)
 
 
 def test_poll_all_once_returns_with_every_save_written(sim: Simulator, tmp_path: Path) -> None:
@@ -212,10 +209,7 @@ def test_poll_all_once_returns_with_every_save_written(sim: Simulator, tmp_path:
         poller = Poller(config, Store(), client, state=state)
         assert await poller.poll_all_once()
 
-    try:
-        run(test)
-    finally:
-        state.close()
+    run(test, state)
     assert sorted(pid for batch in state.batches for pid in batch) == sorted(ids)
     with StateFile(path) as again:
         loaded = again.load(ids)
@@ -266,10 +260,7 @@ def test_shutdown_writes_the_saves_still_lingering(sim: Simulator, tmp_path: Pat
             await task
             assert not store.get("hangs").polled
 
-    try:
-        run(test)
-    finally:
-        state.close()
+    run(test, state)
     assert saved(path) == {"a": {"a-a", "a-b"}}
 
 
@@ -299,10 +290,7 @@ def test_shutdown_waits_for_a_locked_file_no_longer_than_close_does(
                 took.append(time.monotonic() - started)
             assert [e for e in logs if e["event"] == "state_close_timeout"]
 
-    try:
-        run(test)
-    finally:
-        state.close()
+    run(test, state)
     assert CLOSE_TIMEOUT_SECONDS <= took[0] < CLOSE_TIMEOUT_SECONDS + 1.0
 
 

@@ -20,7 +20,7 @@ from exporter.client.wire import Fields
 from exporter.config import ProjectConfig, Secret
 from tests.client.helpers import KEY, hostile_project, listing
 from tests.helpers import wait_for
-from tests.hostile import Hostile, Request, Writer, answer, drip, page
+from tests.hostile import Behaviour, Hostile, Request, Writer, answer, drip, page
 
 CUSTOM = (("X-Team", Secret("sre")), ("User-Agent", Secret("ours/1")))
 
@@ -36,6 +36,22 @@ def two_pages(request: Request) -> Writer:
     if request.query.get("page_token") == "t1":
         return answer(200, page([{"session_id": "b"}]))
     return answer(200, page([{"session_id": "a"}], "t1"))
+
+
+def noting_ports(answer_for: Callable[[Request], Writer], ports: list[int]) -> Behaviour:
+    """``answer_for``'s answers, each noting the client's port in ``ports``: one port per
+    connection the client opened."""
+
+    def behaviour(request: Request) -> Writer:
+        final = answer_for(request)
+
+        def write(sock: socket.socket, stopping: Callable[[], bool]) -> None:
+            ports.append(sock.getpeername()[1])
+            final(sock, stopping)
+
+        return write
+
+    return behaviour
 
 
 def test_the_api_sees_the_request_httpx_would_send(hostile: Hostile) -> None:
@@ -89,18 +105,17 @@ def test_a_connection_the_server_closed_while_idle_is_not_reused(hostile: Hostil
     ports: list[int] = []
     closed = threading.Semaphore(0)
 
-    def behaviour(request: Request) -> Writer:
+    def closing(request: Request) -> Writer:
         final = answer(200, page([{"session_id": "a"}]))
 
         def write(sock: socket.socket, stopping: Callable[[], bool]) -> None:
-            ports.append(sock.getpeername()[1])
             final(sock, stopping)
             sock.shutdown(socket.SHUT_RDWR)
             closed.release()
 
         return write
 
-    hostile.behaviour = behaviour
+    hostile.behaviour = noting_ports(closing, ports)
     codes: list[str] = []
     waits: list[float] = []
     client = ApiClient(on_request=codes.append, wait=lambda s: waits.append(s) or False)
@@ -119,17 +134,7 @@ def test_a_connection_the_server_closed_while_idle_is_not_reused(hostile: Hostil
 
 def test_a_kept_alive_connection_carries_the_next_requests(hostile: Hostile) -> None:
     ports: list[int] = []
-
-    def behaviour(request: Request) -> Writer:
-        final = two_pages(request)
-
-        def write(sock: socket.socket, stopping: Callable[[], bool]) -> None:
-            ports.append(sock.getpeername()[1])
-            final(sock, stopping)
-
-        return write
-
-    hostile.behaviour = behaviour
+    hostile.behaviour = noting_ports(two_pages, ports)
     client = ApiClient(max_connections=1)
     try:
         for _ in range(3):
@@ -201,17 +206,7 @@ def test_tls_pages_and_the_deadline(
     ca.cert_pem.write_to_path(str(bundle))
     monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
     ports: list[int] = []
-
-    def behaviour(request: Request) -> Writer:
-        final = two_pages(request)
-
-        def write(sock: socket.socket, stopping: Callable[[], bool]) -> None:
-            ports.append(sock.getpeername()[1])
-            final(sock, stopping)
-
-        return write
-
-    tls_hostile.behaviour = behaviour
+    tls_hostile.behaviour = noting_ports(two_pages, ports)
     project = ProjectConfig("proj-1", "p", "", https(tls_hostile), 1, Secret(KEY))
     client = ApiClient(max_connections=1)
     try:
