@@ -28,6 +28,13 @@ from .deflate import (
 )
 from .lines import LINES, METRICS, Kinds
 
+# A poll's runs are compressed this long after it ends, with those of the polls that end
+# meanwhile: consecutive projects share a run (16 of them for most families) and polls take
+# the projects in order, so a run was compressed once for each of its projects' polls, where
+# once is enough. A scrape in between compresses what it finds stale itself, as it does a run
+# no poll made ready; the delay bounds how much that can be.
+COMPRESS_DELAY = 0.1
+
 
 class Families(Protocol):
     """What the exposition renders: the per-project families, then the exporter-wide ones
@@ -96,8 +103,8 @@ class TextExposition:
     """The text formats of :class:`StoreCollector`, byte for byte, without their cost per scrape.
 
     A project's samples change only when its state is replaced, so each project's lines
-    are rendered once per state, when its poll ends, and compressed then with those of the
-    few projects beside it (:class:`_Run`); a scrape joins them: the work of a scrape is a
+    are rendered once per state, when its poll ends, and compressed a moment later with those
+    of the few projects beside it (:class:`Run`); a scrape joins them: the work of a scrape is a
     join, not a walk over 80 samples times the number of projects, nor a compression of
     megabytes. The Prometheus text format and OpenMetrics write the same sample lines and
     differ only in their family headers and the ``# EOF``. A scrape restricted to some sample
@@ -135,11 +142,14 @@ class TextExposition:
         )
         # Each family's runs, by its place.
         self._runs_of = [0 if i in histograms else 1 for i in range(len(families))]
+        # Projects polled since the runs were last compressed, and the timer that will.
+        self._dirty: dict[str, None] = {}
+        self._timer: threading.Timer | None = None
         store.subscribe(self._warm)
 
     def _warm(self, state: ProjectState) -> None:
-        """A project's new state: its lines, then the runs they change compressed again, so
-        that a scrape finds them ready."""
+        """A project's new state: its lines now, and the runs they change compressed again
+        a moment later (:data:`COMPRESS_DELAY`), so that a scrape finds them ready."""
         pid = state.project_id
         with self._lock:
             self._rendered(state)
@@ -147,7 +157,26 @@ class TextExposition:
                 per_project = [self._rendered(s) for s in self._store.projects()]
                 for runs in self._layouts:
                     runs.lay_out(runs.spans(per_project))
-            jobs = [runs.polled(pid, self._cache) for runs in self._layouts]
+            self._dirty[pid] = None
+            if self._timer is None:
+                self._timer = threading.Timer(COMPRESS_DELAY, self.compress_polled)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def compress_polled(self) -> None:
+        """Compress the runs that the polls ended since the last call made stale, each once
+        however many of its projects were polled: the work :meth:`_warm` leaves for later."""
+        with self._lock:
+            dirty, self._dirty, self._timer = self._dirty, {}, None
+            jobs = []
+            for runs in self._layouts:
+                # A run two of its polls made stale is compressed once, with both.
+                by_first = {
+                    job[0][0].state.project_id: job
+                    for pid in dirty
+                    for job in runs.polled(pid, self._cache)
+                }
+                jobs.append(by_first.values())
         made = [
             runs.compress(job, CACHED_LEVEL) for runs, job in zip(self._layouts, jobs, strict=True)
         ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import random
+import time
 import uuid
 import zlib
 
@@ -15,7 +16,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from exporter.aggregate import SessionTracker, aggregate
 from exporter.config import ProjectConfig, Secret
-from exporter.metrics import StoreCollector, TextExposition
+from exporter.metrics import StoreCollector, TextExposition, deflate
 from exporter.store import Store
 from tests.helpers import session
 
@@ -140,3 +141,47 @@ def test_the_gzip_body_stays_the_text_as_projects_are_polled_added_and_removed()
         ProjectConfig(ids[12], "renamed", "org", "http://x", 100, Secret("k"))
     )
     projects.check(*FILTERS)
+
+
+def _stale(exposition: TextExposition) -> int:
+    """How many runs a gzip scrape would compress itself now."""
+    per_project = exposition._current()
+    with exposition._lock:
+        return sum(len(runs.found(runs.spans(per_project))[1]) for runs in exposition._layouts)
+
+
+def test_polls_of_neighbours_compress_each_run_they_change_once(monkeypatch) -> None:
+    projects = Projects(64)
+    projects.exposition.render_gzip()  # every run compressed once, by the scrape
+    projects.exposition.compress_polled()  # what the setup's polls left pending
+    compressed: list[tuple[str, frozenset[int]]] = []  # each run by its first, its families
+    real = deflate.compress_run
+
+    def counted(members, after, families, *args):  # type: ignore[no-untyped-def]
+        compressed.append((members[0].state.project_id, families))
+        return real(members, after, families, *args)
+
+    monkeypatch.setattr(deflate, "compress_run", counted)
+    ids = projects.ids()
+    for pid in ids[:32]:  # a stretch of neighbours, as a poll cycle takes them
+        projects.poll(pid)
+    assert not compressed  # nothing yet: a poll's end only renders
+    assert _stale(projects.exposition) > 0
+    projects.exposition.compress_polled()
+    # Each run compressed once, though most hold several of the polled projects.
+    assert len(compressed) == len(set(compressed))
+    assert len(compressed) < 32
+    assert _stale(projects.exposition) == 0
+    projects.check(*FILTERS)
+
+
+def test_the_runs_a_poll_changes_are_compressed_soon_after_without_a_scrape() -> None:
+    projects = Projects(40)
+    projects.exposition.render_gzip()
+    for pid in projects.ids()[5:15]:
+        projects.poll(pid)
+    deadline = time.monotonic() + 30
+    while _stale(projects.exposition) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _stale(projects.exposition) == 0
+    projects.check()
