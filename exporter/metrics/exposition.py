@@ -159,14 +159,23 @@ class TextExposition:
                     runs.lay_out(runs.spans(per_project))
             self._dirty[pid] = None
             if self._timer is None:
-                self._timer = threading.Timer(COMPRESS_DELAY, self.compress_polled)
-                self._timer.daemon = True
-                self._timer.start()
+                timer = self._timer = threading.Timer(COMPRESS_DELAY, self._due)
+                timer.args = (timer,)
+                timer.daemon = True
+                timer.start()
+
+    def _due(self, timer: threading.Timer) -> None:
+        with self._lock:
+            if self._timer is not timer:  # a call in between did its work
+                return
+        self.compress_polled()
 
     def compress_polled(self) -> None:
         """Compress the runs that the polls ended since the last call made stale, each once
         however many of its projects were polled: the work :meth:`_warm` leaves for later."""
         with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
             dirty, self._dirty, self._timer = self._dirty, {}, None
             jobs = []
             for runs in self._layouts:

@@ -16,7 +16,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from exporter.aggregate import SessionTracker, aggregate
 from exporter.config import ProjectConfig, Secret
-from exporter.metrics import StoreCollector, TextExposition, deflate
+from exporter.metrics import StoreCollector, TextExposition, deflate, exposition
 from exporter.store import Store
 from tests.helpers import session
 
@@ -151,6 +151,7 @@ def _stale(exposition: TextExposition) -> int:
 
 
 def test_polls_of_neighbours_compress_each_run_they_change_once(monkeypatch) -> None:
+    monkeypatch.setattr(exposition, "COMPRESS_DELAY", 3600.0)  # only when the test says
     projects = Projects(64)
     projects.exposition.render_gzip()  # every run compressed once, by the scrape
     projects.exposition.compress_polled()  # what the setup's polls left pending
