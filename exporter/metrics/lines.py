@@ -45,6 +45,16 @@ def exemplar_text(exemplar: Exemplar) -> str:
     return text
 
 
+@lru_cache(maxsize=64)  # a family's label names: the same few, rendered for every project
+def _places(labels: tuple[str, ...]) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """The label values' places in the order of their names (how every line sorts them), and
+    of those before and after ``le`` (how a bucket's line sorts them)."""
+    order = tuple(sorted(range(len(labels)), key=labels.__getitem__))
+    before = tuple(i for i in order if labels[i] < "le")
+    after = tuple(i for i in order if labels[i] > "le")
+    return order, before, after
+
+
 class _Lines:
     """One family's sample lines, by format: ``lines`` without newlines, the exemplars'
     text by line (OpenMetrics only), and the sample names written."""
@@ -52,8 +62,7 @@ class _Lines:
     def __init__(self, name: str, labels: Sequence[str]) -> None:
         self.name = name
         self._labelnames = tuple(labels)
-        # The label values' places, in the order of their names: how every line sorts them.
-        self._order = sorted(range(len(self._labelnames)), key=self._labelnames.__getitem__)
+        self._order, self._before, self._after = _places(self._labelnames)
         self.lines: list[str] = []
         self.exemplars: dict[int, str] = {}
         self.sample_names: set[str] = set()
@@ -106,9 +115,6 @@ class CounterLines(_Lines):
 class HistogramLines(_Lines):
     def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
         super().__init__(name, labels)
-        # A bucket's labels sort with its ``le``: the places of the names before it and after.
-        self._before = [i for i in self._order if self._labelnames[i] < "le"]
-        self._after = [i for i in self._order if self._labelnames[i] > "le"]
         self._samples = tuple(f"{name}_{part}" for part in ("bucket", "count", "sum"))
 
     def add_metric(
