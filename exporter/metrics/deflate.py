@@ -1,5 +1,5 @@
-"""The gzip body of a scrape, joined from deflate pieces compressed when polls end: runs of
-consecutive projects, each primed with the text just before it in the body."""
+"""The gzip body of a scrape, joined from deflate pieces compressed soon after polls end: runs
+of consecutive projects, each primed with the text just before it in the body."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ..store import ProjectState
 
-# Runs compressed when a poll ends: level 3 takes 60% of the time of level 6 on these runs for
+# Runs compressed after polls end: level 3 takes 60% of the time of level 6 on these runs for
 # 4% more bytes, so a poll compresses about what it did when each piece was compressed alone.
 # What a scrape compresses itself (lines picked out of pieces, the exporter-wide families, a run
 # no poll has compressed yet) at level 1, the fastest.
@@ -21,8 +21,9 @@ SCRAPE_LEVEL = 1
 # deflate block and a flush of its own and could not refer to the same text one project
 # before: the gzip body was 3x what one-shot gzip makes of the text. So pieces are compressed
 # per run of consecutive projects, each run primed with the piece just before it in the body
-# (the last project of the run before). A poll recompresses its project's run, and the next
-# one when its piece primes that, but only the families whose text changed: a poll that found
+# (the last project of the run before). A poll makes its project's run stale, and the next one
+# when its piece primes that; they are compressed again (once for all the polls that made them
+# stale meanwhile), but only the families whose text changed: a poll that found
 # nothing new changes two small gauges. Histograms are large (buckets by label), so their runs
 # are short: a poll whose sessions ran recompresses about 5 projects' histograms, 0.4 ms for
 # all it changed. Where a run ends follows from the project ids, not their places, so a

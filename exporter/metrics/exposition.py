@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from functools import lru_cache
 from typing import Any, Protocol
@@ -34,6 +35,7 @@ from .lines import LINES, METRICS, Kinds
 # once is enough. A scrape in between compresses what it finds stale itself, as it does a run
 # no poll made ready; the delay bounds how much that can be.
 COMPRESS_DELAY = 0.1
+COMPRESSOR_IDLE = 30.0  # seconds without a poll's end before the compressor thread ends
 
 
 class Families(Protocol):
@@ -142,9 +144,11 @@ class TextExposition:
         )
         # Each family's runs, by its place.
         self._runs_of = [0 if i in histograms else 1 for i in range(len(families))]
-        # Projects polled since the runs were last compressed, and the timer that will.
+        # Projects polled since the runs were last compressed, and the thread that will.
         self._dirty: dict[str, None] = {}
-        self._timer: threading.Timer | None = None
+        self._due = 0.0  # when they are to be compressed (time.monotonic)
+        self._wake = threading.Condition(self._lock)
+        self._compressor: threading.Thread | None = None
         store.subscribe(self._warm)
 
     def _warm(self, state: ProjectState) -> None:
@@ -157,26 +161,37 @@ class TextExposition:
                 per_project = [self._rendered(s) for s in self._store.projects()]
                 for runs in self._layouts:
                     runs.lay_out(runs.spans(per_project))
+            if not self._dirty:
+                self._due = time.monotonic() + COMPRESS_DELAY
+                self._wake.notify()
             self._dirty[pid] = None
-            if self._timer is None:
-                timer = self._timer = threading.Timer(COMPRESS_DELAY, self._due)
-                timer.args = (timer,)
-                timer.daemon = True
-                timer.start()
+            if self._compressor is None:
+                self._compressor = threading.Thread(
+                    target=self._compress_when_due, name="exposition-compress", daemon=True
+                )
+                self._compressor.start()
 
-    def _due(self, timer: threading.Timer) -> None:
-        with self._lock:
-            if self._timer is not timer:  # a call in between did its work
-                return
-        self.compress_polled()
+    def _compress_when_due(self) -> None:
+        """The compressor thread: :meth:`compress_polled` whenever it is due; it ends once
+        no poll has ended for :data:`COMPRESSOR_IDLE` seconds (the next one starts another)."""
+        while True:
+            with self._lock:
+                idle_until = time.monotonic() + COMPRESSOR_IDLE
+                while True:
+                    now = time.monotonic()
+                    if self._dirty and now >= self._due:
+                        break
+                    if not self._dirty and now >= idle_until:
+                        self._compressor = None
+                        return
+                    self._wake.wait((self._due if self._dirty else idle_until) - now)
+            self.compress_polled()
 
     def compress_polled(self) -> None:
         """Compress the runs that the polls ended since the last call made stale, each once
         however many of its projects were polled: the work :meth:`_warm` leaves for later."""
         with self._lock:
-            if self._timer is not None:
-                self._timer.cancel()
-            dirty, self._dirty, self._timer = self._dirty, {}, None
+            dirty, self._dirty = self._dirty, {}
             jobs = []
             for runs in self._layouts:
                 # A run two of its polls made stale is compressed once, with both.

@@ -9,6 +9,7 @@ import random
 import time
 import uuid
 import zlib
+from collections.abc import Callable
 
 from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
@@ -176,13 +177,27 @@ def test_polls_of_neighbours_compress_each_run_they_change_once(monkeypatch) -> 
     projects.check(*FILTERS)
 
 
-def test_the_runs_a_poll_changes_are_compressed_soon_after_without_a_scrape() -> None:
+def _until(condition: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + 30
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
+def test_the_runs_a_poll_changes_are_compressed_soon_after_without_a_scrape(monkeypatch) -> None:
+    monkeypatch.setattr(exposition, "COMPRESSOR_IDLE", 0.5)
     projects = Projects(40)
     projects.exposition.render_gzip()
     for pid in projects.ids()[5:15]:
         projects.poll(pid)
-    deadline = time.monotonic() + 30
-    while _stale(projects.exposition) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert _stale(projects.exposition) == 0
+    assert _until(lambda: _stale(projects.exposition) == 0)
+    projects.check()
+    # With no poll ending, the compressor thread ends; the next poll's end starts another.
+    thread = projects.exposition._compressor
+    assert thread is not None and thread.name == "exposition-compress"
+    assert _until(lambda: not thread.is_alive())
+    assert projects.exposition._compressor is None
+    projects.poll(projects.ids()[20])
+    assert _stale(projects.exposition) > 0
+    assert _until(lambda: _stale(projects.exposition) == 0)
     projects.check()
