@@ -258,8 +258,8 @@ async def _serve_exporter(params: dict[str, Any]) -> dict[str, Any]:
     and answers its wall time, CPU, requests, pages, listings, projects up, errors and memory;
     with ``compare``, every project's gauges and counters too. ``concurrency`` sets
     max_concurrency as a reload does. With ``exposition`` the ``/metrics`` app is built too,
-    without its HTTP server: its exposition cache renders and compresses a project when its
-    poll ends, as in the daemon, and that is part of what a poll costs. ``runs`` is
+    without its HTTP server: its exposition cache renders a project when its poll ends and
+    compresses it soon after, as in the daemon, and that is part of what a poll costs. ``runs`` is
     ``llamacloud.runs`` (the exporter's default unless given); ``reads`` counts the history
     reads a cycle asked for (calls of ``ApiClient.session``, each one request unless retried).
     """

@@ -110,7 +110,8 @@ def child(params: dict[str, Any]) -> dict[str, Any]:
     rng = random.Random(7)
     built = time.perf_counter()
     store = Store()
-    # Before the polls end, as in the daemon: each poll's end renders and compresses its lines.
+    # Before the polls end, as in the daemon: each poll's end renders its lines (and has them
+    # compressed soon after).
     server = metrics_server(store)
     trackers: list[SessionTracker] = []  # kept alive, as a real poller keeps them
     results = {}

@@ -10,9 +10,9 @@ cost. This benchmark holds that overhead to the requests' own floor, measured in
   after the baseline is incremental.
 - One exporter process built as the daemon wires it (``cli._components``: ``Store``,
   ``ApiClient``, ``Poller``; ``listing: auto`` and ``runs: exact``, the defaults; the
-  ``/metrics`` app with its exposition cache, which renders and compresses a project as its
-  poll ends; a state file saved after every poll; JSON log lines), polling every project once
-  per cycle (``Poller.poll_all_once``, max_concurrency 4).
+  ``/metrics`` app with its exposition cache, which renders a project as its poll ends and
+  compresses it 0.1 s later; a state file saved after every poll; JSON log lines), polling
+  every project once per cycle (``Poller.poll_all_once``, max_concurrency 4).
 - A baseline cycle, then a "minute" of 6 steady-state cycles: before 4 of them, 2 re-runs and
   1 new session in every project (so every poll reads about 3 histories); before the other 2,
   nothing changed (one page per poll).
