@@ -3,10 +3,13 @@ of consecutive projects, each primed with the text just before it in the body.""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import struct
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from ..store import ProjectState
 
@@ -38,6 +41,37 @@ _MEM_LEVEL = 6
 # A gzip member header: deflate, no name, no mtime, unknown OS.
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 
+# A piece's CRC-32 and length: what gzip's trailer needs of it.
+Check = tuple[int, int]
+
+
+def _load_crc32_combine() -> Callable[[int, int, int], int] | None:
+    """zlib's ``crc32_combine64`` (the CRC-32 of A + B from those of A and B and B's length),
+    which Python's zlib module does not offer, from the zlib library itself; None where it
+    cannot be loaded or gives a wrong answer, and the gzip trailer's CRC-32 is then computed
+    over the joined text."""
+    # The usual names first: find_library runs ldconfig or a compiler.
+    for name in ("libz.so.1", "libz.dylib", None):
+        name = name or ctypes.util.find_library("z")
+        if not name:
+            continue
+        try:
+            # PyDLL keeps the GIL through the call: a call is short, and one that gave the GIL
+            # up would wait for it back, thousands of times a scrape, behind other threads.
+            combine = ctypes.PyDLL(name).crc32_combine64
+        except (OSError, AttributeError):
+            continue
+        combine.restype = ctypes.c_ulong
+        combine.argtypes = (ctypes.c_ulong, ctypes.c_ulong, ctypes.c_int64)
+        probe = (b"llamacloud_up 1.0\n", b'# TYPE x counter\nx_total{a="\xc3\xa9"} 2.0\n')
+        whole = zlib.crc32(b"".join(probe))
+        if combine(zlib.crc32(probe[0]), zlib.crc32(probe[1]), len(probe[1])) == whole:
+            return cast(Callable[[int, int, int], int], combine)
+    return None
+
+
+crc32_combine = _load_crc32_combine()
+
 
 def deflate_piece(data: bytes, level: int = CACHED_LEVEL, primer: bytes = b"") -> bytes:
     """Raw deflate ending on a full flush: byte-aligned, so pieces compressed apart can be
@@ -57,24 +91,40 @@ def deflate_piece(data: bytes, level: int = CACHED_LEVEL, primer: bytes = b"") -
 
 class Body:
     """A scrape's text joined from pieces and, for gzip, deflate pieces: those compressed in
-    advance are joined as they are, the rest compressed together where they fall."""
+    advance are joined as they are, the rest compressed together where they fall. For gzip,
+    the text's CRC-32 is combined from those of the pieces compressed in advance (with
+    :data:`crc32_combine`) where it can be, so the text itself is never joined."""
 
     def __init__(self, compressed: bool) -> None:
         self._compressed = compressed
         self._raw: list[bytes] = []
         self._deflated: list[bytes] = []
         self._pending: list[bytes] = []
+        # The text's CRC-32 and length so far, while every piece's is known.
+        self._checked = compressed and crc32_combine is not None
+        self._crc = 0
+        self._length = 0
 
     def add(self, raw: bytes) -> None:
         """A piece to compress now (for gzip)."""
         self._raw.append(raw)
         if self._compressed:
             self._pending.append(raw)
+            if self._checked:
+                self._crc = zlib.crc32(raw, self._crc)
+                self._length += len(raw)
 
-    def extend(self, raw: Iterable[bytes], deflated: Iterable[bytes], primer: bytes = b"") -> None:
+    def extend(
+        self,
+        raw: Iterable[bytes],
+        deflated: Iterable[bytes],
+        primer: bytes = b"",
+        checks: Sequence[Check] | None = None,
+    ) -> None:
         """Pieces, and the same pieces compressed in advance (read only for gzip), primed with
         ``primer``: used only when the text so far ends with that very piece, else the pieces
-        are compressed now."""
+        are compressed now. ``checks``: the CRC-32 and length of each compressed piece's text
+        (else they are computed from ``raw``)."""
         if not self._compressed:
             self._raw.extend(raw)
             return
@@ -82,21 +132,39 @@ class Body:
             for piece in raw:
                 self.add(piece)
             return
+        start = len(self._raw)
         self._raw.extend(raw)
         if self._pending:
             self._deflated.append(deflate_piece(b"".join(self._pending), SCRAPE_LEVEL))
             self._pending.clear()
         self._deflated.extend(deflated)
+        if not self._checked:
+            return
+        if checks is None or crc32_combine is None:
+            crc, length = self._crc, self._length
+            for piece in self._raw[start:]:
+                crc = zlib.crc32(piece, crc)
+                length += len(piece)
+        else:
+            combine = crc32_combine
+            crc, length = self._crc, self._length
+            for piece_crc, piece_length in checks:
+                crc = combine(crc, piece_crc, piece_length)
+                length += piece_length
+        self._crc, self._length = crc, length
 
     def finish(self) -> bytes:
         """The text, or one gzip member of it ending with what was added uncompressed."""
-        text = b"".join(self._raw)
         if not self._compressed:
-            return text
+            return b"".join(self._raw)
         compressor = zlib.compressobj(SCRAPE_LEVEL, zlib.DEFLATED, -15)
         rest = compressor.compress(b"".join(self._pending)) + compressor.flush(zlib.Z_FINISH)
-        # One checksum over the joined text: far cheaper than one call per piece.
-        trailer = struct.pack("<II", zlib.crc32(text) & 0xFFFFFFFF, len(text) & 0xFFFFFFFF)
+        if self._checked:
+            crc, length = self._crc, self._length
+        else:  # one checksum over the joined text: far cheaper than one call per piece
+            text = b"".join(self._raw)
+            crc, length = zlib.crc32(text), len(text)
+        trailer = struct.pack("<II", crc & 0xFFFFFFFF, length & 0xFFFFFFFF)
         return b"".join((_GZIP_HEADER, *self._deflated, rest, trailer))
 
 
@@ -132,6 +200,8 @@ class Run:
     # whose runs are of another size).
     deflated: dict[bool, list[bytes]]
     level: int
+    # By format and family, the CRC-32 and length of the text each piece deflates.
+    checks: dict[bool, list[Check]]
 
     def primer(self, openmetrics: bool, family: int) -> bytes:
         return b"" if self.after is None else self.after.lines[openmetrics][family]
@@ -162,7 +232,7 @@ def compress_run(
     """The run's deflate pieces of ``families``. A family whose text is that of ``old`` keeps
     its piece, compressed at least as well."""
     count = len(members[0].lines[False])
-    run = Run(members, after, {False: [], True: []}, level)
+    run = Run(members, after, {False: [], True: []}, level, {False: [], True: []})
     redo = {fmt: set(families) for fmt in (False, True)}
     if old is not None and old.level >= level and len(old.members) == len(members):
         pairs = ((after, old.after), *zip(members, old.members, strict=True))
@@ -171,17 +241,21 @@ def compress_run(
         old = None
     own = set().union(*(m.exemplars for m in (after, *members) if m is not None))
     for fmt in (False, True):
-        deflated = run.deflated[fmt]
+        deflated, checks = run.deflated[fmt], run.checks[fmt]
         for family in range(count):
             if family not in families:
                 deflated.append(b"")
+                checks.append((0, 0))
             elif fmt and family not in own:  # no exemplar: the same bytes
                 deflated.append(run.deflated[False][family])
+                checks.append(run.checks[False][family])
             elif old is not None and family not in redo[fmt]:
                 deflated.append(old.deflated[fmt][family])
+                checks.append(old.checks[fmt][family])
             else:
                 text = b"".join(m.lines[fmt][family] for m in members)
                 deflated.append(deflate_piece(text, level, run.primer(fmt, family)))
+                checks.append((zlib.crc32(text), len(text)))
     return run
 
 

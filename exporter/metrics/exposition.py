@@ -302,9 +302,14 @@ class TextExposition:
                 list(zip(*(r.deflated[openmetrics] for r in runs), strict=True)) if runs else none
                 for runs in layouts
             ]
+            checks = [
+                list(zip(*(r.checks[openmetrics] for r in runs), strict=True)) if runs else none
+                for runs in layouts
+            ]
             for i, header in enumerate(headers):
                 body.extend((header,), (deflated_headers[i],))
-                body.extend(columns[i], deflated[self._runs_of[i]][i])
+                layout = self._runs_of[i]
+                body.extend(columns[i], deflated[layout][i], checks=checks[layout][i])
             # The exporter-wide families come last; in OpenMetrics they carry the # EOF.
             body.add(_render(self._collector.global_families(), openmetrics))
             return body.finish()
@@ -322,6 +327,7 @@ class TextExposition:
                         [m.lines[openmetrics][i] for m in members],
                         (runs[j].deflated[openmetrics][i],),
                         runs[j].primer(openmetrics, i),
+                        (runs[j].checks[openmetrics][i],),
                     )
                     continue
                 for m in members:

@@ -11,6 +11,7 @@ import uuid
 import zlib
 from collections.abc import Callable
 
+import pytest
 from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.registry import CollectorRegistry
@@ -25,6 +26,16 @@ from tests.helpers import session
 def config(n: int) -> ProjectConfig:
     pid = str(uuid.UUID(int=random.Random(n).getrandbits(128), version=4))
     return ProjectConfig(pid, f"project-{n:03d}", "org", "http://x", 100, Secret("k"))
+
+
+@pytest.fixture(autouse=True, params=["crc32_combine", "joined text"])
+def checksum(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test twice: the gzip trailer's CRC-32 combined from the pieces' (zlib's
+    crc32_combine64, where it loads), and computed over the joined text (where it does not)."""
+    if request.param == "crc32_combine":
+        assert deflate.crc32_combine is not None, "zlib's crc32_combine64 did not load"
+    else:
+        monkeypatch.setattr(deflate, "crc32_combine", None)
 
 
 class Projects:
