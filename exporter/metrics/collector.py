@@ -45,7 +45,6 @@ _SINCE = "observed since the exporter or its state file started, as of the last 
 
 
 @lru_cache(maxsize=1024)  # a few bounds, the same at every poll
-@lru_cache(maxsize=256)  # the bounds of a few histograms
 def _le(bound: float) -> str:
     """The ``le`` label as the official clients write it (Go float formatting)."""
     return go_float(bound)
