@@ -89,11 +89,11 @@ def _serve_replayer(params: dict[str, Any]) -> dict[str, Any]:
     from exporter.simulator import DEFAULT_API_KEY
 
     base = params["base_url"]
-    client = httpx.Client(headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"}, timeout=60)
+    auth = {"Authorization": f"Bearer {DEFAULT_API_KEY}"}
+    client = httpx.Client(headers=auth, timeout=60)
     client.get(f"{base}/healthz")  # its connection, before any measuring
     split = urlsplit(base)
     stdlib = http.client.HTTPConnection(split.hostname or "", split.port)
-    auth = {"Authorization": f"Bearer {DEFAULT_API_KEY}"}
     stdlib.request("GET", "/healthz", headers=auth)
     stdlib.getresponse().read()
     reply({"ready": True})

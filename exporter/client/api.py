@@ -335,10 +335,10 @@ class ApiClient:
     page loop is where the exporter spends its time. Its connections are the standard
     library's (:class:`.wire.StdlibClient`), less than half httpx's cost per request, unless a
     transport is given or the environment names a proxy: then httpx's. Every project shares
-    one pool of at most
-    ``max_connections`` connections (sharing one TLS context), sized by the caller to the
-    requests it can have under way at once: a project's pages are fetched one after another,
-    so a poll needs one connection at a time, however many projects and keys there are.
+    one pool of at most ``max_connections`` connections (sharing one TLS context), sized by
+    the caller to the requests it can have under way at once: a project's pages are fetched
+    one after another, so a poll needs one connection at a time, however many projects and
+    keys there are.
 
     Every request is bounded: ``timeout`` seconds in all, from connect to the last byte
     (:class:`Watchdog`), and ``max_bytes`` of body after decompression, read as it streams.

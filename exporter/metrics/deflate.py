@@ -100,8 +100,8 @@ class Body:
         self._raw: list[bytes] = []
         self._deflated: list[bytes] = []
         self._pending: list[bytes] = []
-        # The text's CRC-32 and length so far, while every piece's is known.
-        self._checked = compressed and crc32_combine is not None
+        # The text's CRC-32 and length so far, kept where the pieces' can be combined.
+        self._combine = crc32_combine if compressed else None
         self._crc = 0
         self._length = 0
 
@@ -110,7 +110,7 @@ class Body:
         self._raw.append(raw)
         if self._compressed:
             self._pending.append(raw)
-            if self._checked:
+            if self._combine is not None:
                 self._crc = zlib.crc32(raw, self._crc)
                 self._length += len(raw)
 
@@ -138,16 +138,15 @@ class Body:
             self._deflated.append(deflate_piece(b"".join(self._pending), SCRAPE_LEVEL))
             self._pending.clear()
         self._deflated.extend(deflated)
-        if not self._checked:
+        combine = self._combine
+        if combine is None:
             return
-        if checks is None or crc32_combine is None:
-            crc, length = self._crc, self._length
+        crc, length = self._crc, self._length
+        if checks is None:
             for piece in self._raw[start:]:
                 crc = zlib.crc32(piece, crc)
                 length += len(piece)
         else:
-            combine = crc32_combine
-            crc, length = self._crc, self._length
             for piece_crc, piece_length in checks:
                 crc = combine(crc, piece_crc, piece_length)
                 length += piece_length
@@ -159,7 +158,7 @@ class Body:
             return b"".join(self._raw)
         compressor = zlib.compressobj(SCRAPE_LEVEL, zlib.DEFLATED, -15)
         rest = compressor.compress(b"".join(self._pending)) + compressor.flush(zlib.Z_FINISH)
-        if self._checked:
+        if self._combine is not None:
             crc, length = self._crc, self._length
         else:  # one checksum over the joined text: far cheaper than one call per piece
             text = b"".join(self._raw)
