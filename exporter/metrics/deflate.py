@@ -8,7 +8,7 @@ import ctypes.util
 import struct
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 from ..store import ProjectState
@@ -182,6 +182,9 @@ class Rendered:
     mark: int  # from the project id: where runs end
     # By group of families (StoreCollector.project_groups), what its pieces were made of.
     inputs: tuple[object, ...] = ()
+    # The lines ?name[]= picked out of a piece, by (format, family, names picked): the same
+    # filter asked again (a federation job's) picks from this state's pieces once.
+    picks: dict[tuple[bool, int, frozenset[str]], bytes] = field(default_factory=dict)
 
     @staticmethod
     def mark_of(project_id: str) -> int:

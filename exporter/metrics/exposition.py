@@ -101,6 +101,23 @@ def _only(lines: bytes, names: frozenset[str]) -> bytes:
     return b"\n".join(kept) + b"\n" if kept else b""
 
 
+# Pieces picked out that a project state keeps (a filter picks one per family and format it
+# takes part of): past this, it starts again, so memory stays within that many pieces.
+MAX_PICKS = 8
+
+
+def _picked(rendered: Rendered, openmetrics: bool, family: int, names: frozenset[str]) -> bytes:
+    """:func:`_only` of a project's piece, kept with its state for the next scrape that asks."""
+    key = (openmetrics, family, names)
+    picks = rendered.picks
+    lines = picks.get(key)
+    if lines is None:
+        if len(picks) >= MAX_PICKS:
+            picks.clear()  # odd filters, each asked once, hold no memory for long
+        lines = picks[key] = _only(rendered.lines[openmetrics][family], names)
+    return lines
+
+
 class TextExposition:
     """The text formats of :class:`StoreCollector`, byte for byte, without their cost per scrape.
 
@@ -334,8 +351,10 @@ class TextExposition:
                     present = m.sample_names[i]
                     picked = present & wanted
                     if picked:
-                        lines = m.lines[openmetrics][i]
-                        body.add(lines if picked == present else _only(lines, picked))
+                        whole = picked == present
+                        body.add(
+                            m.lines[openmetrics][i] if whole else _picked(m, openmetrics, i, picked)
+                        )
         kept = (_restricted(m, wanted) for m in self._collector.global_families())
         body.add(_render([m for m in kept if m is not None], openmetrics))
         return body.finish()

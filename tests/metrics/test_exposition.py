@@ -12,6 +12,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from exporter.aggregate import RunTotals, SessionTracker, aggregate
 from exporter.metrics import StoreCollector, TextExposition
+from exporter.metrics.exposition import MAX_PICKS
 from exporter.store import Store
 from tests.helpers import project, session
 
@@ -187,3 +188,40 @@ def test_a_filtered_scrape_equals_prometheus_client_restricted_registry_byte_for
     # A family with no sample yet is left out, its header too, as prometheus_client does.
     assert b"# TYPE llamacloud_chat_sessions gauge" not in unpolled[1].render(names=every)
     assert b"# TYPE llamacloud_chat_sessions gauge" in unpolled[1].render()
+
+
+def test_a_filter_asked_again_follows_the_polls_in_between() -> None:
+    """What a filter picked out of a project's lines is kept for the next scrape, and only
+    while the project's state is the same: more filters than are kept, three polls."""
+    store = Store([project("p1"), project("p2")])
+    exposition = TextExposition(StoreCollector(store), store)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(store))
+    filters = [
+        ["llamacloud_chat_run_duration_seconds_bucket"],
+        ["llamacloud_chat_run_duration_seconds_count"],
+        ["llamacloud_chat_run_duration_seconds_sum", "llamacloud_chat_run_token_usage_sum"],
+        ["llamacloud_chat_run_token_usage_bucket"],
+        ["llamacloud_chat_run_token_usage_count"],
+        ["llamacloud_chat_run_duration_seconds_bucket", "llamacloud_chat_run_token_usage_count"],
+    ]
+    # Each picks part of one or two histograms, in each format: more pieces than are kept.
+    assert 2 * sum(len({n.rsplit("_", 1)[0] for n in f}) for f in filters) > MAX_PICKS
+    tracker = SessionTracker()
+    polls = [
+        [session("a")],
+        [session("a"), session("b", duration_ms=5000)],
+        [session("a"), session("b", duration_ms=5000), session("c", duration_ms=90000)],
+    ]
+    buckets = []
+    for n, sessions in enumerate(polls):
+        store.record_success("p1", aggregate([sessions], tracker), duration=0.1, finished=1e9 + n)
+        for _ in range(2):  # the second time from what the first kept
+            for names in filters:
+                for openmetrics, latest in ((False, generate_latest), (True, openmetrics_latest)):
+                    expected = latest(registry.restricted_registry(names))
+                    assert exposition.render(openmetrics=openmetrics, names=names) == expected
+                    zipped = exposition.render_gzip(openmetrics=openmetrics, names=names)
+                    assert gzip.decompress(zipped) == expected, (n, names, openmetrics)
+        buckets.append(exposition.render(names=filters[0]))
+    assert len(set(buckets)) == len(polls)  # each poll changed what the filter picks
