@@ -102,8 +102,9 @@ def _serve_simulator(params: dict[str, Any]) -> dict[str, Any]:
     per project that re-runs are drawn from, sampled from its whole listing (``pool``
     ``"listing"``) or newly created (``"created"``: decoding millions of sessions to pick a few
     would take minutes); ``latency`` per request; ``burst`` and ``clock_start`` (seconds before
-    now) as ``Simulator`` takes them; with ``truth``, the runs its sessions make from then on
-    are summed from their histories (:class:`RunsMade`). Commands: ``advance`` (``reruns``
+    now; else ``clock_epoch``, seconds since the epoch) as ``Simulator`` takes them; with
+    ``truth``, the runs its sessions make from then on are summed from their histories
+    (:class:`RunsMade`). Commands: ``advance`` (``reruns``
     re-runs, each session the next of ``times`` runs in turn, default one, and ``creates`` new
     sessions in every project, or in those of ``group``), ``step`` (``n`` ticks of the clock,
     the simulator's own evolution), ``sessions`` (``count`` new sessions of ``runs`` runs each
@@ -121,6 +122,8 @@ def _serve_simulator(params: dict[str, Any]) -> dict[str, Any]:
     start = None
     if "clock_start" in params:
         start = datetime.now(timezone.utc) - timedelta(seconds=params["clock_start"])
+    elif "clock_epoch" in params:  # simulators of the same data: the same clock too
+        start = datetime.fromtimestamp(params["clock_epoch"], timezone.utc)
     sim = Simulator(
         projects=0,
         seed=params["seed"],
@@ -374,11 +377,11 @@ def start_simulators(
     stack: contextlib.ExitStack, names: list[str], timeout: float, **params: Any
 ) -> dict[str, Child]:
     """A simulator peer per name, all from the same ``params`` (so the same data), built in
-    parallel; each returned once ready, its first line in ``ready``."""
-    sims = {
-        name: peer(stack, "peers", name, {"role": "simulator", "pool_size": POOL, **params})
-        for name in names
-    }
+    parallel; each returned once ready, its first line in ``ready``. Their clocks start at the
+    same second (``clock_epoch``), where each would take its own start's: two started across a
+    second's boundary served timestamps a second apart."""
+    common = {"role": "simulator", "pool_size": POOL, "clock_epoch": int(time.time()), **params}
+    sims = {name: peer(stack, "peers", name, common) for name in names}
     for sim in sims.values():
         sim.ready = sim.receive(timeout)
     return sims
