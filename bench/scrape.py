@@ -103,10 +103,12 @@ def child(params: dict[str, Any]) -> dict[str, Any]:
     until stdin closes) or ``load`` (:func:`_load`)."""
     if params.get("role") == "load":
         return _load(params["port"])
+    from exporter import heap
     from exporter.aggregate import SessionTracker, aggregate
     from exporter.config import ProjectConfig, Secret
     from exporter.store import Store
 
+    heap.tune()  # as the daemon does at start
     rng = random.Random(7)
     built = time.perf_counter()
     store = Store()

@@ -18,7 +18,7 @@ import structlog
 from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from . import __version__
+from . import __version__, heap
 from .client import ApiClient
 from .config import (
     DEFAULT_LISTEN_ADDRESS,
@@ -286,6 +286,7 @@ def _components(
         max_connections=api_connections(config),
         headers=config.api_headers,
     )
+    heap.tune()
     poller = Poller(replica_config(config), store, client, state=state)
     return store, poller, client, Targets.for_poller(config, store, client, poller)
 

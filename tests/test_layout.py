@@ -31,6 +31,7 @@ STAGES = (
     (
         "exporter.logs",
         "exporter.openfiles",
+        "exporter.heap",
         "exporter.histories",
         "exporter.saves",
         "exporter.poller",
