@@ -10,7 +10,8 @@ projects, and every few seconds of polls and scrapes a full collection walked ev
 slowest scrapes of ``bench.scrape`` were those). Collecting the youngest generation every
 :data:`YOUNG_THRESHOLD` allocations makes every collection rarer: about 100 over that minute,
 and the full ones too, since the older generations count collections of the younger. What a
-collection walks is the same.
+collection walks is the same. (Measured on CPython 3.11, whose collector has three
+generations; "allocations" are those of objects the collector tracks, less those freed.)
 """
 
 from __future__ import annotations

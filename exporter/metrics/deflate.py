@@ -182,8 +182,9 @@ class Rendered:
     mark: int  # from the project id: where runs end
     # By group of families (StoreCollector.project_groups), what its pieces were made of.
     inputs: tuple[object, ...] = ()
-    # The lines ?name[]= picked out of a piece, by (format, family, names picked): the same
-    # filter asked again (a federation job's) picks from this state's pieces once.
+    # The lines ?name[]= picked out of a piece, by (OpenMetrics with exemplars or not, family,
+    # names picked): the same filter asked again (a federation job's) picks from this state's
+    # pieces once.
     picks: dict[tuple[bool, int, frozenset[str]], bytes] = field(default_factory=dict)
 
     @staticmethod

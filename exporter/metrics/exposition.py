@@ -101,20 +101,22 @@ def _only(lines: bytes, names: frozenset[str]) -> bytes:
     return b"\n".join(kept) + b"\n" if kept else b""
 
 
-# Pieces picked out that a project state keeps (a filter picks one per family and format it
-# takes part of): past this, it starts again, so memory stays within that many pieces.
+# Pieces picked out that a project state keeps (a filter picks one per family it takes part
+# of, and per format where the family has exemplars): past this, it starts again, so memory
+# stays within about that many pieces (scrapes at once may each add one before it does).
 MAX_PICKS = 8
 
 
 def _picked(rendered: Rendered, openmetrics: bool, family: int, names: frozenset[str]) -> bytes:
     """:func:`_only` of a project's piece, kept with its state for the next scrape that asks."""
-    key = (openmetrics, family, names)
+    own = openmetrics and family in rendered.exemplars  # else both formats share the piece
+    key = (own, family, names)
     picks = rendered.picks
     lines = picks.get(key)
     if lines is None:
         if len(picks) >= MAX_PICKS:
             picks.clear()  # odd filters, each asked once, hold no memory for long
-        lines = picks[key] = _only(rendered.lines[openmetrics][family], names)
+        lines = picks[key] = _only(rendered.lines[own][family], names)
     return lines
 
 
